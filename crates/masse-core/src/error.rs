@@ -1,0 +1,322 @@
+//! The error type shared by every masse crate.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::record::InstanceId;
+
+/// A boxed error from a backend (database driver, TLS library, ...), shareable so
+/// that [`Error`] stays [`Clone`] and one failure can be handed to many waiters.
+pub type BoxError = Arc<dyn StdError + Send + Sync + 'static>;
+
+/// `Result` with masse's [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in masse, split into cases a caller can act on.
+///
+/// Errors are cheap to clone: sources are reference-counted.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A name, namespace or service name is not valid. `position` is the byte
+    /// offset of the first offending character, if one character is at fault.
+    #[error("invalid {kind} {input:?}: {reason}")]
+    InvalidName {
+        /// What was being parsed: `"peer name"`, `"namespace"`, `"service"`.
+        kind: &'static str,
+        /// The rejected input (truncated to 200 bytes).
+        input: String,
+        /// Byte offset of the offending character, if any.
+        position: Option<usize>,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A glob pattern could not be compiled.
+    #[error("invalid pattern {input:?} at byte {position}: {reason}")]
+    InvalidPattern {
+        /// The rejected pattern (truncated to 200 bytes).
+        input: String,
+        /// Byte offset where the problem was found.
+        position: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// An endpoint, URL or address could not be parsed.
+    #[error("invalid {kind} {input:?}: {reason}")]
+    InvalidAddress {
+        /// What was being parsed: `"endpoint"`, `"socket address"`, `"url"`, ...
+        kind: &'static str,
+        /// The rejected input (truncated to 200 bytes).
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A configuration value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// No live peer matches the name or pattern.
+    #[error("no peer named {name:?} in namespace {namespace:?}")]
+    NotFound {
+        /// The namespace searched.
+        namespace: String,
+        /// The name or pattern looked up.
+        name: String,
+    },
+
+    /// The peer that answered is not the one that was dialed (stale address).
+    #[error("dialed {expected:?} but reached {actual:?}")]
+    WrongPeer {
+        /// The name that was dialed.
+        expected: String,
+        /// Who answered, if it said.
+        actual: String,
+    },
+
+    /// The remote side refused the stream, or credentials did not check out.
+    #[error("unauthorized: {reason}")]
+    Unauthorized {
+        /// Why, as far as it is safe to say.
+        reason: String,
+    },
+
+    /// [`NamePolicy::Exclusive`](crate::NamePolicy::Exclusive) publish while another
+    /// live instance holds the name.
+    #[error("name {name:?} is held by live instance {holder}")]
+    NameTaken {
+        /// The contested name.
+        name: String,
+        /// The instance currently holding it.
+        holder: InstanceId,
+    },
+
+    /// A refresh was refused because this instance no longer owns its name
+    /// (it expired, or another instance took it over).
+    #[error("name {name:?} is no longer owned by instance {instance}")]
+    NameLost {
+        /// The lost name.
+        name: String,
+        /// The instance that lost it.
+        instance: InstanceId,
+    },
+
+    /// The registry backend cannot be reached (connection refused, server gone,
+    /// pool exhausted). Retrying later may succeed.
+    #[error("registry {backend} unavailable: {source}")]
+    RegistryUnavailable {
+        /// The backend's name: `"redis"`, `"postgres"`, `"memory"`, ...
+        backend: &'static str,
+        /// The underlying failure.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The registry backend answered with a failure that retrying will not fix
+    /// (bad query, corrupt schema, permission denied).
+    #[error("registry {backend} failed: {source}")]
+    Registry {
+        /// The backend's name.
+        backend: &'static str,
+        /// The underlying failure.
+        #[source]
+        source: BoxError,
+    },
+
+    /// An operation did not complete in time.
+    #[error("{what} timed out after {after:?}")]
+    Timeout {
+        /// What was being waited for.
+        what: &'static str,
+        /// The deadline that passed.
+        after: Duration,
+    },
+
+    /// The remote side broke the wire protocol (malformed, oversized or
+    /// unexpected message).
+    #[error("protocol error: {reason}")]
+    Protocol {
+        /// What was wrong with the bytes received.
+        reason: String,
+    },
+
+    /// The remote side understood the request and refused it.
+    #[error("refused by peer ({code}): {reason}")]
+    Refused {
+        /// Machine-readable reason.
+        code: RefuseCode,
+        /// Human-readable detail from the peer.
+        reason: String,
+    },
+
+    /// Something asked of a backend or interface that it does not support.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+
+    /// The node, listener or registry handle was shut down.
+    #[error("{0} is closed")]
+    Closed(&'static str),
+
+    /// An I/O error from a socket or file.
+    #[error("I/O error: {0}")]
+    Io(#[source] Arc<std::io::Error>),
+}
+
+/// Why an acceptor refused a stream; sent on the wire as one byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RefuseCode {
+    /// The acceptor is not the name that was dialed.
+    WrongPeer,
+    /// The dialer is in another namespace.
+    WrongNamespace,
+    /// The acceptor does not offer the requested service.
+    NoSuchService,
+    /// The dialer could not prove who it is.
+    Unauthorized,
+    /// The acceptor is overloaded or shutting down.
+    Busy,
+    /// The protocol version or a requested feature is not supported.
+    Unsupported,
+}
+
+impl RefuseCode {
+    /// All codes, in wire order.
+    pub const ALL: [RefuseCode; 6] = [
+        RefuseCode::WrongPeer,
+        RefuseCode::WrongNamespace,
+        RefuseCode::NoSuchService,
+        RefuseCode::Unauthorized,
+        RefuseCode::Busy,
+        RefuseCode::Unsupported,
+    ];
+
+    /// The code's wire byte.
+    pub fn to_u8(self) -> u8 {
+        match self {
+            RefuseCode::WrongPeer => 1,
+            RefuseCode::WrongNamespace => 2,
+            RefuseCode::NoSuchService => 3,
+            RefuseCode::Unauthorized => 4,
+            RefuseCode::Busy => 5,
+            RefuseCode::Unsupported => 6,
+        }
+    }
+
+    /// Decodes a wire byte; `None` for an unknown code.
+    pub fn from_u8(b: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.to_u8() == b)
+    }
+}
+
+impl std::fmt::Display for RefuseCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RefuseCode::WrongPeer => "wrong peer",
+            RefuseCode::WrongNamespace => "wrong namespace",
+            RefuseCode::NoSuchService => "no such service",
+            RefuseCode::Unauthorized => "unauthorized",
+            RefuseCode::Busy => "busy",
+            RefuseCode::Unsupported => "unsupported",
+        })
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(Arc::new(e))
+    }
+}
+
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> Self {
+        use std::io::ErrorKind;
+        let kind = match &e {
+            Error::Io(io) => return std::io::Error::new(io.kind(), e),
+            Error::InvalidName { .. }
+            | Error::InvalidPattern { .. }
+            | Error::InvalidAddress { .. }
+            | Error::Config(_) => ErrorKind::InvalidInput,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::WrongPeer { .. } | Error::Refused { .. } => ErrorKind::ConnectionRefused,
+            Error::Unauthorized { .. } => ErrorKind::PermissionDenied,
+            Error::NameTaken { .. } => ErrorKind::AddrInUse,
+            Error::Timeout { .. } => ErrorKind::TimedOut,
+            Error::Protocol { .. } => ErrorKind::InvalidData,
+            Error::Unsupported(_) => ErrorKind::Unsupported,
+            Error::Closed(_) => ErrorKind::BrokenPipe,
+            _ => ErrorKind::Other,
+        };
+        std::io::Error::new(kind, e)
+    }
+}
+
+impl Error {
+    /// Wraps a backend failure that retrying may fix.
+    pub fn unavailable(
+        backend: &'static str,
+        source: impl Into<Box<dyn StdError + Send + Sync + 'static>>,
+    ) -> Self {
+        Error::RegistryUnavailable {
+            backend,
+            source: Arc::from(source.into()),
+        }
+    }
+
+    /// Wraps a backend failure that retrying will not fix.
+    pub fn registry(
+        backend: &'static str,
+        source: impl Into<Box<dyn StdError + Send + Sync + 'static>>,
+    ) -> Self {
+        Error::Registry {
+            backend,
+            source: Arc::from(source.into()),
+        }
+    }
+
+    /// Builds a [`Error::Protocol`].
+    pub fn protocol(reason: impl Into<String>) -> Self {
+        Error::Protocol {
+            reason: reason.into(),
+        }
+    }
+
+    /// True for failures that are expected to go away on their own (backend
+    /// down, timeouts, connection-level I/O errors): worth a retry with backoff.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::RegistryUnavailable { .. } | Error::Timeout { .. } => true,
+            Error::Io(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::UnexpectedEof
+            ),
+            Error::Refused {
+                code: RefuseCode::Busy,
+                ..
+            } => true,
+            _ => false,
+        }
+    }
+}
+
+/// Truncates user input embedded in an error message.
+pub(crate) fn clip(input: &str) -> String {
+    const MAX: usize = 200;
+    if input.len() <= MAX {
+        return input.to_owned();
+    }
+    let mut end = MAX;
+    while !input.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &input[..end])
+}

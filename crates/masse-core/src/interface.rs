@@ -1,0 +1,177 @@
+//! The [`Interface`] and [`Listener`] traits: how bytes get to a peer.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::endpoint::{Endpoint, Protocol};
+use crate::error::Result;
+use crate::io::BoxIo;
+use crate::name::{Namespace, PeerName};
+use crate::record::{Fingerprint, InstanceId, PeerRecord};
+
+/// What a node tells an interface when it binds.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BindContext {
+    /// The node's namespace.
+    pub namespace: Namespace,
+    /// The node's name.
+    pub name: PeerName,
+    /// The node's instance.
+    pub instance: InstanceId,
+    /// Fingerprint of the node's identity, for interfaces that authenticate.
+    pub identity: Option<Fingerprint>,
+}
+
+impl BindContext {
+    /// A context for a node `name` in `namespace`.
+    pub fn new(namespace: Namespace, name: PeerName, instance: InstanceId) -> Self {
+        BindContext {
+            namespace,
+            name,
+            instance,
+            identity: None,
+        }
+    }
+}
+
+/// What a node tells an interface when it dials.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConnectContext {
+    /// The dialer's namespace.
+    pub namespace: Namespace,
+    /// The dialer's name.
+    pub local_name: PeerName,
+    /// The dialer's instance.
+    pub local_instance: InstanceId,
+    /// How long the transport connection may take.
+    pub connect_timeout: Duration,
+    /// Fingerprint of the dialer's identity, for interfaces that authenticate.
+    pub identity: Option<Fingerprint>,
+}
+
+impl ConnectContext {
+    /// A context for a dialer `local_name` with a 5 s connect timeout.
+    pub fn new(namespace: Namespace, local_name: PeerName, local_instance: InstanceId) -> Self {
+        ConnectContext {
+            namespace,
+            local_name,
+            local_instance,
+            connect_timeout: Duration::from_secs(5),
+            identity: None,
+        }
+    }
+
+    /// Sets the connect timeout.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+}
+
+/// A stream a [`Listener`] accepted, before the masse handshake.
+#[non_exhaustive]
+pub struct Accepted {
+    /// The byte stream.
+    pub io: BoxIo,
+    /// The remote transport address, if the transport has one.
+    pub remote_addr: Option<SocketAddr>,
+    /// The remote's authenticated certificate fingerprint, on interfaces that
+    /// authenticate at the transport layer.
+    pub peer_identity: Option<Fingerprint>,
+}
+
+impl Accepted {
+    /// An accepted stream with a remote address.
+    pub fn new(io: BoxIo, remote_addr: Option<SocketAddr>) -> Self {
+        Accepted {
+            io,
+            remote_addr,
+            peer_identity: None,
+        }
+    }
+}
+
+impl fmt::Debug for Accepted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Accepted")
+            .field("remote_addr", &self.remote_addr)
+            .field("peer_identity", &self.peer_identity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A bound interface, accepting streams.
+#[async_trait]
+pub trait Listener: Send + Sync + 'static {
+    /// The endpoints to advertise in the node's record.
+    fn endpoints(&self) -> Vec<Endpoint>;
+
+    /// Waits for the next stream. Errors on one incoming connection are
+    /// reported and the listener stays usable; [`Error::Closed`](crate::Error::Closed)
+    /// means it is done.
+    async fn accept(&mut self) -> Result<Accepted>;
+}
+
+/// How bytes get to a peer: a transport (TCP, TLS, QUIC, ...).
+///
+/// Checked by `testkit::interface_conformance` with feature `testkit`.
+#[async_trait]
+pub trait Interface: Send + Sync + 'static {
+    /// The protocol of the endpoints this interface binds and dials.
+    fn protocol(&self) -> Protocol;
+
+    /// Starts listening.
+    async fn bind(&self, ctx: &BindContext) -> Result<Box<dyn Listener>>;
+
+    /// Opens a stream to `endpoint`, which `peer` advertised.
+    async fn connect(
+        &self,
+        endpoint: &Endpoint,
+        peer: &PeerRecord,
+        ctx: &ConnectContext,
+    ) -> Result<BoxIo>;
+}
+
+macro_rules! forward_interface {
+    ($ptr:ident) => {
+        #[async_trait]
+        impl<T: Interface + ?Sized> Interface for $ptr<T> {
+            fn protocol(&self) -> Protocol {
+                (**self).protocol()
+            }
+            async fn bind(&self, ctx: &BindContext) -> Result<Box<dyn Listener>> {
+                (**self).bind(ctx).await
+            }
+            async fn connect(
+                &self,
+                endpoint: &Endpoint,
+                peer: &PeerRecord,
+                ctx: &ConnectContext,
+            ) -> Result<BoxIo> {
+                (**self).connect(endpoint, peer, ctx).await
+            }
+        }
+    };
+}
+
+forward_interface!(Arc);
+forward_interface!(Box);
+
+#[async_trait]
+impl<T: Listener + ?Sized> Listener for Box<T> {
+    fn endpoints(&self) -> Vec<Endpoint> {
+        (**self).endpoints()
+    }
+    async fn accept(&mut self) -> Result<Accepted> {
+        (**self).accept().await
+    }
+}
+
+/// An interface chosen at run time.
+pub type DynInterface = Arc<dyn Interface>;

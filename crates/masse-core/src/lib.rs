@@ -1,0 +1,36 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod endpoint;
+mod error;
+mod interface;
+mod io;
+mod name;
+mod pattern;
+mod record;
+mod registry;
+mod wrapper;
+
+pub mod caching;
+pub mod memory;
+#[cfg(feature = "testkit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
+pub mod testkit;
+
+// pub use caching::{CachingRegistry, CachingConfig};
+pub use endpoint::{Endpoint, Protocol};
+pub use error::{BoxError, Error, RefuseCode, Result};
+pub use interface::{Accepted, BindContext, ConnectContext, DynInterface, Interface, Listener};
+pub use io::{BoxIo, Io};
+pub use memory::MemoryRegistry;
+pub use name::{Namespace, PeerName, validate_service};
+pub use pattern::Pattern;
+pub use record::{Fingerprint, InstanceId, PeerRecord, now_millis};
+pub use registry::{DynRegistry, NamePolicy, Registry, RegistryEvent};
+pub use wrapper::{Direction, DynWrapper, StreamContext, Wrapper};
+
+// Re-exported so implementors of the traits use the same versions.
+pub use async_trait::async_trait;
+pub use futures::stream::BoxStream;

@@ -1,0 +1,167 @@
+//! The [`Registry`] trait: where peers are.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+
+use crate::error::Result;
+use crate::name::{Namespace, PeerName};
+use crate::pattern::Pattern;
+use crate::record::{InstanceId, PeerRecord};
+
+/// What [`Registry::publish`] does when another live instance holds the name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum NamePolicy {
+    /// Replace the other instance's record (it gets `NameLost` on its next
+    /// refresh) and emit [`RegistryEvent::Updated`].
+    #[default]
+    Takeover,
+    /// Fail with [`Error::NameTaken`](crate::Error::NameTaken).
+    Exclusive,
+}
+
+/// A change in a namespace, as delivered by [`Registry::watch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RegistryEvent {
+    /// A name that was free was published.
+    Joined(PeerRecord),
+    /// A live name was published again: new endpoints or metadata, or another
+    /// instance took it over.
+    Updated(PeerRecord),
+    /// The instance unpublished itself.
+    Left {
+        /// The name it held.
+        name: PeerName,
+        /// The instance that left.
+        instance: InstanceId,
+    },
+    /// The instance's record ran out of time without a refresh.
+    Expired {
+        /// The name it held.
+        name: PeerName,
+        /// The instance that expired.
+        instance: InstanceId,
+    },
+    /// The backend may have lost events (for example a reconnect past the end
+    /// of its event log): whoever keeps state from events must list again.
+    Resync,
+}
+
+impl RegistryEvent {
+    /// The name the event is about (`None` for [`RegistryEvent::Resync`]).
+    pub fn name(&self) -> Option<&PeerName> {
+        match self {
+            RegistryEvent::Joined(r) | RegistryEvent::Updated(r) => Some(&r.name),
+            RegistryEvent::Left { name, .. } | RegistryEvent::Expired { name, .. } => Some(name),
+            RegistryEvent::Resync => None,
+        }
+    }
+
+    /// The instance the event is about (`None` for [`RegistryEvent::Resync`]).
+    pub fn instance(&self) -> Option<InstanceId> {
+        match self {
+            RegistryEvent::Joined(r) | RegistryEvent::Updated(r) => Some(r.instance),
+            RegistryEvent::Left { instance, .. } | RegistryEvent::Expired { instance, .. } => {
+                Some(*instance)
+            }
+            RegistryEvent::Resync => None,
+        }
+    }
+}
+
+/// Where peers are: a shared store of [`PeerRecord`]s with expiry and a stream of changes.
+///
+/// Implementations must meet these semantics (checked by
+/// `testkit::registry_conformance` with feature `testkit`):
+///
+/// - [`publish`](Registry::publish) is an atomic upsert that expires after `ttl`.
+///   [`NamePolicy::Takeover`] replaces another instance's record and emits
+///   [`RegistryEvent::Updated`]; [`NamePolicy::Exclusive`] fails with
+///   [`Error::NameTaken`](crate::Error::NameTaken) while another live instance holds the name.
+///   Publishing a free name emits [`RegistryEvent::Joined`].
+/// - [`refresh`](Registry::refresh) extends the expiry only if `instance` still owns the
+///   name, and fails with [`Error::NameLost`](crate::Error::NameLost) otherwise.
+/// - [`unpublish`](Registry::unpublish) removes only the caller's own instance and
+///   emits [`RegistryEvent::Left`]; for anyone else's record it does nothing.
+/// - An expired record is invisible to [`lookup`](Registry::lookup) at once and
+///   produces exactly one [`RegistryEvent::Expired`] per namespace, whatever the
+///   number of watchers and of handles on the same backend.
+/// - [`watch`](Registry::watch) delivers every event that happens after it returns,
+///   in order per name; after a reconnect it resumes without loss or yields
+///   [`RegistryEvent::Resync`].
+/// - A stored record that cannot be parsed is skipped with a `tracing::warn!`.
+#[async_trait]
+pub trait Registry: Send + Sync + 'static {
+    /// Inserts or replaces `record` under its namespace and name, expiring after `ttl`.
+    async fn publish(&self, record: &PeerRecord, ttl: Duration, policy: NamePolicy) -> Result<()>;
+
+    /// Extends the expiry of `instance`'s record to `ttl` from now.
+    async fn refresh(
+        &self,
+        ns: &Namespace,
+        name: &PeerName,
+        instance: InstanceId,
+        ttl: Duration,
+    ) -> Result<()>;
+
+    /// Removes `instance`'s record, if it still holds `name`.
+    async fn unpublish(&self, ns: &Namespace, name: &PeerName, instance: InstanceId) -> Result<()>;
+
+    /// Every live record in `ns` whose name matches `pattern`, sorted by name.
+    async fn lookup(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<PeerRecord>>;
+
+    /// The changes in `ns` from now on.
+    async fn watch(&self, ns: &Namespace) -> Result<BoxStream<'static, Result<RegistryEvent>>>;
+}
+
+macro_rules! forward_registry {
+    ($ptr:ident) => {
+        #[async_trait]
+        impl<T: Registry + ?Sized> Registry for $ptr<T> {
+            async fn publish(
+                &self,
+                record: &PeerRecord,
+                ttl: Duration,
+                policy: NamePolicy,
+            ) -> Result<()> {
+                (**self).publish(record, ttl, policy).await
+            }
+            async fn refresh(
+                &self,
+                ns: &Namespace,
+                name: &PeerName,
+                instance: InstanceId,
+                ttl: Duration,
+            ) -> Result<()> {
+                (**self).refresh(ns, name, instance, ttl).await
+            }
+            async fn unpublish(
+                &self,
+                ns: &Namespace,
+                name: &PeerName,
+                instance: InstanceId,
+            ) -> Result<()> {
+                (**self).unpublish(ns, name, instance).await
+            }
+            async fn lookup(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<PeerRecord>> {
+                (**self).lookup(ns, pattern).await
+            }
+            async fn watch(
+                &self,
+                ns: &Namespace,
+            ) -> Result<BoxStream<'static, Result<RegistryEvent>>> {
+                (**self).watch(ns).await
+            }
+        }
+    };
+}
+
+forward_registry!(Arc);
+forward_registry!(Box);
+
+/// A registry chosen at run time.
+pub type DynRegistry = Arc<dyn Registry>;

@@ -1,0 +1,1 @@
+//! Conformance suites for third-party registries and interfaces.
