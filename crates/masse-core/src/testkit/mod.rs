@@ -1,1 +1,23 @@
-//! Conformance suites for third-party registries and interfaces.
+//! Conformance suites for registries and interfaces.
+//!
+//! Every backend in the masse workspace runs these in its own tests, and a
+//! third-party backend crate runs them by adding one test:
+//!
+//! ```no_run
+//! # async fn doc() {
+//! use std::sync::Arc;
+//! use masse_core::{DynRegistry, MemoryRegistry};
+//! let shared = MemoryRegistry::new();
+//! masse_core::testkit::registry_conformance(move || {
+//!     let handle = shared.clone();
+//!     async move { Arc::new(handle) as DynRegistry }
+//! })
+//! .await;
+//! # }
+//! ```
+
+mod interface;
+mod registry;
+
+pub use interface::*;
+pub use registry::*;

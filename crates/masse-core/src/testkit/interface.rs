@@ -1,0 +1,1 @@
+//! Interface conformance suite.

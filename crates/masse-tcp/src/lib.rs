@@ -1,0 +1,1 @@
+//! TCP interface for masse.
