@@ -19,7 +19,7 @@ pub mod memory;
 #[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
 pub mod testkit;
 
-// pub use caching::{CachingRegistry, CachingConfig};
+pub use caching::{CacheStats, CachedLookup, CachingConfig, CachingRegistry, Freshness};
 pub use endpoint::{Endpoint, Protocol};
 pub use error::{BoxError, Error, RefuseCode, Result};
 pub use interface::{Accepted, BindContext, ConnectContext, DynInterface, Interface, Listener};

@@ -1,1 +1,769 @@
-//! Registry conformance suite.
+//! The registry conformance suite: DESIGN §3 semantics, checked against a real backend.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tokio::time::{Instant, sleep, timeout};
+
+use crate::{
+    DynRegistry, Endpoint, Error, InstanceId, NamePolicy, Namespace, Pattern, PeerName, PeerRecord,
+    RegistryEvent, Result,
+};
+
+type Factory = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = DynRegistry> + Send>> + Send + Sync>;
+type Injector = Arc<
+    dyn Fn(Namespace, PeerName, Vec<u8>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync,
+>;
+type Events = BoxStream<'static, Result<RegistryEvent>>;
+
+/// Runs the whole registry conformance suite with default settings.
+///
+/// `factory` is called several times; every call must return a new handle
+/// (client) on the *same* backend store, as separate processes would have.
+/// Each case works in a namespace of its own, so a shared store is fine.
+/// Panics, naming the case, on the first violation.
+pub async fn registry_conformance<F, Fut>(factory: F)
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = DynRegistry> + Send + 'static,
+{
+    RegistryConformance::new(factory).run().await
+}
+
+/// The registry conformance suite, with settings for slower backends and an
+/// optional hook to store raw bytes under a name (for the malformed-record case).
+#[must_use = "call .run().await"]
+pub struct RegistryConformance {
+    factory: Factory,
+    injector: Option<Injector>,
+    ttl: Duration,
+    slack: Duration,
+    prefix: String,
+}
+
+impl fmt::Debug for RegistryConformance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryConformance")
+            .field("ttl", &self.ttl)
+            .field("slack", &self.slack)
+            .field("injector", &self.injector.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegistryConformance {
+    /// A suite over handles made by `factory` (see [`registry_conformance`]).
+    pub fn new<F, Fut>(factory: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = DynRegistry> + Send + 'static,
+    {
+        RegistryConformance {
+            factory: Arc::new(move || Box::pin(factory())),
+            injector: None,
+            ttl: Duration::from_millis(600),
+            slack: Duration::from_secs(2),
+            prefix: format!("conf-{:08x}", InstanceId::random().as_u128() as u32),
+        }
+    }
+
+    /// The short ttl used by expiry cases (default 600 ms). Backends whose
+    /// expiry has a coarse clock need a longer one.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How late an event may arrive after the change that caused it, and an
+    /// `Expired` after the deadline (default 2 s). Polling backends set their
+    /// poll interval plus a margin.
+    pub fn slack(mut self, slack: Duration) -> Self {
+        self.slack = slack;
+        self
+    }
+
+    /// A hook that stores `bytes` as the raw record of `name` in `namespace`,
+    /// bypassing validation, so the suite can check that unreadable records are
+    /// skipped. Without it, that case is left out.
+    pub fn raw_writer<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Namespace, PeerName, Vec<u8>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.injector = Some(Arc::new(move |ns, n, b| Box::pin(f(ns, n, b))));
+        self
+    }
+
+    /// Runs every case, panicking with the case name on the first violation.
+    pub async fn run(self) {
+        let ctx = Ctx { suite: self };
+        macro_rules! case {
+            ($name:ident) => {{
+                tracing::info!(case = stringify!($name), "registry conformance");
+                let started = Instant::now();
+                match timeout(Duration::from_secs(120), $name(&ctx)).await {
+                    Ok(()) => tracing::info!(case = stringify!($name), elapsed = ?started.elapsed(), "passed"),
+                    Err(_) => panic!("registry conformance case `{}` hung for 120 s", stringify!($name)),
+                }
+            }};
+        }
+        case!(publish_then_lookup);
+        case!(republish_updates);
+        case!(takeover_replaces_and_fences_the_old_instance);
+        case!(exclusive_refuses_a_live_name);
+        case!(refresh_keeps_alive_and_checks_ownership);
+        case!(unpublish_removes_only_own_instance);
+        case!(expiry_is_immediate_and_reported_once);
+        case!(watch_orders_events_per_name);
+        case!(glob_lookups);
+        case!(namespaces_are_isolated);
+        case!(many_concurrent_publishers);
+        case!(zero_ttl_is_rejected);
+        case!(dropped_watcher_does_not_disturb_others);
+        if ctx.suite.injector.is_some() {
+            case!(malformed_records_are_skipped);
+        } else {
+            tracing::info!(
+                "registry conformance: no raw writer given, malformed-record case skipped"
+            );
+        }
+    }
+}
+
+struct Ctx {
+    suite: RegistryConformance,
+}
+
+impl Ctx {
+    async fn handle(&self) -> DynRegistry {
+        (self.suite.factory)().await
+    }
+
+    fn ns(&self, case: &str) -> Namespace {
+        let mut s = format!("{}-{case}", self.suite.prefix);
+        s.truncate(Namespace::MAX_LEN);
+        Namespace::new(&s).expect("valid namespace")
+    }
+
+    fn long_ttl(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+
+    async fn watch(&self, reg: &DynRegistry, ns: &Namespace, case: &str) -> Events {
+        reg.watch(ns)
+            .await
+            .unwrap_or_else(|e| panic!("[{case}] watch failed: {e}"))
+    }
+
+    /// The next event, within the slack.
+    async fn next(&self, events: &mut Events, case: &str) -> RegistryEvent {
+        match timeout(self.suite.slack, events.next()).await {
+            Ok(Some(Ok(RegistryEvent::Resync))) => {
+                panic!("[{case}] unexpected Resync on a healthy backend")
+            }
+            Ok(Some(Ok(ev))) => ev,
+            Ok(Some(Err(e))) => panic!("[{case}] watch stream failed: {e}"),
+            Ok(None) => panic!("[{case}] watch stream ended"),
+            Err(_) => panic!("[{case}] no event within {:?}", self.suite.slack),
+        }
+    }
+
+    /// Asserts no event arrives for `wait`.
+    async fn quiet(&self, events: &mut Events, wait: Duration, case: &str) {
+        if let Ok(Some(ev)) = timeout(wait, events.next()).await {
+            panic!("[{case}] expected no more events, got {ev:?}");
+        }
+    }
+}
+
+fn record(ns: &Namespace, name: &str, port: u16) -> PeerRecord {
+    PeerRecord::new(
+        ns.clone(),
+        PeerName::new(name).expect("valid name"),
+        InstanceId::random(),
+    )
+    .with_endpoint(Endpoint::new(
+        crate::Protocol::Tcp,
+        ([127, 0, 0, 1], port).into(),
+    ))
+}
+
+fn pat(s: &str) -> Pattern {
+    Pattern::new(s).expect("valid pattern")
+}
+
+fn names(records: &[PeerRecord]) -> Vec<&str> {
+    records.iter().map(|r| r.name.as_str()).collect()
+}
+
+async fn lookup(reg: &DynRegistry, ns: &Namespace, p: &str, case: &str) -> Vec<PeerRecord> {
+    reg.lookup(ns, &pat(p))
+        .await
+        .unwrap_or_else(|e| panic!("[{case}] lookup {p:?} failed: {e}"))
+}
+
+async fn publish(reg: &DynRegistry, r: &PeerRecord, ttl: Duration, policy: NamePolicy, case: &str) {
+    reg.publish(r, ttl, policy)
+        .await
+        .unwrap_or_else(|e| panic!("[{case}] publish of {} failed: {e}", r.name));
+}
+
+async fn publish_then_lookup(c: &Ctx) {
+    let case = "publish_then_lookup";
+    let reg = c.handle().await;
+    let ns = c.ns("pub");
+    let mut events = c.watch(&reg, &ns, case).await;
+    let r = record(&ns, "db-1", 4100)
+        .with_service("rpc")
+        .with_metadata("zone", "b");
+    publish(&reg, &r, c.long_ttl(), NamePolicy::Takeover, case).await;
+    assert_eq!(
+        c.next(&mut events, case).await,
+        RegistryEvent::Joined(r.clone()),
+        "[{case}] Joined"
+    );
+    assert_eq!(
+        lookup(&reg, &ns, "db-1", case).await,
+        vec![r.clone()],
+        "[{case}] exact lookup returns the record as published"
+    );
+    assert_eq!(
+        lookup(&reg, &ns, "*", case).await,
+        vec![r.clone()],
+        "[{case}] '*' lookup"
+    );
+    assert!(
+        lookup(&reg, &ns, "db-2", case).await.is_empty(),
+        "[{case}] absent name"
+    );
+    let other = c.handle().await;
+    assert_eq!(
+        lookup(&other, &ns, "db-1", case).await,
+        vec![r],
+        "[{case}] another handle sees the record"
+    );
+}
+
+async fn republish_updates(c: &Ctx) {
+    let case = "republish_updates";
+    let reg = c.handle().await;
+    let ns = c.ns("upd");
+    let mut events = c.watch(&reg, &ns, case).await;
+    let r1 = record(&ns, "svc", 1);
+    publish(&reg, &r1, c.long_ttl(), NamePolicy::Takeover, case).await;
+    let mut r2 = r1.clone();
+    r2.endpoints = vec![Endpoint::new(
+        crate::Protocol::Tcp,
+        ([127, 0, 0, 2], 2).into(),
+    )];
+    publish(&reg, &r2, c.long_ttl(), NamePolicy::Exclusive, case).await;
+    assert_eq!(
+        c.next(&mut events, case).await,
+        RegistryEvent::Joined(r1),
+        "[{case}] first publish joins"
+    );
+    assert_eq!(
+        c.next(&mut events, case).await,
+        RegistryEvent::Updated(r2.clone()),
+        "[{case}] same instance re-publish updates (exclusive allows it)"
+    );
+    assert_eq!(
+        lookup(&reg, &ns, "svc", case).await,
+        vec![r2],
+        "[{case}] lookup sees the new endpoints"
+    );
+}
+
+async fn takeover_replaces_and_fences_the_old_instance(c: &Ctx) {
+    let case = "takeover";
+    let reg = c.handle().await;
+    let ns = c.ns("take");
+    let mut events = c.watch(&reg, &ns, case).await;
+    let old = record(&ns, "leader", 1);
+    let new = record(&ns, "leader", 2);
+    publish(&reg, &old, c.long_ttl(), NamePolicy::Takeover, case).await;
+    publish(&reg, &new, c.long_ttl(), NamePolicy::Takeover, case).await;
+    assert_eq!(
+        c.next(&mut events, case).await,
+        RegistryEvent::Joined(old.clone()),
+        "[{case}] Joined"
+    );
+    assert_eq!(
+        c.next(&mut events, case).await,
+        RegistryEvent::Updated(new.clone()),
+        "[{case}] takeover emits Updated"
+    );
+    assert_eq!(
+        lookup(&reg, &ns, "leader", case).await,
+        vec![new.clone()],
+        "[{case}] lookup sees the new instance"
+    );
+    match reg
+        .refresh(&ns, &old.name, old.instance, c.long_ttl())
+        .await
+    {
+        Err(Error::NameLost { instance, .. }) => assert_eq!(instance, old.instance),
+        other => {
+            panic!("[{case}] refresh by the replaced instance must be NameLost, got {other:?}")
+        }
+    }
+    reg.unpublish(&ns, &old.name, old.instance)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("[{case}] unpublish of a replaced instance must succeed as a no-op: {e}")
+        });
+    assert_eq!(
+        lookup(&reg, &ns, "leader", case).await,
+        vec![new],
+        "[{case}] the old instance cannot remove the new one"
+    );
+    c.quiet(&mut events, Duration::from_millis(200), case).await;
+}
+
+async fn exclusive_refuses_a_live_name(c: &Ctx) {
+    let case = "exclusive";
+    let reg = c.handle().await;
+    let ns = c.ns("excl");
+    let holder = record(&ns, "singleton", 1);
+    let challenger = record(&ns, "singleton", 2);
+    publish(&reg, &holder, c.long_ttl(), NamePolicy::Exclusive, case).await;
+    match reg
+        .publish(&challenger, c.long_ttl(), NamePolicy::Exclusive)
+        .await
+    {
+        Err(Error::NameTaken { holder: h, .. }) => {
+            assert_eq!(h, holder.instance, "[{case}] NameTaken names the holder")
+        }
+        other => panic!("[{case}] expected NameTaken, got {other:?}"),
+    }
+    assert_eq!(
+        lookup(&reg, &ns, "singleton", case).await,
+        vec![holder.clone()],
+        "[{case}] holder kept"
+    );
+    reg.unpublish(&ns, &holder.name, holder.instance)
+        .await
+        .expect("unpublish");
+    publish(&reg, &challenger, c.long_ttl(), NamePolicy::Exclusive, case).await;
+    assert_eq!(
+        lookup(&reg, &ns, "singleton", case).await,
+        vec![challenger],
+        "[{case}] free name can be taken"
+    );
+
+    // An expired holder does not block an exclusive publish.
+    let short = record(&ns, "short", 3);
+    publish(&reg, &short, c.suite.ttl, NamePolicy::Exclusive, case).await;
+    sleep(c.suite.ttl + Duration::from_millis(100)).await;
+    let after = record(&ns, "short", 4);
+    publish(&reg, &after, c.long_ttl(), NamePolicy::Exclusive, case).await;
+    assert_eq!(
+        lookup(&reg, &ns, "short", case).await,
+        vec![after],
+        "[{case}] expired holder released the name"
+    );
+}
+
+async fn refresh_keeps_alive_and_checks_ownership(c: &Ctx) {
+    let case = "refresh";
+    let reg = c.handle().await;
+    let ns = c.ns("refr");
+    let ttl = c.suite.ttl;
+    let r = record(&ns, "beating", 1);
+    publish(&reg, &r, ttl, NamePolicy::Takeover, case).await;
+    let until = Instant::now() + ttl * 3;
+    while Instant::now() < until {
+        sleep(ttl / 3).await;
+        reg.refresh(&ns, &r.name, r.instance, ttl)
+            .await
+            .unwrap_or_else(|e| panic!("[{case}] refresh of a live owner failed: {e}"));
+        assert_eq!(
+            lookup(&reg, &ns, "beating", case).await.len(),
+            1,
+            "[{case}] refreshed record stays visible past its first ttl"
+        );
+    }
+    match reg
+        .refresh(
+            &ns,
+            &PeerName::new("nobody").expect("name"),
+            InstanceId::random(),
+            ttl,
+        )
+        .await
+    {
+        Err(Error::NameLost { .. }) => {}
+        other => panic!("[{case}] refresh of an unknown name must be NameLost, got {other:?}"),
+    }
+    match reg.refresh(&ns, &r.name, InstanceId::random(), ttl).await {
+        Err(Error::NameLost { .. }) => {}
+        other => panic!("[{case}] refresh by a stranger must be NameLost, got {other:?}"),
+    }
+}
+
+async fn unpublish_removes_only_own_instance(c: &Ctx) {
+    let case = "unpublish";
+    let reg = c.handle().await;
+    let ns = c.ns("unpub");
+    let r = record(&ns, "leaving", 1);
+    publish(&reg, &r, c.long_ttl(), NamePolicy::Takeover, case).await;
+    let mut events = c.watch(&reg, &ns, case).await;
+    reg.unpublish(&ns, &r.name, InstanceId::random())
+        .await
+        .expect("stranger unpublish is a no-op");
+    assert_eq!(
+        lookup(&reg, &ns, "leaving", case).await.len(),
+        1,
+        "[{case}] a stranger cannot unpublish"
+    );
+    reg.unpublish(&ns, &r.name, r.instance)
+        .await
+        .expect("own unpublish");
+    assert_eq!(
+        c.next(&mut events, case).await,
+        RegistryEvent::Left {
+            name: r.name.clone(),
+            instance: r.instance
+        },
+        "[{case}] Left"
+    );
+    assert!(
+        lookup(&reg, &ns, "leaving", case).await.is_empty(),
+        "[{case}] gone after unpublish"
+    );
+    reg.unpublish(&ns, &r.name, r.instance)
+        .await
+        .expect("second unpublish is a no-op");
+    c.quiet(&mut events, Duration::from_millis(200), case).await;
+}
+
+async fn expiry_is_immediate_and_reported_once(c: &Ctx) {
+    let case = "expiry";
+    let ns = c.ns("exp");
+    let ttl = c.suite.ttl;
+    // Several handles (as several nodes would have), two watchers on each.
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        handles.push(c.handle().await);
+    }
+    let mut watchers = Vec::new();
+    for h in &handles {
+        for _ in 0..2 {
+            watchers.push(c.watch(h, &ns, case).await);
+        }
+    }
+    let doomed = record(&ns, "doomed", 1);
+    let kept = record(&ns, "kept", 2);
+    publish(&handles[0], &doomed, ttl, NamePolicy::Takeover, case).await;
+    publish(&handles[1], &kept, c.long_ttl(), NamePolicy::Takeover, case).await;
+    let published = Instant::now();
+    for w in watchers.iter_mut() {
+        let a = c.next(w, case).await;
+        let b = c.next(w, case).await;
+        assert!(
+            matches!(a, RegistryEvent::Joined(_)) && matches!(b, RegistryEvent::Joined(_)),
+            "[{case}] two Joined, got {a:?} {b:?}"
+        );
+    }
+    // Keep every handle busy so that each one has the chance to sweep.
+    tokio::time::sleep_until(published + ttl + Duration::from_millis(50)).await;
+    for h in &handles {
+        let seen = lookup(h, &ns, "*", case).await;
+        assert_eq!(
+            names(&seen),
+            vec!["kept"],
+            "[{case}] an expired record is invisible at once on every handle"
+        );
+    }
+    for (i, w) in watchers.iter_mut().enumerate() {
+        let ev = c.next(w, case).await;
+        assert_eq!(
+            ev,
+            RegistryEvent::Expired {
+                name: doomed.name.clone(),
+                instance: doomed.instance
+            },
+            "[{case}] watcher {i} gets Expired"
+        );
+    }
+    // Exactly once: nothing else arrives on any watcher, even while handles keep sweeping.
+    let quiet_until = Instant::now() + c.suite.slack;
+    while Instant::now() < quiet_until {
+        for h in &handles {
+            let _ = lookup(h, &ns, "*", case).await;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    for w in watchers.iter_mut() {
+        c.quiet(w, Duration::from_millis(50), case).await;
+    }
+}
+
+async fn watch_orders_events_per_name(c: &Ctx) {
+    let case = "watch_order";
+    let reg = c.handle().await;
+    let ns = c.ns("order");
+    let mut events = c.watch(&reg, &ns, case).await;
+    let mut late = None;
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for round in 0..5u16 {
+        for name in ["a", "b", "c"] {
+            let mut r = record(&ns, name, 1000 + round);
+            r.metadata.insert("round".into(), round.to_string());
+            publish(&reg, &r, c.long_ttl(), NamePolicy::Takeover, case).await;
+            let kind = if round == 0 { "joined" } else { "updated" };
+            expected
+                .entry(name.into())
+                .or_default()
+                .push(format!("{kind}:{round}"));
+            if round == 2 && name == "c" {
+                late = Some(c.watch(&reg, &ns, case).await);
+            }
+            if round == 4 {
+                reg.unpublish(&ns, &r.name, r.instance)
+                    .await
+                    .expect("unpublish");
+                expected.entry(name.into()).or_default().push("left".into());
+            }
+        }
+    }
+    let total: usize = expected.values().map(Vec::len).sum();
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for _ in 0..total {
+        let ev = c.next(&mut events, case).await;
+        let (name, tag) = match &ev {
+            RegistryEvent::Joined(r) => (
+                r.name.to_string(),
+                format!("joined:{}", r.metadata["round"]),
+            ),
+            RegistryEvent::Updated(r) => (
+                r.name.to_string(),
+                format!("updated:{}", r.metadata["round"]),
+            ),
+            RegistryEvent::Left { name, .. } => (name.to_string(), "left".into()),
+            other => panic!("[{case}] unexpected {other:?}"),
+        };
+        seen.entry(name).or_default().push(tag);
+    }
+    assert_eq!(seen, expected, "[{case}] every event, in order per name");
+    c.quiet(&mut events, Duration::from_millis(200), case).await;
+    // A watcher opened mid-way sees exactly what happened after it returned.
+    let mut late = late.expect("late watcher");
+    let mut count = 0;
+    while timeout(
+        Duration::from_millis(300).max(c.suite.slack / 4),
+        late.next(),
+    )
+    .await
+    .is_ok_and(|e| e.is_some())
+    {
+        count += 1;
+    }
+    assert_eq!(
+        count,
+        total - 3 * 3,
+        "[{case}] a watcher sees the events after it started, and only those"
+    );
+}
+
+async fn glob_lookups(c: &Ctx) {
+    let case = "glob";
+    let reg = c.handle().await;
+    let ns = c.ns("glob");
+    for (i, n) in ["worker-1", "worker-2", "worker-10", "db-1", "db-x", "other"]
+        .iter()
+        .enumerate()
+    {
+        publish(
+            &reg,
+            &record(&ns, n, 2000 + i as u16),
+            c.long_ttl(),
+            NamePolicy::Takeover,
+            case,
+        )
+        .await;
+    }
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "*",
+            &["db-1", "db-x", "other", "worker-1", "worker-10", "worker-2"],
+        ),
+        ("worker-*", &["worker-1", "worker-10", "worker-2"]),
+        ("worker-?", &["worker-1", "worker-2"]),
+        ("*-1", &["db-1", "worker-1"]),
+        ("db-[0-9]", &["db-1"]),
+        ("db-[!0-9]", &["db-x"]),
+        ("[dw]*-1*", &["db-1", "worker-1", "worker-10"]),
+        ("o?her", &["other"]),
+        ("worker", &[]),
+        ("%", &[]),
+    ];
+    for (p, want) in cases {
+        if Pattern::new(p).is_err() {
+            continue;
+        }
+        let got = lookup(&reg, &ns, p, case).await;
+        assert_eq!(
+            names(&got),
+            *want,
+            "[{case}] lookup {p:?} (results sorted by name)"
+        );
+    }
+}
+
+async fn namespaces_are_isolated(c: &Ctx) {
+    let case = "namespaces";
+    let reg = c.handle().await;
+    let ns1 = c.ns("iso1");
+    let ns2 = c.ns("iso2");
+    let mut w1 = c.watch(&reg, &ns1, case).await;
+    let r1 = record(&ns1, "same", 1);
+    let r2 = record(&ns2, "same", 2);
+    publish(&reg, &r1, c.long_ttl(), NamePolicy::Exclusive, case).await;
+    publish(&reg, &r2, c.long_ttl(), NamePolicy::Exclusive, case).await;
+    assert_eq!(
+        lookup(&reg, &ns1, "*", case).await,
+        vec![r1.clone()],
+        "[{case}] ns1 sees only its own"
+    );
+    assert_eq!(
+        lookup(&reg, &ns2, "*", case).await,
+        vec![r2],
+        "[{case}] ns2 sees only its own"
+    );
+    assert_eq!(
+        c.next(&mut w1, case).await,
+        RegistryEvent::Joined(r1),
+        "[{case}] ns1 watcher"
+    );
+    c.quiet(&mut w1, Duration::from_millis(200), case).await;
+}
+
+async fn many_concurrent_publishers(c: &Ctx) {
+    let case = "many";
+    let ns = c.ns("many");
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        handles.push(c.handle().await);
+    }
+    let mut tasks = Vec::new();
+    for i in 0..200u16 {
+        let reg = handles[usize::from(i) % handles.len()].clone();
+        let r = record(&ns, &format!("node-{i:03}"), 3000 + i);
+        tasks.push(tokio::spawn(async move {
+            reg.publish(&r, Duration::from_secs(60), NamePolicy::Exclusive)
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await
+            .expect("publisher task")
+            .unwrap_or_else(|e| panic!("[{case}] concurrent publish failed: {e}"));
+    }
+    let reg = c.handle().await;
+    let all = lookup(&reg, &ns, "*", case).await;
+    assert_eq!(
+        all.len(),
+        200,
+        "[{case}] every concurrent publish is visible"
+    );
+    assert!(
+        all.windows(2).all(|w| w[0].name < w[1].name),
+        "[{case}] results sorted by name"
+    );
+    // Contended exclusive publish of one name: exactly one winner.
+    let mut tasks = Vec::new();
+    for i in 0..20u16 {
+        let reg = handles[usize::from(i) % handles.len()].clone();
+        let r = record(&ns, "contended", 4000 + i);
+        tasks.push(tokio::spawn(async move {
+            reg.publish(&r, Duration::from_secs(60), NamePolicy::Exclusive)
+                .await
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(()) => winners += 1,
+            Err(Error::NameTaken { .. }) => {}
+            Err(e) => panic!("[{case}] contended exclusive publish failed with {e}"),
+        }
+    }
+    assert_eq!(
+        winners, 1,
+        "[{case}] exactly one exclusive publisher wins a contended name"
+    );
+}
+
+async fn zero_ttl_is_rejected(c: &Ctx) {
+    let case = "zero_ttl";
+    let reg = c.handle().await;
+    let ns = c.ns("ttl0");
+    let r = record(&ns, "x", 1);
+    assert!(
+        reg.publish(&r, Duration::ZERO, NamePolicy::Takeover)
+            .await
+            .is_err(),
+        "[{case}] publish with ttl 0 is an error"
+    );
+    assert!(
+        lookup(&reg, &ns, "x", case).await.is_empty(),
+        "[{case}] nothing stored"
+    );
+}
+
+async fn dropped_watcher_does_not_disturb_others(c: &Ctx) {
+    let case = "dropped_watcher";
+    let reg = c.handle().await;
+    let ns = c.ns("dropw");
+    let dropped = c.watch(&reg, &ns, case).await;
+    let mut kept = c.watch(&reg, &ns, case).await;
+    drop(dropped);
+    let r = record(&ns, "x", 1);
+    publish(&reg, &r, c.long_ttl(), NamePolicy::Takeover, case).await;
+    assert_eq!(
+        c.next(&mut kept, case).await,
+        RegistryEvent::Joined(r),
+        "[{case}] remaining watcher still served"
+    );
+}
+
+async fn malformed_records_are_skipped(c: &Ctx) {
+    let case = "malformed";
+    let inject = c.suite.injector.clone().expect("injector");
+    let reg = c.handle().await;
+    let ns = c.ns("bad");
+    let good = record(&ns, "good-1", 1);
+    publish(&reg, &good, c.long_ttl(), NamePolicy::Takeover, case).await;
+    let garbage: [&[u8]; 4] = [
+        b"not json at all",
+        b"{\"name\":",
+        b"{\"version\":1}",
+        b"\xff\xfe\x00binary",
+    ];
+    for (i, bytes) in garbage.iter().enumerate() {
+        inject(
+            ns.clone(),
+            PeerName::new(&format!("good-bad{i}")).expect("name"),
+            bytes.to_vec(),
+        )
+        .await;
+    }
+    let found = lookup(&reg, &ns, "good*", case).await;
+    assert_eq!(
+        found,
+        vec![good.clone()],
+        "[{case}] unreadable records are skipped, readable ones returned"
+    );
+    let exact = lookup(&reg, &ns, "good-bad0", case).await;
+    assert!(
+        exact.is_empty(),
+        "[{case}] an unreadable record is not found by exact lookup either"
+    );
+}

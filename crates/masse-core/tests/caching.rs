@@ -1,0 +1,344 @@
+//! CachingRegistry behaviour beyond the conformance suite: hits, coalescing,
+//! negative caching, stale serving, invalidation and patching of in-flight fetches.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use masse_core::{
+    BoxStream, CachingConfig, CachingRegistry, Error, Freshness, InstanceId, MemoryRegistry,
+    NamePolicy, Namespace, Pattern, PeerName, PeerRecord, Registry, RegistryEvent, Result,
+    async_trait,
+};
+
+/// A backend that counts lookups, can be slowed down and can be made to fail.
+#[derive(Clone, Default)]
+struct TestBackend {
+    inner: MemoryRegistry,
+    lookups: Arc<AtomicU64>,
+    /// Sleep after reading the answer (so changes can land during a fetch).
+    delay_ms: Arc<AtomicU64>,
+    failing: Arc<AtomicBool>,
+    /// Flipped to end every open watch stream with an error.
+    break_watch: Arc<tokio::sync::Notify>,
+}
+
+fn down() -> Error {
+    Error::unavailable(
+        "test",
+        std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "backend is down"),
+    )
+}
+
+#[async_trait]
+impl Registry for TestBackend {
+    async fn publish(&self, record: &PeerRecord, ttl: Duration, policy: NamePolicy) -> Result<()> {
+        self.inner.publish(record, ttl, policy).await
+    }
+    async fn refresh(
+        &self,
+        ns: &Namespace,
+        name: &PeerName,
+        instance: InstanceId,
+        ttl: Duration,
+    ) -> Result<()> {
+        self.inner.refresh(ns, name, instance, ttl).await
+    }
+    async fn unpublish(&self, ns: &Namespace, name: &PeerName, instance: InstanceId) -> Result<()> {
+        self.inner.unpublish(ns, name, instance).await
+    }
+    async fn lookup(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<PeerRecord>> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(down());
+        }
+        let found = self.inner.lookup(ns, pattern).await?;
+        let delay = self.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        Ok(found)
+    }
+    async fn watch(&self, ns: &Namespace) -> Result<BoxStream<'static, Result<RegistryEvent>>> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(down());
+        }
+        let inner = self.inner.watch(ns).await?;
+        let brk = self.break_watch.clone();
+        let broken = Box::pin(async move {
+            brk.notified().await;
+            Err(down())
+        });
+        // The events, until `break_watch` fires; then an error.
+        Ok(futures::stream::select(inner, futures::stream::once(broken)).boxed())
+    }
+}
+
+fn ns() -> Namespace {
+    "cache-test".parse().unwrap()
+}
+
+fn rec(name: &str) -> PeerRecord {
+    PeerRecord::new(ns(), name.parse().unwrap(), InstanceId::random())
+}
+
+fn pat(p: &str) -> Pattern {
+    p.parse().unwrap()
+}
+
+async fn until(mut cond: impl FnMut() -> bool) {
+    eventually(async || cond()).await
+}
+
+async fn eventually(mut cond: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached within 2 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_lookups_hit_the_cache_and_follow_events() {
+    let backend = TestBackend::default();
+    let cache = CachingRegistry::new(backend.clone());
+    backend
+        .publish(&rec("db-1"), Duration::from_secs(30), NamePolicy::Takeover)
+        .await
+        .unwrap();
+
+    let first = cache.lookup_cached(&ns(), &pat("db-*")).await.unwrap();
+    assert_eq!(first.freshness, Freshness::Fetched);
+    until(|| cache.is_synced(&ns())).await;
+    // The first fetch may have raced the watch being established; after it is,
+    // one more fetch and then only hits.
+    let _ = cache.lookup_cached(&ns(), &pat("db-*")).await.unwrap();
+    let calls = backend.lookups.load(Ordering::SeqCst);
+    for _ in 0..100 {
+        let hit = cache.lookup_cached(&ns(), &pat("db-*")).await.unwrap();
+        assert_eq!(hit.freshness, Freshness::Cached);
+        assert_eq!(hit.records.len(), 1);
+    }
+    assert_eq!(
+        backend.lookups.load(Ordering::SeqCst),
+        calls,
+        "hits never reach the backend"
+    );
+
+    // A peer joining elsewhere shows up in the cached answer without a backend call.
+    let joined = rec("db-2");
+    backend
+        .publish(&joined, Duration::from_secs(30), NamePolicy::Takeover)
+        .await
+        .unwrap();
+    eventually(async || {
+        cache
+            .lookup_cached(&ns(), &pat("db-*"))
+            .await
+            .map(|l| l.records.len() == 2)
+            .unwrap_or(false)
+    })
+    .await;
+    // And leaving removes it.
+    backend
+        .unpublish(&ns(), &joined.name, joined.instance)
+        .await
+        .unwrap();
+    eventually(async || {
+        cache
+            .lookup_cached(&ns(), &pat("db-*"))
+            .await
+            .map(|l| l.records.len() == 1)
+            .unwrap_or(false)
+    })
+    .await;
+    assert_eq!(
+        backend.lookups.load(Ordering::SeqCst),
+        calls,
+        "kept fresh by events, not by refetching"
+    );
+    let stats = cache.stats();
+    assert!(stats.hits >= 100, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lookups_are_coalesced() {
+    let backend = TestBackend::default();
+    backend.delay_ms.store(100, Ordering::SeqCst);
+    backend
+        .publish(&rec("w-1"), Duration::from_secs(30), NamePolicy::Takeover)
+        .await
+        .unwrap();
+    let cache = CachingRegistry::new(backend.clone());
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let cache = cache.clone();
+        tasks.push(tokio::spawn(async move {
+            cache.lookup(&ns(), &pat("w-*")).await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().len(), 1);
+    }
+    assert_eq!(
+        backend.lookups.load(Ordering::SeqCst),
+        1,
+        "100 concurrent lookups, one backend call"
+    );
+    let stats = cache.stats();
+    assert_eq!(stats.backend_lookups, 1);
+    assert_eq!(stats.coalesced, 99, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misses_are_cached_briefly() {
+    let backend = TestBackend::default();
+    let mut config = CachingConfig::default();
+    config.negative_ttl = Duration::from_millis(300);
+    let cache = CachingRegistry::with_config(backend.clone(), config);
+    let _ = cache.lookup(&ns(), &pat("ghost")).await.unwrap();
+    until(|| cache.is_synced(&ns())).await;
+    assert!(cache.lookup(&ns(), &pat("ghost")).await.unwrap().is_empty());
+    let calls = backend.lookups.load(Ordering::SeqCst);
+    for _ in 0..10 {
+        assert!(cache.lookup(&ns(), &pat("ghost")).await.unwrap().is_empty());
+    }
+    assert_eq!(
+        backend.lookups.load(Ordering::SeqCst),
+        calls,
+        "a miss is cached"
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(cache.lookup(&ns(), &pat("ghost")).await.unwrap().is_empty());
+    assert_eq!(
+        backend.lookups.load(Ordering::SeqCst),
+        calls + 1,
+        "…but only for negative_ttl"
+    );
+    // A join is seen at once, negative entry or not.
+    let g = rec("ghost");
+    backend
+        .publish(&g, Duration::from_secs(30), NamePolicy::Takeover)
+        .await
+        .unwrap();
+    eventually(async || {
+        cache
+            .lookup(&ns(), &pat("ghost"))
+            .await
+            .map(|v| v.len() == 1)
+            .unwrap_or(false)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_answers_are_served_and_flagged_while_the_backend_is_down() {
+    let backend = TestBackend::default();
+    let mut config = CachingConfig::default();
+    config.retry_after = Duration::from_millis(100);
+    let cache = CachingRegistry::with_config(backend.clone(), config);
+    backend
+        .publish(&rec("db-1"), Duration::from_secs(30), NamePolicy::Takeover)
+        .await
+        .unwrap();
+    let _ = cache.lookup(&ns(), &pat("db-1")).await.unwrap();
+    until(|| cache.is_synced(&ns())).await;
+    let _ = cache.lookup(&ns(), &pat("db-1")).await.unwrap();
+
+    backend.failing.store(true, Ordering::SeqCst);
+    backend.break_watch.notify_waiters();
+    until(|| !cache.is_synced(&ns())).await;
+
+    let stale = cache.lookup_cached(&ns(), &pat("db-1")).await.unwrap();
+    assert_eq!(
+        stale.freshness,
+        Freshness::Stale,
+        "backend down: last known answer, flagged"
+    );
+    assert_eq!(stale.records.len(), 1);
+    // Within retry_after the backend is not asked again.
+    let calls = backend.lookups.load(Ordering::SeqCst);
+    let again = cache.lookup_cached(&ns(), &pat("db-1")).await.unwrap();
+    assert_eq!(again.freshness, Freshness::Stale);
+    assert_eq!(backend.lookups.load(Ordering::SeqCst), calls);
+    assert!(cache.stats().stale >= 2);
+
+    // Nothing known: the backend's error comes through.
+    match cache.lookup(&ns(), &pat("unknown")).await {
+        Err(Error::RegistryUnavailable { backend, .. }) => assert_eq!(backend, "test"),
+        other => panic!("expected RegistryUnavailable, got {other:?}"),
+    }
+
+    // Recovery: the watch comes back and answers are fresh again.
+    backend.failing.store(false, Ordering::SeqCst);
+    until(|| cache.is_synced(&ns())).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let fresh = cache.lookup_cached(&ns(), &pat("db-1")).await.unwrap();
+    assert_ne!(fresh.freshness, Freshness::Stale);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_forces_a_fresh_lookup() {
+    let backend = TestBackend::default();
+    let cache = CachingRegistry::new(backend.clone());
+    backend
+        .publish(&rec("db-1"), Duration::from_secs(30), NamePolicy::Takeover)
+        .await
+        .unwrap();
+    let _ = cache.lookup(&ns(), &pat("db-1")).await.unwrap();
+    until(|| cache.is_synced(&ns())).await;
+    let _ = cache.lookup(&ns(), &pat("db-*")).await.unwrap();
+    let _ = cache.lookup(&ns(), &pat("db-1")).await.unwrap();
+    let _ = cache.lookup(&ns(), &pat("other")).await.unwrap();
+    let calls = backend.lookups.load(Ordering::SeqCst);
+    cache.invalidate(&ns(), &"db-1".parse().unwrap());
+    let _ = cache.lookup(&ns(), &pat("db-1")).await.unwrap();
+    let _ = cache.lookup(&ns(), &pat("db-*")).await.unwrap();
+    let _ = cache.lookup(&ns(), &pat("other")).await.unwrap();
+    assert_eq!(
+        backend.lookups.load(Ordering::SeqCst),
+        calls + 2,
+        "both entries that could hold db-1 were dropped, 'other' was kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_during_a_fetch_is_not_lost() {
+    let backend = TestBackend::default();
+    let cache = CachingRegistry::new(backend.clone());
+    backend
+        .publish(&rec("n-1"), Duration::from_secs(30), NamePolicy::Takeover)
+        .await
+        .unwrap();
+    let _ = cache.lookup(&ns(), &pat("x")).await.unwrap();
+    until(|| cache.is_synced(&ns())).await;
+
+    // The backend reads its answer, then takes 200 ms to return it; meanwhile n-2 joins.
+    backend.delay_ms.store(200, Ordering::SeqCst);
+    let c2 = cache.clone();
+    let fetch = tokio::spawn(async move { c2.lookup(&ns(), &pat("n-*")).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    backend
+        .publish(&rec("n-2"), Duration::from_secs(30), NamePolicy::Takeover)
+        .await
+        .unwrap();
+    let calls = backend.lookups.load(Ordering::SeqCst);
+    let fetched = fetch.await.unwrap().unwrap();
+    assert_eq!(
+        fetched.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["n-1", "n-2"],
+        "the backend's answer predates the join; the event that arrived meanwhile was applied to it"
+    );
+    backend.delay_ms.store(0, Ordering::SeqCst);
+    let hit = cache.lookup_cached(&ns(), &pat("n-*")).await.unwrap();
+    assert_eq!(hit.freshness, Freshness::Cached);
+    assert_eq!(hit.records.len(), 2);
+    assert_eq!(
+        backend.lookups.load(Ordering::SeqCst),
+        calls,
+        "served from the patched entry, not refetched"
+    );
+}
