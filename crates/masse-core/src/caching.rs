@@ -190,7 +190,7 @@ impl Entry {
 impl NsCache {
     fn apply(&mut self, event: RegistryEvent, config: &CachingConfig, now: Instant) {
         if matches!(event, RegistryEvent::Resync) {
-            self.entries.clear();
+            self.invalidate_entries(now);
             self.recent.clear();
             self.epoch += 1;
             self.seq = 0;
@@ -204,6 +204,13 @@ impl NsCache {
             self.recent.pop_front();
         }
         self.recent.push_back((self.seq, event));
+    }
+
+    /// Turns every entry into a stale-only answer.
+    fn invalidate_entries(&mut self, now: Instant) {
+        for e in self.entries.values_mut() {
+            e.valid_until = now;
+        }
     }
 
     fn evict_if_full(&mut self, max: usize) {
@@ -316,12 +323,19 @@ impl<R: Registry> CachingRegistry<R> {
         }
     }
 
-    /// Forgets every cached result in `ns` that could hold `name`, so the next
-    /// lookup asks the backend. Call it when a cached address turned out stale.
+    /// Stops serving every cached result in `ns` that could hold `name` as a
+    /// hit, so the next lookup asks the backend. Call it when a cached address
+    /// turned out stale. (The old answer is still served, flagged stale, if the
+    /// backend then fails.)
     pub fn invalidate(&self, ns: &Namespace, name: &PeerName) {
+        let now = Instant::now();
         let mut cache = write(&self.shared.cache);
         if let Some(nsc) = cache.get_mut(ns) {
-            nsc.entries.retain(|_, e| !e.pattern.matches(name.as_str()));
+            for e in nsc.entries.values_mut() {
+                if e.pattern.matches(name.as_str()) {
+                    e.valid_until = now;
+                }
+            }
         }
     }
 
@@ -495,8 +509,9 @@ async fn watch_task<R: Registry>(
                 if let Some(shared) = weak.upgrade() {
                     let mut cache = write(&shared.cache);
                     let nsc = cache.entry(ns.clone()).or_default();
-                    // Entries fetched while unsynced may have missed events: start over.
-                    nsc.entries.clear();
+                    // Entries fetched while unsynced may have missed events: they
+                    // are no longer hits, but stay as stale answers for outages.
+                    nsc.invalidate_entries(Instant::now());
                     nsc.recent.clear();
                     nsc.synced = true;
                     nsc.epoch += 1;

@@ -14,7 +14,9 @@ mod registry;
 mod wrapper;
 
 pub mod caching;
+pub mod handshake;
 pub mod memory;
+mod node;
 #[cfg(feature = "testkit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
 pub mod testkit;
@@ -25,6 +27,7 @@ pub use error::{BoxError, Error, RefuseCode, Result};
 pub use interface::{Accepted, BindContext, ConnectContext, DynInterface, Interface, Listener};
 pub use io::{BoxIo, Io};
 pub use memory::MemoryRegistry;
+pub use node::{Events, Incoming, Node, NodeBuilder, NodeEvent, NodeStats, PeerStream, Reach};
 pub use name::{Namespace, PeerName, validate_service};
 pub use pattern::Pattern;
 pub use record::{Fingerprint, InstanceId, PeerRecord, now_millis};

@@ -1,0 +1,304 @@
+//! [`NodeBuilder`]: configures and starts a [`Node`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{Notify, broadcast, watch};
+
+use super::core::{Core, NodeConfig, Route};
+use super::{Node, accept, lifecycle};
+use crate::caching::{CachingConfig, CachingRegistry};
+use crate::error::{Error, Result};
+use crate::interface::{BindContext, DynInterface, Interface};
+use crate::memory::MemoryRegistry;
+use crate::name::{Namespace, PeerName, validate_service};
+use crate::record::{InstanceId, PeerRecord};
+use crate::registry::{DynRegistry, NamePolicy, Registry};
+use crate::wrapper::{DynWrapper, Wrapper};
+
+/// Configures a [`Node`]; made by [`Node::builder`], finished by [`start`](Self::start).
+///
+/// Invalid values (a bad name, a zero ttl) are reported by `start`, so the
+/// builder chains without `?` at every step.
+#[must_use = "a builder does nothing until .start().await"]
+pub struct NodeBuilder {
+    name: String,
+    namespace: String,
+    registry: Option<DynRegistry>,
+    interfaces: Vec<DynInterface>,
+    wrappers: Vec<DynWrapper>,
+    services: Vec<String>,
+    metadata: Vec<(String, String)>,
+    config: NodeConfig,
+    cache: CachingConfig,
+}
+
+impl NodeBuilder {
+    pub(crate) fn new(name: &str) -> Self {
+        NodeBuilder {
+            name: name.to_owned(),
+            namespace: "default".into(),
+            registry: None,
+            interfaces: Vec::new(),
+            wrappers: Vec::new(),
+            services: Vec::new(),
+            metadata: Vec::new(),
+            config: NodeConfig {
+                ttl: Duration::from_secs(10),
+                policy: NamePolicy::Takeover,
+                handshake_timeout: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(5),
+                concurrency: 32,
+                shutdown_grace: Duration::from_secs(5),
+                incoming_capacity: 1024,
+                max_pending_handshakes: 1024,
+                advertise: Vec::new(),
+            },
+            cache: CachingConfig::default(),
+        }
+    }
+
+    /// The namespace to live in (default `"default"`). Nodes only see and
+    /// reach nodes of their own namespace.
+    pub fn namespace(mut self, namespace: impl AsRef<str>) -> Self {
+        namespace.as_ref().clone_into(&mut self.namespace);
+        self
+    }
+
+    /// The registry that says who is where. Default: the process-wide
+    /// [`MemoryRegistry::global`], which only reaches nodes of this process.
+    pub fn registry(mut self, registry: impl Registry) -> Self {
+        self.registry = Some(Arc::new(registry));
+        self
+    }
+
+    /// A registry chosen at run time.
+    pub fn registry_dyn(mut self, registry: DynRegistry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Adds a transport. Several are allowed: the node accepts on all of them
+    /// and dials with the first one that the peer also offers. At least one is
+    /// required (the `masse` facade crate's defaults add TCP).
+    pub fn interface(mut self, interface: impl Interface) -> Self {
+        self.interfaces.push(Arc::new(interface));
+        self
+    }
+
+    /// Adds a transport chosen at run time.
+    pub fn interface_dyn(mut self, interface: DynInterface) -> Self {
+        self.interfaces.push(interface);
+        self
+    }
+
+    /// True if at least one interface was added.
+    pub fn has_interface(&self) -> bool {
+        !self.interfaces.is_empty()
+    }
+
+    /// True if a registry was set.
+    pub fn has_registry(&self) -> bool {
+        self.registry.is_some()
+    }
+
+    /// Adds a wrapper; wrappers apply to every stream in the order added,
+    /// after the handshake, on both dialed and accepted streams.
+    pub fn wrap(mut self, wrapper: impl Wrapper) -> Self {
+        self.wrappers.push(Arc::new(wrapper));
+        self
+    }
+
+    /// Adds a wrapper chosen at run time.
+    pub fn wrap_dyn(mut self, wrapper: DynWrapper) -> Self {
+        self.wrappers.push(wrapper);
+        self
+    }
+
+    /// How long the record lives without a heartbeat (default 10 s); the node
+    /// refreshes it every `ttl / 3`.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.config.ttl = ttl;
+        self
+    }
+
+    /// A service this node accepts (listed in its record). A node with
+    /// services refuses streams for any other service with `NoSuchService`.
+    pub fn service(mut self, service: impl Into<String>) -> Self {
+        self.services.push(service.into());
+        self
+    }
+
+    /// A metadata entry published in the record.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.push((key.into(), value.into()));
+        self
+    }
+
+    /// Publishes `addr` instead of the bound addresses (repeatable). A port of
+    /// 0 keeps each listener's bound port.
+    pub fn advertise(mut self, addr: SocketAddr) -> Self {
+        self.config.advertise.push(addr);
+        self
+    }
+
+    /// What to do if another live instance holds the name at start
+    /// (default [`NamePolicy::Takeover`]).
+    pub fn name_policy(mut self, policy: NamePolicy) -> Self {
+        self.config.policy = policy;
+        self
+    }
+
+    /// Deadline for the masse handshake on each stream (default 5 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.handshake_timeout = timeout;
+        self
+    }
+
+    /// Deadline for each transport connect (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// How many dials [`Node::to`] runs at once (default 32).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.config.concurrency = n;
+        self
+    }
+
+    /// How long [`Node::shutdown`] waits for open streams (default 5 s).
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.config.shutdown_grace = grace;
+        self
+    }
+
+    /// Accepted streams queued for [`Node::incoming`] before new ones are
+    /// refused with `Busy` (default 1024).
+    pub fn incoming_capacity(mut self, n: usize) -> Self {
+        self.config.incoming_capacity = n;
+        self
+    }
+
+    /// Inbound handshakes in progress at once before new connections are
+    /// dropped (default 1024): a bound on slow or idle dialers.
+    pub fn max_pending_handshakes(mut self, n: usize) -> Self {
+        self.config.max_pending_handshakes = n;
+        self
+    }
+
+    /// Tuning of the node's registry cache.
+    pub fn cache(mut self, config: CachingConfig) -> Self {
+        self.cache = config;
+        self
+    }
+
+    /// Binds every interface, publishes the record, and starts the heartbeat,
+    /// watch and accept tasks.
+    pub async fn start(self) -> Result<Node> {
+        let name = PeerName::new(&self.name)?;
+        let namespace = Namespace::new(&self.namespace)?;
+        for s in &self.services {
+            validate_service(s)?;
+        }
+        let config = self.config;
+        if config.ttl < Duration::from_millis(30) {
+            return Err(Error::Config(format!("ttl {:?} is too short (at least 30 ms)", config.ttl)));
+        }
+        if config.concurrency == 0 {
+            return Err(Error::Config("concurrency must be at least 1".into()));
+        }
+        if self.interfaces.is_empty() {
+            return Err(Error::Config(
+                "no interface: add one with .interface(...), e.g. TcpInterface::new(\"0.0.0.0:0\") from masse-tcp, \
+                 or use the masse crate's NodeBuilderExt::with_defaults()"
+                    .into(),
+            ));
+        }
+        let backend = self.registry.unwrap_or_else(|| Arc::new(MemoryRegistry::global()));
+        let registry = CachingRegistry::with_config(backend, self.cache);
+        let instance = InstanceId::random();
+
+        let span = tracing::info_span!("node", name = %name, namespace = %namespace);
+        let _enter = span.enter();
+
+        let mut listeners = Vec::new();
+        let mut listener_endpoints = Vec::new();
+        let bind_ctx = BindContext::new(namespace.clone(), name.clone(), instance);
+        for iface in &self.interfaces {
+            let l = iface.bind(&bind_ctx).await?;
+            listener_endpoints.push(l.endpoints());
+            listeners.push((l, iface.protocol()));
+        }
+
+        let mut record = PeerRecord::new(namespace.clone(), name.clone(), instance);
+        record.services = self.services.clone();
+        record.metadata = self.metadata.into_iter().collect();
+        let (events, _) = broadcast::channel(1024);
+        let (registry_events, _) = broadcast::channel(1024);
+        let (stopping, _) = watch::channel(false);
+        let core = Arc::new(Core {
+            name,
+            namespace,
+            instance,
+            registry,
+            interfaces: self.interfaces,
+            wrappers: self.wrappers,
+            services: self.services,
+            default_route: Route::new(config.incoming_capacity),
+            config,
+            record: RwLock::new(record),
+            listener_endpoints: Mutex::new(listener_endpoints),
+            events,
+            registry_events,
+            service_routes: Mutex::new(HashMap::new()),
+            stopping,
+            accepting: AtomicBool::new(true),
+            counters: Default::default(),
+            stream_closed: Notify::new(),
+        });
+        core.record.write().unwrap_or_else(|p| p.into_inner()).endpoints = core.compute_endpoints();
+        drop(_enter);
+
+        // Watch before publishing, so no event after start is missed.
+        let watch = match core.registry.watch(&core.namespace).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(parent: &span, error = %e, "cannot watch the registry yet; retrying in the background");
+                None
+            }
+        };
+        let record = core.record();
+        core.registry.publish(&record, core.config.ttl, core.config.policy).await?;
+        tracing::info!(parent: &span, instance = %core.instance, endpoints = ?record.endpoints, "node started");
+
+        let mut tasks = Vec::new();
+        for (listener, protocol) in listeners.into_iter().enumerate().map(|(i, (l, p))| ((i, l), p)) {
+            tasks.push(tokio::spawn(accept::accept_loop(core.clone(), listener.1, listener.0, protocol)));
+        }
+        tasks.push(tokio::spawn(lifecycle::heartbeat(core.clone())));
+        tasks.push(tokio::spawn(lifecycle::watch_loop(core.clone(), watch)));
+        Ok(Node {
+            core,
+            tasks: Mutex::new(tasks),
+            span,
+        })
+    }
+}
+
+impl fmt::Debug for NodeBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeBuilder")
+            .field("name", &self.name)
+            .field("namespace", &self.namespace)
+            .field("interfaces", &self.interfaces.len())
+            .field("wrappers", &self.wrappers.len())
+            .field("services", &self.services)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,159 @@
+//! The state shared by a node's handle, its tasks and its streams.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{Notify, broadcast, mpsc, watch};
+
+use super::event::NodeEvent;
+use super::stats::Counters;
+use super::stream::PeerStream;
+use crate::caching::CachingRegistry;
+use crate::endpoint::Endpoint;
+use crate::interface::DynInterface;
+use crate::name::{Namespace, PeerName};
+use crate::record::{InstanceId, PeerRecord};
+use crate::registry::{DynRegistry, NamePolicy, RegistryEvent};
+use crate::wrapper::DynWrapper;
+
+/// Settings of a running node (from the builder).
+#[derive(Debug, Clone)]
+pub(crate) struct NodeConfig {
+    pub(crate) ttl: Duration,
+    pub(crate) policy: NamePolicy,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) concurrency: usize,
+    pub(crate) shutdown_grace: Duration,
+    pub(crate) incoming_capacity: usize,
+    pub(crate) max_pending_handshakes: usize,
+    pub(crate) advertise: Vec<SocketAddr>,
+}
+
+/// A queue of accepted streams and its receiving end, shared by every
+/// [`Incoming`](super::Incoming) on it.
+pub(crate) struct Route {
+    pub(crate) tx: mpsc::Sender<PeerStream>,
+    pub(crate) rx: Arc<tokio::sync::Mutex<mpsc::Receiver<PeerStream>>>,
+}
+
+impl Route {
+    pub(crate) fn new(capacity: usize) -> Self {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        Route {
+            tx,
+            rx: Arc::new(tokio::sync::Mutex::new(rx)),
+        }
+    }
+}
+
+pub(crate) struct Core {
+    pub(crate) name: PeerName,
+    pub(crate) namespace: Namespace,
+    pub(crate) instance: InstanceId,
+    pub(crate) registry: CachingRegistry<DynRegistry>,
+    pub(crate) interfaces: Vec<DynInterface>,
+    pub(crate) wrappers: Vec<DynWrapper>,
+    pub(crate) services: Vec<String>,
+    pub(crate) config: NodeConfig,
+    pub(crate) record: RwLock<PeerRecord>,
+    /// The endpoints each listener advertises, in interface order.
+    pub(crate) listener_endpoints: Mutex<Vec<Vec<Endpoint>>>,
+    pub(crate) events: broadcast::Sender<NodeEvent>,
+    pub(crate) registry_events: broadcast::Sender<RegistryEvent>,
+    /// Accepted streams without a service (or whose service has no route of its own).
+    pub(crate) default_route: Route,
+    /// Accepted streams per service, for `incoming_service`.
+    pub(crate) service_routes: Mutex<HashMap<String, Route>>,
+    /// True once shutdown began (or the node was dropped).
+    pub(crate) stopping: watch::Sender<bool>,
+    pub(crate) accepting: AtomicBool,
+    pub(crate) counters: Counters,
+    pub(crate) stream_closed: Notify,
+}
+
+impl Core {
+    pub(crate) fn emit(&self, event: NodeEvent) {
+        // No receiver is fine: events are for whoever listens.
+        let _ = self.events.send(event);
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Resolves once shutdown has begun.
+    pub(crate) async fn stopped(&self) {
+        let mut rx = self.stopping.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    pub(crate) fn record(&self) -> PeerRecord {
+        self.record.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The endpoints to publish: every listener's, with `advertise` applied.
+    pub(crate) fn compute_endpoints(&self) -> Vec<Endpoint> {
+        let listeners = self.listener_endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        apply_advertise(&listeners, &self.config.advertise)
+    }
+
+    /// Which route a stream for `service` goes to.
+    pub(crate) fn route_for(&self, service: Option<&str>) -> mpsc::Sender<PeerStream> {
+        if let Some(s) = service {
+            let routes = self.service_routes.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(r) = routes.get(s) {
+                return r.tx.clone();
+            }
+        }
+        self.default_route.tx.clone()
+    }
+
+    pub(crate) fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::Acquire)
+    }
+}
+
+/// Replaces the IPs of bound endpoints with the advertised addresses. An
+/// advertised port of 0 keeps each listener's bound port.
+pub(crate) fn apply_advertise(listeners: &[Vec<Endpoint>], advertise: &[SocketAddr]) -> Vec<Endpoint> {
+    let mut out = Vec::new();
+    for eps in listeners {
+        if advertise.is_empty() {
+            out.extend(eps.iter().copied());
+            continue;
+        }
+        let Some(first) = eps.first() else { continue };
+        for adv in advertise {
+            let port = if adv.port() == 0 { first.addr.port() } else { adv.port() };
+            let ep = Endpoint::new(first.protocol, SocketAddr::new(adv.ip(), port));
+            if !out.contains(&ep) {
+                out.push(ep);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::Protocol;
+
+    #[test]
+    fn advertise_replaces_ips_and_keeps_ports() {
+        let tcp = vec![Endpoint::new(Protocol::Tcp, "0.0.0.0:4100".parse().unwrap())];
+        let quic = vec![Endpoint::new(Protocol::Quic, "0.0.0.0:4433".parse().unwrap())];
+        let listeners = vec![tcp.clone(), quic];
+        assert_eq!(apply_advertise(&listeners, &[]), vec![tcp[0], listeners[1][0]]);
+        let adv = ["10.1.2.3:0".parse().unwrap()];
+        let got: Vec<String> = apply_advertise(&listeners, &adv).iter().map(|e| e.to_string()).collect();
+        assert_eq!(got, ["tcp://10.1.2.3:4100", "quic://10.1.2.3:4433"]);
+        let adv = ["10.1.2.3:9000".parse().unwrap()];
+        let got: Vec<String> = apply_advertise(&listeners[..1], &adv).iter().map(|e| e.to_string()).collect();
+        assert_eq!(got, ["tcp://10.1.2.3:9000"]);
+    }
+}

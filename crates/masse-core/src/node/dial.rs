@@ -1,0 +1,401 @@
+//! The dial path: cached lookup, endpoint choice, handshake, wrappers; and
+//! [`Reach`], the stream of streams behind [`Node::to`](crate::Node::to).
+
+use std::collections::{HashSet, VecDeque};
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use futures::stream::{BoxStream, FuturesUnordered};
+use futures::{Stream, StreamExt};
+use tokio::sync::{broadcast, mpsc};
+
+use super::core::Core;
+use super::stream::{PeerStream, StreamInfo};
+use crate::error::{Error, RefuseCode, Result};
+use crate::handshake::{self, Hello, Message};
+use crate::interface::{ConnectContext, DynInterface};
+use crate::io::BoxIo;
+use crate::name::PeerName;
+use crate::pattern::Pattern;
+use crate::record::PeerRecord;
+use crate::registry::RegistryEvent;
+use crate::wrapper::{Direction, StreamContext};
+
+impl Core {
+    /// Dials `name`: cached lookup, then [`dial_with_recovery`](Self::dial_with_recovery).
+    pub(crate) async fn connect_name(self: &Arc<Self>, name: &PeerName, service: Option<&str>) -> Result<PeerStream> {
+        let pattern = Pattern::from(name);
+        let found = self.registry.lookup_cached(&self.namespace, &pattern).await;
+        let record = match found {
+            Ok(l) => l.records.first().cloned(),
+            Err(e) => {
+                self.counters.connect_failed.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        let Some(record) = record else {
+            self.counters.connect_not_found.fetch_add(1, Ordering::Relaxed);
+            return Err(Error::NotFound {
+                namespace: self.namespace.to_string(),
+                name: name.to_string(),
+            });
+        };
+        self.dial_with_recovery(record, service).await
+    }
+
+    /// Dials a known record; if the address looks stale (refused, wrong peer,
+    /// unreachable), drops the cached entry, looks the name up once more, and
+    /// dials the fresh record if it differs.
+    pub(crate) async fn dial_with_recovery(self: &Arc<Self>, record: PeerRecord, service: Option<&str>) -> Result<PeerStream> {
+        let first = self.dial_record(&record, service).await;
+        let err = match first {
+            Ok(s) => return self.count(Ok(s)),
+            Err(e) if looks_stale(&e) => e,
+            Err(e) => return self.count(Err(e)),
+        };
+        tracing::debug!(peer = %record.name, error = %err, "cached address looks stale; looking the name up again");
+        self.registry.invalidate(&self.namespace, &record.name);
+        let fresh = match self.registry.lookup_cached(&self.namespace, &Pattern::from(&record.name)).await {
+            Ok(l) => l.records.first().cloned(),
+            Err(_) => return self.count(Err(err)),
+        };
+        match fresh {
+            Some(fresh) if fresh.instance != record.instance || fresh.endpoints != record.endpoints => {
+                self.counters.stale_retries.fetch_add(1, Ordering::Relaxed);
+                let second = self.dial_record(&fresh, service).await;
+                self.count(second)
+            }
+            Some(_) => self.count(Err(err)),
+            None => {
+                self.counters.connect_not_found.fetch_add(1, Ordering::Relaxed);
+                Err(Error::NotFound {
+                    namespace: self.namespace.to_string(),
+                    name: record.name.to_string(),
+                })
+            }
+        }
+    }
+
+    fn count(&self, result: Result<PeerStream>) -> Result<PeerStream> {
+        let c = &self.counters;
+        match &result {
+            Ok(_) => c.connect_ok.fetch_add(1, Ordering::Relaxed),
+            Err(Error::Refused { .. } | Error::WrongPeer { .. } | Error::Unauthorized { .. }) => {
+                c.connect_refused.fetch_add(1, Ordering::Relaxed)
+            }
+            Err(Error::NotFound { .. }) => c.connect_not_found.fetch_add(1, Ordering::Relaxed),
+            Err(_) => c.connect_failed.fetch_add(1, Ordering::Relaxed),
+        };
+        result
+    }
+
+    /// Tries the record's endpoints that our interfaces speak, in interface
+    /// order; a transport failure or a wrong peer moves on to the next one.
+    async fn dial_record(self: &Arc<Self>, record: &PeerRecord, service: Option<&str>) -> Result<PeerStream> {
+        let mut last: Option<Error> = None;
+        for iface in &self.interfaces {
+            for ep in record.endpoints.iter().filter(|e| e.protocol == iface.protocol()) {
+                match self.dial_endpoint(iface, ep, record, service).await {
+                    Ok(s) => return Ok(s),
+                    Err(e) if next_endpoint_may_help(&e) => {
+                        tracing::debug!(peer = %record.name, endpoint = %ep, error = %e, "endpoint failed; trying the next");
+                        last = Some(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            let ours: Vec<String> = self.interfaces.iter().map(|i| i.protocol().to_string()).collect();
+            Error::Unsupported(format!(
+                "{} advertises {:?}, none of which this node speaks ({})",
+                record.name,
+                record.endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+                ours.join(", ")
+            ))
+        }))
+    }
+
+    async fn dial_endpoint(
+        self: &Arc<Self>,
+        iface: &DynInterface,
+        ep: &crate::endpoint::Endpoint,
+        record: &PeerRecord,
+        service: Option<&str>,
+    ) -> Result<PeerStream> {
+        let ctx = ConnectContext::new(self.namespace.clone(), self.name.clone(), self.instance)
+            .with_connect_timeout(self.config.connect_timeout);
+        let connect = iface.connect(ep, record, &ctx);
+        let mut io: BoxIo = match tokio::time::timeout(self.config.connect_timeout, connect).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Error::Timeout {
+                    what: "connect",
+                    after: self.config.connect_timeout,
+                });
+            }
+        };
+        let mut hello = Hello::new(self.namespace.clone(), self.name.clone(), self.instance, record.name.clone());
+        if let Some(s) = service {
+            hello = hello.with_service(s)?;
+        }
+        handshake::write_message(&mut io, &Message::Hello(hello)).await?;
+        let reply = handshake::read_message(&mut io, self.config.handshake_timeout).await?;
+        let remote_instance = match reply {
+            Message::Welcome(w) => w.instance,
+            Message::Refuse(r) if r.code == RefuseCode::WrongPeer => {
+                return Err(Error::WrongPeer {
+                    expected: record.name.to_string(),
+                    actual: r.reason,
+                });
+            }
+            Message::Refuse(r) => return Err(r.into_error()),
+            other => return Err(Error::protocol(format!("expected Welcome or Refuse, got {}", other.kind()))),
+        };
+        let ctx = StreamContext::new(
+            self.namespace.clone(),
+            self.name.clone(),
+            record.name.clone(),
+            remote_instance,
+            Direction::Outbound,
+            ep.protocol,
+            service.map(str::to_owned),
+        );
+        for w in &self.wrappers {
+            io = w.wrap(io, &ctx).await?;
+        }
+        let info = StreamInfo {
+            peer: record.name.clone(),
+            peer_instance: remote_instance,
+            record: Some(record.clone()),
+            direction: Direction::Outbound,
+            service: ctx.service,
+            protocol: ep.protocol,
+        };
+        Ok(PeerStream::new(self.clone(), io, info))
+    }
+}
+
+/// Failures that mean "this address is not (or no longer) the peer's".
+fn looks_stale(e: &Error) -> bool {
+    match e {
+        Error::WrongPeer { .. } | Error::Timeout { what: "connect", .. } => true,
+        Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionRefused
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::HostUnreachable
+                | std::io::ErrorKind::NetworkUnreachable
+                | std::io::ErrorKind::AddrNotAvailable
+        ),
+        // The peer closed during the handshake: a dying or foreign process on the port.
+        Error::Protocol { .. } => true,
+        _ => false,
+    }
+}
+
+/// Failures after which another endpoint of the same record may still work.
+fn next_endpoint_may_help(e: &Error) -> bool {
+    matches!(e, Error::Io(_) | Error::Timeout { .. } | Error::WrongPeer { .. } | Error::Protocol { .. })
+}
+
+/// Streams to every peer matching a pattern; made by [`Node::to`](crate::Node::to).
+///
+/// Configure it before the first poll: [`service`](Self::service),
+/// [`follow`](Self::follow), [`include_self`](Self::include_self),
+/// [`concurrency`](Self::concurrency). It yields `Ok(stream)` per reached peer
+/// and `Err` per peer that could not be reached, and ends when every current
+/// match was tried — or, with `follow`, when the node shuts down or the
+/// `Reach` is dropped.
+#[must_use = "a Reach does nothing until polled"]
+pub struct Reach {
+    core: Arc<Core>,
+    pattern: Result<Pattern>,
+    service: Option<String>,
+    follow: bool,
+    include_self: bool,
+    concurrency: usize,
+    inner: Option<BoxStream<'static, Result<PeerStream>>>,
+}
+
+impl Reach {
+    pub(crate) fn new(core: Arc<Core>, pattern: Result<Pattern>) -> Self {
+        let concurrency = core.config.concurrency;
+        Reach {
+            core,
+            pattern,
+            service: None,
+            follow: false,
+            include_self: false,
+            concurrency,
+            inner: None,
+        }
+    }
+
+    /// Only peers whose record lists `service`, and open that service on each.
+    pub fn service(mut self, service: impl Into<String>) -> Self {
+        self.service = Some(service.into());
+        self
+    }
+
+    /// After the current matches, also reach every matching instance that
+    /// joins later (a restarted peer is a new instance), once each.
+    pub fn follow(mut self) -> Self {
+        self.follow = true;
+        self
+    }
+
+    /// Include this node itself if it matches.
+    pub fn include_self(mut self) -> Self {
+        self.include_self = true;
+        self
+    }
+
+    /// Dials at most `n` peers at once (default: the node's `concurrency`).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    fn start(&mut self) -> BoxStream<'static, Result<PeerStream>> {
+        let pattern = match &self.pattern {
+            Ok(p) => p.clone(),
+            Err(e) => return futures::stream::once(futures::future::ready(Err(e.clone()))).boxed(),
+        };
+        if let Some(s) = &self.service
+            && let Err(e) = crate::name::validate_service(s)
+        {
+            return futures::stream::once(futures::future::ready(Err(e))).boxed();
+        }
+        let (tx, mut rx) = mpsc::channel(self.concurrency);
+        let job = ReachJob {
+            core: self.core.clone(),
+            pattern,
+            service: self.service.clone(),
+            follow: self.follow,
+            include_self: self.include_self,
+            concurrency: self.concurrency,
+        };
+        tokio::spawn(job.run(tx));
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+    }
+}
+
+impl Stream for Reach {
+    type Item = Result<PeerStream>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.inner.is_none() {
+            let s = self.start();
+            self.inner = Some(s);
+        }
+        self.inner.as_mut().map_or(Poll::Ready(None), |s| s.as_mut().poll_next(cx))
+    }
+}
+
+impl fmt::Debug for Reach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reach")
+            .field("pattern", &self.pattern)
+            .field("service", &self.service)
+            .field("follow", &self.follow)
+            .field("include_self", &self.include_self)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+struct ReachJob {
+    core: Arc<Core>,
+    pattern: Pattern,
+    service: Option<String>,
+    follow: bool,
+    include_self: bool,
+    concurrency: usize,
+}
+
+impl ReachJob {
+    fn wanted(&self, r: &PeerRecord) -> bool {
+        self.pattern.matches(r.name.as_str())
+            && (self.include_self || (r.name != self.core.name && r.instance != self.core.instance))
+            && self.service.as_deref().is_none_or(|s| r.offers(s))
+    }
+
+    async fn run(self, tx: mpsc::Sender<Result<PeerStream>>) {
+        // Subscribe before listing, so a join between the two is not missed.
+        let mut joins = self.follow.then(|| self.core.registry_events.subscribe());
+        let mut seen = HashSet::new();
+        let mut queue = VecDeque::new();
+        match self.list().await {
+            Ok(records) => {
+                for r in records {
+                    if seen.insert(r.instance) {
+                        queue.push_back(r);
+                    }
+                }
+            }
+            Err(e) => {
+                if tx.send(Err(e)).await.is_err() || !self.follow {
+                    return;
+                }
+            }
+        }
+        let mut dials = FuturesUnordered::new();
+        loop {
+            while dials.len() < self.concurrency
+                && let Some(r) = queue.pop_front()
+            {
+                let core = self.core.clone();
+                let service = self.service.clone();
+                dials.push(async move { core.dial_with_recovery(r, service.as_deref()).await });
+            }
+            if dials.is_empty() && joins.is_none() {
+                return;
+            }
+            tokio::select! {
+                Some(result) = dials.next(), if !dials.is_empty() => {
+                    if tx.send(result).await.is_err() {
+                        return;
+                    }
+                }
+                ev = recv_join(&mut joins) => match ev {
+                    Ok(RegistryEvent::Joined(r) | RegistryEvent::Updated(r)) => {
+                        if self.wanted(&r) && seen.insert(r.instance) {
+                            queue.push_back(r);
+                        }
+                    }
+                    Ok(RegistryEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Events were lost: list again and reach whoever is new.
+                        if let Ok(records) = self.list().await {
+                            for r in records {
+                                if seen.insert(r.instance) {
+                                    queue.push_back(r);
+                                }
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Closed) => joins = None,
+                },
+                _ = self.core.stopped() => return,
+                _ = tx.closed() => return,
+            }
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<PeerRecord>> {
+        let found = self.core.registry.lookup_cached(&self.core.namespace, &self.pattern).await?;
+        Ok(found.records.iter().filter(|r| self.wanted(r)).cloned().collect())
+    }
+}
+
+async fn recv_join(
+    joins: &mut Option<broadcast::Receiver<RegistryEvent>>,
+) -> std::result::Result<RegistryEvent, broadcast::error::RecvError> {
+    match joins {
+        Some(rx) => rx.recv().await,
+        None => futures::future::pending().await,
+    }
+}

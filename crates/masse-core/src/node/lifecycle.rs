@@ -1,0 +1,181 @@
+//! Heartbeat, registry watch and shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
+use super::core::Core;
+use super::event::NodeEvent;
+use crate::error::{Error, Result};
+use crate::registry::{NamePolicy, Registry, RegistryEvent};
+
+/// Refreshes the record every ttl/3. On failure: report `RegistryUnavailable`
+/// once, retry with backoff, and on recovery re-publish if the record expired
+/// meanwhile and report `RegistryRestored`. Ends on `NameLost` or shutdown.
+pub(crate) async fn heartbeat(core: Arc<Core>) {
+    let period = core.config.ttl / 3;
+    let mut outage = false;
+    let mut backoff = Duration::from_millis(100).min(period);
+    loop {
+        let wait = if outage { backoff } else { period };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = core.stopped() => return,
+        }
+        let refresh = core.registry.refresh(&core.namespace, &core.name, core.instance, core.config.ttl);
+        let result = match tokio::time::timeout(period, refresh).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout { what: "registry refresh", after: period }),
+        };
+        let result = match result {
+            Err(Error::NameLost { .. }) => republish_after_loss(&core).await,
+            other => other.map(|()| true),
+        };
+        match result {
+            Ok(true) => {
+                if outage {
+                    outage = false;
+                    backoff = Duration::from_millis(100).min(period);
+                    tracing::info!("registry reachable again");
+                    core.emit(NodeEvent::RegistryRestored);
+                }
+            }
+            Ok(false) => return,
+            Err(e) => {
+                if !outage {
+                    outage = true;
+                    tracing::warn!(error = %e, "registry unavailable; serving from cache and retrying");
+                    core.emit(NodeEvent::RegistryUnavailable { error: e });
+                }
+                backoff = (backoff * 2).min(period);
+            }
+        }
+    }
+}
+
+/// Our record is gone. If nobody else holds the name, publish it again
+/// (`Ok(true)`); if another instance does, report `NameLost` (`Ok(false)`).
+async fn republish_after_loss(core: &Arc<Core>) -> Result<bool> {
+    let record = core.record();
+    match core.registry.publish(&record, core.config.ttl, NamePolicy::Exclusive).await {
+        Ok(()) => {
+            tracing::warn!("record had expired; published again");
+            Ok(true)
+        }
+        Err(Error::NameTaken { holder, .. }) => {
+            tracing::warn!(%holder, "another instance took this node's name; no longer publishing it");
+            core.emit(NodeEvent::NameLost { holder: Some(holder) });
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Publishes the record again after the listeners' endpoints changed.
+pub(crate) async fn republish_endpoints(core: &Arc<Core>) {
+    let endpoints = core.compute_endpoints();
+    let record = {
+        let mut r = core.record.write().unwrap_or_else(|p| p.into_inner());
+        if r.endpoints == endpoints {
+            return;
+        }
+        r.endpoints = endpoints;
+        r.clone()
+    };
+    tracing::info!(endpoints = ?record.endpoints, "addresses changed; re-publishing");
+    if let Err(e) = core.registry.publish(&record, core.config.ttl, NamePolicy::Exclusive).await {
+        tracing::warn!(error = %e, "re-publishing new addresses failed; the heartbeat will retry");
+    }
+}
+
+/// Turns the registry's events into node events and feeds `follow()`
+/// subscribers, re-establishing the watch whenever it breaks.
+pub(crate) async fn watch_loop(core: Arc<Core>, first: Option<BoxStream<'static, Result<RegistryEvent>>>) {
+    let mut stream = first;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if let Some(mut events) = stream.take() {
+            backoff = Duration::from_millis(100);
+            loop {
+                let next = tokio::select! {
+                    n = events.next() => n,
+                    _ = core.stopped() => return,
+                };
+                match next {
+                    Some(Ok(ev)) => dispatch(&core, ev),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "registry watch failed; re-establishing");
+                        break;
+                    }
+                    None => {
+                        tracing::debug!("registry watch ended; re-establishing");
+                        break;
+                    }
+                }
+            }
+            // Events may have been lost while the watch was down.
+            let _ = core.registry_events.send(RegistryEvent::Resync);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = core.stopped() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+        match core.registry.watch(&core.namespace).await {
+            Ok(s) => stream = Some(s),
+            Err(e) => tracing::debug!(error = %e, "cannot watch the registry yet"),
+        }
+    }
+}
+
+fn dispatch(core: &Core, ev: RegistryEvent) {
+    let own = ev.instance() == Some(core.instance);
+    if !own {
+        let node_event = match &ev {
+            RegistryEvent::Joined(r) => Some(NodeEvent::PeerJoined(r.clone())),
+            RegistryEvent::Updated(r) => Some(NodeEvent::PeerUpdated(r.clone())),
+            RegistryEvent::Left { name, instance } => Some(NodeEvent::PeerLeft { name: name.clone(), instance: *instance }),
+            RegistryEvent::Expired { name, instance } => {
+                Some(NodeEvent::PeerExpired { name: name.clone(), instance: *instance })
+            }
+            _ => None,
+        };
+        if let Some(e) = node_event {
+            core.emit(e);
+        }
+    }
+    let _ = core.registry_events.send(ev);
+}
+
+/// Stops accepting, unpublishes, waits for open streams (up to the grace),
+/// then stops every task.
+pub(crate) async fn shutdown(core: &Arc<Core>) -> Result<()> {
+    if core.accepting.swap(false, Ordering::AcqRel) {
+        tracing::info!("shutting down");
+    }
+    let unpublished = core.registry.unpublish(&core.namespace, &core.name, core.instance).await;
+    if let Err(e) = &unpublished {
+        tracing::warn!(error = %e, "could not unpublish; the record will expire after the ttl");
+    }
+    let grace = tokio::time::sleep(core.config.shutdown_grace);
+    tokio::pin!(grace);
+    loop {
+        let notified = core.stream_closed.notified();
+        if core.counters.streams_open.load(Ordering::Relaxed) == 0 {
+            break;
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = &mut grace => {
+                let open = core.counters.streams_open.load(Ordering::Relaxed);
+                tracing::warn!(open, "shutdown grace over with streams still open");
+                break;
+            }
+        }
+    }
+    core.stopping.send_replace(true);
+    unpublished
+}

@@ -1,0 +1,78 @@
+//! Counters of a node: [`NodeStats`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::caching::CacheStats;
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) streams_open: AtomicU64,
+    pub(crate) streams_in: AtomicU64,
+    pub(crate) streams_out: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) connect_ok: AtomicU64,
+    pub(crate) connect_not_found: AtomicU64,
+    pub(crate) connect_refused: AtomicU64,
+    pub(crate) connect_failed: AtomicU64,
+    pub(crate) stale_retries: AtomicU64,
+    pub(crate) handshakes_rejected: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self, cache: CacheStats) -> NodeStats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        NodeStats {
+            streams_open: l(&self.streams_open),
+            streams_inbound: l(&self.streams_in),
+            streams_outbound: l(&self.streams_out),
+            bytes_in: l(&self.bytes_in),
+            bytes_out: l(&self.bytes_out),
+            connects_ok: l(&self.connect_ok),
+            connects_not_found: l(&self.connect_not_found),
+            connects_refused: l(&self.connect_refused),
+            connects_failed: l(&self.connect_failed),
+            stale_retries: l(&self.stale_retries),
+            handshakes_rejected: l(&self.handshakes_rejected),
+            cache,
+        }
+    }
+}
+
+/// A snapshot of a node's counters, from [`Node::stats`](crate::Node::stats).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeStats {
+    /// Streams open now, both directions.
+    pub streams_open: u64,
+    /// Streams accepted since start.
+    pub streams_inbound: u64,
+    /// Streams dialed since start.
+    pub streams_outbound: u64,
+    /// Bytes read by the application from all streams.
+    pub bytes_in: u64,
+    /// Bytes written by the application to all streams.
+    pub bytes_out: u64,
+    /// Dials that ended with an open stream.
+    pub connects_ok: u64,
+    /// Dials to a name nobody holds.
+    pub connects_not_found: u64,
+    /// Dials the remote refused (wrong peer, no such service, busy, ...).
+    pub connects_refused: u64,
+    /// Dials that failed otherwise (transport errors, timeouts).
+    pub connects_failed: u64,
+    /// Dials retried after a fresh lookup because the cached address was stale.
+    pub stale_retries: u64,
+    /// Inbound connections dropped or refused during the handshake.
+    pub handshakes_rejected: u64,
+    /// The registry cache's counters.
+    pub cache: CacheStats,
+}
+
+impl NodeStats {
+    /// Share of lookups answered from cache, 0.0–1.0.
+    pub fn cache_hit_rate(&self) -> f64 {
+        let total = self.cache.hits + self.cache.misses;
+        if total == 0 { 0.0 } else { self.cache.hits as f64 / total as f64 }
+    }
+}

@@ -1,0 +1,366 @@
+//! [`TcpInterface`]: its configuration and the dialing side.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use masse_core::{
+    BindContext, BoxIo, ConnectContext, Endpoint, Error, Interface, Listener, PeerRecord, Protocol,
+    Result, async_trait,
+};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::listener::TcpListener;
+
+/// Plain TCP streams: binds a TCP listener and dials `tcp://` endpoints.
+///
+/// Configured with builder methods; the address is parsed when the interface
+/// is built and an invalid one is reported by [`Interface::bind`] (or at once
+/// by [`TcpInterface::try_new`]). Dialing honours
+/// [`ConnectContext::connect_timeout`] and fails with [`Error::Timeout`] when it
+/// passes.
+///
+/// ```
+/// use masse_core::{Interface, Protocol};
+/// use masse_tcp::TcpInterface;
+///
+/// let tcp = TcpInterface::new("127.0.0.1:0").nodelay(true).backlog(2048);
+/// assert_eq!(tcp.protocol(), Protocol::Tcp);
+/// ```
+#[derive(Debug, Clone)]
+pub struct TcpInterface {
+    addr: Result<SocketAddr>,
+    advertise: Vec<SocketAddr>,
+    include_loopback: bool,
+    nodelay: bool,
+    backlog: u32,
+}
+
+impl TcpInterface {
+    /// The default listen backlog.
+    pub const DEFAULT_BACKLOG: u32 = 1024;
+
+    /// An interface that binds `addr`, an IP address and port such as
+    /// `"0.0.0.0:0"`, `"127.0.0.1:4100"` or `"[::1]:0"` (port 0: any free
+    /// port). Host names are not resolved. If `addr` does not parse,
+    /// [`bind`](Interface::bind) fails with [`Error::InvalidAddress`]; dialing
+    /// works regardless.
+    pub fn new(addr: impl AsRef<str>) -> Self {
+        Self::with_addr(parse_addr(addr.as_ref()))
+    }
+
+    /// Like [`new`](TcpInterface::new), but an address that does not parse is
+    /// an [`Error::InvalidAddress`] at once.
+    pub fn try_new(addr: &str) -> Result<Self> {
+        parse_addr(addr).map(Self::from_addr)
+    }
+
+    /// An interface that binds `addr`.
+    pub fn from_addr(addr: SocketAddr) -> Self {
+        Self::with_addr(Ok(addr))
+    }
+
+    fn with_addr(addr: Result<SocketAddr>) -> Self {
+        TcpInterface {
+            addr,
+            advertise: Vec::new(),
+            include_loopback: false,
+            nodelay: true,
+            backlog: Self::DEFAULT_BACKLOG,
+        }
+    }
+
+    /// Advertises `addr` instead of the addresses found by looking at the bound
+    /// socket and the host (behind NAT, port forwarding, in a container).
+    /// Repeatable: the endpoints are advertised in the order added. Port 0
+    /// means the port actually bound. The address must be one a peer can dial:
+    /// `0.0.0.0` or `::` makes [`bind`](Interface::bind) fail with
+    /// [`Error::InvalidAddress`].
+    pub fn advertise(mut self, addr: SocketAddr) -> Self {
+        self.advertise.push(addr);
+        self
+    }
+
+    /// When bound to a wildcard address, also advertise loopback addresses
+    /// (after the others). Default `false`: loopback is advertised only if the
+    /// host has no other address of the bound family.
+    pub fn include_loopback(mut self, include: bool) -> Self {
+        self.include_loopback = include;
+        self
+    }
+
+    /// Sets `TCP_NODELAY` on dialed and accepted sockets. Default `true`:
+    /// masse streams carry request/response traffic that Nagle's algorithm
+    /// would delay.
+    pub fn nodelay(mut self, nodelay: bool) -> Self {
+        self.nodelay = nodelay;
+        self
+    }
+
+    /// The listen backlog: how many connections the kernel queues before
+    /// they are accepted (default [`DEFAULT_BACKLOG`](Self::DEFAULT_BACKLOG);
+    /// the system may cap it, on Linux at `net.core.somaxconn`).
+    pub fn backlog(mut self, backlog: u32) -> Self {
+        self.backlog = backlog.max(1);
+        self
+    }
+
+    fn set_nodelay(&self, stream: &TcpStream, what: &str) {
+        if self.nodelay
+            && let Err(e) = stream.set_nodelay(true)
+        {
+            tracing::debug!(error = %e, what, "cannot set TCP_NODELAY");
+        }
+    }
+}
+
+impl Default for TcpInterface {
+    /// Binds `0.0.0.0:0`: every IPv4 address, a free port.
+    fn default() -> Self {
+        Self::from_addr(SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+}
+
+impl From<SocketAddr> for TcpInterface {
+    fn from(addr: SocketAddr) -> Self {
+        Self::from_addr(addr)
+    }
+}
+
+#[async_trait]
+impl Interface for TcpInterface {
+    fn protocol(&self) -> Protocol {
+        Protocol::Tcp
+    }
+
+    async fn bind(&self, ctx: &BindContext) -> Result<Box<dyn Listener>> {
+        let addr = self.addr.clone()?;
+        if let Some(bad) = self.advertise.iter().find(|a| a.ip().is_unspecified()) {
+            return Err(Error::InvalidAddress {
+                kind: "advertised address",
+                input: bad.to_string(),
+                reason: "a peer cannot dial an unspecified address; advertise a concrete IP".into(),
+            });
+        }
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(|e| io_context(e, format!("create a socket to bind tcp {addr}")))?;
+        // What std's TcpListener::bind does: a restarted node can rebind its
+        // port while old connections linger in TIME_WAIT. (On Windows the
+        // option would let two listeners share a port, so it stays off.)
+        #[cfg(unix)]
+        socket
+            .set_reuseaddr(true)
+            .map_err(|e| io_context(e, format!("set SO_REUSEADDR to bind tcp {addr}")))?;
+        socket
+            .bind(addr)
+            .map_err(|e| io_context(e, format!("bind tcp {addr}")))?;
+        let listener = socket
+            .listen(self.backlog)
+            .map_err(|e| io_context(e, format!("listen on tcp {addr}")))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| io_context(e, format!("read the address bound for tcp {addr}")))?;
+        let listener = TcpListener::new(
+            listener,
+            local,
+            self.advertise.clone(),
+            self.include_loopback,
+            self.nodelay,
+        );
+        tracing::info!(
+            namespace = %ctx.namespace,
+            name = %ctx.name,
+            %local,
+            endpoints = ?listener.endpoints(),
+            "tcp listener bound"
+        );
+        Ok(Box::new(listener))
+    }
+
+    async fn connect(
+        &self,
+        endpoint: &Endpoint,
+        peer: &PeerRecord,
+        ctx: &ConnectContext,
+    ) -> Result<BoxIo> {
+        if endpoint.protocol != Protocol::Tcp {
+            return Err(Error::Unsupported(format!(
+                "the tcp interface cannot dial {endpoint}"
+            )));
+        }
+        let addr = endpoint.addr;
+        let stream = connect_within(addr, ctx.connect_timeout).await?;
+        self.set_nodelay(&stream, "dialed");
+        tracing::debug!(peer = %peer.name, %endpoint, local = ?stream.local_addr().ok(), "tcp connected");
+        Ok(Box::new(stream))
+    }
+}
+
+/// Connects to `addr`, giving up with [`Error::Timeout`] after `limit`.
+async fn connect_within(addr: SocketAddr, limit: Duration) -> Result<TcpStream> {
+    match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(io_context(e, format!("connect to tcp://{addr}"))),
+        Err(_) => Err(Error::Timeout {
+            what: "tcp connect",
+            after: limit,
+        }),
+    }
+}
+
+/// Parses a bind address, explaining the usual mistakes.
+fn parse_addr(input: &str) -> Result<SocketAddr> {
+    if let Ok(addr) = input.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let reason = if input.parse::<std::net::Ipv6Addr>().is_ok() {
+        "missing port; an IPv6 address goes in brackets before the port (e.g. [::1]:4100, [::]:0)"
+    } else if input.parse::<IpAddr>().is_ok() {
+        "missing port; add one, or :0 for any free port (e.g. 0.0.0.0:0)"
+    } else if input.trim() != input {
+        "remove the surrounding white space"
+    } else if input
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| port.parse::<u16>().is_ok() && !host.contains(':'))
+    {
+        "host names are not resolved; give an IP address (e.g. 127.0.0.1:4100, [::1]:4100)"
+    } else {
+        "expected an IP address and port such as 0.0.0.0:4100, 127.0.0.1:0 or [::1]:0"
+    };
+    Err(Error::InvalidAddress {
+        kind: "tcp socket address",
+        input: clip(input),
+        reason: reason.into(),
+    })
+}
+
+/// Truncates user input embedded in an error message to 200 bytes.
+fn clip(input: &str) -> String {
+    const MAX: usize = 200;
+    if input.len() <= MAX {
+        return input.to_owned();
+    }
+    let mut end = MAX;
+    while !input.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &input[..end])
+}
+
+/// An I/O error that says what was being done; keeps the original as its
+/// source and its kind, so [`Error::is_transient`] still works.
+pub(crate) fn io_context(e: std::io::Error, what: String) -> Error {
+    Error::from(std::io::Error::new(e.kind(), IoContext { what, source: e }))
+}
+
+#[derive(Debug)]
+struct IoContext {
+    what: String,
+    source: std::io::Error,
+}
+
+impl fmt::Display for IoContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.what, self.source)
+    }
+}
+
+impl std::error::Error for IoContext {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use masse_core::InstanceId;
+
+    fn bind_ctx() -> BindContext {
+        BindContext::new(
+            "test".parse().unwrap(),
+            "tcp-unit".parse().unwrap(),
+            InstanceId::random(),
+        )
+    }
+
+    #[test]
+    fn parses_addresses() {
+        for s in ["0.0.0.0:0", "127.0.0.1:4100", "[::1]:0", "[::]:65535"] {
+            assert_eq!(parse_addr(s).unwrap(), s.parse::<SocketAddr>().unwrap());
+            assert!(TcpInterface::try_new(s).is_ok());
+        }
+    }
+
+    #[test]
+    fn invalid_addresses_explain_themselves() {
+        for (s, hint) in [
+            ("localhost:4100", "host names"),
+            ("127.0.0.1", "missing port"),
+            ("::1", "brackets"),
+            (" 127.0.0.1:0", "white space"),
+            ("127.0.0.1:99999", "expected an IP address"),
+            ("", "expected an IP address"),
+            ("::1:80", "brackets"),
+        ] {
+            match TcpInterface::try_new(s) {
+                Err(Error::InvalidAddress {
+                    kind,
+                    input,
+                    reason,
+                }) => {
+                    assert_eq!(kind, "tcp socket address");
+                    assert_eq!(input, s);
+                    assert!(reason.contains(hint), "{s:?}: {reason}");
+                }
+                other => panic!("{s:?}: expected InvalidAddress, got {other:?}"),
+            }
+        }
+        let long = "x".repeat(1000);
+        match parse_addr(&long) {
+            Err(Error::InvalidAddress { input, .. }) => assert!(input.len() < 210),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn invalid_address_fails_at_bind() {
+        let tcp = TcpInterface::new("not an address");
+        match tcp.bind(&bind_ctx()).await {
+            Err(Error::InvalidAddress { input, .. }) => assert_eq!(input, "not an address"),
+            Err(other) => panic!("expected InvalidAddress, got {other:?}"),
+            Ok(_) => panic!("bind of an invalid address succeeded"),
+        }
+    }
+
+    #[tokio::test]
+    async fn unspecified_advertise_address_is_rejected() {
+        let tcp = TcpInterface::new("127.0.0.1:0").advertise("0.0.0.0:0".parse().unwrap());
+        assert!(matches!(
+            tcp.bind(&bind_ctx()).await,
+            Err(Error::InvalidAddress {
+                kind: "advertised address",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn io_context_keeps_kind_and_source() {
+        let e = io_context(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+            "connect to tcp://127.0.0.1:1".into(),
+        );
+        assert!(e.is_transient());
+        assert!(
+            e.to_string().contains("connect to tcp://127.0.0.1:1"),
+            "{e}"
+        );
+        let Error::Io(io) = &e else { panic!("{e:?}") };
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+        assert!(std::error::Error::source(&**io).is_some());
+    }
+}
