@@ -15,6 +15,7 @@ mod wrapper;
 
 pub mod caching;
 pub mod handshake;
+pub mod wrappers;
 pub mod memory;
 mod node;
 #[cfg(feature = "testkit")]
@@ -33,6 +34,7 @@ pub use pattern::Pattern;
 pub use record::{Fingerprint, InstanceId, PeerRecord, now_millis};
 pub use registry::{DynRegistry, NamePolicy, Registry, RegistryEvent};
 pub use wrapper::{Direction, DynWrapper, StreamContext, Wrapper};
+pub use wrappers::{Latency, MeterSnapshot, Metered};
 
 // Re-exported so implementors of the traits use the same versions.
 pub use async_trait::async_trait;
