@@ -15,12 +15,12 @@ mod wrapper;
 
 pub mod caching;
 pub mod handshake;
-pub mod wrappers;
 pub mod memory;
 mod node;
 #[cfg(feature = "testkit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
 pub mod testkit;
+pub mod wrappers;
 
 pub use caching::{CacheStats, CachedLookup, CachingConfig, CachingRegistry, Freshness};
 pub use endpoint::{Endpoint, Protocol};
@@ -28,8 +28,8 @@ pub use error::{BoxError, Error, RefuseCode, Result};
 pub use interface::{Accepted, BindContext, ConnectContext, DynInterface, Interface, Listener};
 pub use io::{BoxIo, Io};
 pub use memory::MemoryRegistry;
-pub use node::{Events, Incoming, Node, NodeBuilder, NodeEvent, NodeStats, PeerStream, Reach};
 pub use name::{Namespace, PeerName, validate_service};
+pub use node::{Events, Incoming, Node, NodeBuilder, NodeEvent, NodeStats, PeerStream, Reach};
 pub use pattern::Pattern;
 pub use record::{Fingerprint, InstanceId, PeerRecord, now_millis};
 pub use registry::{DynRegistry, NamePolicy, Registry, RegistryEvent};

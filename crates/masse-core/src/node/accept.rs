@@ -17,7 +17,12 @@ use crate::wrapper::{Direction, StreamContext};
 
 /// Accepts on one listener until the node stops; each connection's handshake
 /// runs in a task of its own, at most `max_pending_handshakes` at once.
-pub(crate) async fn accept_loop(core: Arc<Core>, mut listener: Box<dyn Listener>, index: usize, protocol: Protocol) {
+pub(crate) async fn accept_loop(
+    core: Arc<Core>,
+    mut listener: Box<dyn Listener>,
+    index: usize,
+    protocol: Protocol,
+) {
     let pending = Arc::new(Semaphore::new(core.config.max_pending_handshakes.max(1)));
     let check_every = (core.config.ttl / 3).max(Duration::from_millis(500));
     let mut check = tokio::time::interval(check_every);
@@ -79,11 +84,15 @@ async fn inbound(core: Arc<Core>, acc: Accepted, protocol: Protocol) {
     match tokio::time::timeout(deadline, handshake_inbound(&core, acc, protocol)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            core.counters.handshakes_rejected.fetch_add(1, Ordering::Relaxed);
+            core.counters
+                .handshakes_rejected
+                .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(error = %e, "inbound stream rejected");
         }
         Err(_) => {
-            core.counters.handshakes_rejected.fetch_add(1, Ordering::Relaxed);
+            core.counters
+                .handshakes_rejected
+                .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(after = ?deadline, "inbound handshake timed out");
         }
     }
@@ -93,17 +102,39 @@ async fn handshake_inbound(core: &Arc<Core>, acc: Accepted, protocol: Protocol) 
     let mut io = acc.io;
     let hello = match handshake::read_message(&mut io, core.config.handshake_timeout).await? {
         Message::Hello(h) => h,
-        other => return Err(Error::protocol(format!("expected Hello, got {}", other.kind()))),
+        other => {
+            return Err(Error::protocol(format!(
+                "expected Hello, got {}",
+                other.kind()
+            )));
+        }
     };
     let refusal = if hello.version != handshake::VERSION {
-        Some((RefuseCode::Unsupported, format!("protocol version {} is not supported (this node speaks {})", hello.version, handshake::VERSION)))
+        Some((
+            RefuseCode::Unsupported,
+            format!(
+                "protocol version {} is not supported (this node speaks {})",
+                hello.version,
+                handshake::VERSION
+            ),
+        ))
     } else if hello.namespace != core.namespace {
-        Some((RefuseCode::WrongNamespace, format!("this is namespace {}", core.namespace)))
+        Some((
+            RefuseCode::WrongNamespace,
+            format!("this is namespace {}", core.namespace),
+        ))
     } else if hello.to != core.name {
         // The dialer's cached address is stale: tell it who we are.
         Some((RefuseCode::WrongPeer, core.name.to_string()))
-    } else if let Some(s) = hello.service.as_deref().filter(|s| !core.services.iter().any(|o| o == s)) {
-        Some((RefuseCode::NoSuchService, format!("{} does not offer service {s:?}", core.name)))
+    } else if let Some(s) = hello
+        .service
+        .as_deref()
+        .filter(|s| !core.services.iter().any(|o| o == s))
+    {
+        Some((
+            RefuseCode::NoSuchService,
+            format!("{} does not offer service {s:?}", core.name),
+        ))
     } else if !core.is_accepting() {
         Some((RefuseCode::Busy, "shutting down".to_owned()))
     } else {
@@ -111,13 +142,22 @@ async fn handshake_inbound(core: &Arc<Core>, acc: Accepted, protocol: Protocol) 
     };
     if let Some((code, reason)) = refusal {
         tracing::debug!(from = %hello.from, %code, %reason, "refusing stream");
-        let _ = handshake::write_message(&mut io, &Message::Refuse(Refuse::new(code, reason.clone()))).await;
+        let _ =
+            handshake::write_message(&mut io, &Message::Refuse(Refuse::new(code, reason.clone())))
+                .await;
         return Err(Error::Refused { code, reason });
     }
     let Ok(slot) = core.route_for(hello.service.as_deref()).try_reserve_owned() else {
         let reason = "incoming queue is full".to_owned();
-        let _ = handshake::write_message(&mut io, &Message::Refuse(Refuse::new(RefuseCode::Busy, reason.clone()))).await;
-        return Err(Error::Refused { code: RefuseCode::Busy, reason });
+        let _ = handshake::write_message(
+            &mut io,
+            &Message::Refuse(Refuse::new(RefuseCode::Busy, reason.clone())),
+        )
+        .await;
+        return Err(Error::Refused {
+            code: RefuseCode::Busy,
+            reason,
+        });
     };
     handshake::write_message(&mut io, &Message::Welcome(Welcome::new(core.instance))).await?;
     let ctx = StreamContext::new(

@@ -207,7 +207,10 @@ impl NodeBuilder {
         }
         let config = self.config;
         if config.ttl < Duration::from_millis(30) {
-            return Err(Error::Config(format!("ttl {:?} is too short (at least 30 ms)", config.ttl)));
+            return Err(Error::Config(format!(
+                "ttl {:?} is too short (at least 30 ms)",
+                config.ttl
+            )));
         }
         if config.concurrency == 0 {
             return Err(Error::Config("concurrency must be at least 1".into()));
@@ -219,7 +222,9 @@ impl NodeBuilder {
                     .into(),
             ));
         }
-        let backend = self.registry.unwrap_or_else(|| Arc::new(MemoryRegistry::global()));
+        let backend = self
+            .registry
+            .unwrap_or_else(|| Arc::new(MemoryRegistry::global()));
         let registry = CachingRegistry::with_config(backend, self.cache);
         let instance = InstanceId::random();
 
@@ -259,9 +264,13 @@ impl NodeBuilder {
             stopping,
             accepting: AtomicBool::new(true),
             counters: Default::default(),
+            meter: Default::default(),
             stream_closed: Notify::new(),
         });
-        core.record.write().unwrap_or_else(|p| p.into_inner()).endpoints = core.compute_endpoints();
+        core.record
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .endpoints = core.compute_endpoints();
         drop(_enter);
 
         // Watch before publishing, so no event after start is missed.
@@ -273,12 +282,23 @@ impl NodeBuilder {
             }
         };
         let record = core.record();
-        core.registry.publish(&record, core.config.ttl, core.config.policy).await?;
+        core.registry
+            .publish(&record, core.config.ttl, core.config.policy)
+            .await?;
         tracing::info!(parent: &span, instance = %core.instance, endpoints = ?record.endpoints, "node started");
 
         let mut tasks = Vec::new();
-        for (listener, protocol) in listeners.into_iter().enumerate().map(|(i, (l, p))| ((i, l), p)) {
-            tasks.push(tokio::spawn(accept::accept_loop(core.clone(), listener.1, listener.0, protocol)));
+        for (listener, protocol) in listeners
+            .into_iter()
+            .enumerate()
+            .map(|(i, (l, p))| ((i, l), p))
+        {
+            tasks.push(tokio::spawn(accept::accept_loop(
+                core.clone(),
+                listener.1,
+                listener.0,
+                protocol,
+            )));
         }
         tasks.push(tokio::spawn(lifecycle::heartbeat(core.clone())));
         tasks.push(tokio::spawn(lifecycle::watch_loop(core.clone(), watch)));

@@ -18,6 +18,7 @@ use crate::name::{Namespace, PeerName};
 use crate::record::{InstanceId, PeerRecord};
 use crate::registry::{DynRegistry, NamePolicy, RegistryEvent};
 use crate::wrapper::DynWrapper;
+use crate::wrappers::Counters as MeterCounters;
 
 /// Settings of a running node (from the builder).
 #[derive(Debug, Clone)]
@@ -72,6 +73,8 @@ pub(crate) struct Core {
     pub(crate) stopping: watch::Sender<bool>,
     pub(crate) accepting: AtomicBool,
     pub(crate) counters: Counters,
+    /// Bytes and open streams, fed by every `PeerStream`.
+    pub(crate) meter: Arc<MeterCounters>,
     pub(crate) stream_closed: Notify,
 }
 
@@ -92,24 +95,37 @@ impl Core {
     }
 
     pub(crate) fn record(&self) -> PeerRecord {
-        self.record.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.record
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The endpoints to publish: every listener's, with `advertise` applied.
     pub(crate) fn compute_endpoints(&self) -> Vec<Endpoint> {
-        let listeners = self.listener_endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        let listeners = self
+            .listener_endpoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         apply_advertise(&listeners, &self.config.advertise)
     }
 
     /// Which route a stream for `service` goes to.
     pub(crate) fn route_for(&self, service: Option<&str>) -> mpsc::Sender<PeerStream> {
         if let Some(s) = service {
-            let routes = self.service_routes.lock().unwrap_or_else(|p| p.into_inner());
+            let routes = self
+                .service_routes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             if let Some(r) = routes.get(s) {
                 return r.tx.clone();
             }
         }
         self.default_route.tx.clone()
+    }
+
+    pub(crate) fn streams_open(&self) -> u64 {
+        self.meter.snapshot().streams_open
     }
 
     pub(crate) fn is_accepting(&self) -> bool {
@@ -119,7 +135,10 @@ impl Core {
 
 /// Replaces the IPs of bound endpoints with the advertised addresses. An
 /// advertised port of 0 keeps each listener's bound port.
-pub(crate) fn apply_advertise(listeners: &[Vec<Endpoint>], advertise: &[SocketAddr]) -> Vec<Endpoint> {
+pub(crate) fn apply_advertise(
+    listeners: &[Vec<Endpoint>],
+    advertise: &[SocketAddr],
+) -> Vec<Endpoint> {
     let mut out = Vec::new();
     for eps in listeners {
         if advertise.is_empty() {
@@ -128,7 +147,11 @@ pub(crate) fn apply_advertise(listeners: &[Vec<Endpoint>], advertise: &[SocketAd
         }
         let Some(first) = eps.first() else { continue };
         for adv in advertise {
-            let port = if adv.port() == 0 { first.addr.port() } else { adv.port() };
+            let port = if adv.port() == 0 {
+                first.addr.port()
+            } else {
+                adv.port()
+            };
             let ep = Endpoint::new(first.protocol, SocketAddr::new(adv.ip(), port));
             if !out.contains(&ep) {
                 out.push(ep);
@@ -145,15 +168,30 @@ mod tests {
 
     #[test]
     fn advertise_replaces_ips_and_keeps_ports() {
-        let tcp = vec![Endpoint::new(Protocol::Tcp, "0.0.0.0:4100".parse().unwrap())];
-        let quic = vec![Endpoint::new(Protocol::Quic, "0.0.0.0:4433".parse().unwrap())];
+        let tcp = vec![Endpoint::new(
+            Protocol::Tcp,
+            "0.0.0.0:4100".parse().unwrap(),
+        )];
+        let quic = vec![Endpoint::new(
+            Protocol::Quic,
+            "0.0.0.0:4433".parse().unwrap(),
+        )];
         let listeners = vec![tcp.clone(), quic];
-        assert_eq!(apply_advertise(&listeners, &[]), vec![tcp[0], listeners[1][0]]);
+        assert_eq!(
+            apply_advertise(&listeners, &[]),
+            vec![tcp[0], listeners[1][0]]
+        );
         let adv = ["10.1.2.3:0".parse().unwrap()];
-        let got: Vec<String> = apply_advertise(&listeners, &adv).iter().map(|e| e.to_string()).collect();
+        let got: Vec<String> = apply_advertise(&listeners, &adv)
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
         assert_eq!(got, ["tcp://10.1.2.3:4100", "quic://10.1.2.3:4433"]);
         let adv = ["10.1.2.3:9000".parse().unwrap()];
-        let got: Vec<String> = apply_advertise(&listeners[..1], &adv).iter().map(|e| e.to_string()).collect();
+        let got: Vec<String> = apply_advertise(&listeners[..1], &adv)
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
         assert_eq!(got, ["tcp://10.1.2.3:9000"]);
     }
 }

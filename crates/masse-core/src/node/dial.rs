@@ -26,7 +26,11 @@ use crate::wrapper::{Direction, StreamContext};
 
 impl Core {
     /// Dials `name`: cached lookup, then [`dial_with_recovery`](Self::dial_with_recovery).
-    pub(crate) async fn connect_name(self: &Arc<Self>, name: &PeerName, service: Option<&str>) -> Result<PeerStream> {
+    pub(crate) async fn connect_name(
+        self: &Arc<Self>,
+        name: &PeerName,
+        service: Option<&str>,
+    ) -> Result<PeerStream> {
         let pattern = Pattern::from(name);
         let found = self.registry.lookup_cached(&self.namespace, &pattern).await;
         let record = match found {
@@ -37,7 +41,9 @@ impl Core {
             }
         };
         let Some(record) = record else {
-            self.counters.connect_not_found.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .connect_not_found
+                .fetch_add(1, Ordering::Relaxed);
             return Err(Error::NotFound {
                 namespace: self.namespace.to_string(),
                 name: name.to_string(),
@@ -49,7 +55,11 @@ impl Core {
     /// Dials a known record; if the address looks stale (refused, wrong peer,
     /// unreachable), drops the cached entry, looks the name up once more, and
     /// dials the fresh record if it differs.
-    pub(crate) async fn dial_with_recovery(self: &Arc<Self>, record: PeerRecord, service: Option<&str>) -> Result<PeerStream> {
+    pub(crate) async fn dial_with_recovery(
+        self: &Arc<Self>,
+        record: PeerRecord,
+        service: Option<&str>,
+    ) -> Result<PeerStream> {
         let first = self.dial_record(&record, service).await;
         let err = match first {
             Ok(s) => return self.count(Ok(s)),
@@ -58,19 +68,27 @@ impl Core {
         };
         tracing::debug!(peer = %record.name, error = %err, "cached address looks stale; looking the name up again");
         self.registry.invalidate(&self.namespace, &record.name);
-        let fresh = match self.registry.lookup_cached(&self.namespace, &Pattern::from(&record.name)).await {
+        let fresh = match self
+            .registry
+            .lookup_cached(&self.namespace, &Pattern::from(&record.name))
+            .await
+        {
             Ok(l) => l.records.first().cloned(),
             Err(_) => return self.count(Err(err)),
         };
         match fresh {
-            Some(fresh) if fresh.instance != record.instance || fresh.endpoints != record.endpoints => {
+            Some(fresh)
+                if fresh.instance != record.instance || fresh.endpoints != record.endpoints =>
+            {
                 self.counters.stale_retries.fetch_add(1, Ordering::Relaxed);
                 let second = self.dial_record(&fresh, service).await;
                 self.count(second)
             }
             Some(_) => self.count(Err(err)),
             None => {
-                self.counters.connect_not_found.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .connect_not_found
+                    .fetch_add(1, Ordering::Relaxed);
                 Err(Error::NotFound {
                     namespace: self.namespace.to_string(),
                     name: record.name.to_string(),
@@ -94,10 +112,18 @@ impl Core {
 
     /// Tries the record's endpoints that our interfaces speak, in interface
     /// order; a transport failure or a wrong peer moves on to the next one.
-    async fn dial_record(self: &Arc<Self>, record: &PeerRecord, service: Option<&str>) -> Result<PeerStream> {
+    async fn dial_record(
+        self: &Arc<Self>,
+        record: &PeerRecord,
+        service: Option<&str>,
+    ) -> Result<PeerStream> {
         let mut last: Option<Error> = None;
         for iface in &self.interfaces {
-            for ep in record.endpoints.iter().filter(|e| e.protocol == iface.protocol()) {
+            for ep in record
+                .endpoints
+                .iter()
+                .filter(|e| e.protocol == iface.protocol())
+            {
                 match self.dial_endpoint(iface, ep, record, service).await {
                     Ok(s) => return Ok(s),
                     Err(e) if next_endpoint_may_help(&e) => {
@@ -109,11 +135,19 @@ impl Core {
             }
         }
         Err(last.unwrap_or_else(|| {
-            let ours: Vec<String> = self.interfaces.iter().map(|i| i.protocol().to_string()).collect();
+            let ours: Vec<String> = self
+                .interfaces
+                .iter()
+                .map(|i| i.protocol().to_string())
+                .collect();
             Error::Unsupported(format!(
                 "{} advertises {:?}, none of which this node speaks ({})",
                 record.name,
-                record.endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+                record
+                    .endpoints
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>(),
                 ours.join(", ")
             ))
         }))
@@ -138,7 +172,12 @@ impl Core {
                 });
             }
         };
-        let mut hello = Hello::new(self.namespace.clone(), self.name.clone(), self.instance, record.name.clone());
+        let mut hello = Hello::new(
+            self.namespace.clone(),
+            self.name.clone(),
+            self.instance,
+            record.name.clone(),
+        );
         if let Some(s) = service {
             hello = hello.with_service(s)?;
         }
@@ -153,7 +192,12 @@ impl Core {
                 });
             }
             Message::Refuse(r) => return Err(r.into_error()),
-            other => return Err(Error::protocol(format!("expected Welcome or Refuse, got {}", other.kind()))),
+            other => {
+                return Err(Error::protocol(format!(
+                    "expected Welcome or Refuse, got {}",
+                    other.kind()
+                )));
+            }
         };
         let ctx = StreamContext::new(
             self.namespace.clone(),
@@ -182,7 +226,10 @@ impl Core {
 /// Failures that mean "this address is not (or no longer) the peer's".
 fn looks_stale(e: &Error) -> bool {
     match e {
-        Error::WrongPeer { .. } | Error::Timeout { what: "connect", .. } => true,
+        Error::WrongPeer { .. }
+        | Error::Timeout {
+            what: "connect", ..
+        } => true,
         Error::Io(io) => matches!(
             io.kind(),
             std::io::ErrorKind::ConnectionRefused
@@ -199,7 +246,10 @@ fn looks_stale(e: &Error) -> bool {
 
 /// Failures after which another endpoint of the same record may still work.
 fn next_endpoint_may_help(e: &Error) -> bool {
-    matches!(e, Error::Io(_) | Error::Timeout { .. } | Error::WrongPeer { .. } | Error::Protocol { .. })
+    matches!(
+        e,
+        Error::Io(_) | Error::Timeout { .. } | Error::WrongPeer { .. } | Error::Protocol { .. }
+    )
 }
 
 /// Streams to every peer matching a pattern; made by [`Node::to`](crate::Node::to).
@@ -291,7 +341,9 @@ impl Stream for Reach {
             let s = self.start();
             self.inner = Some(s);
         }
-        self.inner.as_mut().map_or(Poll::Ready(None), |s| s.as_mut().poll_next(cx))
+        self.inner
+            .as_mut()
+            .map_or(Poll::Ready(None), |s| s.as_mut().poll_next(cx))
     }
 }
 
@@ -386,8 +438,17 @@ impl ReachJob {
     }
 
     async fn list(&self) -> Result<Vec<PeerRecord>> {
-        let found = self.core.registry.lookup_cached(&self.core.namespace, &self.pattern).await?;
-        Ok(found.records.iter().filter(|r| self.wanted(r)).cloned().collect())
+        let found = self
+            .core
+            .registry
+            .lookup_cached(&self.core.namespace, &self.pattern)
+            .await?;
+        Ok(found
+            .records
+            .iter()
+            .filter(|r| self.wanted(r))
+            .cloned()
+            .collect())
     }
 }
 

@@ -25,10 +25,15 @@ pub(crate) async fn heartbeat(core: Arc<Core>) {
             _ = tokio::time::sleep(wait) => {}
             _ = core.stopped() => return,
         }
-        let refresh = core.registry.refresh(&core.namespace, &core.name, core.instance, core.config.ttl);
+        let refresh =
+            core.registry
+                .refresh(&core.namespace, &core.name, core.instance, core.config.ttl);
         let result = match tokio::time::timeout(period, refresh).await {
             Ok(r) => r,
-            Err(_) => Err(Error::Timeout { what: "registry refresh", after: period }),
+            Err(_) => Err(Error::Timeout {
+                what: "registry refresh",
+                after: period,
+            }),
         };
         let result = match result {
             Err(Error::NameLost { .. }) => republish_after_loss(&core).await,
@@ -60,14 +65,20 @@ pub(crate) async fn heartbeat(core: Arc<Core>) {
 /// (`Ok(true)`); if another instance does, report `NameLost` (`Ok(false)`).
 async fn republish_after_loss(core: &Arc<Core>) -> Result<bool> {
     let record = core.record();
-    match core.registry.publish(&record, core.config.ttl, NamePolicy::Exclusive).await {
+    match core
+        .registry
+        .publish(&record, core.config.ttl, NamePolicy::Exclusive)
+        .await
+    {
         Ok(()) => {
             tracing::warn!("record had expired; published again");
             Ok(true)
         }
         Err(Error::NameTaken { holder, .. }) => {
             tracing::warn!(%holder, "another instance took this node's name; no longer publishing it");
-            core.emit(NodeEvent::NameLost { holder: Some(holder) });
+            core.emit(NodeEvent::NameLost {
+                holder: Some(holder),
+            });
             Ok(false)
         }
         Err(e) => Err(e),
@@ -86,14 +97,21 @@ pub(crate) async fn republish_endpoints(core: &Arc<Core>) {
         r.clone()
     };
     tracing::info!(endpoints = ?record.endpoints, "addresses changed; re-publishing");
-    if let Err(e) = core.registry.publish(&record, core.config.ttl, NamePolicy::Exclusive).await {
+    if let Err(e) = core
+        .registry
+        .publish(&record, core.config.ttl, NamePolicy::Exclusive)
+        .await
+    {
         tracing::warn!(error = %e, "re-publishing new addresses failed; the heartbeat will retry");
     }
 }
 
 /// Turns the registry's events into node events and feeds `follow()`
 /// subscribers, re-establishing the watch whenever it breaks.
-pub(crate) async fn watch_loop(core: Arc<Core>, first: Option<BoxStream<'static, Result<RegistryEvent>>>) {
+pub(crate) async fn watch_loop(
+    core: Arc<Core>,
+    first: Option<BoxStream<'static, Result<RegistryEvent>>>,
+) {
     let mut stream = first;
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -137,10 +155,14 @@ fn dispatch(core: &Core, ev: RegistryEvent) {
         let node_event = match &ev {
             RegistryEvent::Joined(r) => Some(NodeEvent::PeerJoined(r.clone())),
             RegistryEvent::Updated(r) => Some(NodeEvent::PeerUpdated(r.clone())),
-            RegistryEvent::Left { name, instance } => Some(NodeEvent::PeerLeft { name: name.clone(), instance: *instance }),
-            RegistryEvent::Expired { name, instance } => {
-                Some(NodeEvent::PeerExpired { name: name.clone(), instance: *instance })
-            }
+            RegistryEvent::Left { name, instance } => Some(NodeEvent::PeerLeft {
+                name: name.clone(),
+                instance: *instance,
+            }),
+            RegistryEvent::Expired { name, instance } => Some(NodeEvent::PeerExpired {
+                name: name.clone(),
+                instance: *instance,
+            }),
             _ => None,
         };
         if let Some(e) = node_event {
@@ -156,7 +178,10 @@ pub(crate) async fn shutdown(core: &Arc<Core>) -> Result<()> {
     if core.accepting.swap(false, Ordering::AcqRel) {
         tracing::info!("shutting down");
     }
-    let unpublished = core.registry.unpublish(&core.namespace, &core.name, core.instance).await;
+    let unpublished = core
+        .registry
+        .unpublish(&core.namespace, &core.name, core.instance)
+        .await;
     if let Err(e) = &unpublished {
         tracing::warn!(error = %e, "could not unpublish; the record will expire after the ttl");
     }
@@ -164,13 +189,13 @@ pub(crate) async fn shutdown(core: &Arc<Core>) -> Result<()> {
     tokio::pin!(grace);
     loop {
         let notified = core.stream_closed.notified();
-        if core.counters.streams_open.load(Ordering::Relaxed) == 0 {
+        if core.streams_open() == 0 {
             break;
         }
         tokio::select! {
             _ = notified => {}
             _ = &mut grace => {
-                let open = core.counters.streams_open.load(Ordering::Relaxed);
+                let open = core.streams_open();
                 tracing::warn!(open, "shutdown grace over with streams still open");
                 break;
             }

@@ -103,7 +103,11 @@ impl Node {
 
     /// Opens a stream to `service` on the peer called `name`; the peer refuses
     /// with `NoSuchService` if it does not offer it.
-    pub async fn connect_service(&self, name: impl AsRef<str>, service: &str) -> Result<PeerStream> {
+    pub async fn connect_service(
+        &self,
+        name: impl AsRef<str>,
+        service: &str,
+    ) -> Result<PeerStream> {
         let name = PeerName::new(name.as_ref())?;
         crate::name::validate_service(service)?;
         self.core
@@ -131,7 +135,11 @@ impl Node {
     /// Accepted streams that asked for `service`. From the first call on,
     /// such streams no longer go to [`incoming`](Self::incoming).
     pub fn incoming_service(&self, service: &str) -> Incoming {
-        let mut routes = self.core.service_routes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut routes = self
+            .core
+            .service_routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let route = routes
             .entry(service.to_owned())
             .or_insert_with(|| Route::new(self.core.config.incoming_capacity));
@@ -148,21 +156,34 @@ impl Node {
     /// The live peers whose names match `pattern`, for monitoring (this node included).
     pub async fn peers(&self, pattern: impl AsRef<str>) -> Result<Vec<PeerRecord>> {
         let pattern = Pattern::new(pattern.as_ref())?;
-        let found = self.core.registry.lookup_cached(&self.core.namespace, &pattern).await?;
+        let found = self
+            .core
+            .registry
+            .lookup_cached(&self.core.namespace, &pattern)
+            .await?;
         Ok(found.records.as_ref().clone())
     }
 
     /// Counters: streams, bytes, dials by outcome, cache hit rate.
     pub fn stats(&self) -> NodeStats {
-        self.core.counters.snapshot(self.core.registry.stats())
+        self.core
+            .counters
+            .snapshot(self.core.meter.snapshot(), self.core.registry.stats())
     }
 
     /// Stops accepting, unpublishes, and waits up to the shutdown grace for
     /// open streams to close. Idempotent. An unreachable registry is reported
     /// after the rest of the shutdown is done.
     pub async fn shutdown(&self) -> Result<()> {
-        let result = lifecycle::shutdown(&self.core).instrument(self.span.clone()).await;
-        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        let result = lifecycle::shutdown(&self.core)
+            .instrument(self.span.clone())
+            .await;
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             t.abort();
         }
         result
@@ -178,8 +199,14 @@ impl Node {
             reason: reason.into(),
         };
         let mut parts = rest.split('/');
-        let ns = parts.next().filter(|s| !s.is_empty()).ok_or_else(|| invalid("missing namespace"))?;
-        let name = parts.next().filter(|s| !s.is_empty()).ok_or_else(|| invalid("missing peer name"))?;
+        let ns = parts
+            .next()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| invalid("missing namespace"))?;
+        let name = parts
+            .next()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| invalid("missing peer name"))?;
         let service = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
         if parts.next().is_some() {
             return Err(invalid("expected masse://<namespace>/<name>[/<service>]"));
@@ -204,7 +231,12 @@ impl Drop for Node {
             tracing::debug!(parent: &self.span, "node dropped without shutdown; its record expires after the ttl");
         }
         self.core.stopping.send_replace(true);
-        for t in self.tasks.get_mut().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for t in self
+            .tasks
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             t.abort();
         }
     }
@@ -226,7 +258,10 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    fn new(core: Arc<Core>, rx: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<PeerStream>>>) -> Self {
+    fn new(
+        core: Arc<Core>,
+        rx: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<PeerStream>>>,
+    ) -> Self {
         let inner = futures::stream::unfold((core, rx), |(core, rx)| async move {
             let next = {
                 let mut guard = tokio::select! {
@@ -240,7 +275,9 @@ impl Incoming {
             };
             next.map(|s| (s, (core, rx)))
         });
-        Incoming { inner: Box::pin(inner) }
+        Incoming {
+            inner: Box::pin(inner),
+        }
     }
 
     /// The next accepted stream; `None` once the node has shut down.
@@ -312,7 +349,9 @@ mod tokio_stream_shim {
                     Err(RecvError::Closed) => None,
                 }
             });
-            BroadcastStream { inner: Box::pin(inner) }
+            BroadcastStream {
+                inner: Box::pin(inner),
+            }
         }
     }
 

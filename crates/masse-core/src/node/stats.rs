@@ -3,14 +3,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::caching::CacheStats;
+use crate::wrappers::MeterSnapshot;
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) streams_open: AtomicU64,
     pub(crate) streams_in: AtomicU64,
     pub(crate) streams_out: AtomicU64,
-    pub(crate) bytes_in: AtomicU64,
-    pub(crate) bytes_out: AtomicU64,
     pub(crate) connect_ok: AtomicU64,
     pub(crate) connect_not_found: AtomicU64,
     pub(crate) connect_refused: AtomicU64,
@@ -20,14 +18,14 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    pub(crate) fn snapshot(&self, cache: CacheStats) -> NodeStats {
+    pub(crate) fn snapshot(&self, meter: MeterSnapshot, cache: CacheStats) -> NodeStats {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         NodeStats {
-            streams_open: l(&self.streams_open),
+            streams_open: meter.streams_open,
             streams_inbound: l(&self.streams_in),
             streams_outbound: l(&self.streams_out),
-            bytes_in: l(&self.bytes_in),
-            bytes_out: l(&self.bytes_out),
+            bytes_in: meter.bytes_in,
+            bytes_out: meter.bytes_out,
             connects_ok: l(&self.connect_ok),
             connects_not_found: l(&self.connect_not_found),
             connects_refused: l(&self.connect_refused),
@@ -73,6 +71,10 @@ impl NodeStats {
     /// Share of lookups answered from cache, 0.0–1.0.
     pub fn cache_hit_rate(&self) -> f64 {
         let total = self.cache.hits + self.cache.misses;
-        if total == 0 { 0.0 } else { self.cache.hits as f64 / total as f64 }
+        if total == 0 {
+            0.0
+        } else {
+            self.cache.hits as f64 / total as f64
+        }
     }
 }

@@ -16,6 +16,7 @@ use crate::io::BoxIo;
 use crate::name::PeerName;
 use crate::record::{InstanceId, PeerRecord};
 use crate::wrapper::Direction;
+use crate::wrappers::MeteredIo;
 
 /// What is known about the other end of a [`PeerStream`].
 #[derive(Debug, Clone)]
@@ -35,20 +36,15 @@ pub(crate) struct StreamInfo {
 /// frame it with `tokio_util::codec::Framed`, or hand it to an RPC transport.
 /// Dropping it closes the stream and emits [`NodeEvent::StreamClosed`].
 pub struct PeerStream {
-    io: BoxIo,
+    io: MeteredIo<BoxIo>,
     info: StreamInfo,
-    bytes_in: u64,
-    bytes_out: u64,
-    core: Arc<Core>,
 }
 
 impl PeerStream {
     pub(crate) fn new(core: Arc<Core>, io: BoxIo, info: StreamInfo) -> Self {
-        let counters = &core.counters;
-        counters.streams_open.fetch_add(1, Ordering::Relaxed);
         match info.direction {
-            Direction::Inbound => counters.streams_in.fetch_add(1, Ordering::Relaxed),
-            Direction::Outbound => counters.streams_out.fetch_add(1, Ordering::Relaxed),
+            Direction::Inbound => core.counters.streams_in.fetch_add(1, Ordering::Relaxed),
+            Direction::Outbound => core.counters.streams_out.fetch_add(1, Ordering::Relaxed),
         };
         core.emit(NodeEvent::StreamOpened {
             peer: info.peer.clone(),
@@ -57,13 +53,21 @@ impl PeerStream {
             protocol: info.protocol,
         });
         tracing::debug!(peer = %info.peer, direction = ?info.direction, service = ?info.service, "stream opened");
-        PeerStream {
-            io,
-            info,
-            bytes_in: 0,
-            bytes_out: 0,
-            core,
-        }
+        let (peer, direction, service) = (info.peer.clone(), info.direction, info.service.clone());
+        // The meter feeds the node's totals while the stream lives, and reports
+        // the stream's own counts once it is dropped (after the totals count it closed).
+        let io = MeteredIo::new(io, core.meter.clone()).on_close(move |m| {
+            tracing::debug!(%peer, bytes_in = m.bytes_in(), bytes_out = m.bytes_out(), "stream closed");
+            core.emit(NodeEvent::StreamClosed {
+                peer,
+                direction,
+                service,
+                bytes_in: m.bytes_in(),
+                bytes_out: m.bytes_out(),
+            });
+            core.stream_closed.notify_waiters();
+        });
+        PeerStream { io, info }
     }
 
     /// The other end's name.
@@ -98,57 +102,32 @@ impl PeerStream {
 
     /// Bytes read from the stream so far.
     pub fn bytes_in(&self) -> u64 {
-        self.bytes_in
+        self.io.bytes_in()
     }
 
     /// Bytes written to the stream so far.
     pub fn bytes_out(&self) -> u64 {
-        self.bytes_out
-    }
-
-    fn report_closed(&mut self) {
-        let core = &self.core;
-        core.counters.streams_open.fetch_sub(1, Ordering::Relaxed);
-        core.emit(NodeEvent::StreamClosed {
-            peer: self.info.peer.clone(),
-            direction: self.info.direction,
-            service: self.info.service.clone(),
-            bytes_in: self.bytes_in,
-            bytes_out: self.bytes_out,
-        });
-        core.stream_closed.notify_waiters();
-        tracing::debug!(peer = %self.info.peer, bytes_in = self.bytes_in, bytes_out = self.bytes_out, "stream closed");
-    }
-}
-
-impl Drop for PeerStream {
-    fn drop(&mut self) {
-        self.report_closed();
+        self.io.bytes_out()
     }
 }
 
 impl AsyncRead for PeerStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let this = &mut *self;
-        let res = Pin::new(&mut this.io).poll_read(cx, buf);
-        let n = (buf.filled().len() - before) as u64;
-        if n > 0 {
-            this.bytes_in += n;
-            this.core.counters.bytes_in.fetch_add(n, Ordering::Relaxed);
-        }
-        res
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for PeerStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let res = Pin::new(&mut this.io).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = res {
-            this.count_out(n);
-        }
-        res
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -156,12 +135,7 @@ impl AsyncWrite for PeerStream {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let res = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = res {
-            this.count_out(n);
-        }
-        res
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -177,16 +151,6 @@ impl AsyncWrite for PeerStream {
     }
 }
 
-impl PeerStream {
-    #[inline]
-    fn count_out(&mut self, n: usize) {
-        if n > 0 {
-            self.bytes_out += n as u64;
-            self.core.counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-        }
-    }
-}
-
 impl fmt::Debug for PeerStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PeerStream")
@@ -195,8 +159,8 @@ impl fmt::Debug for PeerStream {
             .field("direction", &self.info.direction)
             .field("service", &self.info.service)
             .field("protocol", &self.info.protocol)
-            .field("bytes_in", &self.bytes_in)
-            .field("bytes_out", &self.bytes_out)
+            .field("bytes_in", &self.bytes_in())
+            .field("bytes_out", &self.bytes_out())
             .finish()
     }
 }
