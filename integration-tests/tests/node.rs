@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use masse::handshake::{self, Hello, Message};
 use masse::{
-    BoxIo, Direction, Error, InstanceId, MemoryRegistry, NamePolicy, Namespace, NodeEvent, PeerName, PeerRecord,
-    RefuseCode, Registry, StreamContext,
+    BoxIo, Direction, Error, InstanceId, MemoryRegistry, NamePolicy, Namespace, NodeEvent,
+    PeerName, PeerRecord, RefuseCode, Registry, StreamContext,
 };
 use masse_integration_tests::{fnv1a, node, payload};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -57,8 +57,14 @@ async fn connect_by_name_and_talk() {
     // The same peer through a masse:// URL.
     let u = a.connect("masse://t-connect/beta").await.unwrap();
     assert_eq!(u.peer().as_str(), "beta");
-    assert!(matches!(a.connect("masse://other-ns/beta").await, Err(Error::InvalidAddress { .. })));
-    assert!(matches!(a.connect("not a name").await, Err(Error::InvalidName { .. })));
+    assert!(matches!(
+        a.connect("masse://other-ns/beta").await,
+        Err(Error::InvalidAddress { .. })
+    ));
+    assert!(matches!(
+        a.connect("not a name").await,
+        Err(Error::InvalidName { .. })
+    ));
 
     match a.connect("nobody").await {
         Err(Error::NotFound { name, namespace }) => {
@@ -82,25 +88,41 @@ async fn to_pattern_reaches_all_others_but_not_itself() {
     let me = node("worker-0", "t-to", &reg).start().await.unwrap();
     let mut others = Vec::new();
     for i in 1..=5 {
-        let n = node(&format!("worker-{i}"), "t-to", &reg).start().await.unwrap();
+        let n = node(&format!("worker-{i}"), "t-to", &reg)
+            .start()
+            .await
+            .unwrap();
         echo_forever(&n).await;
         others.push(n);
     }
     let bystander = node("db-1", "t-to", &reg).start().await.unwrap();
 
-    let streams: Vec<_> = timeout(T, me.to("worker-*").collect::<Vec<_>>()).await.unwrap();
-    let names: HashSet<String> = streams.iter().map(|s| s.as_ref().unwrap().peer().to_string()).collect();
+    let streams: Vec<_> = timeout(T, me.to("worker-*").collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let names: HashSet<String> = streams
+        .iter()
+        .map(|s| s.as_ref().unwrap().peer().to_string())
+        .collect();
     let want: HashSet<String> = (1..=5).map(|i| format!("worker-{i}")).collect();
     assert_eq!(names, want, "every other worker, not itself, not db-1");
 
     let all: Vec<_> = timeout(T, me.to("*").collect::<Vec<_>>()).await.unwrap();
-    assert_eq!(all.len(), 6, "'*' reaches the 5 workers and db-1, not itself");
-    let with_self: Vec<_> = timeout(T, me.to("worker-*").include_self().collect::<Vec<_>>()).await.unwrap();
+    assert_eq!(
+        all.len(),
+        6,
+        "'*' reaches the 5 workers and db-1, not itself"
+    );
+    let with_self: Vec<_> = timeout(T, me.to("worker-*").include_self().collect::<Vec<_>>())
+        .await
+        .unwrap();
     assert_eq!(with_self.len(), 6, "include_self adds itself");
 
     // One peer failing is an Err item, not the end of the stream.
     drop(others.pop()); // worker-5 dies without unpublishing: its record lingers
-    let results: Vec<_> = timeout(T, me.to("worker-*").collect::<Vec<_>>()).await.unwrap();
+    let results: Vec<_> = timeout(T, me.to("worker-*").collect::<Vec<_>>())
+        .await
+        .unwrap();
     assert_eq!(results.len(), 5);
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 4);
     assert_eq!(results.iter().filter(|r| r.is_err()).count(), 1);
@@ -124,8 +146,15 @@ async fn follow_reaches_later_joiners_once() {
     // Non-matching joiners and re-publishes of a known instance are not reached again.
     let _other = node("db", "t-follow", &reg).start().await.unwrap();
     let rec = late.record();
-    reg.publish(&rec.clone(), Duration::from_secs(2), NamePolicy::Takeover).await.unwrap();
-    assert!(timeout(Duration::from_millis(700), live.next()).await.is_err(), "nothing new to reach");
+    reg.publish(&rec.clone(), Duration::from_secs(2), NamePolicy::Takeover)
+        .await
+        .unwrap();
+    assert!(
+        timeout(Duration::from_millis(700), live.next())
+            .await
+            .is_err(),
+        "nothing new to reach"
+    );
 
     // A restarted peer is a new instance: reached again.
     drop(late);
@@ -151,12 +180,20 @@ async fn restarted_peer_on_a_new_port_is_reached_through_a_stale_cache() {
     // Hide the restart from the dialer's cache: swap records behind its back
     // through a fresh registry handle and make sure its entry still holds the old port.
     drop(svc); // killed: no unpublish
-    let svc2 = node("svc", "t-restart", &reg).name_policy(NamePolicy::Takeover).start().await.unwrap();
+    let svc2 = node("svc", "t-restart", &reg)
+        .name_policy(NamePolicy::Takeover)
+        .start()
+        .await
+        .unwrap();
     echo_forever(&svc2).await;
     assert_ne!(svc2.record().endpoints[0].addr.port(), old_port);
 
     let mut s = timeout(T, dialer.connect("svc")).await.unwrap().unwrap();
-    assert_eq!(s.peer_instance(), svc2.instance(), "reached the new instance");
+    assert_eq!(
+        s.peer_instance(),
+        svc2.instance(),
+        "reached the new instance"
+    );
     s.write_all(b"x").await.unwrap();
     let mut b = [0u8; 1];
     s.read_exact(&mut b).await.unwrap();
@@ -182,9 +219,13 @@ async fn stale_cached_address_is_recovered_with_one_fresh_lookup() {
     // new instance's name with the old endpoints, then correcting it.
     let mut stale = svc2.record();
     stale.endpoints = old.endpoints.clone();
-    reg.publish(&stale, Duration::from_secs(2), NamePolicy::Takeover).await.unwrap();
+    reg.publish(&stale, Duration::from_secs(2), NamePolicy::Takeover)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    reg.publish(&svc2.record(), Duration::from_secs(2), NamePolicy::Takeover).await.unwrap();
+    reg.publish(&svc2.record(), Duration::from_secs(2), NamePolicy::Takeover)
+        .await
+        .unwrap();
     let s = timeout(T, dialer.connect("svc")).await.unwrap().unwrap();
     assert_eq!(s.peer_instance(), svc2.instance());
 }
@@ -196,12 +237,22 @@ async fn killed_node_expires_once_per_watcher() {
     let watchers: Vec<_> = {
         let mut v = Vec::new();
         for i in 0..3 {
-            v.push(node(&format!("watcher-{i}"), "t-expire", &reg).ttl(ttl).start().await.unwrap());
+            v.push(
+                node(&format!("watcher-{i}"), "t-expire", &reg)
+                    .ttl(ttl)
+                    .start()
+                    .await
+                    .unwrap(),
+            );
         }
         v
     };
     let event_streams: Vec<_> = watchers.iter().map(|w| w.events()).collect();
-    let victim = node("victim", "t-expire", &reg).ttl(ttl).start().await.unwrap();
+    let victim = node("victim", "t-expire", &reg)
+        .ttl(ttl)
+        .start()
+        .await
+        .unwrap();
     let victim_instance = victim.instance();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let killed_at = Instant::now();
@@ -214,7 +265,12 @@ async fn killed_node_expires_once_per_watcher() {
     for mut events in event_streams {
         tasks.push(tokio::spawn(async move {
             let mut seen = Vec::new();
-            while let Ok(Some(ev)) = timeout(listen_until.saturating_duration_since(Instant::now()), events.recv()).await {
+            while let Ok(Some(ev)) = timeout(
+                listen_until.saturating_duration_since(Instant::now()),
+                events.recv(),
+            )
+            .await
+            {
                 if let NodeEvent::PeerExpired { name, instance } = ev {
                     seen.push((Instant::now(), name, instance));
                 }
@@ -224,11 +280,18 @@ async fn killed_node_expires_once_per_watcher() {
     }
     for (i, t) in tasks.into_iter().enumerate() {
         let seen = t.await.unwrap();
-        assert_eq!(seen.len(), 1, "watcher {i} saw exactly one PeerExpired: {seen:?}");
+        assert_eq!(
+            seen.len(),
+            1,
+            "watcher {i} saw exactly one PeerExpired: {seen:?}"
+        );
         let (at, name, instance) = &seen[0];
         assert_eq!(name.as_str(), "victim");
         assert_eq!(*instance, victim_instance);
-        assert!(at.duration_since(killed_at) <= ttl + Duration::from_secs(1), "watcher {i}: expired within ttl + 1 s");
+        assert!(
+            at.duration_since(killed_at) <= ttl + Duration::from_secs(1),
+            "watcher {i}: expired within ttl + 1 s"
+        );
     }
     assert!(watchers[0].peers("victim").await.unwrap().is_empty());
 }
@@ -237,12 +300,19 @@ async fn killed_node_expires_once_per_watcher() {
 async fn refusals_carry_their_codes() {
     let reg = MemoryRegistry::new();
     let a = node("a", "t-refuse", &reg).start().await.unwrap();
-    let b = node("b", "t-refuse", &reg).service("rpc").start().await.unwrap();
+    let b = node("b", "t-refuse", &reg)
+        .service("rpc")
+        .start()
+        .await
+        .unwrap();
     let b_ep = b.record().endpoints[0].addr;
 
     // Unknown service.
     match a.connect_service("b", "nope").await {
-        Err(Error::Refused { code: RefuseCode::NoSuchService, .. }) => {}
+        Err(Error::Refused {
+            code: RefuseCode::NoSuchService,
+            ..
+        }) => {}
         other => panic!("expected NoSuchService, got {other:?}"),
     }
     // A known one works and is routed to incoming_service.
@@ -253,9 +323,15 @@ async fn refusals_carry_their_codes() {
     assert_eq!(r.service(), Some("rpc"));
 
     // Wrong peer: a record for "ghost" that points at b.
-    let ghost = PeerRecord::new("t-refuse".parse().unwrap(), "ghost".parse().unwrap(), InstanceId::random())
-        .with_endpoint(b.record().endpoints[0]);
-    reg.publish(&ghost, Duration::from_secs(5), NamePolicy::Takeover).await.unwrap();
+    let ghost = PeerRecord::new(
+        "t-refuse".parse().unwrap(),
+        "ghost".parse().unwrap(),
+        InstanceId::random(),
+    )
+    .with_endpoint(b.record().endpoints[0]);
+    reg.publish(&ghost, Duration::from_secs(5), NamePolicy::Takeover)
+        .await
+        .unwrap();
     match a.connect("ghost").await {
         Err(Error::WrongPeer { expected, actual }) => {
             assert_eq!(expected, "ghost");
@@ -266,21 +342,38 @@ async fn refusals_carry_their_codes() {
 
     // Wrong namespace, with a hand-made Hello.
     let mut raw = TcpStream::connect(b_ep).await.unwrap();
-    let hello = Hello::new("elsewhere".parse().unwrap(), "x".parse().unwrap(), InstanceId::random(), "b".parse().unwrap());
-    handshake::write_message(&mut raw, &Message::Hello(hello)).await.unwrap();
+    let hello = Hello::new(
+        "elsewhere".parse().unwrap(),
+        "x".parse().unwrap(),
+        InstanceId::random(),
+        "b".parse().unwrap(),
+    );
+    handshake::write_message(&mut raw, &Message::Hello(hello))
+        .await
+        .unwrap();
     match handshake::read_message(&mut raw, T).await.unwrap() {
         Message::Refuse(r) => assert_eq!(r.code, RefuseCode::WrongNamespace),
         other => panic!("expected Refuse, got {other:?}"),
     }
     // And the stream is closed after a refusal.
     let mut rest = Vec::new();
-    assert_eq!(timeout(T, raw.read_to_end(&mut rest)).await.unwrap().unwrap(), 0);
+    assert_eq!(
+        timeout(T, raw.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap(),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_handshakes_only_hurt_their_own_stream() {
     let reg = MemoryRegistry::new();
-    let srv = node("srv", "t-garbage", &reg).handshake_timeout(Duration::from_millis(500)).start().await.unwrap();
+    let srv = node("srv", "t-garbage", &reg)
+        .handshake_timeout(Duration::from_millis(500))
+        .start()
+        .await
+        .unwrap();
     echo_forever(&srv).await;
     let cli = node("cli", "t-garbage", &reg).start().await.unwrap();
     let ep = srv.record().endpoints[0].addr;
@@ -295,7 +388,12 @@ async fn malformed_handshakes_only_hurt_their_own_stream() {
     let mut junk = TcpStream::connect(ep).await.unwrap();
     junk.write_all(b"\x00\x10GET / HTTP/1.1\r\n").await.unwrap();
     // Truncated: half a valid Hello, then close.
-    let hello = Hello::new("t-garbage".parse().unwrap(), "x".parse().unwrap(), InstanceId::random(), "srv".parse().unwrap());
+    let hello = Hello::new(
+        "t-garbage".parse().unwrap(),
+        "x".parse().unwrap(),
+        InstanceId::random(),
+        "srv".parse().unwrap(),
+    );
     let frame = handshake::encode(&Message::Hello(hello));
     let mut trunc = TcpStream::connect(ep).await.unwrap();
     trunc.write_all(&frame[..frame.len() / 2]).await.unwrap();
@@ -309,10 +407,20 @@ async fn malformed_handshakes_only_hurt_their_own_stream() {
     assert_eq!(&buf, b"hello");
 
     // Every bad connection is closed by the node (EOF), the slow one after the deadline.
-    for (what, sock) in [("oversized", &mut big), ("garbage", &mut junk), ("truncated", &mut trunc), ("slow", &mut loris)] {
+    for (what, sock) in [
+        ("oversized", &mut big),
+        ("garbage", &mut junk),
+        ("truncated", &mut trunc),
+        ("slow", &mut loris),
+    ] {
         let mut rest = Vec::new();
-        let r = timeout(T, sock.read_to_end(&mut rest)).await.unwrap_or_else(|_| panic!("{what}: not closed"));
-        assert!(r.is_err() || rest.is_empty(), "{what}: closed without a Welcome");
+        let r = timeout(T, sock.read_to_end(&mut rest))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: not closed"));
+        assert!(
+            r.is_err() || rest.is_empty(),
+            "{what}: closed without a Welcome"
+        );
     }
     assert!(srv.stats().handshakes_rejected >= 4, "{:?}", srv.stats());
 }
@@ -384,7 +492,11 @@ async fn wrappers_apply_in_the_order_added() {
             }
         }
     };
-    let srv = node("plain", "t-wrap", &reg).wrap(tag("x", log.clone())).start().await.unwrap();
+    let srv = node("plain", "t-wrap", &reg)
+        .wrap(tag("x", log.clone()))
+        .start()
+        .await
+        .unwrap();
     let cli = node("wrapped", "t-wrap", &reg)
         .wrap(tag("A", log.clone()))
         .wrap(tag("B", log.clone()))
@@ -397,11 +509,17 @@ async fn wrappers_apply_in_the_order_added() {
     let mut r = timeout(T, inc.accept()).await.unwrap().unwrap();
     let mut buf = [0u8; 3];
     r.read_exact(&mut buf).await.unwrap();
-    assert_eq!(&buf, b"ABC", "the bytes each wrapper wrote arrive in the order the wrappers were added");
+    assert_eq!(
+        &buf, b"ABC",
+        "the bytes each wrapper wrote arrive in the order the wrappers were added"
+    );
     let log = log.lock().unwrap().clone();
     let outbound: Vec<&String> = log.iter().filter(|e| e.ends_with(":Outbound")).collect();
     assert_eq!(outbound, ["A:Outbound", "B:Outbound", "C:Outbound"]);
-    assert!(log.contains(&"x:Inbound".to_string()), "the acceptor's wrappers run on inbound streams: {log:?}");
+    assert!(
+        log.contains(&"x:Inbound".to_string()),
+        "the acceptor's wrappers run on inbound streams: {log:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -409,7 +527,11 @@ async fn events_and_peers_track_the_namespace() {
     let reg = MemoryRegistry::new();
     let mon = node("monitor", "t-events", &reg).start().await.unwrap();
     let mut ev = mon.events();
-    let a = node("a", "t-events", &reg).metadata("zone", "b").start().await.unwrap();
+    let a = node("a", "t-events", &reg)
+        .metadata("zone", "b")
+        .start()
+        .await
+        .unwrap();
     let joined = loop {
         match timeout(T, ev.recv()).await.unwrap().unwrap() {
             NodeEvent::PeerJoined(r) => break r,
@@ -444,9 +566,18 @@ async fn events_and_peers_track_the_namespace() {
     drop(s);
     loop {
         match timeout(T, ev.recv()).await.unwrap().unwrap() {
-            NodeEvent::StreamClosed { peer, bytes_in, bytes_out, direction, .. } => {
+            NodeEvent::StreamClosed {
+                peer,
+                bytes_in,
+                bytes_out,
+                direction,
+                ..
+            } => {
                 assert_eq!(peer.as_str(), "b");
-                assert_eq!((bytes_in, bytes_out, direction), (5, 5, Direction::Outbound));
+                assert_eq!(
+                    (bytes_in, bytes_out, direction),
+                    (5, 5, Direction::Outbound)
+                );
                 break;
             }
             _ => continue,
@@ -457,7 +588,11 @@ async fn events_and_peers_track_the_namespace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_instance_taking_the_name_is_reported() {
     let reg = MemoryRegistry::new();
-    let first = node("leader", "t-lost", &reg).ttl(Duration::from_millis(300)).start().await.unwrap();
+    let first = node("leader", "t-lost", &reg)
+        .ttl(Duration::from_millis(300))
+        .start()
+        .await
+        .unwrap();
     let mut ev = first.events();
     let second = node("leader", "t-lost", &reg).start().await.unwrap();
     loop {
@@ -475,7 +610,11 @@ async fn another_instance_taking_the_name_is_reported() {
     assert_eq!(peers.len(), 1);
     assert_eq!(peers[0].instance, second.instance());
     // An exclusive start fails while the name is held.
-    match node("leader", "t-lost", &reg).name_policy(NamePolicy::Exclusive).start().await {
+    match node("leader", "t-lost", &reg)
+        .name_policy(NamePolicy::Exclusive)
+        .start()
+        .await
+    {
         Err(Error::NameTaken { holder, .. }) => assert_eq!(holder, second.instance()),
         other => panic!("expected NameTaken, got {other:?}"),
     }
@@ -484,7 +623,11 @@ async fn another_instance_taking_the_name_is_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_waits_for_open_streams_and_refuses_new_ones() {
     let reg = MemoryRegistry::new();
-    let srv = node("srv", "t-shut", &reg).shutdown_grace(Duration::from_secs(5)).start().await.unwrap();
+    let srv = node("srv", "t-shut", &reg)
+        .shutdown_grace(Duration::from_secs(5))
+        .start()
+        .await
+        .unwrap();
     let cli = node("cli", "t-shut", &reg).start().await.unwrap();
     let mut inc = srv.incoming();
     let mut s = cli.connect("srv").await.unwrap();
@@ -503,7 +646,10 @@ async fn shutdown_waits_for_open_streams_and_refuses_new_ones() {
     timeout(T, shut).await.unwrap().unwrap().unwrap();
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(cli.peers("srv").await.unwrap().is_empty(), "unpublished");
-    assert!(matches!(cli.connect("srv").await, Err(Error::NotFound { .. })));
+    assert!(matches!(
+        cli.connect("srv").await,
+        Err(Error::NotFound { .. })
+    ));
     assert!(inc.accept().await.is_none(), "incoming ends after shutdown");
 }
 
@@ -522,7 +668,10 @@ impl Switchable {
 
     fn check(&self) -> masse::Result<()> {
         if *self.down.borrow() {
-            Err(Error::unavailable("switchable", std::io::Error::other("switched off")))
+            Err(Error::unavailable(
+                "switchable",
+                std::io::Error::other("switched off"),
+            ))
         } else {
             Ok(())
         }
@@ -535,7 +684,13 @@ impl Registry for Switchable {
         self.check()?;
         self.inner.publish(r, ttl, p).await
     }
-    async fn refresh(&self, ns: &Namespace, n: &PeerName, i: InstanceId, ttl: Duration) -> masse::Result<()> {
+    async fn refresh(
+        &self,
+        ns: &Namespace,
+        n: &PeerName,
+        i: InstanceId,
+        ttl: Duration,
+    ) -> masse::Result<()> {
         self.check()?;
         self.inner.refresh(ns, n, i, ttl).await
     }
@@ -547,13 +702,19 @@ impl Registry for Switchable {
         self.check()?;
         self.inner.lookup(ns, p).await
     }
-    async fn watch(&self, ns: &Namespace) -> masse::Result<masse::BoxStream<'static, masse::Result<masse::RegistryEvent>>> {
+    async fn watch(
+        &self,
+        ns: &Namespace,
+    ) -> masse::Result<masse::BoxStream<'static, masse::Result<masse::RegistryEvent>>> {
         self.check()?;
         let events = self.inner.watch(ns).await?;
         let mut down = self.down.subscribe();
         let cut = futures::stream::once(async move {
             let _ = down.wait_for(|d| *d).await;
-            Err(Error::unavailable("switchable", std::io::Error::other("connection lost")))
+            Err(Error::unavailable(
+                "switchable",
+                std::io::Error::other("connection lost"),
+            ))
         });
         Ok(Box::pin(futures::stream::select(events, cut)))
     }
@@ -562,7 +723,10 @@ impl Registry for Switchable {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_outage_serves_from_cache_and_recovers() {
     let mem = MemoryRegistry::new();
-    let reg = Switchable { inner: mem.clone(), down: Arc::new(tokio::sync::watch::channel(false).0) };
+    let reg = Switchable {
+        inner: mem.clone(),
+        down: Arc::new(tokio::sync::watch::channel(false).0),
+    };
     let ttl = Duration::from_millis(600);
     let build = |name: &str| {
         masse_integration_tests::init_tracing();
@@ -582,7 +746,13 @@ async fn registry_outage_serves_from_cache_and_recovers() {
     loop {
         match timeout(T, ev.recv()).await.unwrap().unwrap() {
             NodeEvent::RegistryUnavailable { error } => {
-                assert!(matches!(error, Error::RegistryUnavailable { backend: "switchable", .. }));
+                assert!(matches!(
+                    error,
+                    Error::RegistryUnavailable {
+                        backend: "switchable",
+                        ..
+                    }
+                ));
                 break;
             }
             _ => continue,
@@ -590,11 +760,20 @@ async fn registry_outage_serves_from_cache_and_recovers() {
     }
     // Still reaches srv by name from the cache, after the records expired in the backend.
     tokio::time::sleep(ttl * 2).await;
-    let mut s = timeout(T, cli.connect("srv")).await.unwrap().expect("served from cache while the registry is down");
+    let mut s = timeout(T, cli.connect("srv"))
+        .await
+        .unwrap()
+        .expect("served from cache while the registry is down");
     s.write_all(b"z").await.unwrap();
     let mut b = [0u8; 1];
     s.read_exact(&mut b).await.unwrap();
-    assert!(mem.lookup(&"t-outage".parse().unwrap(), &"*".parse().unwrap()).await.unwrap().is_empty(), "both records expired in the backend");
+    assert!(
+        mem.lookup(&"t-outage".parse().unwrap(), &"*".parse().unwrap())
+            .await
+            .unwrap()
+            .is_empty(),
+        "both records expired in the backend"
+    );
 
     reg.set_down(false);
     loop {
