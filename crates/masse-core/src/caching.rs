@@ -124,7 +124,7 @@ struct SharedState<R> {
     config: CachingConfig,
     cache: RwLock<HashMap<Namespace, NsCache>>,
     inflight: Mutex<HashMap<Key, Fetch>>,
-    watchers: Mutex<HashMap<Namespace, JoinHandle<()>>>,
+    watchers: Mutex<HashMap<Namespace, WatchTask>>,
     stop: tokio::sync::watch::Sender<()>,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -132,6 +132,26 @@ struct SharedState<R> {
     stale: AtomicU64,
     backend_lookups: AtomicU64,
 }
+
+/// State of one namespace's watch, as seen by lookups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WatchState {
+    /// The first attempt to watch is under way.
+    Connecting,
+    /// Events are flowing.
+    Synced,
+    /// The watch broke (or could not be established); retrying in the background.
+    Broken,
+}
+
+struct WatchTask {
+    handle: JoinHandle<()>,
+    state: tokio::sync::watch::Receiver<WatchState>,
+}
+
+/// How long a first lookup in a namespace waits for its watch, so that its
+/// answer can be cached at once.
+const FIRST_WATCH_WAIT: Duration = Duration::from_secs(1);
 
 /// How many recent events are kept to patch results fetched concurrently with them.
 const RECENT_EVENTS: usize = 4096;
@@ -295,7 +315,17 @@ impl<R: Registry> CachingRegistry<R> {
             }
         }
         shared.misses.fetch_add(1, Ordering::Relaxed);
-        self.ensure_watch(ns);
+        if let Some(mut state) = self.ensure_watch(ns)
+            && *state.borrow() == WatchState::Connecting
+        {
+            // A fetch made before the watch is up cannot be cached; a short
+            // wait on the first lookup saves a second round trip.
+            let _ = tokio::time::timeout(
+                FIRST_WATCH_WAIT,
+                state.wait_for(|s| *s != WatchState::Connecting),
+            )
+            .await;
+        }
         match self.fetch(ns, pattern).await {
             Ok(records) => Ok(CachedLookup {
                 records,
@@ -390,24 +420,34 @@ impl<R: Registry> CachingRegistry<R> {
         fut.await
     }
 
-    fn ensure_watch(&self, ns: &Namespace) {
+    fn ensure_watch(&self, ns: &Namespace) -> Option<tokio::sync::watch::Receiver<WatchState>> {
         let mut watchers = self
             .shared
             .watchers
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if watchers.get(ns).is_some_and(|h| !h.is_finished()) {
-            return;
+        if let Some(t) = watchers.get(ns)
+            && !t.handle.is_finished()
+        {
+            return Some(t.state.clone());
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        let (state_tx, state) = tokio::sync::watch::channel(WatchState::Connecting);
         let task = watch_task(
             Arc::downgrade(&self.shared),
             ns.clone(),
             self.shared.stop.subscribe(),
+            state_tx,
         );
-        watchers.insert(ns.clone(), rt.spawn(task));
+        let handle = rt.spawn(task);
+        watchers.insert(
+            ns.clone(),
+            WatchTask {
+                handle,
+                state: state.clone(),
+            },
+        );
+        Some(state)
     }
 }
 
@@ -493,6 +533,7 @@ async fn watch_task<R: Registry>(
     weak: Weak<SharedState<R>>,
     ns: Namespace,
     mut stop: tokio::sync::watch::Receiver<()>,
+    state: tokio::sync::watch::Sender<WatchState>,
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -514,6 +555,7 @@ async fn watch_task<R: Registry>(
                     nsc.invalidate_entries(Instant::now());
                     nsc.recent.clear();
                     nsc.synced = true;
+                    state.send_replace(WatchState::Synced);
                     nsc.epoch += 1;
                     nsc.seq = 0;
                 } else {
@@ -549,14 +591,17 @@ async fn watch_task<R: Registry>(
                     let mut cache = write(&shared.cache);
                     if let Some(nsc) = cache.get_mut(&ns) {
                         nsc.synced = false;
+                        state.send_replace(WatchState::Broken);
                     }
                 }
             }
             Err(Error::Unsupported(what)) => {
+                state.send_replace(WatchState::Broken);
                 tracing::info!(namespace = %ns, %what, "registry has no watch; cache entries are not kept coherent");
                 return;
             }
             Err(e) => {
+                state.send_replace(WatchState::Broken);
                 tracing::warn!(namespace = %ns, error = %e, retry_in = ?backoff, "cannot watch registry");
             }
         }
@@ -622,7 +667,7 @@ impl<R> Drop for SharedState<R> {
             .unwrap_or_else(|p| p.into_inner())
             .drain()
         {
-            task.abort();
+            task.handle.abort();
         }
     }
 }
