@@ -1,0 +1,189 @@
+//! Figure 2: connect-by-name latency with a warm cache.
+//!
+//! One sample is the time from starting to connect until a 1-byte echo has
+//! come back; the stream is then dropped. masse: `node.connect("echo")` (cached
+//! lookup, TCP connect, handshake) against a raw `TcpStream::connect`. Each
+//! iteration takes one sample of each, alternating which goes first, plus one
+//! 1-byte ping-pong on an already open raw connection: the loopback round
+//! trip that the masse handshake adds once.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use masse::{MemoryRegistry, Node, TcpInterface};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::stats::percentile;
+use crate::{BoxError, Figure, Mode};
+
+fn iterations(mode: Mode) -> usize {
+    match mode {
+        Mode::Full => 2000,
+        Mode::Quick => 200,
+    }
+}
+
+/// Unreported iterations first: the cache entry, the accept paths, the allocator.
+fn warmup(mode: Mode) -> usize {
+    iterations(mode) / 10
+}
+
+pub(crate) fn describe(mode: Mode) -> String {
+    format!(
+        "connect_latency: {} interleaved iterations after {} warm-up",
+        iterations(mode),
+        warmup(mode)
+    )
+}
+
+pub(crate) fn run(mode: Mode) -> Result<Vec<Figure>, BoxError> {
+    crate::on_workers(bench(warmup(mode), iterations(mode)))
+}
+
+async fn bench(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError> {
+    // The raw echo server.
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let raw_server = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(echo(s));
+        }
+    });
+
+    // The masse echo node and the dialer, sharing an in-process registry.
+    let registry = MemoryRegistry::new();
+    let node = |name: &str| {
+        Node::builder(name)
+            .namespace("bench-latency")
+            .registry(registry.clone())
+            .interface(TcpInterface::new("127.0.0.1:0"))
+            .start()
+    };
+    let server = node("echo").await?;
+    let mut incoming = server.incoming();
+    let masse_server = tokio::spawn(async move {
+        while let Some(s) = incoming.accept().await {
+            tokio::spawn(echo(s));
+        }
+    });
+    let client = node("client").await?;
+    warm_cache(&client).await?;
+
+    // For the loopback round trip: one connection kept open.
+    let mut open = TcpStream::connect(addr).await?;
+    open.set_nodelay(true)?;
+
+    let mut raw = Vec::with_capacity(iterations);
+    let mut masse = Vec::with_capacity(iterations);
+    let mut rtt = Vec::with_capacity(iterations);
+    let misses_before = client.stats().cache.misses;
+    for i in 0..warmup + iterations {
+        let (r, m) = if i % 2 == 0 {
+            let r = raw_connect_echo(addr).await?;
+            (r, masse_connect_echo(&client).await?)
+        } else {
+            let m = masse_connect_echo(&client).await?;
+            (raw_connect_echo(addr).await?, m)
+        };
+        let p = ping(&mut open).await?;
+        if i >= warmup {
+            raw.push(micros(r));
+            masse.push(micros(m));
+            rtt.push(micros(p));
+        }
+    }
+    let misses = client.stats().cache.misses - misses_before;
+    if misses > 0 {
+        // Not an error: the figure is still printed, but the reader should know.
+        println!("# connect_latency: {misses} of the dials missed the registry cache");
+    }
+
+    drop(open);
+    client.shutdown().await?;
+    server.shutdown().await?;
+    raw_server.abort();
+    masse_server.abort();
+
+    let raw_p50 = percentile(&raw, 50.0);
+    let masse_p50 = percentile(&masse, 50.0);
+    Ok(vec![
+        Figure::new("connect_raw_p50", raw_p50, 1, "us"),
+        Figure::new("connect_raw_p99", percentile(&raw, 99.0), 1, "us"),
+        Figure::new("connect_masse_p50", masse_p50, 1, "us"),
+        Figure::new("connect_masse_p99", percentile(&masse, 99.0), 1, "us"),
+        Figure::new("connect_overhead_p50", masse_p50 - raw_p50, 1, "us"),
+        Figure::new("loopback_rtt_p50", percentile(&rtt, 50.0), 1, "us"),
+    ])
+}
+
+/// Dials until a dial is answered from the cache (the cache's watch may come
+/// up after the first lookup, which then has to be fetched again).
+async fn warm_cache(client: &Node) -> Result<(), BoxError> {
+    for _ in 0..100 {
+        let before = client.stats().cache.misses;
+        masse_connect_echo(client).await?;
+        if client.stats().cache.misses == before {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("# connect_latency: the registry cache did not warm up; dials include lookups");
+    Ok(())
+}
+
+async fn raw_connect_echo(addr: SocketAddr) -> Result<Duration, BoxError> {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let elapsed = one_byte_echo(&mut s, start).await?;
+    drop(s);
+    Ok(elapsed)
+}
+
+async fn masse_connect_echo(client: &Node) -> Result<Duration, BoxError> {
+    let start = Instant::now();
+    let mut s = client.connect("echo").await?;
+    let elapsed = one_byte_echo(&mut s, start).await?;
+    drop(s);
+    Ok(elapsed)
+}
+
+async fn ping(s: &mut TcpStream) -> Result<Duration, BoxError> {
+    one_byte_echo(s, Instant::now()).await
+}
+
+/// Sends one byte, waits for it to come back; the time since `start`.
+async fn one_byte_echo<S>(s: &mut S, start: Instant) -> Result<Duration, BoxError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    s.write_all(&[0x2a]).await?;
+    let mut b = [0_u8; 1];
+    s.read_exact(&mut b).await?;
+    let elapsed = start.elapsed();
+    if b[0] != 0x2a {
+        return Err(format!("echo returned {:#04x}, not 0x2a", b[0]).into());
+    }
+    Ok(elapsed)
+}
+
+/// Writes back whatever it reads, until end-of-stream or an error.
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
+    let mut buf = [0_u8; 64];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}

@@ -1,0 +1,235 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+// Printing the figures is this program's job.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod cache;
+mod latency;
+mod stats;
+mod throughput;
+
+use std::process::ExitCode;
+
+/// Whatever stops a bench: a bind, connect, lookup or I/O failure in its
+/// set-up or traffic. Timings are never checked, only printed.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long the run is: `--quick` is a smoke run with smaller rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Full,
+    Quick,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Full => "full",
+            Mode::Quick => "quick",
+        }
+    }
+}
+
+/// One output line: `name value unit`.
+#[derive(Debug, Clone, PartialEq)]
+struct Figure {
+    name: &'static str,
+    value: f64,
+    decimals: usize,
+    unit: &'static str,
+}
+
+impl Figure {
+    fn new(name: &'static str, value: f64, decimals: usize, unit: &'static str) -> Self {
+        Figure {
+            name,
+            value,
+            decimals,
+            unit,
+        }
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{} {:.*} {}",
+            self.name, self.decimals, self.value, self.unit
+        )
+    }
+}
+
+/// A bench: a name the filter matches, a one-line description of its
+/// parameters for the header, and the function that measures it.
+#[derive(Debug)]
+struct Bench {
+    name: &'static str,
+    describe: fn(Mode) -> String,
+    run: fn(Mode) -> Result<Vec<Figure>, BoxError>,
+}
+
+const BENCHES: &[Bench] = &[
+    Bench {
+        name: "tcp_throughput",
+        describe: throughput::describe,
+        run: throughput::run,
+    },
+    Bench {
+        name: "connect_latency",
+        describe: latency::describe,
+        run: latency::run,
+    },
+    Bench {
+        name: "cache_lookup",
+        describe: cache::describe,
+        run: cache::run,
+    },
+];
+
+/// Worker threads of the multi-thread runtime: the reference machine has 2 cores.
+const WORKERS: usize = 2;
+
+/// The runtime the network benches run on: multi-thread, [`WORKERS`] workers.
+fn multi_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKERS)
+        .enable_all()
+        .build()
+}
+
+/// Runs `bench` as a task on a fresh multi-thread runtime, so that every
+/// future involved runs on the worker threads and none on the main thread.
+fn on_workers<F>(bench: F) -> Result<Vec<Figure>, BoxError>
+where
+    F: Future<Output = Result<Vec<Figure>, BoxError>> + Send + 'static,
+{
+    let rt = multi_thread_runtime()?;
+    rt.block_on(async { tokio::spawn(bench).await? })
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Args {
+    mode: Mode,
+    filter: Option<String>,
+}
+
+const USAGE: &str = "\
+usage: cargo run --release -p masse-bench [-- [--quick] [FILTER]]
+
+  --quick   short smoke run (smaller rounds, fewer iterations)
+  FILTER    run only the benches whose name contains FILTER:
+            tcp_throughput, connect_latency, cache_lookup
+
+Prints one `name value unit` line per figure; lines starting with # are comments.";
+
+/// `Ok(None)` asks for the usage text.
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, String> {
+    let mut parsed = Args {
+        mode: Mode::Full,
+        filter: None,
+    };
+    for arg in args {
+        match arg.as_str() {
+            "--quick" => parsed.mode = Mode::Quick,
+            "-h" | "--help" => return Ok(None),
+            flag if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
+            _ if parsed.filter.is_some() => return Err(format!("more than one filter: {arg}")),
+            _ => parsed.filter = Some(arg),
+        }
+    }
+    Ok(Some(parsed))
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("masse-bench: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let selected: Vec<&Bench> = BENCHES
+        .iter()
+        .filter(|b| args.filter.as_deref().is_none_or(|f| b.name.contains(f)))
+        .collect();
+    if selected.is_empty() {
+        eprintln!(
+            "masse-bench: no bench name contains {:?}\n\n{USAGE}",
+            args.filter.unwrap_or_default()
+        );
+        return ExitCode::from(2);
+    }
+
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let plan: Vec<String> = selected.iter().map(|b| (b.describe)(args.mode)).collect();
+    let mode = args.mode.name();
+    let setup = format!("workers={WORKERS} loopback=127.0.0.1 registry=MemoryRegistry");
+    println!(
+        "# masse-bench nproc={nproc} mode={mode} {setup}; {}",
+        plan.join("; ")
+    );
+    for bench in selected {
+        match (bench.run)(args.mode) {
+            Ok(figures) => {
+                for f in figures {
+                    println!("{}", f.line());
+                }
+            }
+            Err(e) => {
+                eprintln!("masse-bench: {} failed: {e}", bench.name);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    println!("# done");
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Option<Args>, String> {
+        parse_args(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn arguments() {
+        let full = Args {
+            mode: Mode::Full,
+            filter: None,
+        };
+        assert_eq!(parse(&[]), Ok(Some(full)));
+        let quick_cache = Args {
+            mode: Mode::Quick,
+            filter: Some("cache".into()),
+        };
+        assert_eq!(parse(&["cache", "--quick"]), Ok(Some(quick_cache)));
+        assert_eq!(parse(&["--help"]), Ok(None));
+        assert!(parse(&["--fast"]).is_err());
+        assert!(parse(&["a", "b"]).is_err());
+    }
+
+    #[test]
+    fn figure_line_is_name_value_unit() {
+        assert_eq!(
+            Figure::new("x_ratio", 0.98123, 3, "x").line(),
+            "x_ratio 0.981 x"
+        );
+        assert_eq!(
+            Figure::new("t", 2345.64, 1, "MiB/s").line(),
+            "t 2345.6 MiB/s"
+        );
+    }
+
+    #[test]
+    fn bench_names_are_distinct_filters() {
+        for b in BENCHES {
+            let matching = BENCHES.iter().filter(|o| o.name.contains(b.name)).count();
+            assert_eq!(matching, 1, "{} selects only itself", b.name);
+        }
+    }
+}
