@@ -39,3 +39,15 @@ pub mod tcp {
 #[cfg_attr(docsrs, doc(cfg(feature = "tcp")))]
 #[doc(inline)]
 pub use masse_tcp::TcpInterface;
+
+mod defaults;
+#[doc(inline)]
+pub use defaults::NodeBuilderExt;
+
+/// The traits to import for the facade's conveniences: `use masse::prelude::*;`.
+pub mod prelude {
+    #[doc(no_inline)]
+    pub use crate::NodeBuilderExt;
+    #[doc(no_inline)]
+    pub use crate::{Interface, Registry, Wrapper};
+}
