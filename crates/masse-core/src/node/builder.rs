@@ -2,11 +2,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::sync::{Notify, broadcast, watch};
 
 use super::core::{Core, NodeConfig, Route};
@@ -20,6 +22,12 @@ use crate::record::{InstanceId, PeerRecord};
 use crate::registry::{DynRegistry, NamePolicy, Registry};
 use crate::wrapper::{DynWrapper, Wrapper};
 
+/// Where the node's registry comes from.
+enum RegistrySource {
+    Ready(DynRegistry),
+    Connect(BoxFuture<'static, Result<DynRegistry>>),
+}
+
 /// Configures a [`Node`]; made by [`Node::builder`], finished by [`start`](Self::start).
 ///
 /// Invalid values (a bad name, a zero ttl) are reported by `start`, so the
@@ -28,7 +36,7 @@ use crate::wrapper::{DynWrapper, Wrapper};
 pub struct NodeBuilder {
     name: String,
     namespace: String,
-    registry: Option<DynRegistry>,
+    registry: Option<RegistrySource>,
     interfaces: Vec<DynInterface>,
     wrappers: Vec<DynWrapper>,
     services: Vec<String>,
@@ -72,13 +80,23 @@ impl NodeBuilder {
     /// The registry that says who is where. Default: the process-wide
     /// [`MemoryRegistry::global`], which only reaches nodes of this process.
     pub fn registry(mut self, registry: impl Registry) -> Self {
-        self.registry = Some(Arc::new(registry));
+        self.registry = Some(RegistrySource::Ready(Arc::new(registry)));
         self
     }
 
     /// A registry chosen at run time.
     pub fn registry_dyn(mut self, registry: DynRegistry) -> Self {
-        self.registry = Some(registry);
+        self.registry = Some(RegistrySource::Ready(registry));
+        self
+    }
+
+    /// A registry that [`start`](Self::start) connects to first (for example
+    /// from a URL); its error, if any, is the error of `start`.
+    pub fn registry_connect<F>(mut self, connect: F) -> Self
+    where
+        F: Future<Output = Result<DynRegistry>> + Send + 'static,
+    {
+        self.registry = Some(RegistrySource::Connect(Box::pin(connect)));
         self
     }
 
@@ -218,13 +236,15 @@ impl NodeBuilder {
         if self.interfaces.is_empty() {
             return Err(Error::Config(
                 "no interface: add one with .interface(...), e.g. TcpInterface::new(\"0.0.0.0:0\") from masse-tcp, \
-                 or use the masse crate's NodeBuilderExt::with_defaults()"
+                 or call .with_defaults() from masse::prelude"
                     .into(),
             ));
         }
-        let backend = self
-            .registry
-            .unwrap_or_else(|| Arc::new(MemoryRegistry::global()));
+        let backend = match self.registry {
+            Some(RegistrySource::Ready(r)) => r,
+            Some(RegistrySource::Connect(connect)) => connect.await?,
+            None => Arc::new(MemoryRegistry::global()),
+        };
         let registry = CachingRegistry::with_config(backend, self.cache);
         let instance = InstanceId::random();
 
