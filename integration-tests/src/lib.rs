@@ -1,6 +1,7 @@
 //! Shared helpers for the masse integration tests: logging, node set-up on
 //! loopback, payload checksums.
 
+pub mod redis;
 pub mod server;
 
 use std::sync::Once;

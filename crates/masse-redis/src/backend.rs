@@ -1,0 +1,502 @@
+//! [`RedisRegistry`]: the [`Registry`] implementation.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use masse_core::{
+    Error, InstanceId, NamePolicy, Namespace, Pattern, PeerName, PeerRecord, Registry,
+    RegistryEvent, Result,
+};
+use redis::{FromRedisValue, ScriptInvocation, Value};
+use tokio::task::JoinHandle;
+
+use crate::address;
+use crate::config::RedisConfig;
+use crate::conn::{Conn, Source};
+use crate::error;
+use crate::keys::{GRACE_MS, NsKeys};
+use crate::scripts::SCRIPTS;
+use crate::watch;
+
+/// How many names one `FETCH` script call reads.
+const FETCH_CHUNK: usize = 256;
+/// How many due members one `SWEEP` script call removes.
+const SWEEP_LIMIT: usize = 256;
+/// The longest accepted ttl (a year): longer ones are almost surely a unit mistake.
+const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A [`Registry`] on Redis (a single server, TLS, or a Redis Cluster).
+///
+/// Cloning is cheap and shares the connection; [`connect`](Self::connect)
+/// again for an independent handle (as another process would have).
+///
+/// Each handle sweeps the namespaces it has used for expired records every
+/// [`sweep_interval`](RedisConfig::sweep_interval); the sweep that removes a
+/// record reports its `Expired` event, so the event comes once however many
+/// handles there are. Lookups decide expiry by the server clock, so an
+/// expired record is invisible at once, swept or not.
+///
+/// ```no_run
+/// # async fn demo() -> masse_core::Result<()> {
+/// use std::time::Duration;
+/// use masse_core::{InstanceId, NamePolicy, Pattern, PeerRecord, Registry};
+/// use masse_redis::RedisRegistry;
+///
+/// let registry = RedisRegistry::connect("redis://127.0.0.1:6379").await?;
+/// let me = PeerRecord::new("prod".parse()?, "db-1".parse()?, InstanceId::random());
+/// registry.publish(&me, Duration::from_secs(10), NamePolicy::Takeover).await?;
+/// let found = registry.lookup(&"prod".parse()?, &Pattern::new("db-*")?).await?;
+/// assert_eq!(found, vec![me]);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisRegistry {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) conn: Conn,
+    pub(crate) source: Source,
+    pub(crate) config: RedisConfig,
+    /// The URL without its password.
+    display: String,
+    /// The namespaces this handle sweeps.
+    namespaces: Mutex<HashSet<Namespace>>,
+    sweeper: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let slot = self.sweeper.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(task) = slot.take() {
+            task.abort();
+        }
+    }
+}
+
+impl RedisRegistry {
+    /// Connects with the default [`RedisConfig`].
+    ///
+    /// - `redis://[user:password@]host[:port][/db]`: one server
+    /// - `rediss://…`: the same over TLS (rustls; the system trust store unless
+    ///   [`RedisConfig::tls_root_certificate`] is set)
+    /// - `redis+cluster://[user:password@]host1:port1,host2:port2`: a Redis
+    ///   Cluster, given some of its nodes (`rediss+cluster://` for TLS)
+    ///
+    /// Fails with [`Error::InvalidAddress`] (kind `"registry url"`) for any
+    /// other URL, [`Error::Unauthorized`] if the server refuses the
+    /// credentials, and [`Error::RegistryUnavailable`] if it cannot be reached.
+    pub async fn connect(url: &str) -> Result<RedisRegistry> {
+        Self::connect_with(url, RedisConfig::default()).await
+    }
+
+    /// Connects with `config` (see [`connect`](Self::connect) for the URL forms).
+    pub async fn connect_with(url: &str, config: RedisConfig) -> Result<RedisRegistry> {
+        config.validate()?;
+        let target = address::parse(url, &config)?;
+        let source = Source::new(url, &target, &config)?;
+        let conn = source.command_conn(&config).await?;
+        // Connecting authenticates only if the URL has credentials; a PING
+        // also catches a server that wants some (NOAUTH) or refuses this user.
+        ping(&conn, &config).await?;
+        let inner = Arc::new(Inner {
+            conn,
+            source,
+            config,
+            display: address::redact(url),
+            namespaces: Mutex::new(HashSet::new()),
+            sweeper: Mutex::new(None),
+        });
+        let task = tokio::spawn(sweeper(Arc::downgrade(&inner)));
+        *inner.sweeper.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        tracing::debug!(url = %inner.display, "connected to the redis registry");
+        Ok(RedisRegistry { inner })
+    }
+}
+
+impl Inner {
+    /// Remembers `ns` for sweeping.
+    pub(crate) fn track(&self, ns: &Namespace) {
+        let mut set = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
+        if !set.contains(ns) {
+            set.insert(ns.clone());
+            tracing::debug!(namespace = %ns, "redis registry handle now sweeps this namespace");
+        }
+    }
+
+    /// The longest a command may take, reconnecting included.
+    pub(crate) fn op_timeout(&self) -> Duration {
+        self.config.connect_timeout + self.config.response_timeout
+    }
+
+    /// Runs a script on the shared connection, under the command deadline.
+    pub(crate) async fn run<T: FromRedisValue>(
+        &self,
+        what: &'static str,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T> {
+        let mut conn = self.conn.clone();
+        let after = self.op_timeout();
+        match tokio::time::timeout(after, invocation.invoke_async::<T>(&mut conn)).await {
+            Ok(r) => r.map_err(error::map),
+            Err(_) => Err(error::timed_out(what, after)),
+        }
+    }
+
+    /// Removes every due record of `ns`, one `Expired` event each.
+    async fn sweep(&self, ns: &Namespace) -> Result<usize> {
+        let keys = NsKeys::new(ns);
+        let mut total = 0;
+        loop {
+            let mut inv = SCRIPTS.sweep.prepare_invoke();
+            inv.key(&keys.index)
+                .key(&keys.events)
+                .key(&keys.seq)
+                .arg(self.config.stream_maxlen)
+                .arg(&keys.peer_prefix)
+                .arg(SWEEP_LIMIT);
+            let due: usize = self.run("a sweep", &inv).await?;
+            total += due;
+            if due < SWEEP_LIMIT {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+async fn ping(conn: &Conn, config: &RedisConfig) -> Result<()> {
+    let mut conn = conn.clone();
+    let after = config.connect_timeout + config.response_timeout;
+    match tokio::time::timeout(after, redis::cmd("PING").query_async::<Value>(&mut conn)).await {
+        Ok(r) => r.map(drop).map_err(error::map),
+        Err(_) => Err(error::timed_out("PING", after)),
+    }
+}
+
+/// Sweeps the handle's namespaces every `sweep_interval`; ends with the handle.
+async fn sweeper(weak: Weak<Inner>) {
+    let Some(interval) = weak.upgrade().map(|i| i.config.sweep_interval) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let Some(inner) = weak.upgrade() else { return };
+        let namespaces: Vec<Namespace> = inner
+            .namespaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        for ns in namespaces {
+            match inner.sweep(&ns).await {
+                Ok(n) => {
+                    if failing {
+                        failing = false;
+                        tracing::debug!("redis registry sweeps work again");
+                    }
+                    if n > 0 {
+                        tracing::debug!(namespace = %ns, expired = n, "swept expired records");
+                    }
+                }
+                Err(e) => {
+                    if !failing {
+                        failing = true;
+                        tracing::debug!(namespace = %ns, error = %e, "redis registry sweep failed; will retry");
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Milliseconds for Redis, at least 1.
+fn ttl_ms(ttl: Duration) -> Result<u64> {
+    if ttl.is_zero() {
+        return Err(Error::Config("ttl must be greater than zero".into()));
+    }
+    if ttl > MAX_TTL {
+        return Err(Error::Config(format!(
+            "ttl {ttl:?} is longer than the maximum of one year"
+        )));
+    }
+    Ok(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+}
+
+/// Parses a stored record, checking that it is the one the key says; an
+/// unreadable or misplaced record is logged and skipped.
+pub(crate) fn decode_record(ns: &Namespace, name: &str, json: &[u8]) -> Option<PeerRecord> {
+    match PeerRecord::from_json(json) {
+        Ok(r) if &r.namespace == ns && r.name.as_str() == name => Some(r),
+        Ok(r) => {
+            tracing::warn!(
+                namespace = %ns,
+                name,
+                record_namespace = %r.namespace,
+                record_name = %r.name,
+                "redis registry: a record is stored under another peer's key; skipped"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(namespace = %ns, name, error = %e, "redis registry: unreadable record skipped");
+            None
+        }
+    }
+}
+
+#[async_trait]
+impl Registry for RedisRegistry {
+    async fn publish(&self, record: &PeerRecord, ttl: Duration, policy: NamePolicy) -> Result<()> {
+        let ttl = ttl_ms(ttl)?;
+        let inner = &self.inner;
+        let ns = &record.namespace;
+        inner.track(ns);
+        let keys = NsKeys::new(ns);
+        let exclusive = if policy == NamePolicy::Exclusive {
+            "1"
+        } else {
+            "0"
+        };
+        let mut inv = SCRIPTS.publish.prepare_invoke();
+        inv.key(&keys.index)
+            .key(&keys.events)
+            .key(&keys.seq)
+            .key(keys.peer(&record.name))
+            .arg(inner.config.stream_maxlen)
+            .arg(record.name.as_str())
+            .arg(record.instance.to_string())
+            .arg(record.to_json())
+            .arg(ttl)
+            .arg(exclusive)
+            .arg(GRACE_MS);
+        let reply: Vec<Vec<u8>> = inner.run("a publish", &inv).await?;
+        match reply.first().map(Vec::as_slice) {
+            Some(b"ok") => Ok(()),
+            Some(b"taken") => {
+                let raw = reply
+                    .get(1)
+                    .map(|h| String::from_utf8_lossy(h).into_owned());
+                let holder = raw
+                    .as_deref()
+                    .and_then(|h| h.parse::<InstanceId>().ok())
+                    .unwrap_or_else(|| {
+                        tracing::warn!(namespace = %ns, name = %record.name, holder = ?raw, "redis registry: the name is held by a record with an unreadable instance id");
+                        InstanceId::from_u128(0)
+                    });
+                Err(Error::NameTaken {
+                    name: record.name.to_string(),
+                    holder,
+                })
+            }
+            _ => Err(error::unexpected("publish script reply")),
+        }
+    }
+
+    async fn refresh(
+        &self,
+        ns: &Namespace,
+        name: &PeerName,
+        instance: InstanceId,
+        ttl: Duration,
+    ) -> Result<()> {
+        let ttl = ttl_ms(ttl)?;
+        let inner = &self.inner;
+        inner.track(ns);
+        let keys = NsKeys::new(ns);
+        let mut inv = SCRIPTS.refresh.prepare_invoke();
+        inv.key(&keys.index)
+            .key(&keys.events)
+            .key(&keys.seq)
+            .key(keys.peer(name))
+            .arg(inner.config.stream_maxlen)
+            .arg(name.as_str())
+            .arg(instance.to_string())
+            .arg(ttl)
+            .arg(GRACE_MS);
+        let owned: i64 = inner.run("a refresh", &inv).await?;
+        if owned == 1 {
+            Ok(())
+        } else {
+            Err(Error::NameLost {
+                name: name.to_string(),
+                instance,
+            })
+        }
+    }
+
+    async fn unpublish(&self, ns: &Namespace, name: &PeerName, instance: InstanceId) -> Result<()> {
+        let inner = &self.inner;
+        inner.track(ns);
+        let keys = NsKeys::new(ns);
+        let mut inv = SCRIPTS.unpublish.prepare_invoke();
+        inv.key(&keys.index)
+            .key(&keys.events)
+            .key(&keys.seq)
+            .key(keys.peer(name))
+            .arg(inner.config.stream_maxlen)
+            .arg(name.as_str())
+            .arg(instance.to_string());
+        let _removed: i64 = inner.run("an unpublish", &inv).await?;
+        Ok(())
+    }
+
+    async fn lookup(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<PeerRecord>> {
+        let inner = &self.inner;
+        inner.track(ns);
+        let keys = NsKeys::new(ns);
+        let mut names: Vec<String> = match pattern.as_exact() {
+            Some(name) => vec![name.to_string()],
+            None => {
+                let mut inv = SCRIPTS.names.prepare_invoke();
+                inv.key(&keys.index).arg(pattern.literal_prefix());
+                let raw: Vec<Vec<u8>> = inner.run("a lookup", &inv).await?;
+                raw.into_iter()
+                    .filter_map(|m| match String::from_utf8(m) {
+                        Ok(s) if PeerName::new(&s).is_ok() => Some(s),
+                        Ok(s) => {
+                            tracing::warn!(namespace = %ns, member = %s, "redis registry: index member is not a peer name; skipped");
+                            None
+                        }
+                        Err(_) => {
+                            tracing::warn!(namespace = %ns, "redis registry: index member is not UTF-8; skipped");
+                            None
+                        }
+                    })
+                    .filter(|n| pattern.matches(n))
+                    .collect()
+            }
+        };
+        names.sort_unstable();
+        names.dedup();
+        let mut out = Vec::with_capacity(names.len());
+        for chunk in names.chunks(FETCH_CHUNK) {
+            let mut inv = SCRIPTS.fetch.prepare_invoke();
+            inv.key(&keys.index).arg(&keys.peer_prefix);
+            for n in chunk {
+                inv.arg(n.as_str());
+            }
+            let reply: Vec<Option<Vec<u8>>> = inner.run("a lookup", &inv).await?;
+            if !reply.len().is_multiple_of(2) {
+                return Err(error::unexpected("lookup script reply of odd length"));
+            }
+            for pair in reply.chunks_exact(2) {
+                let (Some(name), record) = (&pair[0], &pair[1]) else {
+                    return Err(error::unexpected("lookup script reply without a name"));
+                };
+                let name = String::from_utf8_lossy(name);
+                match record {
+                    Some(json) => out.extend(decode_record(ns, &name, json)),
+                    None => tracing::warn!(
+                        namespace = %ns,
+                        name = %name,
+                        "redis registry: live index entry without a readable record; skipped"
+                    ),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn watch(&self, ns: &Namespace) -> Result<BoxStream<'static, Result<RegistryEvent>>> {
+        watch::watch(self.inner.clone(), ns).await
+    }
+}
+
+impl fmt::Debug for RedisRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let namespaces = self
+            .inner
+            .namespaces
+            .lock()
+            .map(|s| s.len())
+            .unwrap_or_default();
+        f.debug_struct("RedisRegistry")
+            .field("url", &self.inner.display)
+            .field(
+                "mode",
+                &if self.inner.source.is_cluster() {
+                    "cluster"
+                } else {
+                    "single"
+                },
+            )
+            .field("namespaces", &namespaces)
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_bounds() {
+        assert!(ttl_ms(Duration::ZERO).is_err());
+        assert_eq!(ttl_ms(Duration::from_micros(10)).unwrap(), 1);
+        assert_eq!(ttl_ms(Duration::from_millis(600)).unwrap(), 600);
+        assert!(ttl_ms(Duration::from_secs(400 * 24 * 3600)).is_err());
+    }
+
+    #[test]
+    fn records_are_checked_against_their_key() {
+        let ns: Namespace = "prod".parse().unwrap();
+        let r = PeerRecord::new(ns.clone(), "a".parse().unwrap(), InstanceId::random());
+        let json = r.to_json();
+        assert_eq!(decode_record(&ns, "a", json.as_bytes()), Some(r));
+        assert_eq!(decode_record(&ns, "b", json.as_bytes()), None);
+        assert_eq!(
+            decode_record(&"other".parse().unwrap(), "a", json.as_bytes()),
+            None
+        );
+        assert_eq!(decode_record(&ns, "a", b"\xff\x00garbage"), None);
+    }
+
+    #[tokio::test]
+    async fn bad_urls_fail_before_any_connection() {
+        match RedisRegistry::connect("memcached://u:hunter2@h:1").await {
+            Err(Error::InvalidAddress { kind, input, .. }) => {
+                assert_eq!(kind, "registry url");
+                assert!(!input.contains("hunter2"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            RedisRegistry::connect("redis://h:notaport").await,
+            Err(Error::InvalidAddress { .. })
+        ));
+        assert!(matches!(
+            RedisRegistry::connect_with("redis://h", RedisConfig::new().tls_root_certificate("x"))
+                .await,
+            Err(Error::Config(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_unavailable() {
+        // A port nothing listens on: bind, note, release.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let started = std::time::Instant::now();
+        match RedisRegistry::connect(&format!("redis://127.0.0.1:{port}")).await {
+            Err(
+                e @ Error::RegistryUnavailable {
+                    backend: "redis", ..
+                },
+            ) => assert!(e.is_transient()),
+            other => panic!("{other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}

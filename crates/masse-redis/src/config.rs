@@ -1,0 +1,226 @@
+//! [`RedisConfig`]: the knobs of a [`RedisRegistry`](crate::RedisRegistry).
+
+use std::fmt;
+use std::time::Duration;
+
+use masse_core::{Error, Result};
+
+/// Settings for [`RedisRegistry::connect_with`](crate::RedisRegistry::connect_with).
+///
+/// Every setting has a default that suits a LAN deployment; a builder method
+/// changes one. Values are checked when the registry connects.
+///
+/// ```
+/// use std::time::Duration;
+/// use masse_redis::RedisConfig;
+/// let config = RedisConfig::new()
+///     .stream_maxlen(50_000)
+///     .sweep_interval(Duration::from_millis(100))
+///     .response_timeout(Duration::from_secs(2));
+/// assert_eq!(config.get_stream_maxlen(), 50_000);
+/// ```
+#[derive(Clone)]
+pub struct RedisConfig {
+    pub(crate) stream_maxlen: u64,
+    pub(crate) block_timeout: Duration,
+    pub(crate) sweep_interval: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) response_timeout: Duration,
+    pub(crate) cluster_nodes: Vec<String>,
+    pub(crate) tls_root_cert: Option<Vec<u8>>,
+    pub(crate) tls_client_cert: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            stream_maxlen: 10_000,
+            block_timeout: Duration::from_secs(2),
+            sweep_interval: Duration::from_millis(250),
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(1),
+            cluster_nodes: Vec::new(),
+            tls_root_cert: None,
+            tls_client_cert: None,
+        }
+    }
+}
+
+impl RedisConfig {
+    /// The defaults: stream of about 10 000 events, `XREAD BLOCK` of 2 s,
+    /// a sweep every 250 ms, connect and response timeouts of 1 s.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// About how many events each namespace's stream keeps (`XADD … MAXLEN ~ n`,
+    /// default 10 000). A watcher that falls further behind than this (or is
+    /// disconnected for that long) gets a `RegistryEvent::Resync`.
+    pub fn stream_maxlen(mut self, n: u64) -> Self {
+        self.stream_maxlen = n;
+        self
+    }
+
+    /// How long one `XREAD BLOCK` waits for new events before asking again
+    /// (default 2 s). Shorter notices a silently dead connection sooner.
+    pub fn block_timeout(mut self, timeout: Duration) -> Self {
+        self.block_timeout = timeout;
+        self
+    }
+
+    /// How often each handle looks for expired records in the namespaces it
+    /// uses (default 250 ms). An expired record is invisible at once either
+    /// way; this bounds how late its `Expired` event comes.
+    pub fn sweep_interval(mut self, interval: Duration) -> Self {
+        self.sweep_interval = interval;
+        self
+    }
+
+    /// How long to wait for a TCP (and TLS) connection to be set up (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for the answer to one command (default 1 s).
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// More seed nodes of a Redis Cluster, as `host:port`. Setting any makes
+    /// the registry talk to a cluster even with a plain `redis://` or
+    /// `rediss://` URL (whose host is then the first seed); with a
+    /// `redis+cluster://` URL they are added to the nodes it lists.
+    pub fn cluster_nodes<I, S>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.cluster_nodes = nodes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The certificate authority (PEM) that signed the server certificate, for
+    /// `rediss://` servers whose CA is not in the system trust store.
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root_cert = Some(pem.into());
+        self
+    }
+
+    /// A client certificate chain and private key (both PEM), for servers that
+    /// require mutual TLS (`tls-auth-clients yes`).
+    pub fn tls_client_certificate(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls_client_cert = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// See [`stream_maxlen`](Self::stream_maxlen).
+    pub fn get_stream_maxlen(&self) -> u64 {
+        self.stream_maxlen
+    }
+
+    /// See [`block_timeout`](Self::block_timeout).
+    pub fn get_block_timeout(&self) -> Duration {
+        self.block_timeout
+    }
+
+    /// See [`sweep_interval`](Self::sweep_interval).
+    pub fn get_sweep_interval(&self) -> Duration {
+        self.sweep_interval
+    }
+
+    /// See [`connect_timeout`](Self::connect_timeout).
+    pub fn get_connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// See [`response_timeout`](Self::response_timeout).
+    pub fn get_response_timeout(&self) -> Duration {
+        self.response_timeout
+    }
+
+    /// See [`cluster_nodes`](Self::cluster_nodes).
+    pub fn get_cluster_nodes(&self) -> &[String] {
+        &self.cluster_nodes
+    }
+
+    /// Checks that every value is usable.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let bad = |what: &str| Err(Error::Config(format!("redis registry: {what}")));
+        if self.stream_maxlen == 0 {
+            return bad("stream_maxlen must be at least 1");
+        }
+        if self.block_timeout < Duration::from_millis(1) {
+            return bad("block_timeout must be at least 1 ms (0 would block forever)");
+        }
+        if self.sweep_interval < Duration::from_millis(1) {
+            return bad("sweep_interval must be at least 1 ms");
+        }
+        if self.connect_timeout.is_zero() {
+            return bad("connect_timeout must be greater than zero");
+        }
+        if self.response_timeout.is_zero() {
+            return bad("response_timeout must be greater than zero");
+        }
+        for node in &self.cluster_nodes {
+            if node.is_empty() || node.contains(['/', ',', '@', ' ']) {
+                return bad("cluster_nodes must be plain host:port entries");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("stream_maxlen", &self.stream_maxlen)
+            .field("block_timeout", &self.block_timeout)
+            .field("sweep_interval", &self.sweep_interval)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("cluster_nodes", &self.cluster_nodes)
+            .field("tls_root_certificate", &self.tls_root_cert.is_some())
+            .field("tls_client_certificate", &self.tls_client_cert.is_some())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_checked() {
+        assert!(RedisConfig::new().validate().is_ok());
+        assert!(RedisConfig::new().stream_maxlen(0).validate().is_err());
+        assert!(
+            RedisConfig::new()
+                .block_timeout(Duration::ZERO)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            RedisConfig::new()
+                .sweep_interval(Duration::ZERO)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            RedisConfig::new()
+                .cluster_nodes(["a:1,b:2"])
+                .validate()
+                .is_err()
+        );
+        let d = format!(
+            "{:?}",
+            RedisConfig::new().tls_client_certificate("CERT", "SECRET KEY")
+        );
+        assert!(!d.contains("SECRET"), "{d}");
+    }
+}

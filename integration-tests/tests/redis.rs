@@ -1,0 +1,648 @@
+//! `RedisRegistry` against real `redis-server` processes started here: the
+//! registry conformance suite (one server, a three-master cluster, TLS),
+//! credentials, foreign data, watch resume and resync, and Redis going away
+//! under running nodes.
+//!
+//! Without `redis-server` these tests print a loud notice and pass, except
+//! under `CI=true`, where a missing server is a failure.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use masse::testkit::RegistryConformance;
+use masse::{
+    DynRegistry, Error, InstanceId, NamePolicy, Namespace, NodeEvent, Pattern, PeerName,
+    PeerRecord, Registry, RegistryEvent,
+};
+use masse_integration_tests::redis::{
+    RedisCluster, RedisOptions, RedisServer, Resp, cluster_command, raw_command,
+};
+use masse_redis::{RedisConfig, RedisRegistry};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{Instant, sleep, timeout};
+
+/// The suite's short ttl and event slack: every handle sweeps every 250 ms.
+const TTL: Duration = Duration::from_millis(600);
+const SLACK: Duration = Duration::from_secs(1);
+const T: Duration = Duration::from_secs(10);
+
+async fn connect(url: &str) -> RedisRegistry {
+    RedisRegistry::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+}
+
+fn ns(s: &str) -> Namespace {
+    s.parse().expect("namespace")
+}
+
+fn record(ns: &Namespace, name: &str) -> PeerRecord {
+    PeerRecord::new(
+        ns.clone(),
+        name.parse().expect("name"),
+        InstanceId::random(),
+    )
+    .with_endpoint("tcp://127.0.0.1:4100".parse().expect("endpoint"))
+}
+
+fn ok(reply: io::Result<Resp>) -> Resp {
+    match reply {
+        Ok(Resp::Error(e)) => panic!("redis error: {e}"),
+        Ok(r) => r,
+        Err(e) => panic!("raw command failed: {e}"),
+    }
+}
+
+/// Stores `bytes` as the record of `name`, live for a long time, the way
+/// a foreign or broken writer would: straight into the hash and the index.
+fn write_raw_record(
+    send: impl Fn(&[&[u8]]) -> io::Result<Resp>,
+    ns: &Namespace,
+    name: &PeerName,
+    bytes: &[u8],
+) {
+    let key = format!("masse:{{{ns}}}:peer:{name}");
+    let index = format!("masse:{{{ns}}}:index");
+    let far = b"99999999999999".as_slice();
+    ok(send(&[
+        b"HSET",
+        key.as_bytes(),
+        b"instance",
+        b"00000000000000000000000000000000",
+        b"record",
+        bytes,
+        b"expires",
+        far,
+    ]));
+    ok(send(&[
+        b"ZADD",
+        index.as_bytes(),
+        far,
+        name.as_str().as_bytes(),
+    ]));
+}
+
+fn suite(url: String) -> RegistryConformance {
+    RegistryConformance::new(move || {
+        let url = url.clone();
+        async move { Arc::new(connect(&url).await) as DynRegistry }
+    })
+    .ttl(TTL)
+    .slack(SLACK)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_single_server() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let port = server.port();
+    let started = Instant::now();
+    suite(server.url())
+        .raw_writer(move |ns, name, bytes| async move {
+            tokio::task::spawn_blocking(move || {
+                write_raw_record(|a| raw_command(port, None, a), &ns, &name, &bytes)
+            })
+            .await
+            .expect("raw writer");
+        })
+        .run()
+        .await;
+    tracing::info!(elapsed = ?started.elapsed(), "conformance on one server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_cluster() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let port = cluster.ports()[0];
+    suite(cluster.url())
+        .raw_writer(move |ns, name, bytes| async move {
+            tokio::task::spawn_blocking(move || {
+                write_raw_record(|a| cluster_command(port, a), &ns, &name, &bytes)
+            })
+            .await
+            .expect("raw writer");
+        })
+        .run()
+        .await;
+    // The namespaces really are spread over the masters (hash tags differ),
+    // and each namespace's keys sit together on one of them.
+    let reg = connect(&cluster.url()).await;
+    let mut owners = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        let n = ns(&format!("spread-{i}"));
+        reg.publish(&record(&n, "x"), T, NamePolicy::Takeover)
+            .await
+            .expect("publish");
+        for (j, node) in cluster.nodes().iter().enumerate() {
+            let key = format!("masse:{{{n}}}:index");
+            if let Ok(Resp::Int(1)) = node.command(&[b"EXISTS", key.as_bytes()]) {
+                owners.insert(j);
+                let peer = format!("masse:{{{n}}}:peer:x");
+                assert_eq!(
+                    node.command(&[b"EXISTS", peer.as_bytes()]).ok(),
+                    Some(Resp::Int(1)),
+                    "a namespace's keys share one node"
+                );
+            }
+        }
+    }
+    assert!(owners.len() > 1, "12 namespaces all landed on one master");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_over_tls() {
+    let Some(server) = RedisServer::start_with(RedisOptions::new().tls()) else {
+        return;
+    };
+    let url = server.tls_url().expect("tls url");
+    let ca = server.tls_ca_pem().expect("ca");
+    // Without the CA the server's certificate is not trusted.
+    match RedisRegistry::connect(&url).await {
+        Err(Error::Unauthorized { reason }) => {
+            assert!(reason.contains("UnknownIssuer"), "{reason}");
+            assert!(reason.contains("tls_root_certificate"), "{reason}");
+        }
+        other => panic!("an untrusted certificate must fail the connection, got {other:?}"),
+    }
+    let port = server.port();
+    RegistryConformance::new(move || {
+        let (url, ca) = (url.clone(), ca.clone());
+        async move {
+            let config = RedisConfig::new().tls_root_certificate(ca);
+            let reg = RedisRegistry::connect_with(&url, config)
+                .await
+                .unwrap_or_else(|e| panic!("connect over TLS: {e}"));
+            Arc::new(reg) as DynRegistry
+        }
+    })
+    .ttl(TTL)
+    .slack(SLACK)
+    .raw_writer(move |ns, name, bytes| async move {
+        tokio::task::spawn_blocking(move || {
+            write_raw_record(|a| raw_command(port, None, a), &ns, &name, &bytes)
+        })
+        .await
+        .expect("raw writer");
+    })
+    .run()
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_checked_and_never_shown() {
+    let Some(server) = RedisServer::start_with(
+        RedisOptions::new()
+            .password("default-pw-1")
+            .acl_user("alice", "on >alice-pw-2 ~* &* +@all")
+            .acl_user("noscript", "on >noscript-pw-3 ~* &* +@all -@scripting"),
+    ) else {
+        return;
+    };
+    let n = ns("t-auth");
+    for (userinfo, what) in [
+        (":wrong-pw-9", "wrong default password"),
+        ("alice:wrong-pw-9", "wrong ACL password"),
+        ("mallory:wrong-pw-9", "unknown ACL user"),
+    ] {
+        match RedisRegistry::connect(&server.url_with(userinfo)).await {
+            Err(Error::Unauthorized { reason }) => {
+                assert!(reason.contains("WRONGPASS"), "{what}: {reason}");
+                assert!(
+                    !reason.contains("wrong-pw-9"),
+                    "{what}: password in {reason}"
+                );
+            }
+            other => panic!("{what}: expected Unauthorized, got {other:?}"),
+        }
+    }
+    match RedisRegistry::connect(&format!("redis://127.0.0.1:{}", server.port())).await {
+        Err(Error::Unauthorized { reason }) => assert!(reason.contains("NOAUTH"), "{reason}"),
+        other => panic!("no password: expected Unauthorized, got {other:?}"),
+    }
+
+    let reg = connect(&server.url()).await;
+    let debug = format!("{reg:?}");
+    assert!(!debug.contains("default-pw-1"), "{debug}");
+    assert!(debug.contains("***"), "{debug}");
+    reg.publish(&record(&n, "a"), T, NamePolicy::Takeover)
+        .await
+        .expect("publish with the default user");
+
+    let alice = connect(&server.url_with("alice:alice-pw-2")).await;
+    assert_eq!(
+        alice
+            .lookup(&n, &Pattern::any())
+            .await
+            .expect("lookup")
+            .len(),
+        1
+    );
+
+    // Connected, but not allowed to run scripts: a clear Unauthorized, not a generic failure.
+    let limited = connect(&server.url_with("noscript:noscript-pw-3")).await;
+    match limited
+        .publish(&record(&n, "b"), T, NamePolicy::Takeover)
+        .await
+    {
+        Err(Error::Unauthorized { reason }) => assert!(reason.contains("NOPERM"), "{reason}"),
+        other => panic!("ACL without scripting: expected Unauthorized, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_data_is_skipped_not_fatal() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let reg = connect(&server.url()).await;
+    let n = ns("t-foreign");
+    let mut events = reg.watch(&n).await.expect("watch");
+    let good = record(&n, "good");
+    reg.publish(&good, T, NamePolicy::Takeover)
+        .await
+        .expect("publish");
+    assert_eq!(next(&mut events).await, RegistryEvent::Joined(good.clone()));
+
+    let far = b"99999999999999".as_slice();
+    let index = format!("masse:{{{n}}}:index");
+    let events_key = format!("masse:{{{n}}}:events");
+    // A string where a hash belongs, an index member that is no name, a
+    // record for another peer, and stream entries that are not masse events.
+    ok(server.command(&[b"SET", b"masse:{t-foreign}:peer:str", b"hello"]));
+    ok(server.command(&[b"ZADD", index.as_bytes(), far, b"str"]));
+    ok(server.command(&[b"ZADD", index.as_bytes(), far, b"not a name!"]));
+    ok(server.command(&[b"ZADD", index.as_bytes(), far, b"\xff\xfe"]));
+    write_raw_record(
+        |a| server.command(a),
+        &n,
+        &"copy".parse().expect("name"),
+        good.to_json().as_bytes(),
+    );
+    ok(server.command(&[b"XADD", events_key.as_bytes(), b"*", b"foo", b"bar"]));
+    let seq = match ok(server.command(&[b"INCR", b"masse:{t-foreign}:seq"])) {
+        Resp::Int(i) => i.to_string(),
+        other => panic!("{other:?}"),
+    };
+    ok(server.command(&[
+        b"XADD",
+        events_key.as_bytes(),
+        b"*",
+        b"seq",
+        seq.as_bytes(),
+        b"type",
+        b"joined",
+        b"name",
+        b"x",
+        b"record",
+        b"{garbage",
+    ]));
+
+    assert_eq!(
+        reg.lookup(&n, &Pattern::any()).await.expect("lookup"),
+        vec![good.clone()],
+        "only the readable record of the right peer"
+    );
+    assert!(
+        reg.lookup(&n, &"str".parse().expect("pattern"))
+            .await
+            .expect("lookup")
+            .is_empty()
+    );
+    // A publish over a foreign value under the peer key replaces it.
+    let over = record(&n, "str");
+    reg.publish(&over, T, NamePolicy::Exclusive)
+        .await
+        .expect("publish over a foreign value");
+    // The garbage events were skipped without a Resync; the real one arrives.
+    assert_eq!(next(&mut events).await, RegistryEvent::Joined(over.clone()));
+    assert_eq!(
+        names(&reg.lookup(&n, &Pattern::any()).await.expect("lookup")),
+        ["good", "str"]
+    );
+}
+
+fn names(records: &[PeerRecord]) -> Vec<&str> {
+    records.iter().map(|r| r.name.as_str()).collect()
+}
+
+async fn next(
+    events: &mut masse::BoxStream<'static, masse::Result<RegistryEvent>>,
+) -> RegistryEvent {
+    match timeout(T, events.next()).await {
+        Ok(Some(Ok(ev))) => ev,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+async fn publish_retrying(reg: &RedisRegistry, r: &PeerRecord) {
+    let deadline = Instant::now() + T;
+    loop {
+        match reg.publish(r, T, NamePolicy::Takeover).await {
+            Ok(()) => return,
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("publish {}: {e}", r.name),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_resumes_after_its_connection_is_killed() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let reg = connect(&server.url()).await;
+    let n = ns("t-resume");
+    let mut events = reg.watch(&n).await.expect("watch");
+    let a = record(&n, "a");
+    reg.publish(&a, T, NamePolicy::Takeover)
+        .await
+        .expect("publish");
+    assert_eq!(next(&mut events).await, RegistryEvent::Joined(a.clone()));
+
+    // Drop every client connection (the watcher's too); the data stays.
+    ok(server.command(&[b"CLIENT", b"KILL", b"TYPE", b"normal"]));
+    // Changes made while the watcher is reconnecting.
+    let other = connect(&server.url()).await;
+    let (b, c) = (record(&n, "b"), record(&n, "c"));
+    publish_retrying(&other, &b).await;
+    publish_retrying(&other, &c).await;
+    other
+        .unpublish(&n, &a.name, a.instance)
+        .await
+        .expect("unpublish");
+
+    assert_eq!(next(&mut events).await, RegistryEvent::Joined(b));
+    assert_eq!(next(&mut events).await, RegistryEvent::Joined(c));
+    assert_eq!(
+        next(&mut events).await,
+        RegistryEvent::Left {
+            name: a.name.clone(),
+            instance: a.instance
+        },
+        "resumed from the last event seen: nothing lost, no resync"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_behind_a_trimmed_stream_gets_resync() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let reg = RedisRegistry::connect_with(&server.url(), RedisConfig::new().stream_maxlen(10))
+        .await
+        .expect("connect");
+    let n = ns("t-trim");
+    let mut events = reg.watch(&n).await.expect("watch");
+    let mut r = record(&n, "busy");
+    for round in 0..400u32 {
+        r.metadata.insert("round".into(), round.to_string());
+        reg.publish(&r, T, NamePolicy::Takeover)
+            .await
+            .expect("publish");
+    }
+    let len = match ok(server.command(&[b"XLEN", b"masse:{t-trim}:events"])) {
+        Resp::Int(i) => i,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        len < 400,
+        "the stream was trimmed (MAXLEN ~ 10): {len} entries"
+    );
+    assert_eq!(
+        next(&mut events).await,
+        RegistryEvent::Resync,
+        "the events the watcher had not read are gone"
+    );
+    // Then it goes on with what is left, up to the latest update.
+    loop {
+        match next(&mut events).await {
+            RegistryEvent::Updated(u) if u.metadata["round"] == "399" => break,
+            RegistryEvent::Updated(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+async fn echo_forever(n: &masse::Node) {
+    let mut incoming = n.incoming();
+    tokio::spawn(async move {
+        while let Some(mut s) = incoming.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tokio::io::split(&mut s);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+}
+
+async fn wait_for(events: &mut masse::Events, what: &str, pred: impl Fn(&NodeEvent) -> bool) {
+    let deadline = Instant::now() + T;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, events.recv()).await {
+            Ok(Some(ev)) if pred(&ev) => return,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("node gone while waiting for {what}"),
+            Err(_) => panic!("no {what} within {T:?}"),
+        }
+    }
+}
+
+async fn ping(node: &masse::Node, peer: &str) {
+    let mut s = timeout(T, node.connect(peer))
+        .await
+        .expect("connect in time")
+        .unwrap_or_else(|e| panic!("connect to {peer}: {e}"));
+    s.write_all(b"z").await.expect("write");
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.expect("echo");
+}
+
+/// Redis is killed under two running nodes and restarted empty (no
+/// persistence): the nodes keep reaching each other by name from their
+/// caches, report the outage and the recovery, and publish their records
+/// again; a watcher sees `Resync` (its stream is gone with the data) and
+/// then the re-published records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_survive_redis_being_killed_and_restarted() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let n = ns("t-restart");
+    let ttl = Duration::from_millis(900);
+    let node = |name: &'static str| {
+        let url = url.clone();
+        async move {
+            masse::Node::builder(name)
+                .namespace("t-restart")
+                .registry(connect(&url).await)
+                .interface(masse::TcpInterface::new("127.0.0.1:0"))
+                .ttl(ttl)
+                .start()
+                .await
+                .unwrap_or_else(|e| panic!("start {name}: {e}"))
+        }
+    };
+    let srv = node("srv").await;
+    echo_forever(&srv).await;
+    let cli = node("cli").await;
+    let mut ev = cli.events();
+    // A watcher polled all along, so that it lives through the outage:
+    // its connection breaks, it reconnects with backoff, then finds the
+    // server's event counter (or the entries after its position) reset.
+    let watcher = connect(&url).await;
+    let mut polled = watcher.watch(&n).await.expect("watch");
+    let (tx, mut watch) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(ev) = polled.next().await {
+            if tx.send(ev).is_err() {
+                return;
+            }
+        }
+    });
+    ping(&cli, "srv").await; // warms the cache
+
+    server.kill();
+    wait_for(&mut ev, "RegistryUnavailable", |e| {
+        matches!(
+            e,
+            NodeEvent::RegistryUnavailable {
+                error: Error::RegistryUnavailable {
+                    backend: "redis",
+                    ..
+                } | Error::Timeout { .. }
+            }
+        )
+    })
+    .await;
+    // Past the ttl, with the registry gone: still reachable by name.
+    sleep(ttl * 2).await;
+    ping(&cli, "srv").await;
+
+    server.restart();
+    let restarted = Instant::now();
+    wait_for(&mut ev, "RegistryRestored", |e| {
+        matches!(e, NodeEvent::RegistryRestored)
+    })
+    .await;
+    // Both records are back, published again by their nodes.
+    let fresh = connect(&url).await;
+    let deadline = Instant::now() + T;
+    loop {
+        let found = fresh.lookup(&n, &Pattern::any()).await.expect("lookup");
+        if names(&found) == ["cli", "srv"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "records not re-published: {found:?}"
+        );
+        sleep(Duration::from_millis(100)).await;
+    }
+    tracing::info!(after = ?restarted.elapsed(), "records re-published after the restart");
+    // The watcher learns that its history is gone, then follows again.
+    let mut resynced = false;
+    let deadline = Instant::now() + T;
+    while !resynced {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, watch.recv()).await {
+            Ok(Some(Ok(RegistryEvent::Resync))) => resynced = true,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("watcher: expected Resync after the restart, got {other:?}"),
+        }
+    }
+    let late = record(&n, "late");
+    fresh
+        .publish(&late, T, NamePolicy::Takeover)
+        .await
+        .expect("publish");
+    loop {
+        match timeout(T, watch.recv()).await {
+            Ok(Some(Ok(RegistryEvent::Joined(r)))) if r.name.as_str() == "late" => break,
+            Ok(Some(Ok(RegistryEvent::Joined(_)))) => {}
+            other => panic!("watcher after resync: {other:?}"),
+        }
+    }
+    ping(&cli, "srv").await;
+    srv.shutdown().await.expect("shutdown");
+    cli.shutdown().await.expect("shutdown");
+}
+
+/// 100 registry handles (each with its own connection, as 100 nodes would
+/// have) publish and then refresh every ttl/3 with a 1 s ttl for 30 s:
+/// no refresh may fail and no record may expire.
+#[ignore = "slow (30 s); run by name in CI"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_of_100_handles_for_30s_without_spurious_expiry() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let n = ns("t-heartbeat");
+    let ttl = Duration::from_secs(1);
+    let run_for = Duration::from_secs(30);
+    let watcher = connect(&url).await;
+    let mut events = watcher.watch(&n).await.expect("watch");
+    let mut handles = Vec::new();
+    for _ in 0..100 {
+        handles.push(connect(&url).await);
+    }
+    let start = Instant::now() + Duration::from_millis(200);
+    let mut tasks = Vec::new();
+    for (i, reg) in handles.into_iter().enumerate() {
+        let r = record(&n, &format!("node-{i:03}"));
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(start, ttl / 3);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            reg.publish(&r, ttl, NamePolicy::Exclusive)
+                .await
+                .expect("publish");
+            let (mut beats, mut slowest) = (0u32, Duration::ZERO);
+            while Instant::now() < start + run_for {
+                tick.tick().await;
+                let t0 = Instant::now();
+                reg.refresh(&r.namespace, &r.name, r.instance, ttl)
+                    .await
+                    .unwrap_or_else(|e| panic!("refresh of {} failed: {e}", r.name));
+                slowest = slowest.max(t0.elapsed());
+                beats += 1;
+            }
+            (beats, slowest)
+        }));
+    }
+    let mut total = 0;
+    let mut slowest = Duration::ZERO;
+    for t in tasks {
+        let (beats, s) = t.await.expect("heartbeat task");
+        total += beats;
+        slowest = slowest.max(s);
+    }
+    tracing::info!(total, ?slowest, "heartbeats done");
+    let mut joined = 0;
+    while let Ok(Some(ev)) = timeout(Duration::from_millis(500), events.next()).await {
+        match ev.expect("event") {
+            RegistryEvent::Joined(_) => joined += 1,
+            other => panic!("spurious event during steady heartbeats: {other:?}"),
+        }
+    }
+    assert_eq!(joined, 100);
+    assert!(total >= 100 * 80, "too few heartbeats: {total}");
+    assert_eq!(
+        watcher
+            .lookup(&n, &Pattern::any())
+            .await
+            .expect("lookup")
+            .len(),
+        100
+    );
+}
