@@ -1,4 +1,7 @@
-//! Shared helpers for the masse examples.
+//! Shared helpers for the masse examples, and `tenant`, a registry written
+//! against masse's public traits the way a third-party crate would.
+
+pub mod tenant;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `warn`).
 pub fn init_logging() {
