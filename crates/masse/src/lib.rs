@@ -40,9 +40,17 @@ pub mod tcp {
 #[doc(inline)]
 pub use masse_tcp::TcpInterface;
 
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+#[doc(inline)]
+pub use masse_redis::{RedisConfig, RedisRegistry};
+
 mod defaults;
+mod registry;
 #[doc(inline)]
 pub use defaults::NodeBuilderExt;
+#[doc(inline)]
+pub use registry::{REGISTRY_ENV, default_registry_path, registry_from_env, registry_from_url};
 
 /// The traits to import for the facade's conveniences: `use masse::prelude::*;`.
 pub mod prelude {
