@@ -133,7 +133,7 @@ async fn warm_cache(client: &Node) -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn raw_connect_echo(addr: SocketAddr) -> Result<Duration, BoxError> {
+pub(crate) async fn raw_connect_echo(addr: SocketAddr) -> Result<Duration, BoxError> {
     let start = Instant::now();
     let mut s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
@@ -155,7 +155,7 @@ async fn ping(s: &mut TcpStream) -> Result<Duration, BoxError> {
 }
 
 /// Sends one byte, waits for it to come back; the time since `start`.
-async fn one_byte_echo<S>(s: &mut S, start: Instant) -> Result<Duration, BoxError>
+pub(crate) async fn one_byte_echo<S>(s: &mut S, start: Instant) -> Result<Duration, BoxError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -170,7 +170,7 @@ where
 }
 
 /// Writes back whatever it reads, until end-of-stream or an error.
-async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
+pub(crate) async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
     let mut buf = [0_u8; 64];
     loop {
         match s.read(&mut buf).await {
@@ -184,6 +184,6 @@ async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
     }
 }
 
-fn micros(d: Duration) -> f64 {
+pub(crate) fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }

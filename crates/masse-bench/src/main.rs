@@ -6,8 +6,12 @@
 
 mod cache;
 mod latency;
+mod quic;
+mod secure;
+mod setup;
 mod stats;
 mod throughput;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -83,6 +87,26 @@ const BENCHES: &[Bench] = &[
         describe: cache::describe,
         run: cache::run,
     },
+    Bench {
+        name: "tls_throughput",
+        describe: tls::describe,
+        run: tls::run,
+    },
+    Bench {
+        name: "quic_throughput",
+        describe: quic::describe_throughput,
+        run: quic::run_throughput,
+    },
+    Bench {
+        name: "quic_new_stream_latency",
+        describe: quic::describe_stream,
+        run: quic::run_stream,
+    },
+    Bench {
+        name: "setup_time",
+        describe: setup::describe,
+        run: setup::run,
+    },
 ];
 
 /// Worker threads of the multi-thread runtime: the reference machine has 2 cores.
@@ -117,7 +141,8 @@ usage: cargo run --release -p masse-bench [-- [--quick] [FILTER]]
 
   --quick   short smoke run (smaller rounds, fewer iterations)
   FILTER    run only the benches whose name contains FILTER:
-            tcp_throughput, connect_latency, cache_lookup
+            tcp_throughput, connect_latency, cache_lookup, tls_throughput,
+            quic_throughput, quic_new_stream_latency, setup_time
 
 Prints one `name value unit` line per figure; lines starting with # are comments.";
 

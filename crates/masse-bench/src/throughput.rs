@@ -16,10 +16,10 @@ use crate::stats::median;
 use crate::{BoxError, Figure, Mode};
 
 /// Size of every write, and of the reader's buffer.
-const CHUNK: usize = 64 * 1024;
+pub(crate) const CHUNK: usize = 64 * 1024;
 /// Measured rounds per side.
 const ROUNDS: usize = 5;
-const MIB: f64 = 1024.0 * 1024.0;
+pub(crate) const MIB: f64 = 1024.0 * 1024.0;
 
 fn bytes_per_round(mode: Mode) -> u64 {
     match mode {
@@ -139,7 +139,7 @@ impl Masse {
 /// Writes `bytes` in [`CHUNK`]-sized writes to `writer` while a separate task
 /// reads and discards them from `reader`; returns MiB/s from the first write
 /// to the reader seeing end-of-stream.
-async fn transfer<W, R>(mut writer: W, reader: R, bytes: u64) -> Result<f64, BoxError>
+pub(crate) async fn transfer<W, R>(mut writer: W, reader: R, bytes: u64) -> Result<f64, BoxError>
 where
     W: AsyncWrite + Unpin,
     R: AsyncRead + Unpin + Send + 'static,
@@ -165,7 +165,7 @@ where
 }
 
 /// Reads until end-of-stream, keeping only the count.
-async fn discard<R: AsyncRead + Unpin>(mut reader: R) -> std::io::Result<u64> {
+pub(crate) async fn discard<R: AsyncRead + Unpin>(mut reader: R) -> std::io::Result<u64> {
     let mut buf = vec![0_u8; CHUNK];
     let mut total = 0;
     loop {

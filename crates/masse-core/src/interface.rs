@@ -9,6 +9,7 @@ use async_trait::async_trait;
 
 use crate::endpoint::{Endpoint, Protocol};
 use crate::error::Result;
+use crate::identity::Identity;
 use crate::io::BoxIo;
 use crate::name::{Namespace, PeerName};
 use crate::record::{Fingerprint, InstanceId, PeerRecord};
@@ -23,8 +24,10 @@ pub struct BindContext {
     pub name: PeerName,
     /// The node's instance.
     pub instance: InstanceId,
-    /// Fingerprint of the node's identity, for interfaces that authenticate.
-    pub identity: Option<Fingerprint>,
+    /// The node's identity (certificate and key), for interfaces that
+    /// authenticate at the transport layer (`tls`, `quic`); they present it
+    /// to peers that connect.
+    pub identity: Option<Arc<Identity>>,
 }
 
 impl BindContext {
@@ -36,6 +39,12 @@ impl BindContext {
             instance,
             identity: None,
         }
+    }
+
+    /// Sets the identity the listener presents to peers that connect.
+    pub fn with_identity(mut self, identity: Arc<Identity>) -> Self {
+        self.identity = Some(identity);
+        self
     }
 }
 
@@ -51,8 +60,10 @@ pub struct ConnectContext {
     pub local_instance: InstanceId,
     /// How long the transport connection may take.
     pub connect_timeout: Duration,
-    /// Fingerprint of the dialer's identity, for interfaces that authenticate.
-    pub identity: Option<Fingerprint>,
+    /// The dialer's identity (certificate and key), for interfaces that
+    /// authenticate at the transport layer (`tls`, `quic`); they present it
+    /// as the client certificate.
+    pub identity: Option<Arc<Identity>>,
 }
 
 impl ConnectContext {
@@ -70,6 +81,12 @@ impl ConnectContext {
     /// Sets the connect timeout.
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the identity the dialer presents as its client certificate.
+    pub fn with_identity(mut self, identity: Arc<Identity>) -> Self {
+        self.identity = Some(identity);
         self
     }
 }

@@ -5,6 +5,7 @@
 
 mod endpoint;
 mod error;
+mod identity;
 mod interface;
 mod io;
 mod name;
@@ -25,6 +26,10 @@ pub mod wrappers;
 pub use caching::{CacheStats, CachedLookup, CachingConfig, CachingRegistry, Freshness};
 pub use endpoint::{Endpoint, Protocol};
 pub use error::{BoxError, Error, RefuseCode, Result};
+#[cfg(feature = "rustls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
+pub use identity::tls;
+pub use identity::{Identity, fingerprint_of_cert};
 pub use interface::{Accepted, BindContext, ConnectContext, DynInterface, Interface, Listener};
 pub use io::{BoxIo, Io};
 pub use memory::MemoryRegistry;

@@ -3,6 +3,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use masse_core::{Endpoint, Protocol};
+
 /// The addresses a listener bound to `bound` advertises, in order of preference.
 ///
 /// - `overrides` non-empty: those addresses, in order, duplicates removed; a
@@ -82,9 +84,30 @@ fn push(out: &mut Vec<SocketAddr>, addr: SocketAddr) {
     }
 }
 
+/// The endpoints a `protocol` listener bound to `bound` advertises now:
+/// [`advertised_addrs`] applied to the host's current interface addresses
+/// ([`host_ips`], read only for a wildcard bind without overrides). For
+/// transports over IP other than TCP (QUIC).
+pub fn advertised_endpoints(
+    protocol: Protocol,
+    bound: SocketAddr,
+    overrides: &[SocketAddr],
+    include_loopback: bool,
+) -> Vec<Endpoint> {
+    let host = if overrides.is_empty() && bound.ip().is_unspecified() {
+        host_ips()
+    } else {
+        Vec::new()
+    };
+    advertised_addrs(bound, overrides, &host, include_loopback)
+        .into_iter()
+        .map(|addr| Endpoint::new(protocol, addr))
+        .collect()
+}
+
 /// The IP addresses of the host's interfaces that are not administratively or
 /// physically down. An empty list (and a warning) if they cannot be read.
-pub(crate) fn host_ips() -> Vec<IpAddr> {
+pub fn host_ips() -> Vec<IpAddr> {
     use if_addrs::IfOperStatus;
     match if_addrs::get_if_addrs() {
         Ok(ifaces) => ifaces

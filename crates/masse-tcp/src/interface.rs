@@ -10,7 +10,7 @@ use masse_core::{
 };
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::listener::TcpListener;
+use crate::listener::{Advertised, TcpListener};
 
 /// Plain TCP streams: binds a TCP listener and dials `tcp://` endpoints.
 ///
@@ -112,6 +112,58 @@ impl TcpInterface {
             tracing::debug!(error = %e, what, "cannot set TCP_NODELAY");
         }
     }
+
+    /// Binds and listens as configured; the listener advertises `protocol`
+    /// endpoints. Shared by the plain and the TLS interface.
+    pub(crate) fn bind_tcp(&self, protocol: Protocol) -> Result<TcpListener> {
+        let addr = self.addr.clone()?;
+        if let Some(bad) = self.advertise.iter().find(|a| a.ip().is_unspecified()) {
+            return Err(Error::InvalidAddress {
+                kind: "advertised address",
+                input: bad.to_string(),
+                reason: "a peer cannot dial an unspecified address; advertise a concrete IP".into(),
+            });
+        }
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(|e| io_context(e, format!("create a socket to bind {protocol} {addr}")))?;
+        // What std's TcpListener::bind does: a restarted node can rebind its
+        // port while old connections linger in TIME_WAIT. (On Windows the
+        // option would let two listeners share a port, so it stays off.)
+        #[cfg(unix)]
+        socket
+            .set_reuseaddr(true)
+            .map_err(|e| io_context(e, format!("set SO_REUSEADDR to bind {protocol} {addr}")))?;
+        socket
+            .bind(addr)
+            .map_err(|e| io_context(e, format!("bind {protocol} {addr}")))?;
+        let listener = socket
+            .listen(self.backlog)
+            .map_err(|e| io_context(e, format!("listen on {protocol} {addr}")))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| io_context(e, format!("read the address bound for {protocol} {addr}")))?;
+        Ok(TcpListener::new(
+            listener,
+            Advertised {
+                protocol,
+                local,
+                advertise: self.advertise.clone(),
+                include_loopback: self.include_loopback,
+            },
+            self.nodelay,
+        ))
+    }
+
+    /// Connects to `addr` within `limit` and sets `TCP_NODELAY` as
+    /// configured. Shared by the plain and the TLS interface.
+    pub(crate) async fn dial(&self, addr: SocketAddr, limit: Duration) -> Result<TcpStream> {
+        let stream = connect_within(addr, limit).await?;
+        self.set_nodelay(&stream, "dialed");
+        Ok(stream)
+    }
 }
 
 impl Default for TcpInterface {
@@ -134,46 +186,11 @@ impl Interface for TcpInterface {
     }
 
     async fn bind(&self, ctx: &BindContext) -> Result<Box<dyn Listener>> {
-        let addr = self.addr.clone()?;
-        if let Some(bad) = self.advertise.iter().find(|a| a.ip().is_unspecified()) {
-            return Err(Error::InvalidAddress {
-                kind: "advertised address",
-                input: bad.to_string(),
-                reason: "a peer cannot dial an unspecified address; advertise a concrete IP".into(),
-            });
-        }
-        let socket = match addr {
-            SocketAddr::V4(_) => TcpSocket::new_v4(),
-            SocketAddr::V6(_) => TcpSocket::new_v6(),
-        }
-        .map_err(|e| io_context(e, format!("create a socket to bind tcp {addr}")))?;
-        // What std's TcpListener::bind does: a restarted node can rebind its
-        // port while old connections linger in TIME_WAIT. (On Windows the
-        // option would let two listeners share a port, so it stays off.)
-        #[cfg(unix)]
-        socket
-            .set_reuseaddr(true)
-            .map_err(|e| io_context(e, format!("set SO_REUSEADDR to bind tcp {addr}")))?;
-        socket
-            .bind(addr)
-            .map_err(|e| io_context(e, format!("bind tcp {addr}")))?;
-        let listener = socket
-            .listen(self.backlog)
-            .map_err(|e| io_context(e, format!("listen on tcp {addr}")))?;
-        let local = listener
-            .local_addr()
-            .map_err(|e| io_context(e, format!("read the address bound for tcp {addr}")))?;
-        let listener = TcpListener::new(
-            listener,
-            local,
-            self.advertise.clone(),
-            self.include_loopback,
-            self.nodelay,
-        );
+        let listener = self.bind_tcp(Protocol::Tcp)?;
         tracing::info!(
             namespace = %ctx.namespace,
             name = %ctx.name,
-            %local,
+            local = %listener.local_addr(),
             endpoints = ?listener.endpoints(),
             "tcp listener bound"
         );
@@ -191,9 +208,7 @@ impl Interface for TcpInterface {
                 "the tcp interface cannot dial {endpoint}"
             )));
         }
-        let addr = endpoint.addr;
-        let stream = connect_within(addr, ctx.connect_timeout).await?;
-        self.set_nodelay(&stream, "dialed");
+        let stream = self.dial(endpoint.addr, ctx.connect_timeout).await?;
         tracing::debug!(peer = %peer.name, %endpoint, local = ?stream.local_addr().ok(), "tcp connected");
         Ok(Box::new(stream))
     }
@@ -213,6 +228,15 @@ async fn connect_within(addr: SocketAddr, limit: Duration) -> Result<TcpStream> 
 
 /// Parses a bind address, explaining the usual mistakes.
 fn parse_addr(input: &str) -> Result<SocketAddr> {
+    parse_socket_addr("tcp socket address", input)
+}
+
+/// Parses an IP address and port such as `0.0.0.0:4100`, `127.0.0.1:0` or
+/// `[::1]:0`, as [`TcpInterface::new`] does: host names are not resolved, and
+/// an [`Error::InvalidAddress`] of kind `kind` explains the usual mistakes
+/// (a missing port, an IPv6 address without brackets, a host name). For
+/// transports over IP other than TCP (QUIC).
+pub fn parse_socket_addr(kind: &'static str, input: &str) -> Result<SocketAddr> {
     if let Ok(addr) = input.parse::<SocketAddr>() {
         return Ok(addr);
     }
@@ -231,7 +255,7 @@ fn parse_addr(input: &str) -> Result<SocketAddr> {
         "expected an IP address and port such as 0.0.0.0:4100, 127.0.0.1:0 or [::1]:0"
     };
     Err(Error::InvalidAddress {
-        kind: "tcp socket address",
+        kind,
         input: clip(input),
         reason: reason.into(),
     })

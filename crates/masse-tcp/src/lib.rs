@@ -6,6 +6,11 @@
 mod advertise;
 mod interface;
 mod listener;
+#[cfg(feature = "tls")]
+mod tls;
 
-pub use advertise::advertised_addrs;
-pub use interface::TcpInterface;
+pub use advertise::{advertised_addrs, advertised_endpoints, host_ips};
+pub use interface::{TcpInterface, parse_socket_addr};
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub use tls::TlsInterface;

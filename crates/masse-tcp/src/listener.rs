@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use masse_core::{Accepted, Endpoint, Error, Listener, Protocol, Result, async_trait};
 
-use crate::advertise::{advertised_addrs, host_ips};
+use crate::advertise::advertised_endpoints;
 use crate::interface::io_context;
 
 /// First pause after an accept error that a pending connection did not cause.
@@ -14,13 +14,34 @@ const BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// Longest pause between retries of a failing accept.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// What a bound listener advertises: the rule of [`advertised_addrs`](crate::advertised_addrs)
+/// applied to its bound address, as endpoints of its protocol.
+#[derive(Debug, Clone)]
+pub(crate) struct Advertised {
+    pub(crate) protocol: Protocol,
+    pub(crate) local: SocketAddr,
+    pub(crate) advertise: Vec<SocketAddr>,
+    pub(crate) include_loopback: bool,
+}
+
+impl Advertised {
+    /// The endpoints to advertise now (reads the host's addresses for a
+    /// wildcard bind).
+    pub(crate) fn endpoints(&self) -> Vec<Endpoint> {
+        advertised_endpoints(
+            self.protocol,
+            self.local,
+            &self.advertise,
+            self.include_loopback,
+        )
+    }
+}
+
 /// A bound TCP listener.
 #[derive(Debug)]
 pub(crate) struct TcpListener {
     listener: tokio::net::TcpListener,
-    local: SocketAddr,
-    advertise: Vec<SocketAddr>,
-    include_loopback: bool,
+    advertised: Advertised,
     nodelay: bool,
     backoff: Option<Duration>,
     failed: bool,
@@ -29,19 +50,74 @@ pub(crate) struct TcpListener {
 impl TcpListener {
     pub(crate) fn new(
         listener: tokio::net::TcpListener,
-        local: SocketAddr,
-        advertise: Vec<SocketAddr>,
-        include_loopback: bool,
+        advertised: Advertised,
         nodelay: bool,
     ) -> Self {
         TcpListener {
             listener,
-            local,
-            advertise,
-            include_loopback,
+            advertised,
             nodelay,
             backoff: None,
             failed: false,
+        }
+    }
+
+    /// The address actually bound.
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.advertised.local
+    }
+
+    /// What this listener advertises.
+    #[cfg(feature = "tls")]
+    pub(crate) fn advertised(&self) -> &Advertised {
+        &self.advertised
+    }
+
+    /// Waits for the next TCP connection, with `TCP_NODELAY` set as
+    /// configured. Connection-level failures are skipped, resource shortages
+    /// retried after a backoff; an error means the listener is broken for good.
+    pub(crate) async fn accept_tcp(&mut self) -> Result<(tokio::net::TcpStream, SocketAddr)> {
+        let local = self.advertised.local;
+        let protocol = self.advertised.protocol;
+        if self.failed {
+            return Err(Error::Closed("tcp listener"));
+        }
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, remote)) => {
+                    self.backoff = None;
+                    if self.nodelay
+                        && let Err(e) = stream.set_nodelay(true)
+                    {
+                        tracing::debug!(error = %e, %remote, "cannot set TCP_NODELAY on an accepted socket");
+                    }
+                    tracing::trace!(%local, %remote, "tcp accepted");
+                    return Ok((stream, remote));
+                }
+                Err(e) => match classify(&e) {
+                    AcceptFailure::Connection => {
+                        tracing::debug!(%local, error = %e, "a connection failed before it was accepted");
+                    }
+                    AcceptFailure::Transient => {
+                        let delay = self
+                            .backoff
+                            .map_or(BACKOFF_MIN, |d| (d * 2).min(BACKOFF_MAX));
+                        self.backoff = Some(delay);
+                        tracing::warn!(
+                            %local,
+                            error = %e,
+                            retry_in = ?delay,
+                            "{protocol} accept failed; retrying"
+                        );
+                        tokio::time::sleep(delay).await;
+                    }
+                    AcceptFailure::Fatal => {
+                        tracing::error!(%local, error = %e, "{protocol} listener failed; it accepts no more");
+                        self.failed = true;
+                        return Err(io_context(e, format!("accept on {protocol} {local}")));
+                    }
+                },
+            }
         }
     }
 }
@@ -77,58 +153,12 @@ fn classify(e: &std::io::Error) -> AcceptFailure {
 #[async_trait]
 impl Listener for TcpListener {
     fn endpoints(&self) -> Vec<Endpoint> {
-        let host = if self.advertise.is_empty() && self.local.ip().is_unspecified() {
-            host_ips()
-        } else {
-            Vec::new()
-        };
-        advertised_addrs(self.local, &self.advertise, &host, self.include_loopback)
-            .into_iter()
-            .map(|addr| Endpoint::new(Protocol::Tcp, addr))
-            .collect()
+        self.advertised.endpoints()
     }
 
     async fn accept(&mut self) -> Result<Accepted> {
-        if self.failed {
-            return Err(Error::Closed("tcp listener"));
-        }
-        loop {
-            match self.listener.accept().await {
-                Ok((stream, remote)) => {
-                    self.backoff = None;
-                    if self.nodelay
-                        && let Err(e) = stream.set_nodelay(true)
-                    {
-                        tracing::debug!(error = %e, %remote, "cannot set TCP_NODELAY on an accepted socket");
-                    }
-                    tracing::trace!(local = %self.local, %remote, "tcp accepted");
-                    return Ok(Accepted::new(Box::new(stream), Some(remote)));
-                }
-                Err(e) => match classify(&e) {
-                    AcceptFailure::Connection => {
-                        tracing::debug!(local = %self.local, error = %e, "a connection failed before it was accepted");
-                    }
-                    AcceptFailure::Transient => {
-                        let delay = self
-                            .backoff
-                            .map_or(BACKOFF_MIN, |d| (d * 2).min(BACKOFF_MAX));
-                        self.backoff = Some(delay);
-                        tracing::warn!(
-                            local = %self.local,
-                            error = %e,
-                            retry_in = ?delay,
-                            "tcp accept failed; retrying"
-                        );
-                        tokio::time::sleep(delay).await;
-                    }
-                    AcceptFailure::Fatal => {
-                        tracing::error!(local = %self.local, error = %e, "tcp listener failed; it accepts no more");
-                        self.failed = true;
-                        return Err(io_context(e, format!("accept on tcp {}", self.local)));
-                    }
-                },
-            }
-        }
+        let (stream, remote) = self.accept_tcp().await?;
+        Ok(Accepted::new(Box::new(stream), Some(remote)))
     }
 }
 

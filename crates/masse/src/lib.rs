@@ -40,6 +40,16 @@ pub mod tcp {
 #[doc(inline)]
 pub use masse_tcp::TcpInterface;
 
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+#[doc(inline)]
+pub use masse_tcp::TlsInterface;
+
+#[cfg(feature = "quic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "quic")))]
+#[doc(inline)]
+pub use masse_quic::QuicInterface;
+
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 #[doc(inline)]

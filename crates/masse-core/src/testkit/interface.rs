@@ -20,6 +20,10 @@
 //! case panics with a message that starts with
 //! `interface conformance [<protocol>/<case>]`.
 //!
+//! An interface that authenticates peers at the transport layer (`tls`,
+//! `quic`) runs the suite with [`InterfaceConformance::identity`]: contexts
+//! then carry that identity and dialed records list its fingerprint.
+//!
 //! The concurrency case keeps two sockets per stream open at once (dialer and
 //! acceptor side), so 1000 streams need an open-file limit above 2000
 //! (`ulimit -n`); lower [`InterfaceConformance::streams`] where that is not possible.
@@ -39,8 +43,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, sleep, timeout};
 
 use crate::{
-    BindContext, BoxIo, ConnectContext, DynInterface, Endpoint, Error, InstanceId, Listener,
-    Namespace, PeerName, PeerRecord, Protocol,
+    BindContext, BoxIo, ConnectContext, DynInterface, Endpoint, Error, Identity, InstanceId,
+    Listener, Namespace, PeerName, PeerRecord, Protocol,
 };
 
 /// Runs the whole interface conformance suite with default settings
@@ -68,6 +72,7 @@ pub struct InterfaceConformance<F> {
     case_timeout: Duration,
     step_timeout: Duration,
     connect_timeout: Duration,
+    identity: Option<Arc<Identity>>,
 }
 
 impl<F> fmt::Debug for InterfaceConformance<F> {
@@ -79,6 +84,7 @@ impl<F> fmt::Debug for InterfaceConformance<F> {
             .field("case_timeout", &self.case_timeout)
             .field("step_timeout", &self.step_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("identity", &self.identity)
             .finish_non_exhaustive()
     }
 }
@@ -99,6 +105,7 @@ where
             case_timeout: Duration::from_secs(60),
             step_timeout: Duration::from_secs(20),
             connect_timeout: Duration::from_secs(2),
+            identity: None,
         }
     }
 
@@ -146,6 +153,16 @@ where
         self
     }
 
+    /// For interfaces that authenticate peers (`tls`, `quic`): every
+    /// [`BindContext`] and [`ConnectContext`] of the suite carries `identity`,
+    /// and every [`PeerRecord`] it dials lists its fingerprint, so the
+    /// listener and the dialer present the same identity and each accepts the
+    /// other. Default: none (contexts and records without identity).
+    pub fn identity(mut self, identity: Arc<Identity>) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
     /// Runs every case in turn; panics, naming the case, on the first failure.
     pub async fn run(self) {
         let suite = Suite {
@@ -155,6 +172,7 @@ where
             step: self.step_timeout,
             connect_timeout: self.connect_timeout,
             seed: InstanceId::random().as_u128() as u64,
+            identity: self.identity.clone(),
         };
         tracing::info!(?self, seed = suite.seed, "interface conformance: starting");
         let cases: [(&str, CaseFn); 6] = [
@@ -238,6 +256,7 @@ struct Suite {
     step: Duration,
     connect_timeout: Duration,
     seed: u64,
+    identity: Option<Arc<Identity>>,
 }
 
 fn namespace() -> Namespace {
@@ -248,26 +267,41 @@ fn acceptor_name() -> PeerName {
     PeerName::new("conformance-acceptor").expect("valid name")
 }
 
-fn bind_ctx() -> BindContext {
-    BindContext::new(namespace(), acceptor_name(), InstanceId::random())
-}
-
-fn connect_ctx() -> ConnectContext {
-    ConnectContext::new(
-        namespace(),
-        PeerName::new("conformance-dialer").expect("valid name"),
-        InstanceId::random(),
-    )
-}
-
-fn peer_for(endpoint: Endpoint) -> PeerRecord {
-    PeerRecord::new(namespace(), acceptor_name(), InstanceId::random()).with_endpoint(endpoint)
-}
-
 impl Suite {
+    fn bind_ctx(&self) -> BindContext {
+        let ctx = BindContext::new(namespace(), acceptor_name(), InstanceId::random());
+        match &self.identity {
+            Some(id) => ctx.with_identity(id.clone()),
+            None => ctx,
+        }
+    }
+
+    fn connect_ctx(&self) -> ConnectContext {
+        let ctx = ConnectContext::new(
+            namespace(),
+            PeerName::new("conformance-dialer").expect("valid name"),
+            InstanceId::random(),
+        );
+        match &self.identity {
+            Some(id) => ctx.with_identity(id.clone()),
+            None => ctx,
+        }
+    }
+
+    fn peer_for(&self, endpoint: Endpoint) -> PeerRecord {
+        let record = PeerRecord::new(namespace(), acceptor_name(), InstanceId::random())
+            .with_endpoint(endpoint);
+        match &self.identity {
+            Some(id) => record.with_identity(id.fingerprint()),
+            None => record,
+        }
+    }
+
     /// Binds `iface` and checks what the listener advertises.
     async fn bind(&self, case: &Case, iface: &DynInterface) -> (Box<dyn Listener>, Vec<Endpoint>) {
-        let listener = case.step("bind", self.step, iface.bind(&bind_ctx())).await;
+        let listener = case
+            .step("bind", self.step, iface.bind(&self.bind_ctx()))
+            .await;
         let endpoints = listener.endpoints();
         if endpoints.is_empty() {
             case.fail("the listener advertises no endpoints");
@@ -299,7 +333,7 @@ impl Suite {
         case.step(
             format!("connect to {ep}"),
             self.step,
-            iface.connect(&ep, &peer_for(ep), ctx),
+            iface.connect(&ep, &self.peer_for(ep), ctx),
         )
         .await
     }
@@ -314,7 +348,7 @@ impl Suite {
     async fn echo(&self, case: &Case, iface: DynInterface) {
         let (listener, endpoints) = self.bind(case, &iface).await;
         let mut server = Server::start(listener, echo_handler);
-        let ctx = connect_ctx();
+        let ctx = self.connect_ctx();
         for (i, ep) in endpoints.iter().enumerate() {
             let data = random_bytes(self.seed ^ i as u64, self.echo_bytes);
             let io = self.connect(case, &iface, *ep, &ctx).await;
@@ -362,7 +396,7 @@ impl Suite {
         });
 
         let mut io = self
-            .connect(case, &iface, endpoints[0], &connect_ctx())
+            .connect(case, &iface, endpoints[0], &self.connect_ctx())
             .await;
         case.step(
             "dialer writing the request",
@@ -399,10 +433,10 @@ impl Suite {
         let (listener, endpoints) = self.bind(case, &iface).await;
         let mut server = Server::start(listener, echo_handler);
         let ep = endpoints[0];
-        let ctx = connect_ctx();
+        let ctx = self.connect_ctx();
         for round in 0..3 {
             // Through the interface: connect, then drop without a byte.
-            match timeout(self.step, iface.connect(&ep, &peer_for(ep), &ctx)).await {
+            match timeout(self.step, iface.connect(&ep, &self.peer_for(ep), &ctx)).await {
                 Ok(Ok(io)) => drop(io),
                 Ok(Err(e)) => case.fail(format_args!(
                     "connect {round} to {ep} failed: {e}{}",
@@ -439,7 +473,7 @@ impl Suite {
         sleep(Duration::from_millis(100)).await;
         for i in 0..2 {
             let data = random_bytes(self.seed ^ (0xd0 + i), 64 * 1024);
-            let io = match timeout(self.step, iface.connect(&ep, &peer_for(ep), &ctx)).await {
+            let io = match timeout(self.step, iface.connect(&ep, &self.peer_for(ep), &ctx)).await {
                 Ok(Ok(io)) => io,
                 Ok(Err(e)) => case.fail(format_args!(
                     "connect after dropped clients failed: {e}{}",
@@ -489,11 +523,12 @@ impl Suite {
             };
             let seed = rng.next();
             let (iface, mut ready) = (iface.clone(), ready.clone());
+            let (ctx, peer) = (self.connect_ctx(), self.peer_for(ep));
             dialers.spawn(async move {
                 // Start every dialer at the same moment.
                 let _ = ready.wait_for(|go| *go).await;
                 let data = random_bytes(seed, len);
-                checksum_dialer(&iface, ep, &data, limit)
+                checksum_dialer(&iface, ep, &peer, &ctx, &data, limit)
                     .await
                     .map_err(|e| format!("stream {i} ({len} bytes): {e}"))
             });
@@ -547,12 +582,15 @@ impl Suite {
         drop(listener);
         sleep(Duration::from_millis(50)).await;
         let ep = endpoints[0];
-        let ctx = connect_ctx().with_connect_timeout(self.connect_timeout);
+        let ctx = self
+            .connect_ctx()
+            .with_connect_timeout(self.connect_timeout);
+        let peer = self.peer_for(ep);
         let limit = self.connect_timeout + Duration::from_secs(3);
         let started = Instant::now();
         let dial = tokio::spawn({
             let iface = iface.clone();
-            async move { iface.connect(&ep, &peer_for(ep), &ctx).await }
+            async move { iface.connect(&ep, &peer, &ctx).await }
         });
         match timeout(limit, dial).await {
             Ok(Ok(Err(e))) => {
@@ -654,11 +692,12 @@ async fn checksum_handler(
 async fn checksum_dialer(
     iface: &DynInterface,
     ep: Endpoint,
+    peer: &PeerRecord,
+    ctx: &ConnectContext,
     data: &[u8],
     limit: Duration,
 ) -> std::result::Result<(), String> {
-    let ctx = connect_ctx();
-    let mut io = within(&"connect", limit, iface.connect(&ep, &peer_for(ep), &ctx)).await?;
+    let mut io = within(&"connect", limit, iface.connect(&ep, peer, ctx)).await?;
     let sum = fnv1a(data);
     let mut frame = Vec::with_capacity(data.len() + 12);
     frame.extend_from_slice(&(data.len() as u32).to_be_bytes());

@@ -1,0 +1,136 @@
+//! `setup_time`: how long a new authenticated connection takes, until a
+//! 1-byte echo has come back through it (so the acceptor's side of the
+//! handshake is included).
+//!
+//! - `tls`: a fresh `TlsInterface` per sample, so every handshake is a full
+//!   one (certificate signatures checked both ways).
+//! - `tls_resumed`: one `TlsInterface` for all samples: after the first,
+//!   TLS 1.3 session resumption skips the certificates.
+//! - `quic`: a fresh `QuicInterface` per sample: a new UDP socket and a full
+//!   QUIC handshake.
+//! - `quic_raw`: a new raw quinn connection from one long-lived endpoint,
+//!   same configuration: the QUIC handshake without the new socket.
+//! - `tcp`: a plain TCP connection, the floor.
+//!
+//! Each iteration takes one sample of each, rotating which goes first.
+
+use masse::{Interface, QuicInterface, TlsInterface};
+
+use crate::latency::{micros, raw_connect_echo};
+use crate::secure::{Peers, boxed, echo_accepted, echo_quinn, timed_echo};
+use crate::stats::percentile;
+use crate::{BoxError, Figure, Mode};
+
+fn iterations(mode: Mode) -> usize {
+    match mode {
+        Mode::Full => 1000,
+        Mode::Quick => 100,
+    }
+}
+
+pub(crate) fn describe(mode: Mode) -> String {
+    format!(
+        "setup_time: {} interleaved iterations after {} warm-up",
+        iterations(mode),
+        iterations(mode) / 10
+    )
+}
+
+pub(crate) fn run(mode: Mode) -> Result<Vec<Figure>, BoxError> {
+    crate::on_workers(bench(iterations(mode) / 10, iterations(mode)))
+}
+
+async fn bench(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError> {
+    let peers = Peers::generate()?;
+
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let tcp_addr = tcp.local_addr()?;
+    let tcp_task = tokio::spawn(async move {
+        while let Ok((s, _)) = tcp.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(crate::latency::echo(s));
+        }
+    });
+
+    let tls_server = TlsInterface::new("127.0.0.1:0");
+    let listener = tls_server.bind(&peers.bind_ctx()?).await?;
+    let tls_record = peers.record(*listener.endpoints().first().ok_or("no endpoint")?)?;
+    let tls_task = echo_accepted(listener);
+
+    let quic_server = QuicInterface::new("127.0.0.1:0");
+    let listener = quic_server.bind(&peers.bind_ctx()?).await?;
+    let quic_record = peers.record(*listener.endpoints().first().ok_or("no endpoint")?)?;
+    let quic_task = echo_accepted(listener);
+
+    let quinn_server = peers.quinn_server()?;
+    let quinn_addr = quinn_server.local_addr()?;
+    let quinn_task = echo_quinn(quinn_server);
+    let quinn_client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let quinn_config = peers.quinn_client_config()?;
+
+    let ctx = peers.connect_ctx()?;
+    let resumed = TlsInterface::new("127.0.0.1:0");
+    let tls_full = async || {
+        let tls = TlsInterface::new("127.0.0.1:0");
+        let ep = tls_record.endpoints[0];
+        timed_echo(async { boxed(tls.connect(&ep, &tls_record, &ctx).await) }).await
+    };
+    let tls_resumed = async || {
+        let ep = tls_record.endpoints[0];
+        timed_echo(async { boxed(resumed.connect(&ep, &tls_record, &ctx).await) }).await
+    };
+    let quic = async || {
+        let quic = QuicInterface::new("127.0.0.1:0");
+        let ep = quic_record.endpoints[0];
+        timed_echo(async { boxed(quic.connect(&ep, &quic_record, &ctx).await) }).await
+    };
+
+    let quic_raw = async || {
+        timed_echo(async {
+            let conn = quinn_client
+                .connect_with(quinn_config.clone(), quinn_addr, "masse")?
+                .await?;
+            let (send, recv) = conn.open_bi().await?;
+            Ok::<_, BoxError>(tokio::io::join(recv, send))
+        })
+        .await
+    };
+
+    let mut samples: [Vec<f64>; 5] = Default::default();
+    for i in 0..warmup + iterations {
+        let mut taken = [0.0; 5];
+        for k in 0..5 {
+            let which = (i + k) % 5;
+            let d = match which {
+                0 => raw_connect_echo(tcp_addr).await?,
+                1 => tls_full().await?,
+                2 => tls_resumed().await?,
+                3 => quic().await?,
+                _ => quic_raw().await?,
+            };
+            taken[which] = micros(d);
+        }
+        if i >= warmup {
+            for (all, one) in samples.iter_mut().zip(taken) {
+                all.push(one);
+            }
+        }
+    }
+    tcp_task.abort();
+    tls_task.abort();
+    quic_task.abort();
+    quinn_task.abort();
+    let [tcp, tls, tls_resumed, quic, quic_raw] = samples;
+    Ok(vec![
+        Figure::new("setup_tcp_p50", percentile(&tcp, 50.0), 1, "us"),
+        Figure::new("setup_tls_p50", percentile(&tls, 50.0), 1, "us"),
+        Figure::new(
+            "setup_tls_resumed_p50",
+            percentile(&tls_resumed, 50.0),
+            1,
+            "us",
+        ),
+        Figure::new("setup_quic_p50", percentile(&quic, 50.0), 1, "us"),
+        Figure::new("setup_quic_raw_p50", percentile(&quic_raw, 50.0), 1, "us"),
+    ])
+}

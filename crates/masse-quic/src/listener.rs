@@ -1,0 +1,220 @@
+//! The accepting side: the endpoint's accept loop, one task per connection
+//! yielding its streams, and [`QuicListener`].
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use masse_core::tls::peer_fingerprint;
+use masse_core::{Accepted, Endpoint, Error, Fingerprint, Listener, Protocol, Result, async_trait};
+use quinn::VarInt;
+use quinn::rustls::pki_types::CertificateDer;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use crate::interface::{Settings, Shared, lock};
+
+/// Application error code on streams reset because no listener is bound.
+const NO_LISTENER: u32 = 1;
+/// Application error code closing a connection without a client certificate.
+const NO_IDENTITY: u32 = 2;
+
+/// Where accepted streams go: the bound listener's channel, if any.
+#[derive(Debug, Default)]
+pub(crate) struct Sink {
+    generation: u64,
+    tx: Option<mpsc::Sender<Accepted>>,
+}
+
+impl Sink {
+    /// Routes streams to `tx`; returns the generation that identifies it.
+    pub(crate) fn open(&mut self, tx: mpsc::Sender<Accepted>) -> u64 {
+        self.generation += 1;
+        self.tx = Some(tx);
+        self.generation
+    }
+
+    /// Stops routing, if `generation` is still the current listener.
+    fn close(&mut self, generation: u64) {
+        if self.generation == generation {
+            self.tx = None;
+        }
+    }
+
+    /// Is a listener bound (and still receiving)?
+    pub(crate) fn is_open(&self) -> bool {
+        self.tx.as_ref().is_some_and(|tx| !tx.is_closed())
+    }
+
+    fn sender(&self) -> Option<mpsc::Sender<Accepted>> {
+        self.tx.clone().filter(|tx| !tx.is_closed())
+    }
+}
+
+/// Accepts incoming connections for as long as the endpoint lives: refuses
+/// them while no listener is bound, otherwise handshakes each in its own
+/// task (bounded by `settings`) and then serves its streams.
+pub(crate) async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    sink: Arc<Mutex<Sink>>,
+    settings: Settings,
+) {
+    let permits = Arc::new(Semaphore::new(settings.max_handshakes));
+    let mut connections = JoinSet::new();
+    while let Some(incoming) = endpoint.accept().await {
+        while connections.try_join_next().is_some() {}
+        if !lock(&sink).is_open() {
+            tracing::debug!(remote = %incoming.remote_address(), "no quic listener bound; connection refused");
+            incoming.refuse();
+            continue;
+        }
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        connections.spawn(serve_connection(
+            incoming,
+            sink.clone(),
+            settings.handshake_timeout,
+            permit,
+        ));
+    }
+}
+
+/// Completes one incoming connection's handshake, then hands each stream the
+/// peer opens to the listener bound at that moment.
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    sink: Arc<Mutex<Sink>>,
+    limit: Duration,
+    permit: OwnedSemaphorePermit,
+) {
+    let remote = incoming.remote_address();
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(%remote, error = %e, "quic connection failed before its handshake");
+            return;
+        }
+    };
+    let conn = match tokio::time::timeout(limit, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "quic handshake failed; connection dropped");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, ?limit, "quic handshake timed out; connection dropped");
+            return;
+        }
+    };
+    drop(permit);
+    let Some(fingerprint) = client_fingerprint(&conn) else {
+        // Client authentication is mandatory, so this does not happen.
+        tracing::debug!(%remote, "quic client without a usable certificate; connection closed");
+        conn.close(
+            VarInt::from_u32(NO_IDENTITY),
+            b"client certificate required",
+        );
+        return;
+    };
+    tracing::debug!(%remote, peer_identity = %fingerprint.short(), "quic connection accepted");
+    loop {
+        let (mut send, mut recv) = match conn.accept_bi().await {
+            Ok(streams) => streams,
+            Err(e) => {
+                tracing::debug!(%remote, reason = %e, "quic connection ended");
+                return;
+            }
+        };
+        let tx = lock(&sink).sender();
+        let Some(tx) = tx else {
+            tracing::debug!(%remote, "no quic listener bound; stream reset");
+            let _ = send.reset(VarInt::from_u32(NO_LISTENER));
+            let _ = recv.stop(VarInt::from_u32(NO_LISTENER));
+            continue;
+        };
+        tracing::trace!(%remote, stream = %send.id(), "quic stream accepted");
+        let mut accepted = Accepted::new(Box::new(tokio::io::join(recv, send)), Some(remote));
+        accepted.peer_identity = Some(fingerprint);
+        // Waits while the listener's queue is full: the peer's further
+        // streams then wait on its stream limit. Fails only if the listener
+        // is gone (the stream is dropped).
+        let _ = tx.send(accepted).await;
+    }
+}
+
+/// The fingerprint of the certificate the client presented.
+fn client_fingerprint(conn: &quinn::Connection) -> Option<Fingerprint> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    peer_fingerprint(Some(&certs))
+}
+
+/// A bound QUIC listener: streams from the interface's accept loop.
+pub(crate) struct QuicListener {
+    /// Keeps the endpoint and its accept loop alive while bound.
+    _shared: Arc<Shared>,
+    sink: Arc<Mutex<Sink>>,
+    generation: u64,
+    rx: mpsc::Receiver<Accepted>,
+    local: SocketAddr,
+    advertise: Vec<SocketAddr>,
+    include_loopback: bool,
+}
+
+impl QuicListener {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        sink: Arc<Mutex<Sink>>,
+        generation: u64,
+        rx: mpsc::Receiver<Accepted>,
+        local: SocketAddr,
+        advertise: Vec<SocketAddr>,
+        include_loopback: bool,
+    ) -> Self {
+        QuicListener {
+            _shared: shared,
+            sink,
+            generation,
+            rx,
+            local,
+            advertise,
+            include_loopback,
+        }
+    }
+}
+
+impl fmt::Debug for QuicListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuicListener")
+            .field("local", &self.local)
+            .field("advertise", &self.advertise)
+            .field("include_loopback", &self.include_loopback)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for QuicListener {
+    fn drop(&mut self) {
+        lock(&self.sink).close(self.generation);
+    }
+}
+
+#[async_trait]
+impl Listener for QuicListener {
+    fn endpoints(&self) -> Vec<Endpoint> {
+        masse_tcp::advertised_endpoints(
+            Protocol::Quic,
+            self.local,
+            &self.advertise,
+            self.include_loopback,
+        )
+    }
+
+    async fn accept(&mut self) -> Result<Accepted> {
+        self.rx.recv().await.ok_or(Error::Closed("quic listener"))
+    }
+}

@@ -1,0 +1,522 @@
+//! QuicInterface beyond the conformance suite: the trust model (pinned
+//! server fingerprint, mandatory client certificate), connection pooling and
+//! recovery, stream limits, and a listener that is gone.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use masse_core::{
+    Accepted, BindContext, BoxIo, ConnectContext, Endpoint, Error, Fingerprint, Identity,
+    InstanceId, Interface, Listener, PeerRecord, Protocol,
+};
+use masse_quic::QuicInterface;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+
+const STEP: Duration = Duration::from_secs(10);
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+fn identity(name: &str) -> Arc<Identity> {
+    Arc::new(Identity::generate(name).expect("generate identity"))
+}
+
+fn bind_ctx(id: &Arc<Identity>) -> BindContext {
+    BindContext::new(
+        "test".parse().unwrap(),
+        "acceptor".parse().unwrap(),
+        InstanceId::random(),
+    )
+    .with_identity(id.clone())
+}
+
+fn connect_ctx(id: &Arc<Identity>) -> ConnectContext {
+    ConnectContext::new(
+        "test".parse().unwrap(),
+        "dialer".parse().unwrap(),
+        InstanceId::random(),
+    )
+    .with_identity(id.clone())
+}
+
+fn record(ep: Endpoint, fingerprint: Option<Fingerprint>) -> PeerRecord {
+    let r = PeerRecord::new(
+        "test".parse().unwrap(),
+        "acceptor".parse().unwrap(),
+        InstanceId::random(),
+    )
+    .with_endpoint(ep);
+    match fingerprint {
+        Some(f) => r.with_identity(f),
+        None => r,
+    }
+}
+
+async fn accept(listener: &mut Box<dyn Listener>) -> Accepted {
+    timeout(STEP, listener.accept())
+        .await
+        .expect("accept hung")
+        .expect("accept failed")
+}
+
+/// Sends one byte (which makes the stream visible), accepts it, echoes it.
+async fn open_and_echo(dialed: &mut BoxIo, listener: &mut Box<dyn Listener>) -> Accepted {
+    dialed.write_all(b"x").await.unwrap();
+    dialed.flush().await.unwrap();
+    let mut accepted = accept(listener).await;
+    let mut b = [0u8; 1];
+    timeout(STEP, accepted.io.read_exact(&mut b))
+        .await
+        .unwrap()
+        .unwrap();
+    accepted.io.write_all(&b).await.unwrap();
+    accepted.io.flush().await.unwrap();
+    timeout(STEP, dialed.read_exact(&mut b))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&b, b"x");
+    accepted
+}
+
+struct Server {
+    quic: QuicInterface,
+    listener: Box<dyn Listener>,
+    ep: Endpoint,
+    id: Arc<Identity>,
+}
+
+async fn server(quic: QuicInterface) -> Server {
+    let id = identity("server");
+    let listener = quic.bind(&bind_ctx(&id)).await.unwrap();
+    let ep = listener.endpoints()[0];
+    assert_eq!(ep.protocol, Protocol::Quic);
+    Server {
+        quic,
+        listener,
+        ep,
+        id,
+    }
+}
+
+#[tokio::test]
+async fn accepted_streams_report_the_dialer_and_share_one_connection() {
+    init_tracing();
+    let mut s = server(QuicInterface::new("127.0.0.1:0")).await;
+    let client_id = identity("client");
+    let client = QuicInterface::new("127.0.0.1:0");
+    let rec = record(s.ep, Some(s.id.fingerprint()));
+    let mut remotes = Vec::new();
+    for _ in 0..5 {
+        let mut dialed = client
+            .connect(&s.ep, &rec, &connect_ctx(&client_id))
+            .await
+            .unwrap();
+        let accepted = open_and_echo(&mut dialed, &mut s.listener).await;
+        assert_eq!(accepted.peer_identity, Some(client_id.fingerprint()));
+        remotes.push(accepted.remote_addr.unwrap());
+    }
+    assert!(remotes.iter().all(|r| *r == remotes[0]), "{remotes:?}");
+    assert_eq!(client.pooled_connections(), 1);
+    // Another identity on the same interface gets its own connection.
+    let other_id = identity("other");
+    let mut dialed = client
+        .connect(&s.ep, &rec, &connect_ctx(&other_id))
+        .await
+        .unwrap();
+    let accepted = open_and_echo(&mut dialed, &mut s.listener).await;
+    assert_eq!(accepted.peer_identity, Some(other_id.fingerprint()));
+    assert_eq!(client.pooled_connections(), 2);
+}
+
+#[tokio::test]
+async fn a_node_dials_from_its_listening_socket() {
+    init_tracing();
+    let mut a = server(QuicInterface::new("127.0.0.1:0")).await;
+    let mut b = server(QuicInterface::new("127.0.0.1:0")).await;
+    let mut dialed = a
+        .quic
+        .connect(
+            &b.ep,
+            &record(b.ep, Some(b.id.fingerprint())),
+            &connect_ctx(&a.id),
+        )
+        .await
+        .unwrap();
+    let accepted = open_and_echo(&mut dialed, &mut b.listener).await;
+    assert_eq!(accepted.remote_addr, Some(a.ep.addr));
+    assert_eq!(accepted.peer_identity, Some(a.id.fingerprint()));
+    // And the other way round.
+    let mut dialed = b
+        .quic
+        .connect(
+            &a.ep,
+            &record(a.ep, Some(a.id.fingerprint())),
+            &connect_ctx(&b.id),
+        )
+        .await
+        .unwrap();
+    let accepted = open_and_echo(&mut dialed, &mut a.listener).await;
+    assert_eq!(accepted.remote_addr, Some(b.ep.addr));
+}
+
+#[tokio::test]
+async fn wrong_fingerprint_is_unauthorized_and_the_listener_keeps_working() {
+    init_tracing();
+    let mut s = server(QuicInterface::new("127.0.0.1:0")).await;
+    let (client_id, impostor) = (identity("client"), identity("impostor"));
+    let client = QuicInterface::new("127.0.0.1:0");
+    for _ in 0..3 {
+        let wrong = record(s.ep, Some(impostor.fingerprint()));
+        match client
+            .connect(&s.ep, &wrong, &connect_ctx(&client_id))
+            .await
+        {
+            Err(Error::Unauthorized { reason }) => {
+                assert!(
+                    reason.contains(&impostor.fingerprint().to_string()),
+                    "{reason}"
+                );
+                assert!(reason.contains(&s.id.fingerprint().to_string()), "{reason}");
+            }
+            Err(other) => panic!("expected Unauthorized, got {other:?}"),
+            Ok(_) => panic!("dialed a server whose fingerprint differs from the record's"),
+        }
+    }
+    assert_eq!(client.pooled_connections(), 0);
+    let right = record(s.ep, Some(s.id.fingerprint()));
+    let mut dialed = client
+        .connect(&s.ep, &right, &connect_ctx(&client_id))
+        .await
+        .unwrap();
+    let accepted = open_and_echo(&mut dialed, &mut s.listener).await;
+    assert_eq!(accepted.peer_identity, Some(client_id.fingerprint()));
+}
+
+#[tokio::test]
+async fn record_without_identity_cannot_be_dialed() {
+    let s = server(QuicInterface::new("127.0.0.1:0")).await;
+    let id = identity("client");
+    match QuicInterface::new("127.0.0.1:0")
+        .connect(&s.ep, &record(s.ep, None), &connect_ctx(&id))
+        .await
+    {
+        Err(Error::Unauthorized { reason }) => assert!(reason.contains("no identity"), "{reason}"),
+        Err(other) => panic!("expected Unauthorized, got {other:?}"),
+        Ok(_) => panic!("dialed a record without identity"),
+    }
+}
+
+#[tokio::test]
+async fn missing_own_identity_is_a_config_error() {
+    let bare = QuicInterface::new("127.0.0.1:0");
+    let ctx = BindContext::new(
+        "test".parse().unwrap(),
+        "a".parse().unwrap(),
+        InstanceId::random(),
+    );
+    assert!(matches!(bare.bind(&ctx).await, Err(Error::Config(_))));
+    let s = server(QuicInterface::new("127.0.0.1:0")).await;
+    let ctx = ConnectContext::new(
+        "test".parse().unwrap(),
+        "d".parse().unwrap(),
+        InstanceId::random(),
+    );
+    let rec = record(s.ep, Some(s.id.fingerprint()));
+    match bare.connect(&s.ep, &rec, &ctx).await {
+        Err(Error::Config(msg)) => assert!(msg.contains("identity"), "{msg}"),
+        Err(other) => panic!("expected Config, got {other:?}"),
+        Ok(_) => panic!("dialed without an identity"),
+    }
+    // The interface's own identity stands in for a context without one.
+    let with_default = QuicInterface::new("127.0.0.1:0").identity(identity("default"));
+    assert!(with_default.connect(&s.ep, &rec, &ctx).await.is_ok());
+}
+
+#[tokio::test]
+async fn client_without_certificate_is_refused() {
+    init_tracing();
+    use masse_core::tls::{ALPN, PinnedServerVerifier, provider};
+    use quinn::rustls;
+    let mut s = server(QuicInterface::new("127.0.0.1:0")).await;
+
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedServerVerifier::new(s.id.fingerprint())))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let connecting = endpoint
+        .connect_with(
+            quinn::ClientConfig::new(Arc::new(crypto)),
+            s.ep.addr,
+            "masse",
+        )
+        .unwrap();
+    // In TLS 1.3 the client may finish first; the refusal then closes the
+    // connection with CRYPTO_ERROR certificate_required.
+    let reason = match timeout(STEP, connecting).await.expect("handshake hung") {
+        Err(e) => e,
+        Ok(conn) => {
+            if let Ok((mut send, _recv)) = conn.open_bi().await {
+                let _ = send.write_all(b"hello").await;
+            }
+            timeout(STEP, conn.closed()).await.expect("not closed")
+        }
+    };
+    let text = reason.to_string();
+    assert!(
+        text.contains("116") || text.to_lowercase().contains("certificate"),
+        "{text}"
+    );
+    assert!(
+        timeout(Duration::from_millis(300), s.listener.accept())
+            .await
+            .is_err(),
+        "a client without a certificate was accepted"
+    );
+
+    // The listener keeps serving authenticated clients.
+    let client_id = identity("client");
+    let mut dialed = QuicInterface::new("127.0.0.1:0")
+        .connect(
+            &s.ep,
+            &record(s.ep, Some(s.id.fingerprint())),
+            &connect_ctx(&client_id),
+        )
+        .await
+        .unwrap();
+    let accepted = open_and_echo(&mut dialed, &mut s.listener).await;
+    assert_eq!(accepted.peer_identity, Some(client_id.fingerprint()));
+}
+
+#[tokio::test]
+async fn garbage_datagrams_do_not_stall_the_listener() {
+    init_tracing();
+    let mut s = server(QuicInterface::new("127.0.0.1:0")).await;
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for len in [1usize, 20, 1200, 1500] {
+        let mut junk = vec![0xc3u8; len];
+        if len >= 5 {
+            // Looks like a QUIC v1 long header.
+            junk[1..5].copy_from_slice(&1u32.to_be_bytes());
+        }
+        udp.send_to(&junk, s.ep.addr).await.unwrap();
+    }
+    let client_id = identity("client");
+    let mut dialed = QuicInterface::new("127.0.0.1:0")
+        .connect(
+            &s.ep,
+            &record(s.ep, Some(s.id.fingerprint())),
+            &connect_ctx(&client_id),
+        )
+        .await
+        .unwrap();
+    open_and_echo(&mut dialed, &mut s.listener).await;
+}
+
+#[tokio::test]
+async fn stream_limit_is_enforced_and_bounded_by_the_connect_timeout() {
+    init_tracing();
+    let mut s = server(QuicInterface::new("127.0.0.1:0").max_concurrent_streams(2)).await;
+    let client_id = identity("client");
+    let client = QuicInterface::new("127.0.0.1:0");
+    let rec = record(s.ep, Some(s.id.fingerprint()));
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut d = client
+            .connect(&s.ep, &rec, &connect_ctx(&client_id))
+            .await
+            .unwrap();
+        let a = open_and_echo(&mut d, &mut s.listener).await;
+        open.push((d, a));
+    }
+    let short = connect_ctx(&client_id).with_connect_timeout(Duration::from_millis(300));
+    match client.connect(&s.ep, &rec, &short).await {
+        Err(Error::Timeout { .. }) => {}
+        Err(other) => panic!("expected Timeout, got {other:?}"),
+        Ok(_) => panic!("opened a third stream past a limit of 2"),
+    }
+    // Finishing one stream (both directions) frees a slot.
+    let (mut d, mut a) = open.pop().unwrap();
+    d.shutdown().await.unwrap();
+    a.io.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    a.io.read_to_end(&mut rest).await.unwrap();
+    d.read_to_end(&mut rest).await.unwrap();
+    drop((d, a));
+    let mut d = client
+        .connect(&s.ep, &rec, &connect_ctx(&client_id))
+        .await
+        .unwrap();
+    open_and_echo(&mut d, &mut s.listener).await;
+}
+
+#[tokio::test]
+async fn without_a_listener_connections_are_refused_and_streams_reset() {
+    init_tracing();
+    let s = server(QuicInterface::new("127.0.0.1:0")).await;
+    let client_id = identity("client");
+    let client = QuicInterface::new("127.0.0.1:0");
+    let rec = record(s.ep, Some(s.id.fingerprint()));
+    let mut listener = s.listener;
+    let mut d = client
+        .connect(&s.ep, &rec, &connect_ctx(&client_id))
+        .await
+        .unwrap();
+    open_and_echo(&mut d, &mut listener).await;
+    drop(listener);
+
+    // A new stream on the pooled connection is reset by the acceptor.
+    let mut d = client
+        .connect(&s.ep, &rec, &connect_ctx(&client_id))
+        .await
+        .unwrap();
+    let _ = d.write_all(b"hello").await;
+    let _ = d.flush().await;
+    let mut buf = [0u8; 8];
+    let r = timeout(STEP, d.read(&mut buf)).await.expect("read hung");
+    assert!(r.is_err(), "expected a reset stream, read {r:?}");
+
+    // A new connection is refused at once.
+    let other = QuicInterface::new("127.0.0.1:0");
+    match timeout(STEP, other.connect(&s.ep, &rec, &connect_ctx(&client_id))).await {
+        Ok(Err(Error::Io(e))) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}"),
+        Ok(Err(other)) => panic!("expected a refused connection, got {other:?}"),
+        Ok(Ok(_)) => panic!("connected without a listener"),
+        Err(_) => panic!("the dial hung"),
+    }
+
+    // Binding again serves again.
+    let mut listener = s.quic.bind(&bind_ctx(&s.id)).await.unwrap();
+    assert_eq!(listener.endpoints()[0], s.ep);
+    let mut d = other
+        .connect(&s.ep, &rec, &connect_ctx(&client_id))
+        .await
+        .unwrap();
+    open_and_echo(&mut d, &mut listener).await;
+}
+
+#[tokio::test]
+async fn a_second_listener_on_one_interface_is_refused() {
+    let s = server(QuicInterface::new("127.0.0.1:0")).await;
+    assert!(matches!(
+        s.quic.bind(&bind_ctx(&s.id)).await,
+        Err(Error::Config(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_restarted_peer_is_redialed() {
+    init_tracing();
+    let s = server(QuicInterface::new("127.0.0.1:0")).await;
+    let (addr, server_id) = (s.ep.addr, s.id.clone());
+    let client_id = identity("client");
+    let client = QuicInterface::new("127.0.0.1:0");
+    let rec = record(s.ep, Some(server_id.fingerprint()));
+    let mut listener = s.listener;
+    let mut d = client
+        .connect(&s.ep, &rec, &connect_ctx(&client_id))
+        .await
+        .unwrap();
+    let a = open_and_echo(&mut d, &mut listener).await;
+    assert_eq!(client.pooled_connections(), 1);
+
+    // The peer goes away (its connection closes) and comes back on the same
+    // address with the same identity.
+    drop((d, a, listener, s.quic));
+    let restarted = QuicInterface::from_addr(addr);
+    let mut listener = None;
+    for _ in 0..100 {
+        match restarted.bind(&bind_ctx(&server_id)).await {
+            Ok(l) => {
+                listener = Some(l);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let mut listener = listener.expect("could not rebind the restarted peer's address");
+    let mut echoed = false;
+    for _ in 0..3 {
+        let Ok(mut d) = client
+            .connect(&rec.endpoints[0], &rec, &connect_ctx(&client_id))
+            .await
+        else {
+            continue;
+        };
+        if d.write_all(b"x").await.is_err() || d.flush().await.is_err() {
+            continue;
+        }
+        let Ok(Ok(mut a)) = timeout(Duration::from_secs(2), listener.accept()).await else {
+            continue;
+        };
+        let mut b = [0u8; 1];
+        a.io.read_exact(&mut b).await.unwrap();
+        echoed = true;
+        break;
+    }
+    assert!(echoed, "the restarted peer was not reached");
+    assert_eq!(client.pooled_connections(), 1);
+}
+
+#[tokio::test]
+async fn wrong_protocol_and_bad_addresses() {
+    let id = identity("x");
+    let q = QuicInterface::new("127.0.0.1:0");
+    let ep = Endpoint::new(Protocol::Tcp, "127.0.0.1:1".parse().unwrap());
+    assert!(matches!(
+        q.connect(&ep, &record(ep, Some(id.fingerprint())), &connect_ctx(&id))
+            .await,
+        Err(Error::Unsupported(_))
+    ));
+    assert!(matches!(
+        QuicInterface::try_new("localhost:4433"),
+        Err(Error::InvalidAddress {
+            kind: "quic socket address",
+            ..
+        })
+    ));
+    let bad = QuicInterface::new("nope").identity(id.clone());
+    assert!(matches!(
+        bad.bind(&bind_ctx(&id)).await,
+        Err(Error::InvalidAddress { .. })
+    ));
+    let unspecified: SocketAddr = "0.0.0.0:0".parse().unwrap();
+    let q = QuicInterface::new("127.0.0.1:0").advertise(unspecified);
+    assert!(matches!(
+        q.bind(&bind_ctx(&id)).await,
+        Err(Error::InvalidAddress {
+            kind: "advertised address",
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn dialing_works_with_an_unparsable_bind_address() {
+    let s = server(QuicInterface::new("127.0.0.1:0")).await;
+    let mut listener = s.listener;
+    let client_id = identity("client");
+    let bad = QuicInterface::new("not an address");
+    let mut d = bad
+        .connect(
+            &s.ep,
+            &record(s.ep, Some(s.id.fingerprint())),
+            &connect_ctx(&client_id),
+        )
+        .await
+        .unwrap();
+    open_and_echo(&mut d, &mut listener).await;
+}

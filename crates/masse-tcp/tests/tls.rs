@@ -1,0 +1,457 @@
+//! TlsInterface: the interface conformance suite, and the trust model at the
+//! interface level (pinned server fingerprint, mandatory client certificate,
+//! TLS 1.3 only, handshakes that cannot stall the listener).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use masse_core::testkit::InterfaceConformance;
+use masse_core::{
+    Accepted, BindContext, ConnectContext, DynInterface, Endpoint, Error, Fingerprint, Identity,
+    InstanceId, Interface, Listener, PeerRecord, Protocol,
+};
+use masse_tcp::TlsInterface;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::rustls;
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+fn identity(name: &str) -> Arc<Identity> {
+    Arc::new(Identity::generate(name).expect("generate identity"))
+}
+
+fn bind_ctx(id: &Arc<Identity>) -> BindContext {
+    BindContext::new(
+        "test".parse().unwrap(),
+        "acceptor".parse().unwrap(),
+        InstanceId::random(),
+    )
+    .with_identity(id.clone())
+}
+
+fn connect_ctx(id: &Arc<Identity>) -> ConnectContext {
+    ConnectContext::new(
+        "test".parse().unwrap(),
+        "dialer".parse().unwrap(),
+        InstanceId::random(),
+    )
+    .with_identity(id.clone())
+}
+
+fn record(ep: Endpoint, fingerprint: Option<Fingerprint>) -> PeerRecord {
+    let r = PeerRecord::new(
+        "test".parse().unwrap(),
+        "acceptor".parse().unwrap(),
+        InstanceId::random(),
+    )
+    .with_endpoint(ep);
+    match fingerprint {
+        Some(f) => r.with_identity(f),
+        None => r,
+    }
+}
+
+const STEP: Duration = Duration::from_secs(10);
+
+async fn accept(listener: &mut Box<dyn Listener>) -> Accepted {
+    timeout(STEP, listener.accept())
+        .await
+        .expect("accept hung")
+        .expect("accept failed")
+}
+
+/// A 1-byte echo through a dialed stream and the accepted one.
+async fn echo_once(dialed: &mut masse_core::BoxIo, accepted: &mut masse_core::BoxIo) {
+    dialed.write_all(b"x").await.unwrap();
+    dialed.flush().await.unwrap();
+    let mut b = [0u8; 1];
+    timeout(STEP, accepted.read_exact(&mut b))
+        .await
+        .unwrap()
+        .unwrap();
+    accepted.write_all(&b).await.unwrap();
+    accepted.flush().await.unwrap();
+    timeout(STEP, dialed.read_exact(&mut b))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&b, b"x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_ipv4_loopback() {
+    init_tracing();
+    InterfaceConformance::new(|| async {
+        Arc::new(TlsInterface::new("127.0.0.1:0")) as DynInterface
+    })
+    .identity(identity("conformance"))
+    .streams(1000)
+    .payload_max(64 * 1024)
+    .run()
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_ipv6_loopback() {
+    init_tracing();
+    if let Err(e) = std::net::TcpListener::bind("[::1]:0") {
+        tracing::warn!(
+            error = %e,
+            "SKIPPED conformance_ipv6_loopback: this host cannot bind [::1]:0 (no IPv6 loopback)"
+        );
+        return;
+    }
+    InterfaceConformance::new(|| async { Arc::new(TlsInterface::new("[::1]:0")) as DynInterface })
+        .identity(identity("conformance6"))
+        .streams(200)
+        .run()
+        .await;
+}
+
+#[tokio::test]
+async fn accepted_stream_reports_the_dialer_fingerprint() {
+    init_tracing();
+    let (server_id, client_id) = (identity("server"), identity("client"));
+    let tls = TlsInterface::new("127.0.0.1:0");
+    let mut listener = tls.bind(&bind_ctx(&server_id)).await.unwrap();
+    let ep = listener.endpoints()[0];
+    assert_eq!(ep.protocol, Protocol::Tls);
+    let mut dialed = tls
+        .connect(
+            &ep,
+            &record(ep, Some(server_id.fingerprint())),
+            &connect_ctx(&client_id),
+        )
+        .await
+        .unwrap();
+    let mut accepted = accept(&mut listener).await;
+    assert_eq!(accepted.peer_identity, Some(client_id.fingerprint()));
+    assert!(accepted.remote_addr.is_some());
+    echo_once(&mut dialed, &mut accepted.io).await;
+
+    // A second dial (TLS session resumption) still reports the client.
+    let mut dialed = tls
+        .connect(
+            &ep,
+            &record(ep, Some(server_id.fingerprint())),
+            &connect_ctx(&client_id),
+        )
+        .await
+        .unwrap();
+    let mut accepted = accept(&mut listener).await;
+    echo_once(&mut dialed, &mut accepted.io).await;
+    assert_eq!(accepted.peer_identity, Some(client_id.fingerprint()));
+}
+
+#[tokio::test]
+async fn wrong_fingerprint_is_unauthorized_and_the_listener_keeps_working() {
+    init_tracing();
+    let (server_id, client_id, impostor) =
+        (identity("server"), identity("client"), identity("impostor"));
+    let tls = TlsInterface::new("127.0.0.1:0");
+    let mut listener = tls.bind(&bind_ctx(&server_id)).await.unwrap();
+    let ep = listener.endpoints()[0];
+
+    for _ in 0..3 {
+        let wrong = record(ep, Some(impostor.fingerprint()));
+        match tls.connect(&ep, &wrong, &connect_ctx(&client_id)).await {
+            Err(Error::Unauthorized { reason }) => {
+                assert!(
+                    reason.contains(&impostor.fingerprint().to_string()),
+                    "{reason}"
+                );
+                assert!(
+                    reason.contains(&server_id.fingerprint().to_string()),
+                    "{reason}"
+                );
+            }
+            Err(other) => panic!("expected Unauthorized, got {other:?}"),
+            Ok(_) => panic!("dialed a server whose fingerprint differs from the record's"),
+        }
+    }
+
+    // Nothing was accepted, and a correct dial still works.
+    let right = record(ep, Some(server_id.fingerprint()));
+    let mut dialed = tls
+        .connect(&ep, &right, &connect_ctx(&client_id))
+        .await
+        .unwrap();
+    let mut accepted = accept(&mut listener).await;
+    assert_eq!(accepted.peer_identity, Some(client_id.fingerprint()));
+    echo_once(&mut dialed, &mut accepted.io).await;
+}
+
+#[tokio::test]
+async fn record_without_identity_cannot_be_dialed() {
+    let id = identity("any");
+    let tls = TlsInterface::new("127.0.0.1:0");
+    let listener = tls.bind(&bind_ctx(&id)).await.unwrap();
+    let ep = listener.endpoints()[0];
+    match tls.connect(&ep, &record(ep, None), &connect_ctx(&id)).await {
+        Err(Error::Unauthorized { reason }) => assert!(reason.contains("no identity"), "{reason}"),
+        Err(other) => panic!("expected Unauthorized, got {other:?}"),
+        Ok(_) => panic!("dialed a record without identity"),
+    }
+}
+
+#[tokio::test]
+async fn dialing_without_our_identity_is_a_config_error() {
+    let id = identity("server");
+    let tls = TlsInterface::new("127.0.0.1:0").identity(id.clone());
+    let listener = tls.bind(&bind_ctx(&id)).await.unwrap();
+    let ep = listener.endpoints()[0];
+    let bare = TlsInterface::new("127.0.0.1:0");
+    let ctx = ConnectContext::new(
+        "test".parse().unwrap(),
+        "dialer".parse().unwrap(),
+        InstanceId::random(),
+    );
+    match bare
+        .connect(&ep, &record(ep, Some(id.fingerprint())), &ctx)
+        .await
+    {
+        Err(Error::Config(msg)) => assert!(msg.contains("identity"), "{msg}"),
+        Err(other) => panic!("expected Config, got {other:?}"),
+        Ok(_) => panic!("dialed without an identity"),
+    }
+    // The interface's own identity stands in for a context without one.
+    assert!(
+        tls.connect(&ep, &record(ep, Some(id.fingerprint())), &ctx)
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn wrong_protocol_is_unsupported() {
+    let id = identity("x");
+    let tls = TlsInterface::new("127.0.0.1:0");
+    let ep = Endpoint::new(Protocol::Tcp, "127.0.0.1:1".parse().unwrap());
+    assert!(matches!(
+        tls.connect(&ep, &record(ep, Some(id.fingerprint())), &connect_ctx(&id))
+            .await,
+        Err(Error::Unsupported(_))
+    ));
+}
+
+/// A raw rustls client pinned to `server`, with or without a client
+/// certificate, TLS 1.3 only unless `tls12_only`.
+fn raw_client(
+    server: &Identity,
+    client_cert: Option<&Identity>,
+    tls12_only: bool,
+) -> tokio_rustls::TlsConnector {
+    use masse_core::tls::PinnedServerVerifier;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only {
+        &[&rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13]
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(masse_core::tls::provider())
+        .with_protocol_versions(versions)
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedServerVerifier::new(
+            server.fingerprint(),
+        )));
+    let mut config = match client_cert {
+        Some(id) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from(id.cert_der().to_vec())],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key_der().to_vec())),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![masse_core::tls::ALPN.to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+fn server_name() -> rustls::pki_types::ServerName<'static> {
+    masse_core::tls::server_name()
+}
+
+#[tokio::test]
+async fn client_without_certificate_is_refused() {
+    init_tracing();
+    let (server_id, client_id) = (identity("server"), identity("client"));
+    let tls = TlsInterface::new("127.0.0.1:0");
+    let mut listener = tls.bind(&bind_ctx(&server_id)).await.unwrap();
+    let ep = listener.endpoints()[0];
+
+    let tcp = TcpStream::connect(ep.addr).await.unwrap();
+    // In TLS 1.3 the client finishes its side first; the refusal comes as an
+    // alert on the first read.
+    let outcome = match raw_client(&server_id, None, false)
+        .connect(server_name(), tcp)
+        .await
+    {
+        Err(e) => Err(e),
+        Ok(mut s) => {
+            let _ = s.write_all(b"hello").await;
+            let mut buf = [0u8; 16];
+            match timeout(STEP, s.read(&mut buf)).await.expect("read hung") {
+                Ok(0) => Ok(()),
+                Ok(n) => panic!("read {n} bytes from a server that must refuse us"),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    if let Err(e) = &outcome {
+        let text = e.to_string();
+        assert!(
+            text.contains("CertificateRequired") || text.contains("certificate"),
+            "{text}"
+        );
+    }
+    // The listener yields nothing for it ...
+    assert!(
+        timeout(Duration::from_millis(300), listener.accept())
+            .await
+            .is_err(),
+        "a client without a certificate was accepted"
+    );
+    // ... and a client with a certificate is accepted, reporting its fingerprint.
+    let tcp = TcpStream::connect(ep.addr).await.unwrap();
+    let mut s = raw_client(&server_id, Some(&client_id), false)
+        .connect(server_name(), tcp)
+        .await
+        .unwrap();
+    s.write_all(b"x").await.unwrap();
+    s.flush().await.unwrap();
+    let mut accepted = accept(&mut listener).await;
+    assert_eq!(accepted.peer_identity, Some(client_id.fingerprint()));
+    let mut b = [0u8; 1];
+    accepted.io.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"x");
+}
+
+#[tokio::test]
+async fn tls12_is_refused() {
+    init_tracing();
+    let (server_id, client_id) = (identity("server"), identity("client"));
+    let tls = TlsInterface::new("127.0.0.1:0");
+    let mut listener = tls.bind(&bind_ctx(&server_id)).await.unwrap();
+    let ep = listener.endpoints()[0];
+    let tcp = TcpStream::connect(ep.addr).await.unwrap();
+    let result = raw_client(&server_id, Some(&client_id), true)
+        .connect(server_name(), tcp)
+        .await;
+    assert!(result.is_err(), "a TLS 1.2 handshake succeeded");
+    assert!(
+        timeout(Duration::from_millis(300), listener.accept())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn silent_clients_do_not_stall_accept_and_time_out() {
+    init_tracing();
+    let (server_id, client_id) = (identity("server"), identity("client"));
+    let tls = TlsInterface::new("127.0.0.1:0").handshake_timeout(Duration::from_millis(300));
+    let mut listener = tls.bind(&bind_ctx(&server_id)).await.unwrap();
+    let ep = listener.endpoints()[0];
+
+    // Connections that never send a ClientHello, and one that sends half of one.
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(TcpStream::connect(ep.addr).await.unwrap());
+    }
+    let mut partial = TcpStream::connect(ep.addr).await.unwrap();
+    partial
+        .write_all(b"\x16\x03\x01\x02\x00\x01")
+        .await
+        .unwrap();
+
+    // A real dial is accepted at once regardless.
+    let started = std::time::Instant::now();
+    let mut dialed = tls
+        .connect(
+            &ep,
+            &record(ep, Some(server_id.fingerprint())),
+            &connect_ctx(&client_id),
+        )
+        .await
+        .unwrap();
+    let mut accepted = accept(&mut listener).await;
+    echo_once(&mut dialed, &mut accepted.io).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The silent ones are dropped after the handshake timeout.
+    for s in silent.iter_mut().chain(std::iter::once(&mut partial)) {
+        let mut buf = [0u8; 64];
+        let r = timeout(Duration::from_secs(3), s.read(&mut buf))
+            .await
+            .expect("a silent client was not dropped after the handshake timeout");
+        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    }
+}
+
+#[tokio::test]
+async fn limited_handshakes_still_serve_everyone() {
+    init_tracing();
+    let (server_id, client_id) = (identity("server"), identity("client"));
+    let tls = TlsInterface::new("127.0.0.1:0").max_concurrent_handshakes(2);
+    let listener = tls.bind(&bind_ctx(&server_id)).await.unwrap();
+    let ep = listener.endpoints()[0];
+    let server = tokio::spawn(async move {
+        let mut listener = listener;
+        for _ in 0..20 {
+            let mut a = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut b = [0u8; 1];
+                a.io.read_exact(&mut b).await.unwrap();
+                a.io.write_all(&b).await.unwrap();
+                a.io.flush().await.unwrap();
+            });
+        }
+    });
+    let mut dials = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (tls, client_id) = (tls.clone(), client_id.clone());
+        let rec = record(ep, Some(server_id.fingerprint()));
+        dials.spawn(async move {
+            let mut s = tls
+                .connect(&ep, &rec, &connect_ctx(&client_id))
+                .await
+                .unwrap();
+            s.write_all(b"y").await.unwrap();
+            s.flush().await.unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+            assert_eq!(&b, b"y");
+        });
+    }
+    while let Some(r) = timeout(STEP, dials.join_next()).await.unwrap() {
+        r.unwrap();
+    }
+    timeout(STEP, server).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn dropped_listener_refuses() {
+    let id = identity("x");
+    let tls = TlsInterface::new("127.0.0.1:0");
+    let listener = tls.bind(&bind_ctx(&id)).await.unwrap();
+    let ep = listener.endpoints()[0];
+    drop(listener);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let addr: SocketAddr = ep.addr;
+    assert!(TcpStream::connect(addr).await.is_err());
+}
