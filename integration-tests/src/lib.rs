@@ -1,6 +1,8 @@
 //! Shared helpers for the masse integration tests: logging, node set-up on
 //! loopback, payload checksums.
 
+pub mod mariadb;
+pub mod postgres;
 pub mod redis;
 pub mod server;
 

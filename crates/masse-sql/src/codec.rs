@@ -1,0 +1,228 @@
+//! Rows to records and events: pure functions, so that whatever is stored in
+//! the tables (hand edits, other versions, garbage) ends as a warning and a
+//! skipped row, never as a panic or a failed call.
+
+use masse_core::{InstanceId, Namespace, PeerName, PeerRecord, RegistryEvent};
+
+use crate::store::{EXPIRED, JOINED, LEFT, RawEvent, RawPeer, UPDATED};
+
+/// Longest stored text quoted in a warning.
+const QUOTE: usize = 80;
+
+fn quote(s: &str) -> String {
+    let mut end = s.len().min(QUOTE);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < s.len() {
+        format!("{}…", &s[..end])
+    } else {
+        s.to_owned()
+    }
+}
+
+/// Parses a stored record, checking it belongs where it was found.
+pub(crate) fn parse_record(ns: &Namespace, name: &str, json: &str) -> Option<PeerRecord> {
+    let record = match PeerRecord::from_json(json.as_bytes()) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(namespace = %ns, name, error = %e, stored = %quote(json), "skipping unreadable peer record");
+            return None;
+        }
+    };
+    if record.namespace != *ns || record.name.as_str() != name {
+        tracing::warn!(
+            namespace = %ns, name,
+            record_namespace = %record.namespace, record_name = %record.name,
+            "skipping peer record stored under another name"
+        );
+        return None;
+    }
+    if record.version > PeerRecord::VERSION {
+        tracing::warn!(
+            namespace = %ns, name, version = record.version, supported = PeerRecord::VERSION,
+            "peer record from a newer writer; reading the fields this build knows"
+        );
+    }
+    Some(record)
+}
+
+/// The readable rows of a lookup, sorted by name.
+pub(crate) fn records(
+    ns: &Namespace,
+    rows: Vec<RawPeer>,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<PeerRecord> {
+    let mut out: Vec<PeerRecord> = rows
+        .into_iter()
+        .filter_map(|(name, json)| {
+            let Some(name) = name else {
+                tracing::warn!(namespace = %ns, "skipping peer row whose name is not text");
+                return None;
+            };
+            if !keep(&name) {
+                return None;
+            }
+            let Some(json) = json else {
+                tracing::warn!(namespace = %ns, %name, "skipping peer row whose record is not text");
+                return None;
+            };
+            parse_record(ns, &name, &json)
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// An event row as a [`RegistryEvent`], or `None` (with a warning) if it cannot be one.
+pub(crate) fn event(ns: &Namespace, raw: &RawEvent) -> Option<RegistryEvent> {
+    let skip = |why: &str| {
+        tracing::warn!(namespace = %ns, id = raw.id, kind = ?raw.kind, name = ?raw.name, "skipping event: {why}");
+        None
+    };
+    let (Some(kind), Some(name)) = (raw.kind.as_deref(), raw.name.as_deref()) else {
+        return skip("kind or name is not text");
+    };
+    match kind {
+        JOINED | UPDATED => {
+            let Some(json) = raw.record.as_deref() else {
+                return skip("no record");
+            };
+            let record = parse_record(ns, name, json)?;
+            Some(if kind == JOINED {
+                RegistryEvent::Joined(record)
+            } else {
+                RegistryEvent::Updated(record)
+            })
+        }
+        LEFT | EXPIRED => {
+            let Ok(name) = name.parse::<PeerName>() else {
+                return skip("invalid name");
+            };
+            let Some(Ok(instance)) = raw.instance.as_deref().map(str::parse::<InstanceId>) else {
+                return skip("invalid instance");
+            };
+            Some(if kind == LEFT {
+                RegistryEvent::Left { name, instance }
+            } else {
+                RegistryEvent::Expired { name, instance }
+            })
+        }
+        _ => skip("unknown kind (written by a newer version?)"),
+    }
+}
+
+/// The half-open range of names `[prefix, upper)` that holds every name
+/// starting with `prefix`, or `None` if no valid name can start with it.
+pub(crate) fn prefix_range(prefix: &str) -> Option<(String, String)> {
+    // Names are ASCII letters, digits, '.', '_' and '-': a prefix with any
+    // other byte matches nothing, and bumping the last byte stays ASCII.
+    let valid = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
+    if !prefix.bytes().all(valid) {
+        return None;
+    }
+    let mut upper = prefix.as_bytes().to_vec();
+    let last = upper.last_mut()?;
+    *last += 1;
+    let upper = String::from_utf8(upper).ok()?;
+    Some((prefix.to_owned(), upper))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns() -> Namespace {
+        "prod".parse().unwrap()
+    }
+
+    fn rec(name: &str) -> PeerRecord {
+        PeerRecord::new(ns(), name.parse().unwrap(), InstanceId::random())
+    }
+
+    #[test]
+    fn garbage_rows_are_skipped() {
+        let good = rec("a");
+        let mut newer: serde_json::Value = serde_json::from_str(&rec("b").to_json()).unwrap();
+        newer["version"] = 99.into();
+        newer["unknown"] = serde_json::json!({"x": [1, 2]});
+        let elsewhere = rec("c");
+        let rows = vec![
+            (Some("z".into()), Some("not json".into())),
+            (Some("a".into()), Some(good.to_json())),
+            (None, Some(good.to_json())),
+            (Some("y".into()), None),
+            (Some("b".into()), Some(newer.to_string())),
+            (Some("d".into()), Some(elsewhere.to_json())),
+            (Some("x".into()), Some("{\"version\":1}".into())),
+        ];
+        let got = records(&ns(), rows, |_| true);
+        let names: Vec<&str> = got.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(got[1].version, 99);
+    }
+
+    #[test]
+    fn events_decode_or_skip() {
+        let r = rec("a");
+        let raw = |kind: &str, record: Option<String>| RawEvent {
+            id: 1,
+            kind: Some(kind.into()),
+            name: Some("a".into()),
+            instance: Some(r.instance.to_string()),
+            record,
+        };
+        assert_eq!(
+            event(&ns(), &raw("joined", Some(r.to_json()))),
+            Some(RegistryEvent::Joined(r.clone()))
+        );
+        assert_eq!(
+            event(&ns(), &raw("updated", Some(r.to_json()))),
+            Some(RegistryEvent::Updated(r.clone()))
+        );
+        assert_eq!(
+            event(&ns(), &raw("left", None)),
+            Some(RegistryEvent::Left {
+                name: r.name.clone(),
+                instance: r.instance
+            })
+        );
+        assert_eq!(
+            event(&ns(), &raw("expired", None)),
+            Some(RegistryEvent::Expired {
+                name: r.name.clone(),
+                instance: r.instance
+            })
+        );
+        assert_eq!(event(&ns(), &raw("joined", None)), None);
+        assert_eq!(event(&ns(), &raw("joined", Some("{".into()))), None);
+        assert_eq!(event(&ns(), &raw("renamed", None)), None);
+        let mut bad = raw("left", None);
+        bad.instance = Some("zz".into());
+        assert_eq!(event(&ns(), &bad), None);
+        bad.kind = None;
+        assert_eq!(event(&ns(), &bad), None);
+    }
+
+    #[test]
+    fn prefix_ranges() {
+        assert_eq!(
+            prefix_range("worker-"),
+            Some(("worker-".into(), "worker.".into()))
+        );
+        assert_eq!(prefix_range("db"), Some(("db".into(), "dc".into())));
+        assert_eq!(prefix_range("z"), Some(("z".into(), "{".into())));
+        assert_eq!(prefix_range(""), None);
+        assert_eq!(prefix_range("%"), None);
+        assert_eq!(prefix_range("é"), None);
+    }
+
+    #[test]
+    fn quotes_are_clipped_on_char_boundaries() {
+        let s = "é".repeat(100);
+        let q = quote(&s);
+        assert!(q.ends_with('…'));
+        assert!(q.len() <= QUOTE + '…'.len_utf8());
+        assert_eq!(quote("short"), "short");
+    }
+}

@@ -1,0 +1,160 @@
+//! [`SqlConfig`]: tuning knobs of a [`SqlRegistry`](crate::SqlRegistry).
+
+use std::time::Duration;
+
+use masse_core::{Error, Result};
+
+/// Settings of a [`SqlRegistry`](crate::SqlRegistry), built with chained setters:
+///
+/// ```
+/// use std::time::Duration;
+/// use masse_sql::SqlConfig;
+///
+/// let config = SqlConfig::new()
+///     .poll_interval(Duration::from_millis(100))
+///     .event_retention(Duration::from_secs(600))
+///     .pool_size(8);
+/// # let _ = config;
+/// ```
+#[derive(Debug, Clone)]
+pub struct SqlConfig {
+    pub(crate) poll_interval: Duration,
+    pub(crate) event_retention: Duration,
+    pub(crate) max_events: u64,
+    pub(crate) pool_size: u32,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) lookup_timeout: Duration,
+    pub(crate) busy_timeout: Duration,
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        SqlConfig {
+            poll_interval: Duration::from_millis(250),
+            event_retention: Duration::from_secs(3600),
+            max_events: 100_000,
+            pool_size: 5,
+            connect_timeout: Duration::from_secs(5),
+            lookup_timeout: Duration::from_secs(5),
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl SqlConfig {
+    /// The defaults: poll every 250 ms, keep events for 1 h (at most 100 000),
+    /// 5 pooled connections, 5 s connect and lookup timeouts, 5 s SQLite busy timeout.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How often each handle reads new events for its watchers and sweeps
+    /// expired records (default 250 ms). On PostgreSQL, `LISTEN`/`NOTIFY`
+    /// wakes watchers at once and polling is the fallback. An `Expired` event
+    /// arrives at most about two intervals after the deadline.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// How long events stay in `masse_events` (default 1 h). A watcher whose
+    /// cursor falls behind what was pruned (it was disconnected for longer)
+    /// receives [`RegistryEvent::Resync`](masse_core::RegistryEvent::Resync).
+    pub fn event_retention(mut self, retention: Duration) -> Self {
+        self.event_retention = retention;
+        self
+    }
+
+    /// At most about this many events are kept (default 100 000), whatever their age.
+    pub fn max_events(mut self, max: u64) -> Self {
+        self.max_events = max;
+        self
+    }
+
+    /// Connections in the pool of each handle (default 5; an in-memory SQLite
+    /// database always uses one). PostgreSQL handles hold one more for `LISTEN`.
+    pub fn pool_size(mut self, size: u32) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// How long to wait for a connection, at start and for every call
+    /// afterwards (default 5 s). A database that cannot be reached within it
+    /// is [`Error::RegistryUnavailable`].
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The longest one registry call (lookup, and also publish, refresh,
+    /// unpublish and setting up a watch) may take before it fails with
+    /// [`Error::Timeout`] (default 5 s).
+    pub fn lookup_timeout(mut self, timeout: Duration) -> Self {
+        self.lookup_timeout = timeout;
+        self
+    }
+
+    /// SQLite only: how long a writer waits for another process's write
+    /// transaction on the same file (default 5 s).
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let nonzero = [
+            ("poll_interval", self.poll_interval),
+            ("event_retention", self.event_retention),
+            ("connect_timeout", self.connect_timeout),
+            ("lookup_timeout", self.lookup_timeout),
+        ];
+        for (what, d) in nonzero {
+            if d.is_zero() {
+                return Err(Error::Config(format!(
+                    "SqlConfig::{what} must be greater than zero"
+                )));
+            }
+        }
+        if self.pool_size == 0 {
+            return Err(Error::Config(
+                "SqlConfig::pool_size must be at least 1".into(),
+            ));
+        }
+        if self.max_events == 0 {
+            return Err(Error::Config(
+                "SqlConfig::max_events must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// How often the event log is pruned.
+    pub(crate) fn prune_every(&self) -> Duration {
+        (self.event_retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_zero_is_not() {
+        assert!(SqlConfig::new().validate().is_ok());
+        assert!(
+            SqlConfig::new()
+                .poll_interval(Duration::ZERO)
+                .validate()
+                .is_err()
+        );
+        assert!(SqlConfig::new().pool_size(0).validate().is_err());
+        assert!(SqlConfig::new().max_events(0).validate().is_err());
+        assert_eq!(SqlConfig::new().prune_every(), Duration::from_secs(60));
+        assert_eq!(
+            SqlConfig::new()
+                .event_retention(Duration::from_millis(10))
+                .prune_every(),
+            Duration::from_secs(1)
+        );
+    }
+}

@@ -1,0 +1,640 @@
+//! [`SqlRegistry`]: the handle, its background tasks and the
+//! [`Registry`] implementation.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use masse_core::{
+    Error, InstanceId, NamePolicy, Namespace, Pattern, PeerName, PeerRecord, Registry,
+    RegistryEvent, Result,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::codec;
+use crate::config::SqlConfig;
+use crate::error::{Fail, is_retryable, map_err};
+use crate::store::{Backend, Scan};
+use crate::watch::{Hub, STREAM_CAPACITY};
+
+/// How many times a transaction that lost a race (deadlock, serialization
+/// failure, concurrent insert, busy SQLite file) is run again.
+const ATTEMPTS: u32 = 8;
+
+/// A [`Registry`] in an SQL database: SQLite (the embedded default),
+/// PostgreSQL, or MySQL/MariaDB.
+///
+/// Every handle on the same database sees the same peers, whether it lives
+/// in this process or another one. Cloning is cheap and gives another
+/// reference to the same handle (same pool, same pollers).
+///
+/// ```no_run
+/// # async fn doc() -> masse_core::Result<()> {
+/// use masse_sql::SqlRegistry;
+/// let local = SqlRegistry::connect("sqlite://./masse/registry.db?mode=rwc").await?;
+/// let shared = SqlRegistry::connect("postgres://masse:secret@db.internal/masse").await?;
+/// # let _ = (local, shared); Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SqlRegistry {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    backend: Arc<dyn Backend>,
+    config: SqlConfig,
+    /// The URL with its password masked.
+    url: String,
+    hubs: Mutex<HashMap<String, Arc<Hub>>>,
+    /// Background tasks end when this handle (and with it the sender) is dropped.
+    shutdown: watch::Receiver<()>,
+    _shutdown: watch::Sender<()>,
+}
+
+/// Starts a background task given the handle (weakly) and its shutdown signal.
+pub(crate) type Spawn = Box<dyn FnOnce(Weak<Inner>, watch::Receiver<()>) + Send>;
+
+/// What a dialect's `connect` hands back.
+pub(crate) struct Connected {
+    pub(crate) backend: Arc<dyn Backend>,
+    /// Starts a task that wakes pollers when the database says so (PostgreSQL).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) listen: Option<Spawn>,
+}
+
+impl SqlRegistry {
+    /// Connects with the default [`SqlConfig`]; see [`connect_with`](Self::connect_with).
+    pub async fn connect(url: &str) -> Result<SqlRegistry> {
+        Self::connect_with(url, SqlConfig::default()).await
+    }
+
+    /// Connects to the database at `url`, creates the tables if they are
+    /// missing, and starts this handle's sweeper.
+    ///
+    /// - `sqlite://path/to/file.db` (created with its directory unless the URL
+    ///   sets `mode=`), `sqlite::memory:` (private to this handle);
+    /// - `postgres://user:password@host:port/database` or `postgresql://…`;
+    /// - `mysql://user:password@host:port/database` or `mariadb://…`.
+    ///
+    /// An unknown scheme, or one whose Cargo feature is not enabled, is
+    /// [`Error::InvalidAddress`] naming the feature; a database that cannot be
+    /// reached is [`Error::RegistryUnavailable`].
+    pub async fn connect_with(url: &str, config: SqlConfig) -> Result<SqlRegistry> {
+        config.validate()?;
+        let shown = redact(url);
+        let scheme = scheme(url).ok_or_else(|| Error::InvalidAddress {
+            kind: "registry url",
+            input: shown.clone(),
+            reason: "expected a URL such as sqlite://path, postgres://… or mysql://…".into(),
+        })?;
+        let deadline = config.connect_timeout + Duration::from_secs(30);
+        let opened = tokio::time::timeout(deadline, open(&scheme, url, &shown, &config))
+            .await
+            .map_err(|_| Error::Timeout {
+                what: "connecting to the SQL registry",
+                after: deadline,
+            })??;
+        let (tx, rx) = watch::channel(());
+        let inner = Arc::new(Inner {
+            backend: opened.backend,
+            config,
+            url: shown,
+            hubs: Mutex::new(HashMap::new()),
+            shutdown: rx,
+            _shutdown: tx,
+        });
+        tokio::spawn(maintain(
+            inner.backend.clone(),
+            Arc::downgrade(&inner),
+            inner.shutdown.clone(),
+            inner.config.clone(),
+        ));
+        if let Some(listen) = opened.listen {
+            listen(Arc::downgrade(&inner), inner.shutdown.clone());
+        }
+        tracing::info!(backend = inner.backend.name(), url = %inner.url, "SQL registry connected");
+        Ok(SqlRegistry { inner })
+    }
+
+    /// The database behind this handle: `"sqlite"`, `"postgres"` or `"mysql"`.
+    pub fn backend(&self) -> &'static str {
+        self.inner.backend.name()
+    }
+
+    /// Stores `bytes` as the record of `name`, bypassing every check, as a
+    /// damaged or foreign writer would. For tests of reader robustness only.
+    #[doc(hidden)]
+    pub async fn store_raw_record(
+        &self,
+        ns: &Namespace,
+        name: &PeerName,
+        bytes: &[u8],
+        ttl: Duration,
+    ) -> Result<()> {
+        let ttl_ms = ttl_millis(ttl)?;
+        self.call("store raw record", || {
+            self.inner
+                .backend
+                .store_raw(ns.as_str(), name.as_str(), bytes, ttl_ms)
+        })
+        .await
+    }
+
+    /// Runs one backend call under the lookup timeout, again after lost races.
+    async fn call<T, F, Fut>(&self, what: &'static str, mut f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<T, Fail>>,
+    {
+        let backend = self.inner.backend.name();
+        let attempts = async {
+            let mut attempt = 0;
+            loop {
+                match f().await {
+                    Ok(v) => return Ok(v),
+                    Err(Fail::Masse(e)) => return Err(e),
+                    Err(Fail::Db(e)) if attempt + 1 < ATTEMPTS && is_retryable(&e) => {
+                        attempt += 1;
+                        tracing::debug!(what, attempt, error = %e, "lost a race in the database; running the transaction again");
+                        tokio::time::sleep(backoff(attempt)).await;
+                    }
+                    Err(Fail::Db(e)) => return Err(map_err(backend, e)),
+                }
+            }
+        };
+        let deadline = self.inner.config.lookup_timeout;
+        tokio::time::timeout(deadline, attempts)
+            .await
+            .unwrap_or(Err(Error::Timeout {
+                what,
+                after: deadline,
+            }))
+    }
+}
+
+/// A few milliseconds, growing, with jitter so that racers spread out.
+fn backoff(attempt: u32) -> Duration {
+    let jitter = (InstanceId::random().as_u128() % 5) as u64;
+    Duration::from_millis(u64::from(attempt) * 3 + jitter)
+}
+
+async fn open(scheme: &str, url: &str, shown: &str, config: &SqlConfig) -> Result<Connected> {
+    let _ = (url, config);
+    if scheme != "sqlite" && requires_tls(url) && !cfg!(feature = "tls-rustls-ring") {
+        return Err(Error::InvalidAddress {
+            kind: "registry url",
+            input: shown.to_owned(),
+            reason: "the URL requires TLS, which is not compiled in: enable the \
+                     `tls-rustls-ring` feature of masse-sql (or `tls` of masse)"
+                .into(),
+        });
+    }
+    match scheme {
+        "sqlite" => {
+            #[cfg(feature = "sqlite")]
+            return crate::sqlite::connect(url, shown, config).await;
+            #[cfg(not(feature = "sqlite"))]
+            return Err(feature_off(shown, "sqlite", "SQLite"));
+        }
+        "postgres" | "postgresql" => {
+            #[cfg(feature = "postgres")]
+            return crate::postgres::connect(url, shown, config).await;
+            #[cfg(not(feature = "postgres"))]
+            return Err(feature_off(shown, "postgres", "PostgreSQL"));
+        }
+        "mysql" | "mariadb" => {
+            #[cfg(feature = "mysql")]
+            return crate::mysql::connect(url, shown, config).await;
+            #[cfg(not(feature = "mysql"))]
+            return Err(feature_off(shown, "mysql", "MySQL/MariaDB"));
+        }
+        other => Err(Error::InvalidAddress {
+            kind: "registry url",
+            input: shown.to_owned(),
+            reason: format!(
+                "unknown scheme `{other}:`; the SQL registry takes sqlite:, postgres:, postgresql:, mysql: and mariadb:"
+            ),
+        }),
+    }
+}
+
+#[allow(dead_code)]
+fn feature_off(shown: &str, feature: &str, what: &str) -> Error {
+    Error::InvalidAddress {
+        kind: "registry url",
+        input: shown.to_owned(),
+        reason: format!(
+            "{what} support is not compiled in: enable the `{feature}` feature of masse-sql (or of masse)"
+        ),
+    }
+}
+
+/// Does the URL insist on TLS (`sslmode=require`, `ssl-mode=VERIFY_CA`, …)?
+fn requires_tls(url: &str) -> bool {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let query = query.split_once('#').map_or(query, |(q, _)| q);
+    query.split('&').any(|pair| {
+        pair.split_once('=').is_some_and(|(k, v)| {
+            matches!(k, "sslmode" | "ssl-mode")
+                && matches!(
+                    v.to_ascii_lowercase().replace('_', "-").as_str(),
+                    "require" | "required" | "verify-ca" | "verify-full" | "verify-identity"
+                )
+        })
+    })
+}
+
+/// The URL scheme, lower-cased (`sqlite::memory:` has scheme `sqlite`).
+fn scheme(url: &str) -> Option<String> {
+    let (scheme, _) = url.split_once(':')?;
+    let ok = !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    ok.then(|| scheme.to_ascii_lowercase())
+}
+
+/// The URL with passwords masked (user info and `password=`-like query
+/// parameters), clipped to 200 bytes: safe for logs, errors and `Debug`.
+pub(crate) fn redact(url: &str) -> String {
+    let (head, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
+    };
+    let auth_len = if head.is_empty() {
+        0
+    } else {
+        rest.find(['/', '?', '#']).unwrap_or(rest.len())
+    };
+    let (auth, tail) = rest.split_at(auth_len);
+    let auth = match auth.rfind('@') {
+        Some(at) => {
+            let (user_info, host) = auth.split_at(at);
+            match user_info.split_once(':') {
+                Some((user, _)) => format!("{user}:***{host}"),
+                None => auth.to_owned(),
+            }
+        }
+        None => auth.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let (query, fragment) = match query.split_once('#') {
+                Some((q, f)) => (q, Some(f)),
+                None => (query, None),
+            };
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if is_secret(k) => format!("{k}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            let mut t = format!("{path}?{}", query.join("&"));
+            if let Some(f) = fragment {
+                t.push('#');
+                t.push_str(f);
+            }
+            t
+        }
+        None => tail.to_owned(),
+    };
+    clip(&format!("{head}{auth}{tail}"))
+}
+
+fn is_secret(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k.contains("password") || k.contains("secret") || k == "sslkey" || k == "ssl-key"
+}
+
+fn clip(s: &str) -> String {
+    const MAX: usize = 200;
+    if s.len() <= MAX {
+        return s.to_owned();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+fn ttl_millis(ttl: Duration) -> Result<i64> {
+    if ttl.is_zero() {
+        return Err(Error::Config("ttl must be greater than zero".into()));
+    }
+    // At least 1 ms; far-future ttls are capped well away from overflow.
+    let ms = ttl.as_nanos().div_ceil(1_000_000);
+    Ok(i64::try_from(ms).unwrap_or(i64::MAX).clamp(1, i64::MAX / 4))
+}
+
+impl Inner {
+    /// The poller of `ns`, started if there is none.
+    fn hub(self: &Arc<Self>, ns: &Namespace) -> Arc<Hub> {
+        let mut hubs = self.lock_hubs();
+        if let Some(hub) = hubs.get(ns.as_str()) {
+            return hub.clone();
+        }
+        let hub = Arc::new(Hub::new(ns.clone()));
+        hubs.insert(ns.as_str().to_owned(), hub.clone());
+        tokio::spawn(crate::watch::run(
+            hub.clone(),
+            self.backend.clone(),
+            Arc::downgrade(self),
+            self.shutdown.clone(),
+            self.config.poll_interval,
+            self.config.lookup_timeout,
+        ));
+        hub
+    }
+
+    /// Called by a hub that stops, under its state lock.
+    pub(crate) fn forget_hub(&self, hub: &Arc<Hub>) {
+        let mut hubs = self.lock_hubs();
+        if hubs
+            .get(hub.ns.as_str())
+            .is_some_and(|h| Arc::ptr_eq(h, hub))
+        {
+            hubs.remove(hub.ns.as_str());
+        }
+    }
+
+    /// Makes the poller of `ns` (or of every namespace) read now.
+    pub(crate) fn wake(&self, ns: Option<&str>) {
+        let hubs = self.lock_hubs();
+        match ns {
+            Some(ns) => {
+                if let Some(h) = hubs.get(ns) {
+                    h.wake.notify_one();
+                }
+            }
+            None => hubs.values().for_each(|h| h.wake.notify_one()),
+        }
+    }
+
+    fn lock_hubs(&self) -> MutexGuard<'_, HashMap<String, Arc<Hub>>> {
+        // The map is only ever inserted into or removed from: still sound
+        // after a panic elsewhere.
+        self.hubs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Sweeps expired records every poll interval and prunes old events now and
+/// then; ends with the handle.
+async fn maintain(
+    backend: Arc<dyn Backend>,
+    registry: Weak<Inner>,
+    mut shutdown: watch::Receiver<()>,
+    config: SqlConfig,
+) {
+    let prune_every = config.prune_every();
+    let mut next_prune = tokio::time::Instant::now() + prune_every;
+    let retention_ms = i64::try_from(config.event_retention.as_millis()).unwrap_or(i64::MAX);
+    let max_events = i64::try_from(config.max_events).unwrap_or(i64::MAX);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(config.poll_interval) => {}
+        }
+        let swept = tokio::time::timeout(config.lookup_timeout, backend.sweep()).await;
+        let error = match swept {
+            Ok(Ok(touched)) => {
+                if let Some(inner) = registry.upgrade() {
+                    touched.iter().for_each(|ns| inner.wake(Some(ns)));
+                }
+                None
+            }
+            Ok(Err(Fail::Db(e))) if is_retryable(&e) => {
+                tracing::debug!(error = %e, "sweep lost a race; next tick");
+                None
+            }
+            Ok(Err(Fail::Db(e))) => Some(map_err(backend.name(), e).to_string()),
+            Ok(Err(Fail::Masse(e))) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {:?}", config.lookup_timeout)),
+        };
+        match error {
+            None if failing => {
+                failing = false;
+                tracing::info!("expired-record sweeper works again");
+            }
+            None => {}
+            Some(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "cannot sweep expired records; retrying");
+            }
+            Some(e) => tracing::debug!(error = %e, "still cannot sweep expired records"),
+        }
+        if tokio::time::Instant::now() >= next_prune {
+            next_prune = tokio::time::Instant::now() + prune_every;
+            match tokio::time::timeout(
+                config.lookup_timeout,
+                backend.prune(retention_ms, max_events),
+            )
+            .await
+            {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::debug!(deleted = n, "pruned old registry events"),
+                Ok(Err(Fail::Db(e))) => tracing::debug!(error = %e, "pruning events failed; later"),
+                Ok(Err(Fail::Masse(e))) => {
+                    tracing::debug!(error = %e, "pruning events failed; later")
+                }
+                Err(_) => tracing::debug!("pruning events timed out; later"),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Registry for SqlRegistry {
+    async fn publish(&self, record: &PeerRecord, ttl: Duration, policy: NamePolicy) -> Result<()> {
+        let ttl_ms = ttl_millis(ttl)?;
+        let json = record.to_json();
+        let wrote = self
+            .call("publish", || {
+                self.inner.backend.publish(record, &json, ttl_ms, policy)
+            })
+            .await?;
+        if wrote {
+            self.inner.wake(Some(record.namespace.as_str()));
+        }
+        Ok(())
+    }
+
+    async fn refresh(
+        &self,
+        ns: &Namespace,
+        name: &PeerName,
+        instance: InstanceId,
+        ttl: Duration,
+    ) -> Result<()> {
+        let ttl_ms = ttl_millis(ttl)?;
+        let instance_text = instance.to_string();
+        let owned = self
+            .call("refresh", || {
+                self.inner
+                    .backend
+                    .refresh(ns.as_str(), name.as_str(), &instance_text, ttl_ms)
+            })
+            .await?;
+        if owned {
+            Ok(())
+        } else {
+            Err(Error::NameLost {
+                name: name.to_string(),
+                instance,
+            })
+        }
+    }
+
+    async fn unpublish(&self, ns: &Namespace, name: &PeerName, instance: InstanceId) -> Result<()> {
+        let instance = instance.to_string();
+        let removed = self
+            .call("unpublish", || {
+                self.inner
+                    .backend
+                    .unpublish(ns.as_str(), name.as_str(), &instance)
+            })
+            .await?;
+        if removed {
+            self.inner.wake(Some(ns.as_str()));
+        }
+        Ok(())
+    }
+
+    async fn lookup(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<PeerRecord>> {
+        let range;
+        let scan = match pattern.as_exact() {
+            Some(name) => Scan::Exact(name.as_str()),
+            None if pattern.literal_prefix().is_empty() => Scan::All,
+            None => match codec::prefix_range(pattern.literal_prefix()) {
+                Some(r) => {
+                    range = r;
+                    Scan::Range(&range.0, &range.1)
+                }
+                // No valid name starts like that.
+                None => return Ok(Vec::new()),
+            },
+        };
+        let rows = self
+            .call("lookup", || self.inner.backend.lookup(ns.as_str(), scan))
+            .await?;
+        Ok(codec::records(ns, rows, |name| pattern.matches(name)))
+    }
+
+    async fn watch(&self, ns: &Namespace) -> Result<BoxStream<'static, Result<RegistryEvent>>> {
+        let (tx, mut rx) = mpsc::channel(STREAM_CAPACITY);
+        loop {
+            let hub = self.inner.hub(ns);
+            let mut st = hub.state.lock().await;
+            if st.closed {
+                // It stopped between the map and the lock; a new one is on the map.
+                continue;
+            }
+            // Under the hub's lock no poll is running: every event after
+            // `head` reaches this stream, and none before it.
+            let head = self.call("watch", || self.inner.backend.head()).await?;
+            st.subscribe(tx, head);
+            break;
+        }
+        Ok(Box::pin(futures::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+        })))
+    }
+}
+
+impl fmt::Debug for SqlRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlRegistry")
+            .field("backend", &self.inner.backend.name())
+            .field("url", &self.inner.url)
+            .field("watched_namespaces", &self.inner.lock_hubs().len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        let cases = [
+            (
+                "postgres://masse:s3cret@db:5432/reg",
+                "postgres://masse:***@db:5432/reg",
+            ),
+            (
+                "mysql://root:p@ss:w@rd@127.0.0.1/m?ssl-mode=required",
+                "mysql://root:***@127.0.0.1/m?ssl-mode=required",
+            ),
+            (
+                "postgresql://u@h/db?password=hunter2&sslmode=require",
+                "postgresql://u@h/db?password=***&sslmode=require",
+            ),
+            (
+                "sqlite://./data/reg.db?mode=rwc",
+                "sqlite://./data/reg.db?mode=rwc",
+            ),
+            ("sqlite::memory:", "sqlite::memory:"),
+            ("postgres://h/db#frag", "postgres://h/db#frag"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(redact(url), want);
+        }
+        assert!(redact(&"x".repeat(500)).len() < 210);
+    }
+
+    #[test]
+    fn schemes() {
+        assert_eq!(scheme("sqlite::memory:").as_deref(), Some("sqlite"));
+        assert_eq!(scheme("PostgreSQL://h/db").as_deref(), Some("postgresql"));
+        assert_eq!(scheme("mariadb://h/db").as_deref(), Some("mariadb"));
+        assert_eq!(scheme("no scheme here"), None);
+        assert_eq!(scheme(":x"), None);
+        assert_eq!(scheme("a b://"), None);
+    }
+
+    #[test]
+    fn tls_requirements() {
+        assert!(requires_tls("postgres://h/db?sslmode=require"));
+        assert!(requires_tls("postgres://h/db?a=b&sslmode=verify-full"));
+        assert!(requires_tls("mysql://h/db?ssl-mode=VERIFY_IDENTITY"));
+        assert!(requires_tls("mysql://h/db?ssl-mode=REQUIRED#x"));
+        assert!(!requires_tls("postgres://h/db?sslmode=prefer"));
+        assert!(!requires_tls("mysql://h/db?ssl-mode=DISABLED"));
+        assert!(!requires_tls("postgres://h/db"));
+    }
+
+    #[test]
+    fn ttls() {
+        assert!(ttl_millis(Duration::ZERO).is_err());
+        assert_eq!(ttl_millis(Duration::from_micros(10)).unwrap(), 1);
+        assert_eq!(ttl_millis(Duration::from_millis(600)).unwrap(), 600);
+        assert_eq!(ttl_millis(Duration::MAX).unwrap(), i64::MAX / 4);
+    }
+
+    #[tokio::test]
+    async fn unknown_and_disabled_schemes_are_invalid_addresses() {
+        for url in ["redis://localhost", "not a url", "ftp://user:pw@host/x"] {
+            match SqlRegistry::connect(url).await {
+                Err(Error::InvalidAddress { kind, input, .. }) => {
+                    assert_eq!(kind, "registry url");
+                    assert!(!input.contains("pw@"), "{input}");
+                }
+                other => panic!("{url}: expected InvalidAddress, got {other:?}"),
+            }
+        }
+        #[cfg(not(feature = "postgres"))]
+        match SqlRegistry::connect("postgres://u:pw@h/db").await {
+            Err(Error::InvalidAddress { reason, .. }) => {
+                assert!(reason.contains("`postgres` feature"), "{reason}")
+            }
+            other => panic!("expected InvalidAddress, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,524 @@
+//! SqlRegistry against real PostgreSQL and MariaDB servers started by the
+//! harness: the conformance suite, unreadable and newer records, and the
+//! database dying and coming back under running nodes and watchers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use masse::testkit::RegistryConformance;
+use masse::{
+    BoxStream, DynRegistry, Error, InstanceId, NamePolicy, Namespace, NodeEvent, Pattern, PeerName,
+    PeerRecord, Registry, RegistryEvent,
+};
+use masse_integration_tests::init_tracing;
+use masse_integration_tests::mariadb::MariaDbServer;
+use masse_integration_tests::postgres::PostgresServer;
+use masse_sql::{SqlConfig, SqlRegistry};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{Instant, timeout};
+
+const POLL: Duration = Duration::from_millis(100);
+const T: Duration = Duration::from_secs(10);
+
+type Events = BoxStream<'static, masse::Result<RegistryEvent>>;
+
+/// A server the tests can kill and bring back.
+trait Database {
+    fn url(&self) -> String;
+    fn kill(&mut self);
+    fn restart(&mut self);
+}
+
+impl Database for PostgresServer {
+    fn url(&self) -> String {
+        PostgresServer::url(self)
+    }
+    fn kill(&mut self) {
+        PostgresServer::kill(self)
+    }
+    fn restart(&mut self) {
+        PostgresServer::restart(self)
+    }
+}
+
+impl Database for MariaDbServer {
+    fn url(&self) -> String {
+        MariaDbServer::url(self)
+    }
+    fn kill(&mut self) {
+        MariaDbServer::kill(self)
+    }
+    fn restart(&mut self) {
+        MariaDbServer::restart(self)
+    }
+}
+
+/// Quick polling and short deadlines, so that outages show within a heartbeat.
+fn config() -> SqlConfig {
+    SqlConfig::new()
+        .poll_interval(POLL)
+        .connect_timeout(Duration::from_millis(500))
+        .lookup_timeout(Duration::from_secs(2))
+}
+
+async fn connect(url: &str) -> SqlRegistry {
+    SqlRegistry::connect_with(url, config())
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+}
+
+async fn conformance(url: String) {
+    let raw = connect(&url).await;
+    let started = Instant::now();
+    RegistryConformance::new(move || {
+        let url = url.clone();
+        async move { Arc::new(connect(&url).await) as DynRegistry }
+    })
+    .ttl(Duration::from_millis(600))
+    .slack(POLL * 2 + Duration::from_millis(900))
+    .raw_writer(move |ns, name, bytes| {
+        let raw = raw.clone();
+        async move {
+            raw.store_raw_record(&ns, &name, &bytes, Duration::from_secs(60))
+                .await
+                .expect("raw write");
+        }
+    })
+    .run()
+    .await;
+    tracing::info!(elapsed = ?started.elapsed(), "conformance suite passed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_conformance() {
+    init_tracing();
+    let Some(pg) = PostgresServer::start() else {
+        return;
+    };
+    conformance(pg.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_conformance() {
+    init_tracing();
+    let Some(db) = MariaDbServer::start() else {
+        return;
+    };
+    conformance(db.url()).await;
+    // The same server through the mariadb:// spelling.
+    let other = connect(&db.url().replacen("mysql://", "mariadb://", 1)).await;
+    assert_eq!(other.backend(), "mysql");
+}
+
+fn record(ns: &str, name: &str) -> PeerRecord {
+    PeerRecord::new(
+        ns.parse().unwrap(),
+        name.parse().unwrap(),
+        InstanceId::random(),
+    )
+}
+
+/// Garbage is skipped, a record from a newer writer (`version` 99, unknown
+/// fields) is read, and nothing panics.
+async fn unreadable_and_newer_records(url: String) {
+    let reg = connect(&url).await;
+    let ns: Namespace = "odd-records".parse().unwrap();
+    let good = record("odd-records", "good");
+    reg.publish(&good, Duration::from_secs(60), NamePolicy::Takeover)
+        .await
+        .unwrap();
+    let newer = record("odd-records", "newer");
+    let json = newer.to_json().replacen(
+        "\"version\":1",
+        "\"version\":99,\"hologram\":{\"beams\":[1,2,3]},\"colour\":\"ultraviolet\"",
+        1,
+    );
+    assert!(json.contains("\"version\":99"), "{json}");
+    let foreign = good.to_json();
+    let stored = [
+        ("newer", json.as_bytes()),
+        ("broken", b"{\"name\":".as_slice()),
+        ("binary", b"\xff\xfe\x00\x01".as_slice()),
+        ("empty", b"".as_slice()),
+        ("stranger", foreign.as_bytes()), // another name's record
+    ];
+    for (name, bytes) in stored {
+        reg.store_raw_record(
+            &ns,
+            &name.parse::<PeerName>().unwrap(),
+            bytes,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    }
+    let all = reg.lookup(&ns, &Pattern::any()).await.unwrap();
+    let names: Vec<&str> = all.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["good", "newer"], "garbage skipped, newer read");
+    assert_eq!(all[1].version, 99);
+    assert_eq!(all[1].instance, newer.instance);
+    for exact in ["broken", "binary", "empty", "stranger"] {
+        assert!(
+            reg.lookup(&ns, &exact.parse().unwrap())
+                .await
+                .unwrap()
+                .is_empty(),
+            "{exact}"
+        );
+    }
+    // An unreadable holder still holds its name for an exclusive publisher.
+    let challenger = record("odd-records", "broken");
+    assert!(matches!(
+        reg.publish(&challenger, Duration::from_secs(60), NamePolicy::Exclusive)
+            .await,
+        Err(Error::NameTaken { .. })
+    ));
+    // ...and a takeover replaces it.
+    let mut w = reg.watch(&ns).await.unwrap();
+    reg.publish(&challenger, Duration::from_secs(60), NamePolicy::Takeover)
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut w).await,
+        RegistryEvent::Updated(challenger.clone())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unreadable_and_newer_records() {
+    init_tracing();
+    let Some(pg) = PostgresServer::start() else {
+        return;
+    };
+    unreadable_and_newer_records(pg.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_unreadable_and_newer_records() {
+    init_tracing();
+    let Some(db) = MariaDbServer::start() else {
+        return;
+    };
+    unreadable_and_newer_records(db.url()).await;
+}
+
+async fn next(w: &mut Events) -> RegistryEvent {
+    match timeout(T, w.next()).await {
+        Ok(Some(Ok(ev))) => ev,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+/// Waits for the first node event that `pick` accepts.
+async fn node_event<T>(
+    events: &mut masse::Events,
+    what: &str,
+    mut pick: impl FnMut(NodeEvent) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + T;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, events.recv()).await {
+            Ok(Some(ev)) => {
+                if let Some(t) = pick(ev) {
+                    return t;
+                }
+            }
+            Ok(None) => panic!("node events ended while waiting for {what}"),
+            Err(_) => panic!("no {what} within {T:?}"),
+        }
+    }
+}
+
+async fn echo_forever(n: &masse::Node) {
+    let mut incoming = n.incoming();
+    tokio::spawn(async move {
+        while let Some(mut s) = incoming.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tokio::io::split(&mut s);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+}
+
+/// The database dies under two running nodes and a watcher on another
+/// handle, stays down past the nodes' ttl, and comes back:
+/// - the nodes report `RegistryUnavailable`, keep reaching each other by name
+///   from their caches, then report `RegistryRestored` with their records back;
+/// - the watcher's stream stays open and, from its cursor, receives every
+///   event written after the restart (the expiries of both records, their
+///   re-publication, and a peer that comes and goes), in order per name,
+///   without a `Resync`.
+async fn outage_under_running_nodes(db: &mut impl Database, ns_name: &str) {
+    let url = db.url();
+    let ttl = Duration::from_millis(900);
+    let build = |name: &str, reg: SqlRegistry| {
+        masse::Node::builder(name)
+            .namespace(ns_name)
+            .registry(reg)
+            .interface(masse::TcpInterface::new("127.0.0.1:0"))
+            .ttl(ttl)
+    };
+    let ns: Namespace = ns_name.parse().unwrap();
+    let observer = connect(&url).await;
+    let mut watch = observer.watch(&ns).await.unwrap();
+
+    let srv = build("srv", connect(&url).await).start().await.unwrap();
+    echo_forever(&srv).await;
+    let cli = build("cli", connect(&url).await).start().await.unwrap();
+    let mut ev = cli.events();
+    let mut s = timeout(T, cli.connect("srv")).await.unwrap().unwrap(); // warms the cache
+    s.write_all(b"a").await.unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.unwrap();
+    drop(s);
+    let mut joined: Vec<String> = Vec::new();
+    for _ in 0..2 {
+        match next(&mut watch).await {
+            RegistryEvent::Joined(r) => joined.push(r.name.to_string()),
+            other => panic!("expected Joined, got {other:?}"),
+        }
+    }
+    joined.sort();
+    assert_eq!(joined, ["cli", "srv"]);
+
+    db.kill();
+    let error = node_event(&mut ev, "RegistryUnavailable", |e| match e {
+        NodeEvent::RegistryUnavailable { error } => Some(error),
+        _ => None,
+    })
+    .await;
+    assert!(error.is_transient(), "a transient error: {error}");
+    // Past the ttl: the records are stale in the database, the cache still works.
+    tokio::time::sleep(ttl * 2).await;
+    let mut s = timeout(T, cli.connect("srv"))
+        .await
+        .unwrap()
+        .expect("served from the cache while the database is down");
+    s.write_all(b"z").await.unwrap();
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"z");
+    drop(s);
+    assert!(
+        observer.lookup(&ns, &Pattern::any()).await.is_err(),
+        "lookups fail while the database is down"
+    );
+
+    db.restart();
+    // Someone comes and goes right after the restart, before the watcher's
+    // poller has necessarily reconnected: the cursor must still catch it.
+    let other = connect(&url).await;
+    let visitor = record(ns_name, "visitor");
+    other
+        .publish(&visitor, Duration::from_secs(60), NamePolicy::Exclusive)
+        .await
+        .unwrap();
+    other
+        .unpublish(&ns, &visitor.name, visitor.instance)
+        .await
+        .unwrap();
+    node_event(&mut ev, "RegistryRestored", |e| {
+        matches!(e, NodeEvent::RegistryRestored).then_some(())
+    })
+    .await;
+
+    // Per name: srv and cli expired, then joined again; the visitor joined and left.
+    let mut seen: BTreeMap<String, Vec<&'static str>> = BTreeMap::new();
+    let want: BTreeMap<String, Vec<&'static str>> = [
+        ("cli".to_owned(), vec!["expired", "joined"]),
+        ("srv".to_owned(), vec!["expired", "joined"]),
+        ("visitor".to_owned(), vec!["joined", "left"]),
+    ]
+    .into_iter()
+    .collect();
+    while seen != want {
+        let (name, kind) = match next(&mut watch).await {
+            RegistryEvent::Joined(r) => (r.name.to_string(), "joined"),
+            RegistryEvent::Updated(r) => (r.name.to_string(), "updated"),
+            RegistryEvent::Left { name, .. } => (name.to_string(), "left"),
+            RegistryEvent::Expired { name, .. } => (name.to_string(), "expired"),
+            other => panic!("unexpected {other:?} (seen so far {seen:?})"),
+        };
+        seen.entry(name).or_default().push(kind);
+        assert!(
+            seen.iter()
+                .all(|(n, kinds)| want.get(n).is_some_and(|w| w.starts_with(kinds))),
+            "events out of order or extra: {seen:?}"
+        );
+    }
+    let records = observer.lookup(&ns, &Pattern::any()).await.unwrap();
+    let names: Vec<&str> = records.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["cli", "srv"], "both nodes published again");
+    assert!(records.iter().any(|r| r.instance == srv.instance()));
+    // And nothing else trickles in.
+    assert!(timeout(POLL * 5, watch.next()).await.is_err());
+    cli.shutdown().await.unwrap();
+    srv.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_under_running_nodes() {
+    init_tracing();
+    let Some(mut pg) = PostgresServer::start() else {
+        return;
+    };
+    outage_under_running_nodes(&mut pg, "pg-outage").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_outage_under_running_nodes() {
+    init_tracing();
+    let Some(mut db) = MariaDbServer::start() else {
+        return;
+    };
+    outage_under_running_nodes(&mut db, "maria-outage").await;
+}
+
+/// An unreachable server is `RegistryUnavailable`, promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_servers_are_unavailable() {
+    init_tracing();
+    let port = masse_integration_tests::server::free_port();
+    for (url, backend) in [
+        (
+            format!("postgres://u:secret@127.0.0.1:{port}/db"),
+            "postgres",
+        ),
+        (format!("mysql://u:secret@127.0.0.1:{port}/db"), "mysql"),
+    ] {
+        let started = Instant::now();
+        match SqlRegistry::connect_with(&url, config()).await {
+            Err(Error::RegistryUnavailable { backend: b, source }) => {
+                assert_eq!(b, backend);
+                assert!(!source.to_string().contains("secret"));
+            }
+            other => panic!("{url}: expected RegistryUnavailable, got {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
+
+/// NOTIFY wakes another handle's watcher long before its next poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_notify_wakes_watchers() {
+    init_tracing();
+    let Some(pg) = PostgresServer::start() else {
+        return;
+    };
+    let slow = SqlConfig::new().poll_interval(Duration::from_secs(10));
+    let watcher = SqlRegistry::connect_with(&pg.url(), slow.clone())
+        .await
+        .unwrap();
+    let writer = SqlRegistry::connect_with(&pg.url(), slow).await.unwrap();
+    let ns: Namespace = "notify".parse().unwrap();
+    let mut w = watcher.watch(&ns).await.unwrap();
+    // Let the listener start (it wakes everyone once when it does).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..3 {
+        let r = record("notify", &format!("n{i}"));
+        let published = Instant::now();
+        writer
+            .publish(&r, Duration::from_secs(60), NamePolicy::Takeover)
+            .await
+            .unwrap();
+        let ev = timeout(Duration::from_secs(2), w.next())
+            .await
+            .expect("woken by NOTIFY, not by the 10 s poll")
+            .unwrap()
+            .unwrap();
+        assert_eq!(ev, RegistryEvent::Joined(r));
+        assert!(published.elapsed() < Duration::from_secs(1));
+    }
+}
+
+/// Nodes starting together on an empty database all create the schema
+/// (idempotently, under a lock) and work.
+async fn many_handles_create_the_schema_at_once(url: String) {
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { SqlRegistry::connect_with(&url, config()).await })
+        })
+        .collect();
+    let mut handles = Vec::new();
+    for t in tasks {
+        handles.push(t.await.unwrap().expect("concurrent connect"));
+    }
+    for (i, h) in handles.iter().enumerate() {
+        h.publish(
+            &record("schema", &format!("n{i}")),
+            Duration::from_secs(60),
+            NamePolicy::Exclusive,
+        )
+        .await
+        .unwrap();
+    }
+    let all = handles[0]
+        .lookup(&"schema".parse().unwrap(), &Pattern::any())
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 6);
+    let shown = format!("{:?}", handles[0]);
+    assert!(!shown.contains("masse-pw"), "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_schema_created_once_by_many() {
+    init_tracing();
+    let Some(pg) = PostgresServer::start() else {
+        return;
+    };
+    many_handles_create_the_schema_at_once(pg.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_schema_created_once_by_many() {
+    init_tracing();
+    let Some(db) = MariaDbServer::start() else {
+        return;
+    };
+    many_handles_create_the_schema_at_once(db.url()).await;
+}
+
+/// PostgreSQL over TLS (rustls): `sslmode=require` works when the
+/// `tls-rustls-ring` feature is on, and is a clear configuration error
+/// naming the feature when it is off. The server refuses plain TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls() {
+    init_tracing();
+    let Some(pg) = PostgresServer::start_tls() else {
+        return;
+    };
+    let url = format!("{}?sslmode=require", pg.url());
+    match SqlRegistry::connect_with(&url, config()).await {
+        Ok(reg) => {
+            let r = record("tls", "secure");
+            reg.publish(&r, Duration::from_secs(60), NamePolicy::Exclusive)
+                .await
+                .unwrap();
+            let found = reg
+                .lookup(&"tls".parse().unwrap(), &Pattern::any())
+                .await
+                .unwrap();
+            assert_eq!(found, vec![r]);
+        }
+        Err(Error::InvalidAddress { reason, .. }) if reason.contains("tls-rustls-ring") => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!(
+                    "\n!!! SKIPPING the TLS round trip: masse-sql is built without `tls-rustls-ring`\n"
+                );
+            }
+        }
+        Err(e) => panic!("TLS connect failed: {e}"),
+    }
+    let plain = format!("{}?sslmode=disable", pg.url());
+    assert!(
+        SqlRegistry::connect_with(&plain, config()).await.is_err(),
+        "the server only takes TLS"
+    );
+}
