@@ -665,8 +665,14 @@ async fn shutdown_waits_for_open_streams_and_refuses_new_ones() {
     let srv2 = srv.clone();
     let started = Instant::now();
     let shut = tokio::spawn(async move { srv2.shutdown().await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Longer than a heartbeat period (ttl/3): the heartbeat must not publish
+    // the record again while shutdown waits.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(!shut.is_finished(), "shutdown waits for the open stream");
+    assert!(
+        cli.peers("srv").await.unwrap().is_empty(),
+        "unpublished while draining"
+    );
     // The open stream still works during the grace period.
     s.write_all(b"still here").await.unwrap();
     let mut buf = [0u8; 10];

@@ -55,6 +55,14 @@ pub use masse_quic::QuicInterface;
 #[doc(inline)]
 pub use masse_redis::{RedisConfig, RedisRegistry};
 
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql")))
+)]
+#[doc(inline)]
+pub use masse_sql::{SqlConfig, SqlRegistry};
+
 mod defaults;
 mod registry;
 #[doc(inline)]

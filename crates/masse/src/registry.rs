@@ -51,7 +51,9 @@ pub async fn registry_from_url(url: &str) -> Result<DynRegistry> {
 }
 
 /// The registry named by `MASSE_REGISTRY`; if it is unset or empty, the
-/// process-wide [`MemoryRegistry`].
+/// embedded SQLite file `masse/registry.db` in the user's data directory
+/// (feature `sqlite`, created on first use), else the process-wide
+/// [`MemoryRegistry`].
 pub async fn registry_from_env() -> Result<DynRegistry> {
     match std::env::var(REGISTRY_ENV) {
         Ok(url) if !url.trim().is_empty() => {
@@ -86,13 +88,47 @@ pub fn default_registry_path() -> Result<PathBuf> {
     Ok(base.join("masse").join("registry.db"))
 }
 
+#[cfg(feature = "sqlite")]
 async fn default_registry() -> Result<DynRegistry> {
-    tracing::debug!("{REGISTRY_ENV} unset: using the process-wide MemoryRegistry");
+    let path = default_registry_path()?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::Config(format!(
+                "cannot create the registry directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+    }
+    tracing::debug!(path = %path.display(), "using the embedded SQLite registry");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    registry_from_url(&url).await
+}
+
+#[cfg(not(feature = "sqlite"))]
+async fn default_registry() -> Result<DynRegistry> {
+    tracing::debug!(
+        "{REGISTRY_ENV} unset and feature sqlite off: using the process-wide MemoryRegistry"
+    );
     Ok(Arc::new(MemoryRegistry::global()))
 }
 
+#[allow(unused_variables)]
 async fn sql(url: &str, feature: &'static str) -> Result<DynRegistry> {
-    Err(feature_off(url, feature))
+    let enabled = match feature {
+        "sqlite" => cfg!(feature = "sqlite"),
+        "postgres" => cfg!(feature = "postgres"),
+        _ => cfg!(feature = "mysql"),
+    };
+    if !enabled {
+        return Err(feature_off(url, feature));
+    }
+    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+    {
+        let r = masse_sql::SqlRegistry::connect(url).await?;
+        Ok(Arc::new(r))
+    }
+    #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+    unreachable!("checked above")
 }
 
 #[allow(unused_variables)]

@@ -35,6 +35,10 @@ pub(crate) async fn heartbeat(core: Arc<Core>) {
                 after: period,
             }),
         };
+        if !core.is_accepting() {
+            // Shutting down: the record is being removed on purpose.
+            return;
+        }
         let result = match result {
             Err(Error::NameLost { .. }) => republish_after_loss(&core).await,
             other => other.map(|()| true),
