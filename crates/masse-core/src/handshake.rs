@@ -14,7 +14,7 @@
 //! |------------|---------------|----------------------------------------------------|
 //! | magic      | 5             | `b"MASSE"`                                         |
 //! | version    | 1             | sender's protocol version, never 0 ([`VERSION`])  |
-//! | type       | 1             | `0x01` Hello, `0x02` Welcome, `0x03` Refuse        |
+//! | type       | 1             | `0x01` Hello, `0x02` Welcome, `0x03` Refuse, `0x04` Challenge, `0x05` Proof |
 //! | payload    | …             | per type, below                                    |
 //! | extensions | 1 + …         | count, then `type:u8 len:u16 value` each           |
 //!
@@ -26,6 +26,19 @@
 //! | Hello   | namespace `u8`+bytes, from `u8`+bytes, from_instance 16, to `u8`+bytes, service `u8`+bytes (length 0 = none) |
 //! | Welcome | instance 16                                                                              |
 //! | Refuse  | code `u8` ([`RefuseCode::to_u8`]), reason `u16`+bytes (at most [`MAX_REASON`] bytes)    |
+//! | Challenge | instance 16, nonce 16, proof 32                                                        |
+//! | Proof   | proof 32                                                                                 |
+//!
+//! # Namespace secret
+//!
+//! Nodes that share a namespace secret run a challenge-response inside the
+//! handshake: the dialer's `Hello` carries a fresh nonce in extension
+//! [`EXT_NONCE`]; the acceptor answers with a [`Challenge`] (its instance, its
+//! own fresh nonce, and an HMAC proving it knows the secret); the dialer
+//! checks it and answers with a [`Proof`]; only then does the acceptor send
+//! `Welcome` (or `Refuse { code: Unauthorized }`). Both proofs cover both
+//! nonces and every field of the `Hello`, so nothing can be replayed or
+//! redirected to another name.
 //!
 //! The decoder validates every name through [`Namespace::new`],
 //! [`PeerName::new`] and [`validate_service`], rejects unknown message types
@@ -42,9 +55,8 @@
 //! New information travels in the [`Extensions`] area that closes every
 //! message: a list of `type`/`value` pairs that a decoder keeps without
 //! interpreting, so older peers skip what they do not know. Types `0x01`–`0x3f`
-//! are reserved for masse itself; the planned HMAC challenge-response for a
-//! namespace secret (DESIGN §5) will carry a nonce in the `Hello` and a proof
-//! in the `Welcome` there. Types `0x40`–`0xff` are free for experiments. The
+//! are reserved for masse itself; [`EXT_NONCE`] carries the dialer's nonce of the
+//! namespace-secret challenge. Types `0x40`–`0xff` are free for experiments. The
 //! extension area is at most [`MAX_EXTENSIONS`] bytes, so any valid message
 //! fits in a frame.
 //!
@@ -98,6 +110,18 @@ const HEADER_LEN: usize = MAGIC.len() + 2;
 const TYPE_HELLO: u8 = 0x01;
 const TYPE_WELCOME: u8 = 0x02;
 const TYPE_REFUSE: u8 = 0x03;
+const TYPE_CHALLENGE: u8 = 0x04;
+const TYPE_PROOF: u8 = 0x05;
+
+/// `Hello` extension: the dialer's 16-byte nonce, sent when it holds a
+/// namespace secret (see [`Challenge`]).
+pub const EXT_NONCE: u8 = 0x01;
+
+/// Length of a [`Challenge`] nonce.
+pub const NONCE_LEN: usize = 16;
+
+/// Length of an HMAC-SHA-256 proof.
+pub const PROOF_LEN: usize = 32;
 const EXTENSION_HEADER: usize = 3;
 const MAX_EXTENSION_COUNT: usize = u8::MAX as usize;
 
@@ -288,6 +312,53 @@ impl Refuse {
     }
 }
 
+/// The acceptor's challenge, when it holds a namespace secret: proves it
+/// knows the secret and asks the dialer to prove it too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Challenge {
+    /// The acceptor's instance (covered by both proofs).
+    pub instance: InstanceId,
+    /// The acceptor's fresh nonce.
+    pub nonce: [u8; NONCE_LEN],
+    /// HMAC-SHA-256 of the transcript under the secret, by the acceptor.
+    pub proof: [u8; PROOF_LEN],
+    /// Extensions (see the [module docs](self)).
+    pub extensions: Extensions,
+}
+
+impl Challenge {
+    /// A challenge without extensions.
+    pub fn new(instance: InstanceId, nonce: [u8; NONCE_LEN], proof: [u8; PROOF_LEN]) -> Self {
+        Challenge {
+            instance,
+            nonce,
+            proof,
+            extensions: Extensions::new(),
+        }
+    }
+}
+
+/// The dialer's answer to a [`Challenge`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Proof {
+    /// HMAC-SHA-256 of the transcript under the secret, by the dialer.
+    pub proof: [u8; PROOF_LEN],
+    /// Extensions (see the [module docs](self)).
+    pub extensions: Extensions,
+}
+
+impl Proof {
+    /// A proof without extensions.
+    pub fn new(proof: [u8; PROOF_LEN]) -> Self {
+        Proof {
+            proof,
+            extensions: Extensions::new(),
+        }
+    }
+}
+
 /// One handshake message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -298,6 +369,10 @@ pub enum Message {
     Welcome(Welcome),
     /// Acceptor → dialer: refused.
     Refuse(Refuse),
+    /// Acceptor → dialer: prove the namespace secret.
+    Challenge(Challenge),
+    /// Dialer → acceptor: the namespace-secret proof.
+    Proof(Proof),
 }
 
 impl Message {
@@ -307,6 +382,8 @@ impl Message {
             Message::Hello(_) => "Hello",
             Message::Welcome(_) => "Welcome",
             Message::Refuse(_) => "Refuse",
+            Message::Challenge(_) => "Challenge",
+            Message::Proof(_) => "Proof",
         }
     }
 
@@ -374,6 +451,8 @@ pub fn encode(msg: &Message) -> Vec<u8> {
         Message::Hello(h) => (h.version, TYPE_HELLO, &h.extensions),
         Message::Welcome(w) => (VERSION, TYPE_WELCOME, &w.extensions),
         Message::Refuse(r) => (VERSION, TYPE_REFUSE, &r.extensions),
+        Message::Challenge(c) => (VERSION, TYPE_CHALLENGE, &c.extensions),
+        Message::Proof(p) => (VERSION, TYPE_PROOF, &p.extensions),
     };
     out.push(version);
     out.push(ty);
@@ -394,6 +473,14 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             // MAX_REASON < u16::MAX, so the cast is exact.
             out.extend_from_slice(&(reason.len() as u16).to_be_bytes());
             out.extend_from_slice(reason.as_bytes());
+        }
+        Message::Challenge(c) => {
+            out.extend_from_slice(&c.instance.as_u128().to_be_bytes());
+            out.extend_from_slice(&c.nonce);
+            out.extend_from_slice(&c.proof);
+        }
+        Message::Proof(p) => {
+            out.extend_from_slice(&p.proof);
         }
     }
     // At most 255 entries, enforced by `Extensions::insert` and `decode`.
@@ -444,6 +531,12 @@ impl<'a> Reader<'a> {
     fn u16(&mut self, field: &str) -> Result<u16> {
         let b = self.take(2, field)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn array<const N: usize>(&mut self, field: &str) -> Result<[u8; N]> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N, field)?);
+        Ok(out)
     }
 
     fn instance(&mut self, field: &str) -> Result<InstanceId> {
@@ -585,6 +678,25 @@ pub fn decode(body: &[u8]) -> Result<Message> {
                 reason,
                 extensions,
             }))
+        }
+        TYPE_CHALLENGE => {
+            let instance = r.instance("instance")?;
+            let nonce = r.array::<NONCE_LEN>("nonce")?;
+            let proof = r.array::<PROOF_LEN>("proof")?;
+            let extensions = r.extensions()?;
+            r.finish("Challenge")?;
+            Ok(Message::Challenge(Challenge {
+                instance,
+                nonce,
+                proof,
+                extensions,
+            }))
+        }
+        TYPE_PROOF => {
+            let proof = r.array::<PROOF_LEN>("proof")?;
+            let extensions = r.extensions()?;
+            r.finish("Proof")?;
+            Ok(Message::Proof(Proof { proof, extensions }))
         }
         other => Err(Error::protocol(format!(
             "handshake has unknown message type {other:#04x}"
@@ -883,7 +995,7 @@ mod tests {
     #[test]
     fn unknown_message_type() {
         let mut b = body(&Welcome::new(InstanceId::from_u128(1)).into());
-        for ty in [0u8, 4, 0x7f, 0xff] {
+        for ty in [0u8, 6, 0x7f, 0xff] {
             b[6] = ty;
             protocol_err(decode(&b), "unknown message type");
         }
@@ -1162,7 +1274,23 @@ mod tests {
                 r.extensions = extensions;
                 Message::Refuse(r)
             });
-        prop_oneof![hello, welcome, refuse]
+        let challenge = (
+            any::<u128>(),
+            any::<[u8; NONCE_LEN]>(),
+            any::<[u8; PROOF_LEN]>(),
+            extensions(),
+        )
+            .prop_map(|(i, nonce, proof, extensions)| {
+                let mut c = Challenge::new(InstanceId::from_u128(i), nonce, proof);
+                c.extensions = extensions;
+                Message::Challenge(c)
+            });
+        let proof = (any::<[u8; PROOF_LEN]>(), extensions()).prop_map(|(proof, extensions)| {
+            let mut p = Proof::new(proof);
+            p.extensions = extensions;
+            Message::Proof(p)
+        });
+        prop_oneof![hello, welcome, refuse, challenge, proof]
     }
 
     proptest! {

@@ -8,11 +8,16 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use super::core::Core;
+use super::secret::{self, Secret, Side};
 use super::stream::{PeerStream, StreamInfo};
 use crate::endpoint::Protocol;
 use crate::error::{Error, RefuseCode, Result};
-use crate::handshake::{self, Message, Refuse, Welcome};
+use crate::handshake::{self, Challenge, EXT_NONCE, Hello, Message, NONCE_LEN, Refuse, Welcome};
 use crate::interface::{Accepted, Listener};
+use crate::io::BoxIo;
+use crate::name::PeerName;
+use crate::pattern::Pattern;
+use crate::record::{Fingerprint, PeerRecord};
 use crate::wrapper::{Direction, StreamContext};
 
 /// Accepts on one listener until the node stops; each connection's handshake
@@ -99,6 +104,7 @@ async fn inbound(core: Arc<Core>, acc: Accepted, protocol: Protocol) {
 }
 
 async fn handshake_inbound(core: &Arc<Core>, acc: Accepted, protocol: Protocol) -> Result<()> {
+    let peer_identity = acc.peer_identity;
     let mut io = acc.io;
     let hello = match handshake::read_message(&mut io, core.config.handshake_timeout).await? {
         Message::Hello(h) => h,
@@ -147,6 +153,27 @@ async fn handshake_inbound(core: &Arc<Core>, acc: Accepted, protocol: Protocol) 
                 .await;
         return Err(Error::Refused { code, reason });
     }
+    // On tls and quic the transport proved which certificate the dialer holds:
+    // it must be the one the registry lists for the name it claims.
+    if let Some(fingerprint) = peer_identity
+        && !identity_matches(core, &hello.from, fingerprint).await?
+    {
+        let reason = format!(
+            "certificate {} is not the one registered for {}",
+            fingerprint.short(),
+            hello.from
+        );
+        tracing::warn!(from = %hello.from, %reason, "refusing stream");
+        let _ = handshake::write_message(
+            &mut io,
+            &Message::Refuse(Refuse::new(RefuseCode::Unauthorized, reason.clone())),
+        )
+        .await;
+        return Err(Error::Unauthorized { reason });
+    }
+    if let Some(secret) = &core.config.secret {
+        challenge(core, secret, &hello, &mut io).await?;
+    }
     let Ok(slot) = core.route_for(hello.service.as_deref()).try_reserve_owned() else {
         let reason = "incoming queue is full".to_owned();
         let _ = handshake::write_message(
@@ -182,4 +209,79 @@ async fn handshake_inbound(core: &Arc<Core>, acc: Accepted, protocol: Protocol) 
     };
     slot.send(PeerStream::new(core.clone(), io, info));
     Ok(())
+}
+
+/// Does the registry list `fingerprint` for `from`? A mismatch in the cache is
+/// checked once more against the backend (the peer may have just restarted).
+async fn identity_matches(
+    core: &Arc<Core>,
+    from: &PeerName,
+    fingerprint: Fingerprint,
+) -> Result<bool> {
+    let pattern = Pattern::from(from);
+    let listed =
+        |records: &[PeerRecord]| records.first().and_then(|r| r.identity) == Some(fingerprint);
+    let cached = core
+        .registry
+        .lookup_cached(&core.namespace, &pattern)
+        .await?;
+    if listed(&cached.records) {
+        return Ok(true);
+    }
+    core.registry.invalidate(&core.namespace, from);
+    let fresh = core
+        .registry
+        .lookup_cached(&core.namespace, &pattern)
+        .await?;
+    Ok(listed(&fresh.records))
+}
+
+/// The acceptor's half of the namespace-secret challenge-response.
+async fn challenge(core: &Arc<Core>, secret: &Secret, hello: &Hello, io: &mut BoxIo) -> Result<()> {
+    let refuse = async |io: &mut BoxIo, reason: String| {
+        tracing::warn!(from = %hello.from, %reason, "refusing stream");
+        let _ = handshake::write_message(
+            io,
+            &Message::Refuse(Refuse::new(RefuseCode::Unauthorized, reason.clone())),
+        )
+        .await;
+        Err(Error::Unauthorized { reason })
+    };
+    let Some(dialer_nonce) = hello
+        .extensions
+        .get(EXT_NONCE)
+        .and_then(|v| <[u8; NONCE_LEN]>::try_from(v).ok())
+    else {
+        return refuse(
+            io,
+            "this namespace requires the namespace secret".to_owned(),
+        )
+        .await;
+    };
+    let nonce = secret::nonce();
+    let proof = secret.prove(Side::Acceptor, hello, core.instance, &dialer_nonce, &nonce);
+    handshake::write_message(
+        io,
+        &Message::Challenge(Challenge::new(core.instance, nonce, proof)),
+    )
+    .await?;
+    match handshake::read_message(io, core.config.handshake_timeout).await? {
+        Message::Proof(p)
+            if secret.verify(
+                Side::Dialer,
+                hello,
+                core.instance,
+                &dialer_nonce,
+                &nonce,
+                &p.proof,
+            ) =>
+        {
+            Ok(())
+        }
+        Message::Proof(_) => refuse(io, "wrong namespace secret".to_owned()).await,
+        other => Err(Error::protocol(format!(
+            "expected Proof, got {}",
+            other.kind()
+        ))),
+    }
 }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -12,9 +13,11 @@ use futures::future::BoxFuture;
 use tokio::sync::{Notify, broadcast, watch};
 
 use super::core::{Core, NodeConfig, Route};
+use super::secret::Secret;
 use super::{Node, accept, lifecycle};
 use crate::caching::{CachingConfig, CachingRegistry};
 use crate::error::{Error, Result};
+use crate::identity::Identity;
 use crate::interface::{BindContext, DynInterface, Interface};
 use crate::memory::MemoryRegistry;
 use crate::name::{Namespace, PeerName, validate_service};
@@ -26,6 +29,12 @@ use crate::wrapper::{DynWrapper, Wrapper};
 enum RegistrySource {
     Ready(DynRegistry),
     Connect(BoxFuture<'static, Result<DynRegistry>>),
+}
+
+/// Where the node's identity comes from.
+enum IdentitySource {
+    Ready(Identity),
+    File(PathBuf),
 }
 
 /// Configures a [`Node`]; made by [`Node::builder`], finished by [`start`](Self::start).
@@ -41,6 +50,8 @@ pub struct NodeBuilder {
     wrappers: Vec<DynWrapper>,
     services: Vec<String>,
     metadata: Vec<(String, String)>,
+    identity: Option<IdentitySource>,
+    secret: Option<Vec<u8>>,
     config: NodeConfig,
     cache: CachingConfig,
 }
@@ -55,6 +66,8 @@ impl NodeBuilder {
             wrappers: Vec::new(),
             services: Vec::new(),
             metadata: Vec::new(),
+            identity: None,
+            secret: None,
             config: NodeConfig {
                 ttl: Duration::from_secs(10),
                 policy: NamePolicy::Takeover,
@@ -65,6 +78,7 @@ impl NodeBuilder {
                 incoming_capacity: 1024,
                 max_pending_handshakes: 1024,
                 advertise: Vec::new(),
+                secret: None,
             },
             cache: CachingConfig::default(),
         }
@@ -209,6 +223,30 @@ impl NodeBuilder {
         self
     }
 
+    /// The key pair and certificate this node proves itself with on `tls` and
+    /// `quic` (its fingerprint is published in the record). Default: a fresh
+    /// ephemeral identity at every start.
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(IdentitySource::Ready(identity));
+        self
+    }
+
+    /// Loads the identity from `path`, creating it (mode 0600) on first use,
+    /// so the node keeps its fingerprint across restarts.
+    pub fn identity_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.identity = Some(IdentitySource::File(path.into()));
+        self
+    }
+
+    /// A namespace secret (at least 16 bytes) shared by the nodes of the
+    /// namespace: every handshake then runs an HMAC challenge-response, and
+    /// peers without the same secret are refused with `Unauthorized` in both
+    /// directions. This is what authenticates peers on plain `tcp`.
+    pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.secret = Some(secret.as_ref().to_vec());
+        self
+    }
+
     /// Tuning of the node's registry cache.
     pub fn cache(mut self, config: CachingConfig) -> Self {
         self.cache = config;
@@ -223,7 +261,10 @@ impl NodeBuilder {
         for s in &self.services {
             validate_service(s)?;
         }
-        let config = self.config;
+        let mut config = self.config;
+        if let Some(bytes) = &self.secret {
+            config.secret = Some(Secret::new(bytes)?);
+        }
         if config.ttl < Duration::from_millis(30) {
             return Err(Error::Config(format!(
                 "ttl {:?} is too short (at least 30 ms)",
@@ -247,13 +288,19 @@ impl NodeBuilder {
         };
         let registry = CachingRegistry::with_config(backend, self.cache);
         let instance = InstanceId::random();
+        let identity = Arc::new(match self.identity {
+            Some(IdentitySource::Ready(i)) => i,
+            Some(IdentitySource::File(path)) => Identity::load_or_create(path)?,
+            None => Identity::generate(name.as_str())?,
+        });
 
         let span = tracing::info_span!("node", name = %name, namespace = %namespace);
         let _enter = span.enter();
 
         let mut listeners = Vec::new();
         let mut listener_endpoints = Vec::new();
-        let bind_ctx = BindContext::new(namespace.clone(), name.clone(), instance);
+        let bind_ctx = BindContext::new(namespace.clone(), name.clone(), instance)
+            .with_identity(identity.clone());
         for iface in &self.interfaces {
             let l = iface.bind(&bind_ctx).await?;
             listener_endpoints.push(l.endpoints());
@@ -263,6 +310,7 @@ impl NodeBuilder {
         let mut record = PeerRecord::new(namespace.clone(), name.clone(), instance);
         record.services = self.services.clone();
         record.metadata = self.metadata.into_iter().collect();
+        record.identity = Some(identity.fingerprint());
         let (events, _) = broadcast::channel(1024);
         let (registry_events, _) = broadcast::channel(1024);
         let (stopping, _) = watch::channel(false);
@@ -270,6 +318,7 @@ impl NodeBuilder {
             name,
             namespace,
             instance,
+            identity,
             registry,
             interfaces: self.interfaces,
             wrappers: self.wrappers,
@@ -338,6 +387,7 @@ impl fmt::Debug for NodeBuilder {
             .field("interfaces", &self.interfaces.len())
             .field("wrappers", &self.wrappers.len())
             .field("services", &self.services)
+            .field("secret", &self.secret.as_ref().map(|_| ".."))
             .field("config", &self.config)
             .finish_non_exhaustive()
     }

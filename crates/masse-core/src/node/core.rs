@@ -9,10 +9,12 @@ use std::time::Duration;
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 
 use super::event::NodeEvent;
+use super::secret::Secret;
 use super::stats::Counters;
 use super::stream::PeerStream;
 use crate::caching::CachingRegistry;
 use crate::endpoint::Endpoint;
+use crate::identity::Identity;
 use crate::interface::DynInterface;
 use crate::name::{Namespace, PeerName};
 use crate::record::{InstanceId, PeerRecord};
@@ -32,6 +34,7 @@ pub(crate) struct NodeConfig {
     pub(crate) incoming_capacity: usize,
     pub(crate) max_pending_handshakes: usize,
     pub(crate) advertise: Vec<SocketAddr>,
+    pub(crate) secret: Option<Secret>,
 }
 
 /// A queue of accepted streams and its receiving end, shared by every
@@ -55,6 +58,7 @@ pub(crate) struct Core {
     pub(crate) name: PeerName,
     pub(crate) namespace: Namespace,
     pub(crate) instance: InstanceId,
+    pub(crate) identity: Arc<Identity>,
     pub(crate) registry: CachingRegistry<DynRegistry>,
     pub(crate) interfaces: Vec<DynInterface>,
     pub(crate) wrappers: Vec<DynWrapper>,

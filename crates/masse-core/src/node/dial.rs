@@ -13,9 +13,10 @@ use futures::{Stream, StreamExt};
 use tokio::sync::{broadcast, mpsc};
 
 use super::core::Core;
+use super::secret::{self, Side};
 use super::stream::{PeerStream, StreamInfo};
 use crate::error::{Error, RefuseCode, Result};
-use crate::handshake::{self, Hello, Message};
+use crate::handshake::{self, EXT_NONCE, Hello, Message, Proof};
 use crate::interface::{ConnectContext, DynInterface};
 use crate::io::BoxIo;
 use crate::name::PeerName;
@@ -161,7 +162,8 @@ impl Core {
         service: Option<&str>,
     ) -> Result<PeerStream> {
         let ctx = ConnectContext::new(self.namespace.clone(), self.name.clone(), self.instance)
-            .with_connect_timeout(self.config.connect_timeout);
+            .with_connect_timeout(self.config.connect_timeout)
+            .with_identity(self.identity.clone());
         let connect = iface.connect(ep, record, &ctx);
         let mut io: BoxIo = match tokio::time::timeout(self.config.connect_timeout, connect).await {
             Ok(r) => r?,
@@ -181,14 +183,57 @@ impl Core {
         if let Some(s) = service {
             hello = hello.with_service(s)?;
         }
-        handshake::write_message(&mut io, &Message::Hello(hello)).await?;
-        let reply = handshake::read_message(&mut io, self.config.handshake_timeout).await?;
+        let dialer_nonce = self.config.secret.as_ref().map(|_| secret::nonce());
+        if let Some(n) = &dialer_nonce {
+            hello.extensions.insert(EXT_NONCE, n.to_vec())?;
+        }
+        handshake::write_message(&mut io, &Message::Hello(hello.clone())).await?;
+        let deadline = self.config.handshake_timeout;
+        let mut reply = handshake::read_message(&mut io, deadline).await?;
+        let mut challenged_by = None;
+        match (&reply, &self.config.secret, &dialer_nonce) {
+            (Message::Challenge(c), Some(secret), Some(nc)) => {
+                if !secret.verify(Side::Acceptor, &hello, c.instance, nc, &c.nonce, &c.proof) {
+                    return Err(Error::Unauthorized {
+                        reason: format!("{} could not prove the namespace secret", record.name),
+                    });
+                }
+                let proof = secret.prove(Side::Dialer, &hello, c.instance, nc, &c.nonce);
+                challenged_by = Some(c.instance);
+                handshake::write_message(&mut io, &Message::Proof(Proof::new(proof))).await?;
+                reply = handshake::read_message(&mut io, deadline).await?;
+            }
+            (Message::Challenge(_), _, _) => {
+                return Err(Error::Unauthorized {
+                    reason: format!(
+                        "{} requires the namespace secret, which this node does not have",
+                        record.name
+                    ),
+                });
+            }
+            (Message::Welcome(_), Some(_), _) => {
+                return Err(Error::Unauthorized {
+                    reason: format!("{} did not prove the namespace secret", record.name),
+                });
+            }
+            _ => {}
+        }
         let remote_instance = match reply {
-            Message::Welcome(w) => w.instance,
+            Message::Welcome(w) if challenged_by.is_none_or(|i| i == w.instance) => w.instance,
+            Message::Welcome(_) => {
+                return Err(Error::protocol(
+                    "Welcome from another instance than the Challenge",
+                ));
+            }
             Message::Refuse(r) if r.code == RefuseCode::WrongPeer => {
                 return Err(Error::WrongPeer {
                     expected: record.name.to_string(),
                     actual: r.reason,
+                });
+            }
+            Message::Refuse(r) if r.code == RefuseCode::Unauthorized => {
+                return Err(Error::Unauthorized {
+                    reason: format!("{} refused: {}", record.name, r.reason),
                 });
             }
             Message::Refuse(r) => return Err(r.into_error()),

@@ -7,6 +7,7 @@ mod core;
 mod dial;
 mod event;
 mod lifecycle;
+mod secret;
 mod stats;
 mod stream;
 
