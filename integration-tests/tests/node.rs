@@ -78,6 +78,10 @@ async fn connect_by_name_and_talk() {
     assert_eq!(stats.connects_not_found, 1);
     assert_eq!(stats.bytes_out, 4);
     assert_eq!(stats.bytes_in, 4);
+    assert!(
+        stats.cache_hit_rate() > 0.0,
+        "the masse:// dial hit the cache: {stats:?}"
+    );
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
@@ -323,6 +327,11 @@ async fn killed_node_expires_once_per_watcher() {
         );
     }
     assert!(watchers[0].peers("victim").await.unwrap().is_empty());
+    let stats = watchers[0].stats();
+    assert!(
+        stats.registry_latency.is_some() && stats.registry_latency_avg.is_some(),
+        "heartbeats measured the registry round trip: {stats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

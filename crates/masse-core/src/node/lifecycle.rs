@@ -28,7 +28,12 @@ pub(crate) async fn heartbeat(core: Arc<Core>) {
         let refresh =
             core.registry
                 .refresh(&core.namespace, &core.name, core.instance, core.config.ttl);
+        let started = tokio::time::Instant::now();
         let result = match tokio::time::timeout(period, refresh).await {
+            Ok(Ok(())) => {
+                core.counters.registry_rtt(started.elapsed());
+                Ok(())
+            }
             Ok(r) => r,
             Err(_) => Err(Error::Timeout {
                 what: "registry refresh",

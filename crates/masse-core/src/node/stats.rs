@@ -1,6 +1,7 @@
 //! Counters of a node: [`NodeStats`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::caching::CacheStats;
 use crate::wrappers::MeterSnapshot;
@@ -15,6 +16,21 @@ pub(crate) struct Counters {
     pub(crate) connect_failed: AtomicU64,
     pub(crate) stale_retries: AtomicU64,
     pub(crate) handshakes_rejected: AtomicU64,
+    /// Last successful heartbeat round trip to the registry, in µs (0: none yet).
+    pub(crate) registry_rtt_last_us: AtomicU64,
+    /// Moving average (1/8 weight per sample) of the same, in µs.
+    pub(crate) registry_rtt_avg_us: AtomicU64,
+}
+
+impl Counters {
+    /// Records one successful registry round trip.
+    pub(crate) fn registry_rtt(&self, rtt: Duration) {
+        let us = (rtt.as_micros() as u64).max(1);
+        self.registry_rtt_last_us.store(us, Ordering::Relaxed);
+        let avg = self.registry_rtt_avg_us.load(Ordering::Relaxed);
+        let next = if avg == 0 { us } else { avg - avg / 8 + us / 8 };
+        self.registry_rtt_avg_us.store(next, Ordering::Relaxed);
+    }
 }
 
 impl Counters {
@@ -32,6 +48,8 @@ impl Counters {
             connects_failed: l(&self.connect_failed),
             stale_retries: l(&self.stale_retries),
             handshakes_rejected: l(&self.handshakes_rejected),
+            registry_latency: micros(l(&self.registry_rtt_last_us)),
+            registry_latency_avg: micros(l(&self.registry_rtt_avg_us)),
             cache,
         }
     }
@@ -63,8 +81,16 @@ pub struct NodeStats {
     pub stale_retries: u64,
     /// Inbound connections dropped or refused during the handshake.
     pub handshakes_rejected: u64,
+    /// The last heartbeat's round trip to the registry (`None` before the first).
+    pub registry_latency: Option<Duration>,
+    /// A moving average of the heartbeat round trips to the registry.
+    pub registry_latency_avg: Option<Duration>,
     /// The registry cache's counters.
     pub cache: CacheStats,
+}
+
+fn micros(us: u64) -> Option<Duration> {
+    (us > 0).then(|| Duration::from_micros(us))
 }
 
 impl NodeStats {
