@@ -158,8 +158,9 @@ impl NodeBuilder {
         self
     }
 
-    /// A service this node accepts (listed in its record). A node with
-    /// services refuses streams for any other service with `NoSuchService`.
+    /// A service this node accepts (listed in its record). A stream that asks
+    /// for a service the node does not list is refused with `NoSuchService`;
+    /// streams without a service are always accepted.
     pub fn service(mut self, service: impl Into<String>) -> Self {
         self.services.push(service.into());
         self

@@ -1,0 +1,472 @@
+//! End to end: the `masse` binary in separate processes, on a real
+//! `redis-server` (started by the integration-test harness) or a SQLite file.
+//!
+//! Without `redis-server` the Redis tests print a loud skip notice and pass,
+//! except under `CI=true`, where they fail (the harness's rule).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use masse_integration_tests::redis::RedisServer;
+
+const BIN: &str = env!("CARGO_BIN_EXE_masse");
+/// The longest any one step may take.
+const T: Duration = Duration::from_secs(15);
+
+/// A unique namespace per test, so tests sharing nothing but a machine never meet.
+fn namespace(test: &str) -> String {
+    format!("cli-{test}-{}", std::process::id())
+}
+
+/// `masse --registry URL --namespace NS --bind 127.0.0.1:0 ARGS…`, with the
+/// environment cleared of what could change it.
+fn masse(registry: &str, ns: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--registry", registry, "--namespace", ns])
+        .args(["--bind", "127.0.0.1:0", "--timeout", "5s", "--ttl", "3s"])
+        .args(args)
+        .env_remove("MASSE_REGISTRY")
+        .env_remove("MASSE_NAMESPACE")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+/// What a finished process left.
+#[derive(Debug)]
+struct Output {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Output {
+    /// Asserts the failure was reported as exactly one `masse: …` line.
+    fn assert_one_error_line(&self, code: i32, mentions: &str) {
+        assert_eq!(self.code, code, "{self:#?}");
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "expected one stderr line: {self:#?}");
+        assert!(lines[0].starts_with("masse: "), "{self:#?}");
+        assert!(lines[0].contains(mentions), "{self:#?}");
+    }
+}
+
+/// A running `masse` process: its output is collected by threads, and it is
+/// killed when dropped.
+struct Proc {
+    child: Child,
+    /// Kept open (and silent) while the process lives, when no input was given.
+    _stdin: Option<ChildStdin>,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<thread::JoinHandle<()>>,
+}
+
+fn collect(pipe: impl Read + Send + 'static) -> (Arc<Mutex<String>>, thread::JoinHandle<()>) {
+    let buf = Arc::new(Mutex::new(String::new()));
+    let b = buf.clone();
+    let h = thread::spawn(move || {
+        let mut r = BufReader::new(pipe);
+        let mut line = String::new();
+        while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
+            b.lock().unwrap().push_str(&line);
+            line.clear();
+        }
+    });
+    (buf, h)
+}
+
+impl Proc {
+    /// Spawns `cmd` with `stdin` as its whole standard input (`None`: kept open, empty).
+    fn spawn(mut cmd: Command, stdin: Option<&[u8]>) -> Proc {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn masse");
+        let mut input = child.stdin.take().unwrap();
+        let input = match stdin {
+            Some(data) => {
+                input.write_all(data).unwrap();
+                None
+            }
+            None => Some(input),
+        };
+        let (stdout, h1) = collect(child.stdout.take().unwrap());
+        let (stderr, h2) = collect(child.stderr.take().unwrap());
+        Proc {
+            child,
+            _stdin: input,
+            stdout,
+            stderr,
+            readers: vec![h1, h2],
+        }
+    }
+
+    fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until `pred` holds for (stdout, stderr).
+    fn wait_for(&self, what: &str, pred: impl Fn(&str, &str) -> bool) {
+        let deadline = Instant::now() + T;
+        while Instant::now() < deadline {
+            if pred(&self.stdout(), &self.stderr()) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "timed out waiting for {what}; stdout:\n{}\nstderr:\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+    }
+
+    /// True while the process has not exited.
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGINT, as Ctrl-C would.
+    fn interrupt(&self) {
+        let ok = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -INT failed");
+    }
+
+    /// Waits for the process to exit (killing it after [`T`]) and returns what it left.
+    fn finish(mut self) -> Output {
+        let deadline = Instant::now() + T;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "masse did not exit in time; stdout:\n{}\nstderr:\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        for h in self.readers.drain(..) {
+            let _ = h.join();
+        }
+        Output {
+            code: status.code().unwrap_or(-1),
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `cmd` to completion with `stdin` as its input.
+fn run(cmd: Command, stdin: &[u8]) -> Output {
+    Proc::spawn(cmd, Some(stdin)).finish()
+}
+
+/// Starts `masse listen NAME ARGS…` and waits for its `listening as` line.
+fn listen(registry: &str, ns: &str, name: &str, args: &[&str], stdin: Option<&[u8]>) -> Proc {
+    let mut all = vec!["listen", name];
+    all.extend_from_slice(args);
+    let p = Proc::spawn(masse(registry, ns, &all), stdin);
+    p.wait_for("the listener to start", |_, err| {
+        err.contains(&format!("listening as {name} at tcp://127.0.0.1:"))
+    });
+    p
+}
+
+/// listen in one process, peers in another, connect in a third: bytes both ways.
+fn listen_connect_peers(registry: &str, ns: &str) {
+    let server = listen(registry, ns, "srv", &[], Some(b"hello from server\n"));
+
+    let peers = run(masse(registry, ns, &["peers"]), b"");
+    assert_eq!(peers.code, 0, "{peers:#?}");
+    let mut lines = peers.stdout.lines();
+    assert!(lines.next().unwrap().starts_with("NAME "), "{peers:#?}");
+    let row = lines.next().expect("a row for srv");
+    assert!(row.starts_with("srv "), "{peers:#?}");
+    assert!(row.contains("tcp://127.0.0.1:"), "{peers:#?}");
+    assert_eq!(
+        lines.next(),
+        None,
+        "peers lists only the listener: {peers:#?}"
+    );
+
+    let json = run(masse(registry, ns, &["peers", "s*", "--json"]), b"");
+    assert_eq!(json.code, 0, "{json:#?}");
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("peers --json is JSON");
+    let records = v.as_array().expect("a JSON array");
+    assert_eq!(records.len(), 1, "{v}");
+    assert_eq!(records[0]["name"], "srv");
+    assert_eq!(records[0]["namespace"], ns);
+    assert!(
+        records[0]["endpoints"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("tcp://127.0.0.1:")
+    );
+
+    let none = run(masse(registry, ns, &["peers", "nothing-*", "--json"]), b"");
+    assert_eq!((none.code, none.stdout.trim()), (0, "[]"), "{none:#?}");
+
+    let client = run(
+        masse(registry, ns, &["connect", "srv"]),
+        b"hello from client\n",
+    );
+    assert_eq!(client.code, 0, "{client:#?}");
+    assert_eq!(client.stdout, "hello from server\n");
+    assert_eq!(client.stderr, "", "{client:#?}");
+
+    // Without --keep-open the listener exits after its one stream.
+    let server = server.finish();
+    assert_eq!(server.code, 0, "{server:#?}");
+    assert_eq!(server.stdout, "hello from client\n");
+}
+
+#[test]
+fn listen_connect_peers_over_redis() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    listen_connect_peers(&redis.url(), &namespace("redis"));
+}
+
+#[test]
+fn listen_connect_peers_over_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/reg.db?mode=rwc", dir.path().display());
+    listen_connect_peers(&url, &namespace("sqlite"));
+}
+
+#[test]
+fn watch_prints_joined_and_left() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (url, ns) = (redis.url(), namespace("watch"));
+    let text = Proc::spawn(masse(&url, &ns, &["watch", "w*"]), None);
+    let json = Proc::spawn(masse(&url, &ns, &["watch", "--json"]), None);
+    for w in [&text, &json] {
+        w.wait_for("the watch to start", |_, err| {
+            err.contains("watching namespace")
+        });
+    }
+
+    let listener = listen(&url, &ns, "web-1", &[], None);
+    let other = listen(&url, &ns, "db-1", &[], None);
+    text.wait_for("a joined line", |out, _| {
+        out.lines().any(|l| l.contains(" joined  web-1 "))
+    });
+    listener.interrupt();
+    let l = listener.finish();
+    assert_eq!(l.code, 0, "Ctrl-C ends listen cleanly: {l:#?}");
+    text.wait_for("a left line", |out, _| {
+        out.lines().any(|l| l.contains(" left    web-1 "))
+    });
+    json.wait_for("JSON for web-1 leaving", |out, _| out.contains("\"left\""));
+
+    let text_out = text.stdout();
+    assert!(
+        !text_out.contains("db-1"),
+        "the pattern filters: {text_out}"
+    );
+    for line in text_out.lines() {
+        // 2025-11-25T13:40:00.123Z joined  web-1 3f2a1b4c tcp://127.0.0.1:4100
+        let (time, _) = line.split_once(' ').unwrap();
+        assert_eq!(time.len(), 24, "{line}");
+        assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{line}");
+    }
+    let mut kinds = Vec::new();
+    for line in json.stdout().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("one JSON object per line");
+        if v["name"] == "web-1" {
+            kinds.push(v["event"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(kinds, ["joined", "left"]);
+
+    for w in [text, json] {
+        w.interrupt();
+        let out = w.finish();
+        assert_eq!(out.code, 0, "{out:#?}");
+    }
+    drop(other);
+}
+
+#[test]
+fn ping_and_stats() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (url, ns) = (redis.url(), namespace("ping"));
+    // Pings do not reach the application: the listener keeps waiting for a stream.
+    let plain = listen(&url, &ns, "pingable", &[], None);
+    let rpc = listen(
+        &url,
+        &ns,
+        "rpc-only",
+        &["--service", "rpc", "--keep-open"],
+        None,
+    );
+
+    let out = run(
+        masse(&url, &ns, &["ping", "pingable", "-c", "3", "-i", "50ms"]),
+        b"",
+    );
+    assert_eq!(out.code, 0, "{out:#?}");
+    let replies: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("stream to pingable: seq=") && l.ends_with(" ms"))
+        .collect();
+    assert_eq!(replies.len(), 3, "{out:#?}");
+    assert!(
+        out.stdout.contains("3 attempts, 3 answered, 0 failed"),
+        "{out:#?}"
+    );
+    assert!(out.stdout.contains("time min/median/max = "), "{out:#?}");
+
+    // A peer with services of its own answers the reserved service the same way.
+    let out = run(masse(&url, &ns, &["ping", "rpc-only", "-c", "1"]), b"");
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert!(out.stdout.contains("1 attempts, 1 answered"), "{out:#?}");
+    // A service it offers is a Welcome, and the listener sees a stream.
+    let out = run(
+        masse(
+            &url,
+            &ns,
+            &["ping", "rpc-only", "-c", "1", "--service", "rpc"],
+        ),
+        b"",
+    );
+    assert_eq!(out.code, 0, "{out:#?}");
+    // Asking for a service it lacks explicitly is a refusal.
+    let out = run(
+        masse(
+            &url,
+            &ns,
+            &["ping", "rpc-only", "-c", "1", "--service", "web"],
+        ),
+        b"",
+    );
+    out.assert_one_error_line(4, "no such service");
+
+    let stats = run(masse(&url, &ns, &["peers", "--stats"]), b"");
+    assert_eq!(stats.code, 0, "{stats:#?}");
+    assert!(stats.stdout.contains("pingable"), "{stats:#?}");
+    assert!(
+        !stats.stdout.lines().any(|l| l.starts_with("cli-")),
+        "never lists itself: {stats:#?}"
+    );
+    assert!(stats.stdout.contains("cold "), "{stats:#?}");
+    assert!(stats.stdout.contains("hit rate"), "{stats:#?}");
+    let json = run(masse(&url, &ns, &["peers", "--stats", "--json"]), b"");
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    assert_eq!(v["peers"].as_array().map(Vec::len), Some(2), "{v}");
+    assert!(v["stats"]["cache"]["hits"].as_u64().unwrap() >= 1, "{v}");
+
+    for mut p in [plain, rpc] {
+        assert!(p.running(), "pings did not end the listener");
+        p.interrupt();
+        assert_eq!(p.finish().code, 0);
+    }
+}
+
+#[test]
+fn exec_runs_a_command_per_stream() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (url, ns) = (redis.url(), namespace("exec"));
+    let server = listen(
+        &url,
+        &ns,
+        "upper",
+        &[
+            "--keep-open",
+            "--exec",
+            "echo \"hi $MASSE_PEER\"; tr a-z A-Z",
+        ],
+        None,
+    );
+    for i in 0..2 {
+        let name = format!("client-{i}");
+        let out = run(
+            masse(&url, &ns, &["--name", &name, "connect", "upper"]),
+            b"shout\n",
+        );
+        assert_eq!(out.code, 0, "{out:#?}");
+        assert_eq!(out.stdout, format!("hi {name}\nSHOUT\n"));
+    }
+    server.interrupt();
+    assert_eq!(server.finish().code, 0);
+}
+
+#[test]
+fn failures_are_one_line_with_their_exit_code() {
+    // No server needed: nothing listens on port 1, and usage errors come first.
+    let out = run(masse("redis://127.0.0.1:1", "x", &["peers"]), b"");
+    out.assert_one_error_line(5, "registry redis unavailable");
+    let out = run(masse("redis://127.0.0.1:1", "x", &["watch"]), b"");
+    out.assert_one_error_line(5, "unavailable");
+    let out = run(
+        masse("redis://127.0.0.1:1", "x", &["connect", "bad name"]),
+        b"",
+    );
+    out.assert_one_error_line(2, "invalid peer name");
+    let out = run(masse("redis://127.0.0.1:1", "x", &["listen", "a/b"]), b"");
+    out.assert_one_error_line(2, "invalid peer name");
+    let out = run(masse("redis://127.0.0.1:1", "x", &["peers", "[a"]), b"");
+    out.assert_one_error_line(2, "invalid pattern");
+    let out = run(masse("gopher://x", "x", &["peers"]), b"");
+    out.assert_one_error_line(2, "unknown scheme");
+    let out = run(masse("memory://", "x", &["peers", "--bogus"]), b"");
+    out.assert_one_error_line(2, "--bogus");
+    let out = run(masse("memory://", "x", &["ping", "x", "-c", "0"]), b"");
+    out.assert_one_error_line(2, "0");
+    let out = run(masse("memory://", "bad ns", &["peers"]), b"");
+    out.assert_one_error_line(2, "invalid namespace");
+
+    let help = run(masse("memory://", "x", &["--help"]), b"");
+    assert_eq!(help.code, 0);
+    assert!(help.stdout.contains("Exit codes:"), "{help:#?}");
+}
+
+#[test]
+fn nobody_is_not_found() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let (url, ns) = (redis.url(), namespace("nobody"));
+    let out = run(masse(&url, &ns, &["connect", "nobody"]), b"");
+    out.assert_one_error_line(3, "no peer named \"nobody\"");
+    let out = run(masse(&url, &ns, &["ping", "nobody", "-c", "1"]), b"");
+    assert_eq!(out.code, 3, "{out:#?}");
+    assert!(
+        out.stdout.contains("1 attempts, 0 answered, 1 failed"),
+        "{out:#?}"
+    );
+    out.assert_one_error_line(3, "no answer from nobody");
+    let out = run(masse(&url, &ns, &["connect", "masse://other/db"]), b"");
+    out.assert_one_error_line(2, "namespace other");
+}
