@@ -36,7 +36,7 @@ pub(crate) struct Global {
     pub(crate) namespace: Option<String>,
 
     /// Name to join as, for commands that join without a name of their own
-    /// (connect, ping, peers --stats) [default: cli-<random hex>]
+    /// (connect, ping, peers --stats) [default: "cli-" and 8 random hex digits]
     #[arg(long, global = true, value_name = "NAME")]
     pub(crate) name: Option<String>,
 

@@ -14,6 +14,7 @@ mod record;
 mod registry;
 mod wrapper;
 
+pub mod addr;
 pub mod caching;
 pub mod handshake;
 pub mod memory;

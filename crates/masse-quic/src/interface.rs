@@ -116,7 +116,7 @@ impl QuicInterface {
     /// [`bind`](Interface::bind) fails with [`Error::InvalidAddress`]; dialing
     /// works regardless (from an ephemeral port).
     pub fn new(addr: impl AsRef<str>) -> Self {
-        Self::with_addr(masse_tcp::parse_socket_addr(
+        Self::with_addr(masse_core::addr::parse_socket_addr(
             "quic socket address",
             addr.as_ref(),
         ))
@@ -125,7 +125,7 @@ impl QuicInterface {
     /// Like [`new`](Self::new), but an address that does not parse is an
     /// [`Error::InvalidAddress`] at once.
     pub fn try_new(addr: &str) -> Result<Self> {
-        masse_tcp::parse_socket_addr("quic socket address", addr).map(Self::from_addr)
+        masse_core::addr::parse_socket_addr("quic socket address", addr).map(Self::from_addr)
     }
 
     /// An interface whose UDP socket binds `addr`.
@@ -158,7 +158,7 @@ impl QuicInterface {
     }
 
     /// Advertises `addr` instead of the addresses found by looking at the
-    /// bound socket and the host, as [`TcpInterface::advertise`](masse_tcp::TcpInterface::advertise)
+    /// bound socket and the host, as `TcpInterface::advertise` in masse-tcp
     /// does (repeatable; port 0 means the port actually bound; an unspecified
     /// IP makes `bind` fail).
     pub fn advertise(mut self, addr: SocketAddr) -> Self {

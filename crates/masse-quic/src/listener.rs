@@ -206,7 +206,7 @@ impl Drop for QuicListener {
 #[async_trait]
 impl Listener for QuicListener {
     fn endpoints(&self) -> Vec<Endpoint> {
-        masse_tcp::advertised_endpoints(
+        masse_core::addr::advertised_endpoints(
             Protocol::Quic,
             self.local,
             &self.advertise,

@@ -1,7 +1,9 @@
 //! [`TcpInterface`]: its configuration and the dialing side.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
+
+use masse_core::addr::parse_socket_addr;
 use std::time::Duration;
 
 use masse_core::{
@@ -229,49 +231,6 @@ async fn connect_within(addr: SocketAddr, limit: Duration) -> Result<TcpStream> 
 /// Parses a bind address, explaining the usual mistakes.
 fn parse_addr(input: &str) -> Result<SocketAddr> {
     parse_socket_addr("tcp socket address", input)
-}
-
-/// Parses an IP address and port such as `0.0.0.0:4100`, `127.0.0.1:0` or
-/// `[::1]:0`, as [`TcpInterface::new`] does: host names are not resolved, and
-/// an [`Error::InvalidAddress`] of kind `kind` explains the usual mistakes
-/// (a missing port, an IPv6 address without brackets, a host name). For
-/// transports over IP other than TCP (QUIC).
-pub fn parse_socket_addr(kind: &'static str, input: &str) -> Result<SocketAddr> {
-    if let Ok(addr) = input.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    let reason = if input.parse::<std::net::Ipv6Addr>().is_ok() {
-        "missing port; an IPv6 address goes in brackets before the port (e.g. [::1]:4100, [::]:0)"
-    } else if input.parse::<IpAddr>().is_ok() {
-        "missing port; add one, or :0 for any free port (e.g. 0.0.0.0:0)"
-    } else if input.trim() != input {
-        "remove the surrounding white space"
-    } else if input
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| port.parse::<u16>().is_ok() && !host.contains(':'))
-    {
-        "host names are not resolved; give an IP address (e.g. 127.0.0.1:4100, [::1]:4100)"
-    } else {
-        "expected an IP address and port such as 0.0.0.0:4100, 127.0.0.1:0 or [::1]:0"
-    };
-    Err(Error::InvalidAddress {
-        kind,
-        input: clip(input),
-        reason: reason.into(),
-    })
-}
-
-/// Truncates user input embedded in an error message to 200 bytes.
-fn clip(input: &str) -> String {
-    const MAX: usize = 200;
-    if input.len() <= MAX {
-        return input.to_owned();
-    }
-    let mut end = MAX;
-    while !input.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &input[..end])
 }
 
 /// An I/O error that says what was being done; keeps the original as its

@@ -9,8 +9,8 @@ mod listener;
 #[cfg(feature = "tls")]
 mod tls;
 
-pub use advertise::{advertised_addrs, advertised_endpoints, host_ips};
-pub use interface::{TcpInterface, parse_socket_addr};
+pub use advertise::{advertised_addrs, advertised_endpoints, host_ips, parse_socket_addr};
+pub use interface::TcpInterface;
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub use tls::TlsInterface;
