@@ -56,3 +56,17 @@ pub fn payload(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Echoes every stream `node` accepts, until the node shuts down.
+pub async fn echo_forever(node: &Node) {
+    let mut incoming = node.incoming();
+    tokio::spawn(async move {
+        while let Some(mut s) = incoming.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tokio::io::split(&mut s);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut w).await;
+            });
+        }
+    });
+}

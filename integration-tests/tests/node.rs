@@ -10,25 +10,12 @@ use masse::{
     BoxIo, Direction, Error, InstanceId, MemoryRegistry, NamePolicy, Namespace, NodeEvent,
     PeerName, PeerRecord, RefuseCode, Registry, StreamContext,
 };
-use masse_integration_tests::{fnv1a, node, payload};
+use masse_integration_tests::{echo_forever, fnv1a, node, payload};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 
 const T: Duration = Duration::from_secs(10);
-
-async fn echo_forever(n: &masse::Node) {
-    let mut incoming = n.incoming();
-    tokio::spawn(async move {
-        while let Some(mut s) = incoming.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = tokio::io::split(&mut s);
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_by_name_and_talk() {

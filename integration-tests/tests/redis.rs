@@ -16,6 +16,7 @@ use masse::{
     DynRegistry, Error, InstanceId, NamePolicy, Namespace, NodeEvent, Pattern, PeerName,
     PeerRecord, Registry, RegistryEvent,
 };
+use masse_integration_tests::echo_forever;
 use masse_integration_tests::redis::{
     RedisCluster, RedisOptions, RedisServer, Resp, cluster_command, raw_command,
 };
@@ -428,19 +429,6 @@ async fn a_watcher_behind_a_trimmed_stream_gets_resync() {
             other => panic!("unexpected {other:?}"),
         }
     }
-}
-
-async fn echo_forever(n: &masse::Node) {
-    let mut incoming = n.incoming();
-    tokio::spawn(async move {
-        while let Some(mut s) = incoming.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = tokio::io::split(&mut s);
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
 }
 
 async fn wait_for(events: &mut masse::Events, what: &str, pred: impl Fn(&NodeEvent) -> bool) {

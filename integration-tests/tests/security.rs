@@ -12,7 +12,7 @@ use masse::{
     Node, NodeBuilder, PeerName, PeerRecord, Protocol, QuicInterface, RefuseCode, Registry,
     RegistryEvent, TcpInterface, TlsInterface,
 };
-use masse_integration_tests::init_tracing;
+use masse_integration_tests::{echo_forever, init_tracing};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -27,18 +27,6 @@ fn base(name: &str, ns: &str) -> NodeBuilder {
 
 fn tls(name: &str, ns: &str) -> NodeBuilder {
     base(name, ns).interface(TlsInterface::new("127.0.0.1:0"))
-}
-
-async fn echo_forever(n: &Node) {
-    let mut incoming = n.incoming();
-    tokio::spawn(async move {
-        while let Some(mut s) = incoming.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = tokio::io::split(&mut s);
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
 }
 
 async fn roundtrip(n: &Node, to: &str) -> masse::Result<masse::PeerStream> {

@@ -12,9 +12,9 @@ use masse::{
     BoxStream, DynRegistry, Error, InstanceId, NamePolicy, Namespace, NodeEvent, Pattern, PeerName,
     PeerRecord, Registry, RegistryEvent,
 };
-use masse_integration_tests::init_tracing;
 use masse_integration_tests::mariadb::MariaDbServer;
 use masse_integration_tests::postgres::PostgresServer;
+use masse_integration_tests::{echo_forever, init_tracing};
 use masse_sql::{SqlConfig, SqlRegistry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
@@ -74,7 +74,15 @@ async fn conformance(url: String) {
     let started = Instant::now();
     RegistryConformance::new(move || {
         let url = url.clone();
-        async move { Arc::new(connect(&url).await) as DynRegistry }
+        async move {
+            // The suite's 200 concurrent publishers queue for pooled
+            // connections: normal deadlines here, not the outage tests' short ones.
+            let relaxed = SqlConfig::new().poll_interval(POLL);
+            let reg = SqlRegistry::connect_with(&url, relaxed)
+                .await
+                .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+            Arc::new(reg) as DynRegistry
+        }
     })
     .ttl(Duration::from_millis(600))
     .slack(POLL * 2 + Duration::from_millis(900))
@@ -230,19 +238,6 @@ async fn node_event<T>(
             Err(_) => panic!("no {what} within {T:?}"),
         }
     }
-}
-
-async fn echo_forever(n: &masse::Node) {
-    let mut incoming = n.incoming();
-    tokio::spawn(async move {
-        while let Some(mut s) = incoming.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = tokio::io::split(&mut s);
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
 }
 
 /// The database dies under two running nodes and a watcher on another

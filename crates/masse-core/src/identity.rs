@@ -461,6 +461,39 @@ pub mod tls {
     /// The ALPN protocol masse offers and requires on `tls` and `quic`.
     pub const ALPN: &[u8] = b"masse/1";
 
+    /// The fingerprint a dialer must pin for `peer` at `endpoint`: a record
+    /// without an identity cannot be authenticated, so it is
+    /// [`Error::Unauthorized`](crate::Error::Unauthorized).
+    pub fn pinned_fingerprint(
+        peer: &crate::PeerRecord,
+        endpoint: &crate::Endpoint,
+    ) -> Result<Fingerprint> {
+        peer.identity.ok_or_else(|| crate::Error::Unauthorized {
+            reason: format!(
+                "peer {:?} publishes no identity in its record, so {endpoint} cannot be \
+                 authenticated; {} needs the peer's certificate fingerprint",
+                peer.name.as_str(),
+                endpoint.protocol
+            ),
+        })
+    }
+
+    /// The identity an interface proves itself with: the node's (from the
+    /// context) or the interface's own default; neither is a configuration error.
+    pub fn pick_identity<'a>(
+        from_ctx: Option<&'a Arc<Identity>>,
+        own: Option<&'a Arc<Identity>>,
+        protocol: crate::Protocol,
+        role: &str,
+    ) -> Result<&'a Arc<Identity>> {
+        from_ctx.or(own).ok_or_else(|| {
+            crate::Error::Config(format!(
+                "the {protocol} interface needs an identity to {role}: it authenticates both sides by \
+                 certificate; give the context one (nodes always do) or set the interface's identity"
+            ))
+        })
+    }
+
     /// The server name dialers use ([`Identity::SUBJECT_ALT_NAME`]); never
     /// checked, and not sent (SNI is off).
     pub fn server_name() -> ServerName<'static> {

@@ -235,12 +235,7 @@ impl QuicInterface {
         from_ctx: Option<&'a Arc<Identity>>,
         role: &str,
     ) -> Result<&'a Arc<Identity>> {
-        from_ctx.or(self.identity.as_ref()).ok_or_else(|| {
-            Error::Config(format!(
-                "the quic interface needs an identity to {role}: QUIC authenticates both \
-                 sides by certificate; give the context one or set QuicInterface::identity"
-            ))
-        })
+        masse_core::tls::pick_identity(from_ctx, self.identity.as_ref(), Protocol::Quic, role)
     }
 
     /// The transport settings of connections we accept.
@@ -490,13 +485,7 @@ impl Interface for QuicInterface {
                 "the quic interface cannot dial {endpoint}"
             )));
         }
-        let expected = peer.identity.ok_or_else(|| Error::Unauthorized {
-            reason: format!(
-                "peer {:?} publishes no identity in its record, so {endpoint} cannot be \
-                 authenticated; quic needs the peer's certificate fingerprint",
-                peer.name.as_str()
-            ),
-        })?;
+        let expected = masse_core::tls::pinned_fingerprint(peer, endpoint)?;
         let identity = self.pick_identity(ctx.identity.as_ref(), "dial")?;
         let key = PoolKey {
             addr: endpoint.addr,

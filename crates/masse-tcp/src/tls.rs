@@ -162,12 +162,7 @@ impl TlsInterface {
         from_ctx: Option<&'a Arc<Identity>>,
         role: &str,
     ) -> Result<&'a Arc<Identity>> {
-        from_ctx.or(self.identity.as_ref()).ok_or_else(|| {
-            Error::Config(format!(
-                "the tls interface needs an identity to {role}: TLS authenticates both \
-                 sides by certificate; give the context one or set TlsInterface::identity"
-            ))
-        })
+        masse_core::tls::pick_identity(from_ctx, self.identity.as_ref(), Protocol::Tls, role)
     }
 }
 
@@ -244,13 +239,7 @@ impl Interface for TlsInterface {
                 "the tls interface cannot dial {endpoint}"
             )));
         }
-        let expected = peer.identity.ok_or_else(|| Error::Unauthorized {
-            reason: format!(
-                "peer {:?} publishes no identity in its record, so {endpoint} cannot be \
-                 authenticated; tls needs the peer's certificate fingerprint",
-                peer.name.as_str()
-            ),
-        })?;
+        let expected = masse_core::tls::pinned_fingerprint(peer, endpoint)?;
         let identity = self.pick_identity(ctx.identity.as_ref(), "dial")?;
         let config = self.configs.get(identity, expected)?;
         let limit = ctx.connect_timeout;
