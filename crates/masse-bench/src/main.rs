@@ -7,6 +7,7 @@
 mod cache;
 mod latency;
 mod quic;
+mod registry;
 mod secure;
 mod setup;
 mod stats;
@@ -38,16 +39,16 @@ impl Mode {
 /// One output line: `name value unit`.
 #[derive(Debug, Clone, PartialEq)]
 struct Figure {
-    name: &'static str,
+    name: String,
     value: f64,
     decimals: usize,
     unit: &'static str,
 }
 
 impl Figure {
-    fn new(name: &'static str, value: f64, decimals: usize, unit: &'static str) -> Self {
+    fn new(name: impl Into<String>, value: f64, decimals: usize, unit: &'static str) -> Self {
         Figure {
-            name,
+            name: name.into(),
             value,
             decimals,
             unit,
@@ -107,6 +108,11 @@ const BENCHES: &[Bench] = &[
         describe: setup::describe,
         run: setup::run,
     },
+    Bench {
+        name: "registry",
+        describe: registry::describe,
+        run: registry::run,
+    },
 ];
 
 /// Worker threads of the multi-thread runtime: the reference machine has 2 cores.
@@ -142,7 +148,8 @@ usage: cargo run --release -p masse-bench [-- [--quick] [FILTER]]
   --quick   short smoke run (smaller rounds, fewer iterations)
   FILTER    run only the benches whose name contains FILTER:
             tcp_throughput, connect_latency, cache_lookup, tls_throughput,
-            quic_throughput, quic_new_stream_latency, setup_time
+            quic_throughput, quic_new_stream_latency, setup_time,
+            registry (starts PostgreSQL, MariaDB and Redis servers)
 
 Prints one `name value unit` line per figure; lines starting with # are comments.";
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
+use futures::{StreamExt as _, TryStreamExt as _};
 use masse_core::{
     Error, InstanceId, NamePolicy, Namespace, Pattern, PeerName, PeerRecord, Registry,
     RegistryEvent, Result,
@@ -377,14 +378,24 @@ impl Registry for RedisRegistry {
         };
         names.sort_unstable();
         names.dedup();
-        let mut out = Vec::with_capacity(names.len());
-        for chunk in names.chunks(FETCH_CHUNK) {
+        // The chunks are fetched concurrently (up to 8 in flight on the
+        // multiplexed connection), in order.
+        let keys = &keys;
+        let chunks: Vec<Vec<String>> = names.chunks(FETCH_CHUNK).map(<[String]>::to_vec).collect();
+        let fetches = chunks.into_iter().map(|chunk| async move {
             let mut inv = SCRIPTS.fetch.prepare_invoke();
             inv.key(&keys.index).arg(&keys.peer_prefix);
             for n in chunk {
                 inv.arg(n.as_str());
             }
-            let reply: Vec<Option<Vec<u8>>> = inner.run("a lookup", &inv).await?;
+            inner.run::<Vec<Option<Vec<u8>>>>("a lookup", &inv).await
+        });
+        let replies: Vec<Vec<Option<Vec<u8>>>> = futures::stream::iter(fetches)
+            .buffered(8)
+            .try_collect()
+            .await?;
+        let mut out = Vec::with_capacity(names.len());
+        for reply in replies {
             if !reply.len().is_multiple_of(2) {
                 return Err(error::unexpected("lookup script reply of odd length"));
             }

@@ -171,10 +171,11 @@ local now = now_ms()
 local out = {}
 for i = 2, #ARGV do
   local name = ARGV[i]
-  local score = redis.call('ZSCORE', KEYS[1], name)
-  if score and tonumber(score) > now then
+  -- One read per name: the hash keeps its own expiry in step with the index.
+  local v = redis.pcall('HMGET', ARGV[1] .. name, 'record', 'expires')
+  if type(v) == 'table' and v[2] and (tonumber(v[2]) or 0) > now then
     out[#out + 1] = name
-    out[#out + 1] = hget(ARGV[1] .. name, 'record')
+    out[#out + 1] = type(v[1]) == 'string' and v[1] or false
   end
 end
 return out

@@ -38,7 +38,7 @@ pub(crate) async fn connect(url: &str, shown: &str, config: &SqlConfig) -> Resul
     let in_memory = database == ":memory:" || param("mode") == Some("memory");
     let pool = if in_memory {
         // One connection: the database lives exactly as long as it does.
-        SqlitePoolOptions::new()
+        let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
@@ -46,7 +46,11 @@ pub(crate) async fn connect(url: &str, shown: &str, config: &SqlConfig) -> Resul
             .acquire_timeout(config.connect_timeout)
             .connect_with(options)
             .await
-            .map_err(|e| map_err(Sqlite::BACKEND, e))?
+            .map_err(|e| map_err(Sqlite::BACKEND, e))?;
+        migrate(&pool)
+            .await
+            .map_err(|e| map_err(Sqlite::BACKEND, e))?;
+        pool
     } else {
         // A registry is written to: create the file (and its directory)
         // unless the URL says otherwise with `mode=`.
@@ -68,19 +72,44 @@ pub(crate) async fn connect(url: &str, shown: &str, config: &SqlConfig) -> Resul
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(config.busy_timeout);
-        SqlitePoolOptions::new()
-            .max_connections(config.pool_size)
-            .acquire_timeout(config.connect_timeout)
-            .connect_with(options)
-            .await
-            .map_err(|e| map_err(Sqlite::BACKEND, e))?
+        // Processes opening a new file together race to switch it to WAL,
+        // and SQLite reports that race as "database is locked" without
+        // waiting on busy_timeout: take turns and try again.
+        let mut attempt = 0u32;
+        loop {
+            let opened = match SqlitePoolOptions::new()
+                .max_connections(config.pool_size)
+                .acquire_timeout(config.connect_timeout)
+                .connect_with(options.clone())
+                .await
+            {
+                Ok(pool) => migrate(&pool).await.map(|()| pool),
+                Err(e) => Err(e),
+            };
+            match opened {
+                Ok(pool) => break pool,
+                Err(e) if attempt < 8 && is_locked(&e) => {
+                    attempt += 1;
+                    tracing::debug!(attempt, error = %e, "sqlite file busy while opening; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * u64::from(attempt)))
+                        .await;
+                }
+                Err(e) => return Err(map_err(Sqlite::BACKEND, e)),
+            }
+        }
     };
-    migrate(&pool)
-        .await
-        .map_err(|e| map_err(Sqlite::BACKEND, e))?;
+
     Ok(Connected {
         backend: Arc::new(Store::new(pool)),
         listen: None,
+    })
+}
+
+/// SQLite's "database is locked" / "busy" answers.
+fn is_locked(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if {
+        let m = d.message().to_ascii_lowercase();
+        m.contains("locked") || m.contains("busy")
     })
 }
 
