@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use masse_core::{
-    Accepted, BindContext, BoxIo, ConnectContext, Endpoint, Error, Fingerprint, Identity,
-    InstanceId, Interface, Listener, PeerRecord, Protocol,
+    Accepted, BindContext, BoxIo, ConnectContext, Endpoint, Error, Identity, InstanceId, Interface,
+    Listener, Protocol,
 };
 use masse_quic::QuicInterface;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,40 +25,7 @@ fn init_tracing() {
         .try_init();
 }
 
-fn identity(name: &str) -> Arc<Identity> {
-    Arc::new(Identity::generate(name).expect("generate identity"))
-}
-
-fn bind_ctx(id: &Arc<Identity>) -> BindContext {
-    BindContext::new(
-        "test".parse().unwrap(),
-        "acceptor".parse().unwrap(),
-        InstanceId::random(),
-    )
-    .with_identity(id.clone())
-}
-
-fn connect_ctx(id: &Arc<Identity>) -> ConnectContext {
-    ConnectContext::new(
-        "test".parse().unwrap(),
-        "dialer".parse().unwrap(),
-        InstanceId::random(),
-    )
-    .with_identity(id.clone())
-}
-
-fn record(ep: Endpoint, fingerprint: Option<Fingerprint>) -> PeerRecord {
-    let r = PeerRecord::new(
-        "test".parse().unwrap(),
-        "acceptor".parse().unwrap(),
-        InstanceId::random(),
-    )
-    .with_endpoint(ep);
-    match fingerprint {
-        Some(f) => r.with_identity(f),
-        None => r,
-    }
-}
+use masse_core::testkit::fixtures::{bind_ctx, connect_ctx, identity, record};
 
 async fn accept(listener: &mut Box<dyn Listener>) -> Accepted {
     timeout(STEP, listener.accept())

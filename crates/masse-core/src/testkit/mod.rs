@@ -16,6 +16,7 @@
 //! # }
 //! ```
 
+pub mod fixtures;
 mod interface;
 mod registry;
 
