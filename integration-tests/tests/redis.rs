@@ -431,6 +431,81 @@ async fn a_watcher_behind_a_trimmed_stream_gets_resync() {
     }
 }
 
+/// Sweeps pace themselves by the namespace's size (each of 60 handles sweeps
+/// about every 60 x sweep_interval, capped by max_sweep_interval), yet when
+/// most peers of the namespace vanish at once, every one of them is still
+/// reported `Expired`, exactly once, within the cap of the last handle left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_sweeps_still_report_a_mass_expiry_once_and_in_time() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let config = RedisConfig::new()
+        .sweep_interval(Duration::from_millis(50))
+        .max_sweep_interval(Duration::from_millis(800));
+    let n = ns("t-paced");
+    let survivor = RedisRegistry::connect_with(&server.url(), config.clone())
+        .await
+        .expect("connect");
+    let mut events = survivor.watch(&n).await.expect("watch");
+    let kept = record(&n, "kept");
+    survivor
+        .publish(&kept, T, NamePolicy::Takeover)
+        .await
+        .expect("publish");
+    let mut doomed = Vec::new();
+    let mut others = Vec::new();
+    for i in 0..59 {
+        let reg = RedisRegistry::connect_with(&server.url(), config.clone())
+            .await
+            .expect("connect");
+        let r = record(&n, &format!("doomed-{i:02}"));
+        reg.publish(&r, TTL, NamePolicy::Takeover)
+            .await
+            .expect("publish");
+        doomed.push(r);
+        others.push(reg);
+    }
+    for _ in 0..60 {
+        assert!(matches!(next(&mut events).await, RegistryEvent::Joined(_)));
+    }
+    // Let every handle sweep the full namespace once, so each now waits
+    // about 60 x 50 ms (capped at 800 ms), then every doomed handle goes.
+    sleep(Duration::from_millis(300)).await;
+    drop(others);
+    let gone = Instant::now();
+
+    let mut expired = std::collections::HashSet::new();
+    while expired.len() < doomed.len() {
+        match next(&mut events).await {
+            RegistryEvent::Expired { name, instance } => {
+                let r = doomed
+                    .iter()
+                    .find(|r| r.name == name && r.instance == instance)
+                    .unwrap_or_else(|| panic!("Expired for {name}, which was not doomed"));
+                assert!(expired.insert(r.name.clone()), "{name} expired twice");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // ttl, then at most 1.5 x the cap for the survivor's next sweep, one tick
+    // of rounding, and generous scheduling slack for a loaded machine.
+    let within = TTL + Duration::from_millis(1200 + 50) + SLACK;
+    assert!(
+        gone.elapsed() < within,
+        "all 59 Expired after {:?} (bound {within:?})",
+        gone.elapsed()
+    );
+    // Exactly once, and the live peer untouched.
+    if let Ok(Some(ev)) = timeout(Duration::from_millis(500), events.next()).await {
+        panic!("nothing more expected, got {ev:?}");
+    }
+    assert_eq!(
+        names(&survivor.lookup(&n, &Pattern::any()).await.expect("lookup")),
+        ["kept"]
+    );
+}
+
 async fn wait_for(events: &mut masse::Events, what: &str, pred: impl Fn(&NodeEvent) -> bool) {
     let deadline = Instant::now() + T;
     loop {

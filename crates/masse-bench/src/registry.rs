@@ -30,7 +30,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use masse::{
     CachingRegistry, DynRegistry, Endpoint, Freshness, InstanceId, NamePolicy, Namespace, Pattern,
-    PeerName, PeerRecord, Protocol, RedisRegistry, Registry, RegistryEvent, SqlConfig, SqlRegistry,
+    PeerName, PeerRecord, Protocol, RedisConfig, RedisRegistry, Registry, RegistryEvent, SqlConfig,
+    SqlRegistry,
 };
 use masse_integration_tests::mariadb::MariaDbServer;
 use masse_integration_tests::postgres::{DEFAULT_BIN_DIR, PostgresServer};
@@ -725,11 +726,21 @@ async fn heartbeat(url: &str, periods: u32) -> Result<Figure, BoxError> {
     for c in connecting {
         nodes.push(c.await??);
     }
-    // Loads the refresh script into the server before the window.
-    let (h, r) = &nodes[0];
-    h.refresh(&ns, &r.name, r.instance, HEARTBEAT_TTL).await?;
-    // Every sweeper has ticked with the namespace tracked.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every handle swept once on connecting and then paces itself by the
+    // number of records (RedisConfig::sweep_interval): wait out the longest
+    // first pause (1.5 x the default max_sweep_interval) so the window sees
+    // the steady state, not the start-up burst, refreshing every record each
+    // period meanwhile (which also loads the refresh script).
+    let warm_up = Instant::now() + RedisConfig::new().get_max_sweep_interval().mul_f64(1.5);
+    while Instant::now() < warm_up {
+        let refreshes = nodes
+            .iter()
+            .map(|(h, r)| h.refresh(&ns, &r.name, r.instance, HEARTBEAT_TTL));
+        for done in futures::future::join_all(refreshes).await {
+            done?;
+        }
+        tokio::time::sleep(period.min(warm_up.saturating_duration_since(Instant::now()))).await;
+    }
 
     let mut info = redis::Client::open(url)?
         .get_multiplexed_async_connection()

@@ -1,7 +1,8 @@
 //! [`RedisRegistry`]: the [`Registry`] implementation.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::{BuildHasher as _, RandomState};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use masse_core::{
 };
 use redis::{FromRedisValue, ScriptInvocation, Value};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::address;
 use crate::config::RedisConfig;
@@ -35,11 +37,12 @@ const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Cloning is cheap and shares the connection; [`connect`](Self::connect)
 /// again for an independent handle (as another process would have).
 ///
-/// Each handle sweeps the namespaces it has used for expired records every
-/// [`sweep_interval`](RedisConfig::sweep_interval); the sweep that removes a
-/// record reports its `Expired` event, so the event comes once however many
-/// handles there are. Lookups decide expiry by the server clock, so an
-/// expired record is invisible at once, swept or not.
+/// Each handle sweeps the namespaces it has used for expired records, pacing
+/// itself by the number of records there so that all handles together sweep a
+/// namespace about every [`sweep_interval`](RedisConfig::sweep_interval); the
+/// sweep that removes a record reports its `Expired` event, so the event comes
+/// once however many handles there are. Lookups decide expiry by the server
+/// clock, so an expired record is invisible at once, swept or not.
 ///
 /// ```no_run
 /// # async fn demo() -> masse_core::Result<()> {
@@ -148,8 +151,9 @@ impl Inner {
         }
     }
 
-    /// Removes every due record of `ns`, one `Expired` event each.
-    async fn sweep(&self, ns: &Namespace) -> Result<usize> {
+    /// Removes every due record of `ns`, one `Expired` event each. Returns
+    /// how many were due and how many records the namespace holds afterwards.
+    async fn sweep(&self, ns: &Namespace) -> Result<(usize, usize)> {
         let keys = NsKeys::new(ns);
         let mut total = 0;
         loop {
@@ -160,10 +164,10 @@ impl Inner {
                 .arg(self.config.stream_maxlen)
                 .arg(&keys.peer_prefix)
                 .arg(SWEEP_LIMIT);
-            let due: usize = self.run("a sweep", &inv).await?;
+            let (due, left): (usize, usize) = self.run("a sweep", &inv).await?;
             total += due;
             if due < SWEEP_LIMIT {
-                return Ok(total);
+                return Ok((total, left));
             }
         }
     }
@@ -178,13 +182,21 @@ async fn ping(conn: &Conn, config: &RedisConfig) -> Result<()> {
     }
 }
 
-/// Sweeps the handle's namespaces every `sweep_interval`; ends with the handle.
+/// Sweeps the handle's namespaces, each when [`sweep_delay`] after its last
+/// sweep has passed; ends with the handle. A failed sweep is retried at the
+/// next tick.
 async fn sweeper(weak: Weak<Inner>) {
-    let Some(interval) = weak.upgrade().map(|i| i.config.sweep_interval) else {
+    let Some((interval, max)) = weak
+        .upgrade()
+        .map(|i| (i.config.sweep_interval, i.config.max_sweep_interval))
+    else {
         return;
     };
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let random = RandomState::new();
+    let mut draws: u64 = 0;
+    let mut next: HashMap<Namespace, Instant> = HashMap::new();
     let mut failing = false;
     loop {
         tick.tick().await;
@@ -197,15 +209,22 @@ async fn sweeper(weak: Weak<Inner>) {
             .cloned()
             .collect();
         for ns in namespaces {
+            if next.get(&ns).is_some_and(|due| *due > Instant::now()) {
+                continue;
+            }
             match inner.sweep(&ns).await {
-                Ok(n) => {
+                Ok((expired, left)) => {
                     if failing {
                         failing = false;
                         tracing::debug!("redis registry sweeps work again");
                     }
-                    if n > 0 {
-                        tracing::debug!(namespace = %ns, expired = n, "swept expired records");
+                    if expired > 0 {
+                        tracing::debug!(namespace = %ns, expired, "swept expired records");
                     }
+                    draws += 1;
+                    // A uniform draw in [0, 1) from the top 53 bits.
+                    let unit = (random.hash_one(draws) >> 11) as f64 / (1u64 << 53) as f64;
+                    next.insert(ns, Instant::now() + sweep_delay(interval, max, left, unit));
                 }
                 Err(e) => {
                     if !failing {
@@ -217,6 +236,22 @@ async fn sweeper(weak: Weak<Inner>) {
             }
         }
     }
+}
+
+/// How long one handle waits before sweeping a namespace again, after a sweep
+/// that left `records` records in it: `records` × `interval` (each record's
+/// node being, roughly, one more handle sweeping the same namespace), at most
+/// `max` (never below `interval`), scaled by `0.5 + unit` for `unit` in
+/// [0, 1) so that handles started together drift apart.
+fn sweep_delay(interval: Duration, max: Duration, records: usize, unit: f64) -> Duration {
+    let records = u32::try_from(records.max(1)).unwrap_or(u32::MAX);
+    let base = interval.saturating_mul(records).min(max.max(interval));
+    let unit = if unit.is_nan() {
+        0.0
+    } else {
+        unit.clamp(0.0, 1.0)
+    };
+    base.mul_f64(0.5 + unit)
 }
 
 /// Milliseconds for Redis, at least 1.
@@ -449,6 +484,28 @@ impl fmt::Debug for RedisRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sweep_delay_spreads_handles_and_is_bounded() {
+        let ms = Duration::from_millis;
+        let (interval, max) = (ms(250), Duration::from_secs(5));
+        // Alone (or with an empty namespace): every interval, ±50 %.
+        assert_eq!(sweep_delay(interval, max, 0, 0.5), ms(250));
+        assert_eq!(sweep_delay(interval, max, 1, 0.0), ms(125));
+        assert!(sweep_delay(interval, max, 1, 0.999_999) < ms(375));
+        // Ten records: ten handles share the namespace, each sweeps a tenth as often.
+        assert_eq!(sweep_delay(interval, max, 10, 0.5), ms(2500));
+        // Capped on average at `max`, however many records.
+        assert_eq!(sweep_delay(interval, max, 1_000_000, 0.5), max);
+        assert_eq!(
+            sweep_delay(interval, max, usize::MAX, 1.0),
+            max.mul_f64(1.5)
+        );
+        // A cap below the interval counts as the interval; out-of-range draws are clamped.
+        assert_eq!(sweep_delay(interval, ms(10), 100, 0.5), ms(250));
+        assert_eq!(sweep_delay(interval, max, 1, -3.0), ms(125));
+        assert_eq!(sweep_delay(interval, max, 1, f64::NAN), ms(125));
+    }
 
     #[test]
     fn ttl_bounds() {

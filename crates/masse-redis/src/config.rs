@@ -24,6 +24,7 @@ pub struct RedisConfig {
     pub(crate) stream_maxlen: u64,
     pub(crate) block_timeout: Duration,
     pub(crate) sweep_interval: Duration,
+    pub(crate) max_sweep_interval: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) response_timeout: Duration,
     pub(crate) cluster_nodes: Vec<String>,
@@ -37,6 +38,7 @@ impl Default for RedisConfig {
             stream_maxlen: 10_000,
             block_timeout: Duration::from_secs(2),
             sweep_interval: Duration::from_millis(250),
+            max_sweep_interval: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
             cluster_nodes: Vec::new(),
@@ -48,7 +50,8 @@ impl Default for RedisConfig {
 
 impl RedisConfig {
     /// The defaults: stream of about 10 000 events, `XREAD BLOCK` of 2 s,
-    /// a sweep every 250 ms, connect and response timeouts of 1 s.
+    /// each namespace swept about every 250 ms (each handle at most every 5 s),
+    /// connect and response timeouts of 1 s.
     pub fn new() -> Self {
         Self::default()
     }
@@ -68,11 +71,28 @@ impl RedisConfig {
         self
     }
 
-    /// How often each handle looks for expired records in the namespaces it
-    /// uses (default 250 ms). An expired record is invisible at once either
-    /// way; this bounds how late its `Expired` event comes.
+    /// How often a namespace is looked through for expired records, by all
+    /// the handles that use it together (default 250 ms). An expired record is
+    /// invisible at once either way; this sets how late its `Expired` event
+    /// comes.
+    ///
+    /// Each handle spreads the work: after a sweep that found `n` records in
+    /// the namespace, it sweeps again after about `n` times this interval
+    /// (randomised ±50 %, at most [`max_sweep_interval`](Self::max_sweep_interval)
+    /// on average). A handle alone in its namespace sweeps every interval; a
+    /// node among a thousand sweeps once per `max_sweep_interval`.
     pub fn sweep_interval(mut self, interval: Duration) -> Self {
         self.sweep_interval = interval;
+        self
+    }
+
+    /// The longest one handle waits between two sweeps of a namespace, on
+    /// average (default 5 s; a value below
+    /// [`sweep_interval`](Self::sweep_interval) counts as that). It bounds how late `Expired` events come when
+    /// most peers of a large namespace vanish at once; see
+    /// [`sweep_interval`](Self::sweep_interval).
+    pub fn max_sweep_interval(mut self, interval: Duration) -> Self {
+        self.max_sweep_interval = interval;
         self
     }
 
@@ -134,6 +154,11 @@ impl RedisConfig {
         self.sweep_interval
     }
 
+    /// See [`max_sweep_interval`](Self::max_sweep_interval).
+    pub fn get_max_sweep_interval(&self) -> Duration {
+        self.max_sweep_interval
+    }
+
     /// See [`connect_timeout`](Self::connect_timeout).
     pub fn get_connect_timeout(&self) -> Duration {
         self.connect_timeout
@@ -182,6 +207,7 @@ impl fmt::Debug for RedisConfig {
             .field("stream_maxlen", &self.stream_maxlen)
             .field("block_timeout", &self.block_timeout)
             .field("sweep_interval", &self.sweep_interval)
+            .field("max_sweep_interval", &self.max_sweep_interval)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("cluster_nodes", &self.cluster_nodes)

@@ -137,8 +137,10 @@ return 1
 "#;
 
 /// KEYS: index, events, seq. ARGV: maxlen, peer key prefix, limit.
-/// Removes up to `limit` due members, one `expired` event each; returns how
-/// many were due (the caller calls again while that equals `limit`).
+/// Removes up to `limit` due members, one `expired` event each; returns
+/// `{due, left}`: how many were due (the caller calls again while that equals
+/// `limit`) and how many records the index holds afterwards (which paces the
+/// caller's next sweep).
 const SWEEP: &str = r#"
 local index, events, seqkey = KEYS[1], KEYS[2], KEYS[3]
 local maxlen, prefix, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
@@ -147,7 +149,7 @@ local due = redis.call('ZRANGEBYSCORE', index, '-inf', num(now), 'LIMIT', 0, lim
 for _, name in ipairs(due) do
   expire(index, events, seqkey, maxlen, prefix .. name, name)
 end
-return #due
+return {#due, redis.call('ZCARD', index)}
 "#;
 
 /// KEYS: index. ARGV: literal prefix (may be empty).
