@@ -136,6 +136,39 @@ where
     rt.block_on(async { tokio::spawn(bench).await? })
 }
 
+/// Runs `bench` on a current-thread runtime, where every task of both ends
+/// (and of quinn's endpoint drivers) shares one thread, and names its
+/// figures `<name>_1thread`. With one thread the figure is bound by CPU cost
+/// per byte alone; on two workers it also depends on which vCPU each end's
+/// task lands on, which moves single rounds between distinct levels on a
+/// small VM.
+fn on_one_thread<F>(bench: F) -> Result<Vec<Figure>, BoxError>
+where
+    F: Future<Output = Result<Vec<Figure>, BoxError>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let figures = rt.block_on(bench)?;
+    Ok(figures
+        .into_iter()
+        .map(|f| Figure {
+            name: format!("{}_1thread", f.name),
+            ..f
+        })
+        .collect())
+}
+
+/// [`on_workers`], then [`on_one_thread`]: both sets of figures.
+fn on_workers_then_one_thread<F>(bench: impl Fn() -> F) -> Result<Vec<Figure>, BoxError>
+where
+    F: Future<Output = Result<Vec<Figure>, BoxError>> + Send + 'static,
+{
+    let mut figures = on_workers(bench())?;
+    figures.extend(on_one_thread(bench())?);
+    Ok(figures)
+}
+
 #[derive(Debug, PartialEq, Eq)]
 struct Args {
     mode: Mode,

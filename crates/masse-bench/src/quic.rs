@@ -16,7 +16,7 @@ use crate::latency::{micros, raw_connect_echo};
 use crate::secure::{
     Peers, boxed, count_accepted, count_quinn, echo_accepted, echo_quinn, send_counted, timed_echo,
 };
-use crate::stats::{median, percentile};
+use crate::stats::percentile;
 use crate::{BoxError, Figure, Mode};
 
 const ROUNDS: usize = 5;
@@ -37,7 +37,7 @@ fn iterations(mode: Mode) -> usize {
 
 pub(crate) fn describe_throughput(mode: Mode) -> String {
     format!(
-        "quic_throughput: {ROUNDS}+{ROUNDS} interleaved rounds x {} MiB, 64 KiB writes",
+        "quic_throughput: {ROUNDS}+{ROUNDS} interleaved rounds x {} MiB, 64 KiB writes, on 2 workers then on 1 thread",
         bytes_per_round(mode) >> 20
     )
 }
@@ -51,7 +51,7 @@ pub(crate) fn describe_stream(mode: Mode) -> String {
 }
 
 pub(crate) fn run_throughput(mode: Mode) -> Result<Vec<Figure>, BoxError> {
-    crate::on_workers(throughput(bytes_per_round(mode)))
+    crate::on_workers_then_one_thread(|| throughput(bytes_per_round(mode)))
 }
 
 pub(crate) fn run_stream(mode: Mode) -> Result<Vec<Figure>, BoxError> {
@@ -99,13 +99,11 @@ async fn throughput(per_round: u64) -> Result<Vec<Figure>, BoxError> {
     }
     raw_task.abort();
     masse_task.abort();
-    let raw_median = median(&raw_rates);
-    let masse_median = median(&masse_rates);
-    Ok(vec![
-        Figure::new("quic_throughput_raw", raw_median, 1, "MiB/s"),
-        Figure::new("quic_throughput_masse", masse_median, 1, "MiB/s"),
-        Figure::new("quic_throughput_ratio", masse_median / raw_median, 3, "x"),
-    ])
+    Ok(crate::throughput::rate_figures(
+        "quic_throughput",
+        &raw_rates,
+        &masse_rates,
+    ))
 }
 
 async fn new_stream(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError> {

@@ -30,14 +30,14 @@ fn bytes_per_round(mode: Mode) -> u64 {
 
 pub(crate) fn describe(mode: Mode) -> String {
     format!(
-        "tcp_throughput: {ROUNDS}+{ROUNDS} interleaved rounds x {} MiB, {} KiB writes",
+        "tcp_throughput: {ROUNDS}+{ROUNDS} interleaved rounds x {} MiB, {} KiB writes, on 2 workers then on 1 thread",
         bytes_per_round(mode) >> 20,
         CHUNK / 1024
     )
 }
 
 pub(crate) fn run(mode: Mode) -> Result<Vec<Figure>, BoxError> {
-    crate::on_workers(bench(bytes_per_round(mode)))
+    crate::on_workers_then_one_thread(|| bench(bytes_per_round(mode)))
 }
 
 async fn bench(per_round: u64) -> Result<Vec<Figure>, BoxError> {
@@ -60,13 +60,35 @@ async fn bench(per_round: u64) -> Result<Vec<Figure>, BoxError> {
     }
     masse.shutdown().await?;
 
-    let raw_median = median(&raw_rates);
-    let masse_median = median(&masse_rates);
-    Ok(vec![
-        Figure::new("tcp_throughput_raw", raw_median, 1, "MiB/s"),
-        Figure::new("tcp_throughput_masse", masse_median, 1, "MiB/s"),
-        Figure::new("tcp_throughput_ratio", masse_median / raw_median, 3, "x"),
-    ])
+    Ok(rate_figures("tcp_throughput", &raw_rates, &masse_rates))
+}
+
+/// `<bench>_raw`, `<bench>_masse` (medians, MiB/s) and `<bench>_ratio`
+/// (masse over raw), after a comment line with every round's rate in the
+/// order measured, so that the spread behind a median is on record.
+pub(crate) fn rate_figures(bench: &str, raw: &[f64], masse: &[f64]) -> Vec<Figure> {
+    let on = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => "1 thread",
+        _ => "2 workers",
+    };
+    let list = |rates: &[f64]| {
+        rates
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "# {bench} on {on}, MiB/s per round: raw {} | masse {}",
+        list(raw),
+        list(masse)
+    );
+    let (raw_median, masse_median) = (median(raw), median(masse));
+    vec![
+        Figure::new(format!("{bench}_raw"), raw_median, 1, "MiB/s"),
+        Figure::new(format!("{bench}_masse"), masse_median, 1, "MiB/s"),
+        Figure::new(format!("{bench}_ratio"), masse_median / raw_median, 3, "x"),
+    ]
 }
 
 /// The baseline: a plain listener and `TcpStream`s with `TCP_NODELAY`, as

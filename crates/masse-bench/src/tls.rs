@@ -12,7 +12,6 @@ use masse::{Interface, TlsInterface};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::secure::Peers;
-use crate::stats::median;
 use crate::throughput::transfer;
 use crate::{BoxError, Figure, Mode};
 
@@ -27,13 +26,13 @@ fn bytes_per_round(mode: Mode) -> u64 {
 
 pub(crate) fn describe(mode: Mode) -> String {
     format!(
-        "tls_throughput: {ROUNDS}+{ROUNDS} interleaved rounds x {} MiB, 64 KiB writes",
+        "tls_throughput: {ROUNDS}+{ROUNDS} interleaved rounds x {} MiB, 64 KiB writes, on 2 workers then on 1 thread",
         bytes_per_round(mode) >> 20
     )
 }
 
 pub(crate) fn run(mode: Mode) -> Result<Vec<Figure>, BoxError> {
-    crate::on_workers(bench(bytes_per_round(mode)))
+    crate::on_workers_then_one_thread(|| bench(bytes_per_round(mode)))
 }
 
 async fn bench(per_round: u64) -> Result<Vec<Figure>, BoxError> {
@@ -54,13 +53,11 @@ async fn bench(per_round: u64) -> Result<Vec<Figure>, BoxError> {
             raw_rates.push(raw.round(per_round).await?);
         }
     }
-    let raw_median = median(&raw_rates);
-    let masse_median = median(&masse_rates);
-    Ok(vec![
-        Figure::new("tls_throughput_raw", raw_median, 1, "MiB/s"),
-        Figure::new("tls_throughput_masse", masse_median, 1, "MiB/s"),
-        Figure::new("tls_throughput_ratio", masse_median / raw_median, 3, "x"),
-    ])
+    Ok(crate::throughput::rate_figures(
+        "tls_throughput",
+        &raw_rates,
+        &masse_rates,
+    ))
 }
 
 /// The baseline: tokio-rustls over `TcpStream`s with `TCP_NODELAY`.
