@@ -174,6 +174,40 @@ impl PostgresServer {
         }
     }
 
+    /// Runs `sql` with `psql` as the superuser over TCP and returns its
+    /// unaligned, tuples-only output; panics if psql fails.
+    pub fn psql(&self, sql: &str) -> String {
+        let port = self.port.to_string();
+        let out = self.tool(
+            "psql",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ],
+        );
+        if !out.status.success() {
+            panic!(
+                "psql {sql:?} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// The last lines of the server log.
     pub fn log_tail(&self) -> String {
         tail(&self.dir.path().join("log"), 40)

@@ -430,6 +430,68 @@ async fn postgres_notify_wakes_watchers() {
     }
 }
 
+/// While notifications flow, pollers read only every 5 s; when the listening
+/// connection is cut, they go back to the poll interval at once (events keep
+/// coming without NOTIFY), and once the listener is back, NOTIFY again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_watchers_poll_while_the_listener_is_cut() {
+    init_tracing();
+    let Some(pg) = PostgresServer::start() else {
+        return;
+    };
+    let config = SqlConfig::new().poll_interval(Duration::from_millis(200));
+    let watcher = SqlRegistry::connect_with(&pg.url(), config.clone())
+        .await
+        .unwrap();
+    let writer = SqlRegistry::connect_with(&pg.url(), config).await.unwrap();
+    let ns: Namespace = "cut".parse().unwrap();
+    let mut w = watcher.watch(&ns).await.unwrap();
+    let listeners = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'";
+    let wait_listeners = |n: &'static str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pg.psql(listeners) != n {
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} listening connections"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_listeners("2");
+
+    let mut publish_and_see = async |name: &str, within: Duration, why: &str| {
+        let r = record("cut", name);
+        writer
+            .publish(&r, Duration::from_secs(60), NamePolicy::Takeover)
+            .await
+            .unwrap();
+        let ev = timeout(within, w.next())
+            .await
+            .unwrap_or_else(|_| panic!("{why}: no event within {within:?}"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(ev, RegistryEvent::Joined(r));
+    };
+    publish_and_see("before", Duration::from_secs(2), "NOTIFY").await;
+
+    // Cut both handles' listening connections; until they listen again the
+    // watcher must read at the 200 ms poll interval, not every 5 s.
+    let cut = pg.psql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    );
+    assert_eq!(cut, "2");
+    publish_and_see("during", Duration::from_secs(2), "short polling while cut").await;
+
+    wait_listeners("2");
+    publish_and_see(
+        "after",
+        Duration::from_secs(2),
+        "NOTIFY once listening again",
+    )
+    .await;
+}
+
 /// Nodes starting together on an empty database all create the schema
 /// (idempotently, under a lock) and work.
 async fn many_handles_create_the_schema_at_once(url: String) {

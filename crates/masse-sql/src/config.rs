@@ -50,8 +50,10 @@ impl SqlConfig {
 
     /// How often each handle reads new events for its watchers and sweeps
     /// expired records (default 250 ms). On PostgreSQL, `LISTEN`/`NOTIFY`
-    /// wakes watchers at once and polling is the fallback. An `Expired` event
-    /// arrives at most about two intervals after the deadline.
+    /// wakes watchers at once and polling is the fallback: while
+    /// notifications flow, watchers read only every 5 s (or this interval if
+    /// longer), and at this interval again whenever the listener is down. An
+    /// `Expired` event arrives at most about two intervals after the deadline.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
         self

@@ -1,5 +1,6 @@
 //! PostgreSQL: `LISTEN`/`NOTIFY` wakes every handle's pollers as soon as an
-//! event commits; polling stays on as the fallback.
+//! event commits. Polling stays on as the fallback: every 5 s while
+//! notifications flow, every `poll_interval` while the listener is down.
 
 use std::str::FromStr;
 use std::sync::{Arc, Weak};
@@ -75,6 +76,11 @@ async fn listen(
             inner.wake(ns);
         }
     };
+    let listening = |on: bool| {
+        if let Some(inner) = registry.upgrade() {
+            inner.set_listening(on);
+        }
+    };
     let mut backoff = retry;
     loop {
         let start = async {
@@ -90,6 +96,7 @@ async fn listen(
             Ok(mut listener) => {
                 tracing::debug!("listening for registry notifications");
                 backoff = retry;
+                listening(true);
                 wake(None);
                 loop {
                     let next = tokio::select! {
@@ -98,9 +105,21 @@ async fn listen(
                     };
                     match next {
                         Ok(Some(n)) => wake(Some(n.payload())),
-                        Ok(None) => wake(None),
+                        // The connection dropped: notifications may have
+                        // been missed, and sqlx would listen again without
+                        // saying when. Poll at the short interval (which
+                        // wakes every poller now) until our own reconnect
+                        // listens again and wakes them once more.
+                        Ok(None) => {
+                            tracing::debug!(
+                                "registry notification connection lost; polling meanwhile"
+                            );
+                            listening(false);
+                            break;
+                        }
                         Err(e) => {
                             tracing::debug!(error = %e, "registry notifications interrupted; polling meanwhile");
+                            listening(false);
                             break;
                         }
                     }

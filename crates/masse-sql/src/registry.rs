@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -50,6 +51,9 @@ pub(crate) struct Inner {
     /// The URL with its password masked.
     url: String,
     hubs: Mutex<HashMap<String, Arc<Hub>>>,
+    /// Whether database notifications currently wake the pollers
+    /// (PostgreSQL `LISTEN`), so that they need not poll often.
+    listening: AtomicBool,
     /// Background tasks end when this handle (and with it the sender) is dropped.
     shutdown: watch::Receiver<()>,
     _shutdown: watch::Sender<()>,
@@ -104,6 +108,7 @@ impl SqlRegistry {
             config,
             url: shown,
             hubs: Mutex::new(HashMap::new()),
+            listening: AtomicBool::new(false),
             shutdown: rx,
             _shutdown: tx,
         });
@@ -332,7 +337,38 @@ fn ttl_millis(ttl: Duration) -> Result<i64> {
     Ok(i64::try_from(ms).unwrap_or(i64::MAX).clamp(1, i64::MAX / 4))
 }
 
+/// How often pollers read while notifications flow: only a safety net for a
+/// notification lost without the listener noticing.
+pub(crate) const LISTENING_POLL: Duration = Duration::from_secs(5);
+
 impl Inner {
+    /// How long a poller waits for a wake-up before reading anyway: the poll
+    /// interval, or [`LISTENING_POLL`] (if longer) while notifications flow.
+    pub(crate) fn poll_every(&self) -> Duration {
+        if self.listening.load(Ordering::Relaxed) {
+            self.config.poll_interval.max(LISTENING_POLL)
+        } else {
+            self.config.poll_interval
+        }
+    }
+
+    /// Records whether notifications flow; when they stop, every poller
+    /// reads at once and goes back to the short interval.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn set_listening(&self, on: bool) {
+        let was = self.listening.swap(on, Ordering::Relaxed);
+        if was != on {
+            tracing::debug!(
+                listening = on,
+                poll_every = ?self.poll_every(),
+                "registry pollers change pace"
+            );
+        }
+        if was && !on {
+            self.wake(None);
+        }
+    }
+
     /// The poller of `ns`, started if there is none.
     fn hub(self: &Arc<Self>, ns: &Namespace) -> Arc<Hub> {
         let mut hubs = self.lock_hubs();

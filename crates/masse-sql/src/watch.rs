@@ -103,9 +103,10 @@ pub(crate) async fn run(
     deadline: Duration,
 ) {
     loop {
+        let every = registry.upgrade().map_or(interval, |i| i.poll_every());
         tokio::select! {
             _ = shutdown.changed() => return,
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = hub.wake.notified() => {}
         }
         let mut st = hub.state.lock().await;
