@@ -50,8 +50,8 @@ impl Default for RedisConfig {
 
 impl RedisConfig {
     /// The defaults: stream of about 10 000 events, `XREAD BLOCK` of 2 s,
-    /// each namespace swept about every 250 ms (each handle at most every 5 s),
-    /// connect and response timeouts of 1 s.
+    /// each namespace swept about every 250 ms (by each handle at least every
+    /// 5 s on average), connect and response timeouts of 1 s.
     pub fn new() -> Self {
         Self::default()
     }
