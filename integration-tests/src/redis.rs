@@ -450,15 +450,10 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stderr)
         );
         let cluster = RedisCluster { nodes };
-        let ok = wait_until(Duration::from_secs(20), || {
-            cluster.nodes.iter().all(|n| {
-                n.command(&[b"CLUSTER", b"INFO"])
-                    .ok()
-                    .and_then(|r| r.text())
-                    .is_some_and(|t| t.contains("cluster_state:ok"))
-            })
-        });
-        assert!(ok, "cluster did not reach cluster_state:ok");
+        assert!(
+            cluster.wait_ok(Duration::from_secs(20)),
+            "cluster did not reach cluster_state:ok"
+        );
         Some(cluster)
     }
 
@@ -475,6 +470,24 @@ impl RedisCluster {
     /// The nodes.
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
+    }
+
+    /// One node, to kill or restart it (its `nodes.conf` survives a restart,
+    /// so it rejoins the cluster, empty).
+    pub fn node_mut(&mut self, i: usize) -> &mut RedisServer {
+        &mut self.nodes[i]
+    }
+
+    /// Waits until every node reports `cluster_state:ok`; false on timeout.
+    pub fn wait_ok(&self, within: Duration) -> bool {
+        wait_until(within, || {
+            self.nodes.iter().all(|n| {
+                n.command(&[b"CLUSTER", b"INFO"])
+                    .ok()
+                    .and_then(|r| r.text())
+                    .is_some_and(|t| t.contains("cluster_state:ok"))
+            })
+        })
     }
 
     /// The nodes' ports.

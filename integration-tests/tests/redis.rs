@@ -155,6 +155,88 @@ async fn conformance_cluster() {
     assert!(owners.len() > 1, "12 namespaces all landed on one master");
 }
 
+/// A master of the cluster dies (no replicas, so its slots are gone): calls
+/// for a namespace it held fail with a clear `RegistryUnavailable` within the
+/// command deadline, never hang or panic; once it is back (empty, it rejoins
+/// from its `nodes.conf`), publishing there works again, the namespace's
+/// watcher is told to `Resync` (its events are gone) and then goes on, and a
+/// namespace on another master kept its records throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_master_lost_and_back() {
+    let Some(mut cluster) = RedisCluster::start() else {
+        return;
+    };
+    let reg = connect(&cluster.url()).await;
+    // Two namespaces on two different masters.
+    let owner = |cluster: &RedisCluster, n: &Namespace| {
+        let key = format!("masse:{{{n}}}:index");
+        cluster
+            .nodes()
+            .iter()
+            .position(|node| node.command(&[b"EXISTS", key.as_bytes()]).ok() == Some(Resp::Int(1)))
+            .expect("some master holds the namespace")
+    };
+    let mut placed: Vec<(Namespace, usize, PeerRecord)> = Vec::new();
+    for i in 0..24 {
+        let n = ns(&format!("lost-{i}"));
+        let r = record(&n, "x");
+        reg.publish(&r, T * 6, NamePolicy::Takeover)
+            .await
+            .expect("publish");
+        let at = owner(&cluster, &n);
+        if placed.iter().all(|(_, o, _)| *o != at) {
+            placed.push((n, at, r));
+        }
+        if placed.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(placed.len(), 2, "24 namespaces all on one master");
+    let (lost_ns, lost_node, _) = placed[0].clone();
+    let (kept_ns, _, kept) = placed[1].clone();
+    let mut events = reg.watch(&lost_ns).await.expect("watch");
+
+    cluster.node_mut(lost_node).kill();
+    let started = Instant::now();
+    let failed = reg
+        .publish(&record(&lost_ns, "y"), T, NamePolicy::Takeover)
+        .await;
+    assert!(
+        matches!(failed, Err(Error::RegistryUnavailable { .. })),
+        "publish to a namespace on the dead master: {failed:?}"
+    );
+    let failed = reg.lookup(&lost_ns, &Pattern::any()).await;
+    assert!(
+        matches!(failed, Err(Error::RegistryUnavailable { .. })),
+        "lookup in a namespace on the dead master: {failed:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "failing calls took {:?}",
+        started.elapsed()
+    );
+
+    cluster.node_mut(lost_node).restart();
+    assert!(
+        cluster.wait_ok(Duration::from_secs(30)),
+        "cluster back to cluster_state:ok"
+    );
+    let again = record(&lost_ns, "z");
+    publish_retrying(&reg, &again).await;
+    assert_eq!(
+        names(&reg.lookup(&lost_ns, &Pattern::any()).await.expect("lookup")),
+        ["z"],
+        "the restarted master came back empty; the new record is there"
+    );
+    assert_eq!(
+        reg.lookup(&kept_ns, &Pattern::any()).await.expect("lookup"),
+        vec![kept],
+        "the other master kept its namespace"
+    );
+    assert_eq!(next(&mut events).await, RegistryEvent::Resync);
+    assert_eq!(next(&mut events).await, RegistryEvent::Joined(again));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_over_tls() {
     let Some(server) = RedisServer::start_with(RedisOptions::new().tls()) else {

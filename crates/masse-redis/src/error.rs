@@ -10,8 +10,9 @@ pub(crate) const BACKEND: &str = "redis";
 
 /// Maps a driver error:
 ///
-/// - refused/reset connections, I/O errors, timeouts, a cluster that is down
-///   or resharding, a server still loading → [`Error::RegistryUnavailable`]
+/// - refused/reset connections, I/O errors, timeouts, a cluster that is down,
+///   resharding or failing over (including `MOVED`/`ASK` redirects the driver
+///   gave up on), a server still loading → [`Error::RegistryUnavailable`]
 /// - wrong credentials (`WRONGPASS`), missing credentials (`NOAUTH`), ACL
 ///   denials (`NOPERM`) → [`Error::Unauthorized`] with a reason that says what to fix
 /// - a bad client setting (TLS options, URL details) → [`Error::Config`]
@@ -79,6 +80,12 @@ pub(crate) fn map(e: RedisError) -> Error {
                         | ServerErrorKind::TryAgain
                         | ServerErrorKind::MasterDown
                         | ServerErrorKind::BusyLoading
+                        // Redirects the driver gave up following: the
+                        // cluster's map still names a master that is gone,
+                        // or a failover is under way.
+                        | ServerErrorKind::Moved
+                        | ServerErrorKind::Ask
+                        | ServerErrorKind::ReadOnly
                 )
         )
         || code == "LOADING";
@@ -159,6 +166,13 @@ mod tests {
                 ..
             }
         ));
+        for kind in [ServerErrorKind::Moved, ServerErrorKind::ClusterDown] {
+            let moved = RedisError::from((ErrorKind::Server(kind), "13142 127.0.0.1:42421"));
+            assert!(
+                matches!(map(moved), Error::RegistryUnavailable { .. }),
+                "{kind:?}"
+            );
+        }
         assert!(timed_out("a lookup", Duration::from_secs(1)).is_transient());
         let tls = RedisError::from(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
