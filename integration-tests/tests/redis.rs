@@ -513,10 +513,11 @@ async fn a_watcher_behind_a_trimmed_stream_gets_resync() {
     }
 }
 
-/// Sweeps pace themselves by the namespace's size (each of 60 handles sweeps
-/// about every 60 x sweep_interval, capped by max_sweep_interval), yet when
-/// most peers of the namespace vanish at once, every one of them is still
-/// reported `Expired`, exactly once, within the cap of the last handle left.
+/// Sweeps pace themselves by the number of handles sweeping (each of 60
+/// sweeps about every 60 x sweep_interval, capped by max_sweep_interval), yet
+/// when most peers of the namespace vanish at once, every one of them is
+/// still reported `Expired`, exactly once, within the cap of the last handle
+/// left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paced_sweeps_still_report_a_mass_expiry_once_and_in_time() {
     let Some(server) = RedisServer::start() else {
@@ -551,9 +552,14 @@ async fn paced_sweeps_still_report_a_mass_expiry_once_and_in_time() {
     for _ in 0..60 {
         assert!(matches!(next(&mut events).await, RegistryEvent::Joined(_)));
     }
-    // Let every handle sweep the full namespace once, so each now waits
+    // Let every handle sweep once, so each now counts 60 sweepers and waits
     // about 60 x 50 ms (capped at 800 ms), then every doomed handle goes.
     sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        ok(server.command(&[b"ZCARD", b"masse:{t-paced}:sweepers"])),
+        Resp::Int(60),
+        "every handle noted itself as a sweeper"
+    );
     drop(others);
     let gone = Instant::now();
 
@@ -585,6 +591,46 @@ async fn paced_sweeps_still_report_a_mass_expiry_once_and_in_time() {
     assert_eq!(
         names(&survivor.lookup(&n, &Pattern::any()).await.expect("lookup")),
         ["kept"]
+    );
+}
+
+/// One handle holding many names is still the namespace's only sweeper:
+/// it sweeps every `sweep_interval` (default 250 ms), so their `Expired`
+/// events come promptly, not at the 5 s cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_handle_with_many_names_sweeps_at_the_interval() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let reg = connect(&server.url()).await;
+    let n = ns("t-many");
+    let mut events = reg.watch(&n).await.expect("watch");
+    for i in 0..100 {
+        reg.publish(
+            &record(&n, &format!("svc-{i:03}")),
+            TTL,
+            NamePolicy::Takeover,
+        )
+        .await
+        .expect("publish");
+    }
+    for _ in 0..100 {
+        assert!(matches!(next(&mut events).await, RegistryEvent::Joined(_)));
+    }
+    let published = Instant::now();
+    let mut expired = 0;
+    while expired < 100 {
+        match next(&mut events).await {
+            RegistryEvent::Expired { .. } => expired += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // ttl, then 1.5 x 250 ms plus a tick at most, and scheduling slack.
+    let within = TTL + Duration::from_millis(650) + SLACK;
+    assert!(
+        published.elapsed() < within,
+        "100 Expired after {:?} (bound {within:?})",
+        published.elapsed()
     );
 }
 

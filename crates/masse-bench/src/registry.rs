@@ -727,7 +727,7 @@ async fn heartbeat(url: &str, periods: u32) -> Result<Figure, BoxError> {
         nodes.push(c.await??);
     }
     // Every handle swept once on connecting and then paces itself by the
-    // number of records (RedisConfig::sweep_interval): wait out the longest
+    // number of sweepers (RedisConfig::sweep_interval): wait out the longest
     // first pause (1.5 x the default max_sweep_interval) so the window sees
     // the steady state, not the start-up burst, refreshing every record each
     // period meanwhile (which also loads the refresh script).
@@ -777,7 +777,11 @@ async fn heartbeat(url: &str, periods: u32) -> Result<Figure, BoxError> {
     let scaled = per_sec * 1000.0 / HEARTBEAT_HANDLES as f64;
     let evalsha = after.calls_since(&before, "evalsha");
     let sweeps = after.calls_since(&before, "zrangebyscore");
-    let refreshes = after.calls_since(&before, "pexpireat");
+    // Each refresh and each sweep sets one PEXPIREAT; each sweep also runs
+    // one ZREMRANGEBYSCORE.
+    let refreshes = after
+        .calls_since(&before, "pexpireat")
+        .saturating_sub(after.calls_since(&before, "zremrangebyscore"));
     println!(
         "# registry redis heartbeat: {HEARTBEAT_HANDLES} handles for {elapsed:.2} s: \
          {refreshes} refreshes, {sweeps} sweeps, {commands} commands of which {evalsha} EVALSHA \

@@ -38,8 +38,8 @@ const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// again for an independent handle (as another process would have).
 ///
 /// Each handle sweeps the namespaces it has used for expired records, pacing
-/// itself by the number of records there so that all handles together sweep a
-/// namespace about every [`sweep_interval`](RedisConfig::sweep_interval); the
+/// itself by the number of handles doing the same so that together they sweep
+/// a namespace about every [`sweep_interval`](RedisConfig::sweep_interval); the
 /// sweep that removes a record reports its `Expired` event, so the event comes
 /// once however many handles there are. Lookups decide expiry by the server
 /// clock, so an expired record is invisible at once, swept or not.
@@ -70,6 +70,8 @@ pub(crate) struct Inner {
     display: String,
     /// The namespaces this handle sweeps.
     namespaces: Mutex<HashSet<Namespace>>,
+    /// This handle's entry in each namespace's `sweepers` set.
+    sweeper_id: String,
     sweeper: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -113,6 +115,7 @@ impl RedisRegistry {
             config,
             display: address::redact(url),
             namespaces: Mutex::new(HashSet::new()),
+            sweeper_id: InstanceId::random().to_string(),
             sweeper: Mutex::new(None),
         });
         let task = tokio::spawn(sweeper(Arc::downgrade(&inner)));
@@ -151,23 +154,34 @@ impl Inner {
         }
     }
 
-    /// Removes every due record of `ns`, one `Expired` event each. Returns
-    /// how many were due and how many records the namespace holds afterwards.
+    /// Removes every due record of `ns`, one `Expired` event each, and
+    /// notes this handle as one of the namespace's sweepers. Returns how many
+    /// records were due and how many handles sweep the namespace.
     async fn sweep(&self, ns: &Namespace) -> Result<(usize, usize)> {
         let keys = NsKeys::new(ns);
+        // An entry outlives the longest pause between two sweeps (1.5 x the
+        // cap), so a live handle is always counted; a gone one drops out.
+        let cap = self
+            .config
+            .max_sweep_interval
+            .max(self.config.sweep_interval);
+        let lease = u64::try_from((cap * 3).as_millis()).unwrap_or(u64::MAX);
         let mut total = 0;
         loop {
             let mut inv = SCRIPTS.sweep.prepare_invoke();
             inv.key(&keys.index)
                 .key(&keys.events)
                 .key(&keys.seq)
+                .key(&keys.sweepers)
                 .arg(self.config.stream_maxlen)
                 .arg(&keys.peer_prefix)
-                .arg(SWEEP_LIMIT);
-            let (due, left): (usize, usize) = self.run("a sweep", &inv).await?;
+                .arg(SWEEP_LIMIT)
+                .arg(&self.sweeper_id)
+                .arg(lease);
+            let (due, sweepers): (usize, usize) = self.run("a sweep", &inv).await?;
             total += due;
             if due < SWEEP_LIMIT {
-                return Ok((total, left));
+                return Ok((total, sweepers));
             }
         }
     }
@@ -213,7 +227,7 @@ async fn sweeper(weak: Weak<Inner>) {
                 continue;
             }
             match inner.sweep(&ns).await {
-                Ok((expired, left)) => {
+                Ok((expired, sweepers)) => {
                     if failing {
                         failing = false;
                         tracing::debug!("redis registry sweeps work again");
@@ -224,7 +238,10 @@ async fn sweeper(weak: Weak<Inner>) {
                     draws += 1;
                     // A uniform draw in [0, 1) from the top 53 bits.
                     let unit = (random.hash_one(draws) >> 11) as f64 / (1u64 << 53) as f64;
-                    next.insert(ns, Instant::now() + sweep_delay(interval, max, left, unit));
+                    next.insert(
+                        ns,
+                        Instant::now() + sweep_delay(interval, max, sweepers, unit),
+                    );
                 }
                 Err(e) => {
                     if !failing {
@@ -238,14 +255,14 @@ async fn sweeper(weak: Weak<Inner>) {
     }
 }
 
-/// How long one handle waits before sweeping a namespace again, after a sweep
-/// that left `records` records in it: `records` × `interval` (each record's
-/// node being, roughly, one more handle sweeping the same namespace), at most
-/// `max` (never below `interval`), scaled by `0.5 + unit` for `unit` in
-/// [0, 1) so that handles started together drift apart.
-fn sweep_delay(interval: Duration, max: Duration, records: usize, unit: f64) -> Duration {
-    let records = u32::try_from(records.max(1)).unwrap_or(u32::MAX);
-    let base = interval.saturating_mul(records).min(max.max(interval));
+/// How long one handle waits before sweeping a namespace again, when
+/// `sweepers` handles (itself included) sweep it: `sweepers` × `interval`, so
+/// that together they sweep it about every `interval`, at most `max` (never
+/// below `interval`), scaled by `0.5 + unit` for `unit` in [0, 1) so that
+/// handles started together drift apart.
+fn sweep_delay(interval: Duration, max: Duration, sweepers: usize, unit: f64) -> Duration {
+    let sweepers = u32::try_from(sweepers.max(1)).unwrap_or(u32::MAX);
+    let base = interval.saturating_mul(sweepers).min(max.max(interval));
     let unit = if unit.is_nan() {
         0.0
     } else {
@@ -489,13 +506,13 @@ mod tests {
     fn sweep_delay_spreads_handles_and_is_bounded() {
         let ms = Duration::from_millis;
         let (interval, max) = (ms(250), Duration::from_secs(5));
-        // Alone (or with an empty namespace): every interval, ±50 %.
+        // Alone: every interval, ±50 %.
         assert_eq!(sweep_delay(interval, max, 0, 0.5), ms(250));
         assert_eq!(sweep_delay(interval, max, 1, 0.0), ms(125));
         assert!(sweep_delay(interval, max, 1, 0.999_999) < ms(375));
-        // Ten records: ten handles share the namespace, each sweeps a tenth as often.
+        // Ten handles share the namespace: each sweeps a tenth as often.
         assert_eq!(sweep_delay(interval, max, 10, 0.5), ms(2500));
-        // Capped on average at `max`, however many records.
+        // Capped on average at `max`, however many handles.
         assert_eq!(sweep_delay(interval, max, 1_000_000, 0.5), max);
         assert_eq!(
             sweep_delay(interval, max, usize::MAX, 1.0),

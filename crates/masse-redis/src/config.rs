@@ -76,11 +76,13 @@ impl RedisConfig {
     /// invisible at once either way; this sets how late its `Expired` event
     /// comes.
     ///
-    /// Each handle spreads the work: after a sweep that found `n` records in
-    /// the namespace, it sweeps again after about `n` times this interval
-    /// (randomised ±50 %, at most [`max_sweep_interval`](Self::max_sweep_interval)
-    /// on average). A handle alone in its namespace sweeps every interval; a
-    /// node among a thousand sweeps once per `max_sweep_interval`.
+    /// Each handle spreads the work: every sweep also notes the handle in
+    /// the namespace's set of sweepers and counts them; with `n` sweepers it
+    /// sweeps again after about `n` times this interval (randomised ±50 %, at
+    /// most [`max_sweep_interval`](Self::max_sweep_interval) on average). A
+    /// handle alone in its namespace sweeps every interval, however many
+    /// names it holds; a node among a thousand sweeps once per
+    /// `max_sweep_interval`.
     pub fn sweep_interval(mut self, interval: Duration) -> Self {
         self.sweep_interval = interval;
         self

@@ -7,6 +7,7 @@
 //! | `masse:{ns}:index`         | sorted set  | member `<name>`, score = expiry in ms (server clock)     |
 //! | `masse:{ns}:events`        | stream      | one entry per change: `seq`, `type`, `name`, `instance`, `record` |
 //! | `masse:{ns}:seq`           | string      | the number of events ever appended (`INCR`)              |
+//! | `masse:{ns}:sweepers`      | sorted set  | member = a handle's id, score = when its entry lapses (ms) |
 //!
 //! A peer hash has `PEXPIREAT` = its expiry plus [`GRACE_MS`]: the sorted
 //! set decides liveness; the key expiry only collects what no sweeper removed.
@@ -31,6 +32,8 @@ pub(crate) struct NsKeys {
     pub(crate) events: String,
     /// `masse:{ns}:seq`
     pub(crate) seq: String,
+    /// `masse:{ns}:sweepers`
+    pub(crate) sweepers: String,
 }
 
 impl NsKeys {
@@ -41,6 +44,7 @@ impl NsKeys {
             index: format!("{base}index"),
             events: format!("{base}events"),
             seq: format!("{base}seq"),
+            sweepers: format!("{base}sweepers"),
         }
     }
 
@@ -60,6 +64,7 @@ mod tests {
         assert_eq!(k.index, "masse:{prod}:index");
         assert_eq!(k.events, "masse:{prod}:events");
         assert_eq!(k.seq, "masse:{prod}:seq");
+        assert_eq!(k.sweepers, "masse:{prod}:sweepers");
         assert_eq!(k.peer(&"db-1".parse().unwrap()), "masse:{prod}:peer:db-1");
     }
 }

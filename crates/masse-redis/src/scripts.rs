@@ -136,20 +136,28 @@ emit(events, seqkey, maxlen, 'left', name, inst, false)
 return 1
 "#;
 
-/// KEYS: index, events, seq. ARGV: maxlen, peer key prefix, limit.
-/// Removes up to `limit` due members, one `expired` event each; returns
-/// `{due, left}`: how many were due (the caller calls again while that equals
-/// `limit`) and how many records the index holds afterwards (which paces the
-/// caller's next sweep).
+/// KEYS: index, events, seq, sweepers.
+/// ARGV: maxlen, peer key prefix, limit, sweeper id, sweeper entry ttl ms.
+/// Removes up to `limit` due members, one `expired` event each; notes the
+/// calling handle as a sweeper of the namespace until `now + ttl`. Returns
+/// `{due, sweepers}`: how many were due (the caller calls again while that
+/// equals `limit`) and how many handles sweep the namespace (which paces
+/// the caller's next sweep).
 const SWEEP: &str = r#"
-local index, events, seqkey = KEYS[1], KEYS[2], KEYS[3]
+local index, events, seqkey, sweepers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local maxlen, prefix, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local me, lease = ARGV[4], tonumber(ARGV[5])
 local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', index, '-inf', num(now), 'LIMIT', 0, limit)
 for _, name in ipairs(due) do
   expire(index, events, seqkey, maxlen, prefix .. name, name)
 end
-return {#due, redis.call('ZCARD', index)}
+local t = redis.call('TYPE', sweepers)
+if t.ok ~= 'zset' and t.ok ~= 'none' then redis.call('DEL', sweepers) end
+redis.call('ZREMRANGEBYSCORE', sweepers, '-inf', num(now))
+redis.call('ZADD', sweepers, num(now + lease), me)
+redis.call('PEXPIREAT', sweepers, num(now + lease))
+return {#due, redis.call('ZCARD', sweepers)}
 "#;
 
 /// KEYS: index. ARGV: literal prefix (may be empty).
