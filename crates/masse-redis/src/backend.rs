@@ -431,7 +431,8 @@ impl Registry for RedisRegistry {
         names.sort_unstable();
         names.dedup();
         // The chunks are fetched concurrently (up to 8 in flight on the
-        // multiplexed connection), in order.
+        // multiplexed connection), in order, and each is decoded as soon as
+        // it is in, while the server works on the next ones.
         let keys = &keys;
         let chunks: Vec<Vec<String>> = names.chunks(FETCH_CHUNK).map(<[String]>::to_vec).collect();
         let fetches = chunks.into_iter().map(|chunk| async move {
@@ -442,12 +443,9 @@ impl Registry for RedisRegistry {
             }
             inner.run::<Vec<Option<Vec<u8>>>>("a lookup", &inv).await
         });
-        let replies: Vec<Vec<Option<Vec<u8>>>> = futures::stream::iter(fetches)
-            .buffered(8)
-            .try_collect()
-            .await?;
+        let mut replies = futures::stream::iter(fetches).buffered(8);
         let mut out = Vec::with_capacity(names.len());
-        for reply in replies {
+        while let Some(reply) = replies.try_next().await? {
             if !reply.len().is_multiple_of(2) {
                 return Err(error::unexpected("lookup script reply of odd length"));
             }
