@@ -98,7 +98,9 @@ pub(crate) fn exit_for(e: &masse::Error) -> Exit {
         E::Refused { .. } | E::WrongPeer { .. } | E::Unauthorized { .. } | E::NameTaken { .. } => {
             Exit::Refused
         }
-        E::RegistryUnavailable { .. } | E::Registry { .. } => Exit::Registry,
+        E::RegistryUnavailable { .. } | E::Registry { .. } | E::RegistryUnauthorized { .. } => {
+            Exit::Registry
+        }
         E::Timeout { .. } => Exit::Timeout,
         E::InvalidName { .. }
         | E::InvalidPattern { .. }
@@ -117,7 +119,7 @@ Exit codes:
   2    usage: unknown flag, malformed name, namespace, pattern, URL or address
   3    no live peer has that name
   4    the peer refused the stream (wrong peer, no such service, busy) or is unauthorized
-  5    the registry is unreachable or failing
+  5    the registry is unreachable, failing or refused the credentials
   6    timed out
   130  interrupted (Ctrl-C) while `connect` had a stream open";
 

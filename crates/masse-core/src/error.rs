@@ -115,6 +115,20 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// The registry refused this process's credentials (wrong password,
+    /// unknown user, missing permission, a TLS certificate it does not
+    /// trust). Distinct from [`Error::Unauthorized`], which is a *peer*
+    /// refusing a stream: the fix here is in the registry URL or the
+    /// registry's user management, and retrying will not help.
+    #[error("registry {backend} refused the credentials: {source}")]
+    RegistryUnauthorized {
+        /// The backend's name.
+        backend: &'static str,
+        /// The server's answer.
+        #[source]
+        source: BoxError,
+    },
+
     /// The registry backend answered with a failure that retrying will not fix
     /// (bad query, corrupt schema, permission denied).
     #[error("registry {backend} failed: {source}")]
@@ -242,7 +256,9 @@ impl From<Error> for std::io::Error {
             | Error::Config(_) => ErrorKind::InvalidInput,
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::WrongPeer { .. } | Error::Refused { .. } => ErrorKind::ConnectionRefused,
-            Error::Unauthorized { .. } => ErrorKind::PermissionDenied,
+            Error::Unauthorized { .. } | Error::RegistryUnauthorized { .. } => {
+                ErrorKind::PermissionDenied
+            }
             Error::NameTaken { .. } => ErrorKind::AddrInUse,
             Error::Timeout { .. } => ErrorKind::TimedOut,
             Error::Protocol { .. } => ErrorKind::InvalidData,
@@ -272,6 +288,17 @@ impl Error {
         source: impl Into<Box<dyn StdError + Send + Sync + 'static>>,
     ) -> Self {
         Error::Registry {
+            backend,
+            source: Arc::from(source.into()),
+        }
+    }
+
+    /// Wraps the registry's refusal of our credentials.
+    pub fn registry_unauthorized(
+        backend: &'static str,
+        source: impl Into<Box<dyn StdError + Send + Sync + 'static>>,
+    ) -> Self {
+        Error::RegistryUnauthorized {
             backend,
             source: Arc::from(source.into()),
         }
