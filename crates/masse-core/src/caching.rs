@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
@@ -9,12 +10,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{BoxStream, StreamExt};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::name::{Namespace, PeerName};
 use crate::pattern::Pattern;
+use crate::reconcile::Reconciler;
 use crate::record::{InstanceId, PeerRecord};
 use crate::registry::{NamePolicy, Registry, RegistryEvent};
 
@@ -37,6 +40,14 @@ pub struct CachingConfig {
     pub max_backoff: Duration,
     /// Cached results kept per namespace; the oldest are evicted beyond this.
     pub max_entries: usize,
+    /// After the backend lost events ([`RegistryEvent::Resync`], or a watch
+    /// that broke and came back), how long a name missing from the new
+    /// listing is still served from its last known record before it is
+    /// reported [`Expired`](RegistryEvent::Expired). It covers a registry
+    /// restarted empty: its live owners re-publish within one heartbeat
+    /// (ttl/3), so this should exceed that plus a margin. A node sets it to
+    /// its own ttl/3 + 2 s unless told otherwise.
+    pub resync_grace: Duration,
 }
 
 impl Default for CachingConfig {
@@ -48,6 +59,7 @@ impl Default for CachingConfig {
             retry_after: Duration::from_millis(500),
             max_backoff: Duration::from_secs(5),
             max_entries: 10_000,
+            resync_grace: Duration::from_secs(5),
         }
     }
 }
@@ -142,6 +154,8 @@ enum WatchState {
     Synced,
     /// The watch broke (or could not be established); retrying in the background.
     Broken,
+    /// The backend cannot watch at all.
+    Unsupported,
 }
 
 struct WatchTask {
@@ -158,6 +172,9 @@ const RECENT_EVENTS: usize = 4096;
 
 #[derive(Default)]
 struct NsCache {
+    /// What this process's watchers of the namespace know; `None` until the
+    /// first listing.
+    view: Option<Reconciler>,
     entries: HashMap<Arc<str>, Entry>,
     /// True while a watch stream is delivering events for this namespace.
     synced: bool,
@@ -208,14 +225,9 @@ impl Entry {
 }
 
 impl NsCache {
+    /// Applies an event the view let through to every entry, and keeps it
+    /// for replay onto concurrent fetches.
     fn apply(&mut self, event: RegistryEvent, config: &CachingConfig, now: Instant) {
-        if matches!(event, RegistryEvent::Resync) {
-            self.invalidate_entries(now);
-            self.recent.clear();
-            self.epoch += 1;
-            self.seq = 0;
-            return;
-        }
         for entry in self.entries.values_mut() {
             entry.apply(&event, config, now);
         }
@@ -224,6 +236,39 @@ impl NsCache {
             self.recent.pop_front();
         }
         self.recent.push_back((self.seq, event));
+    }
+
+    /// Starts a new epoch: fetches under way can no longer be cached as hits.
+    fn new_epoch(&mut self) {
+        self.recent.clear();
+        self.epoch += 1;
+        self.seq = 0;
+    }
+
+    /// Does `records` hold a record that is only suspect (see [`Reconciler`])?
+    fn serves_suspect(&self, records: &[PeerRecord]) -> bool {
+        self.view
+            .as_ref()
+            .is_some_and(|v| v.has_suspects() && records.iter().any(|r| v.is_suspect(r)))
+    }
+
+    /// Adds the suspect records matching `pattern` that `records` lacks:
+    /// a registry that lost its data must not make live names vanish.
+    fn add_suspects(&self, pattern: &Pattern, records: &mut Vec<PeerRecord>) -> bool {
+        let Some(view) = self.view.as_ref().filter(|v| v.has_suspects()) else {
+            return false;
+        };
+        let mut added = false;
+        for r in view.suspect_records() {
+            if !pattern.matches(r.name.as_str()) {
+                continue;
+            }
+            if let Err(i) = records.binary_search_by(|x| x.name.cmp(&r.name)) {
+                records.insert(i, r.clone());
+                added = true;
+            }
+        }
+        added
     }
 
     /// Turns every entry into a stale-only answer.
@@ -296,9 +341,14 @@ impl<R: Registry> CachingRegistry<R> {
                 if let Some(entry) = nsc.entries.get(pattern.as_str()) {
                     if nsc.synced && now < entry.valid_until {
                         shared.hits.fetch_add(1, Ordering::Relaxed);
+                        let freshness = if nsc.serves_suspect(&entry.records) {
+                            Freshness::Stale
+                        } else {
+                            Freshness::Cached
+                        };
                         return Ok(CachedLookup {
                             records: entry.records.clone(),
-                            freshness: Freshness::Cached,
+                            freshness,
                         });
                     }
                     stale = Some(entry.records.clone());
@@ -327,10 +377,19 @@ impl<R: Registry> CachingRegistry<R> {
             .await;
         }
         match self.fetch(ns, pattern).await {
-            Ok(records) => Ok(CachedLookup {
-                records,
-                freshness: Freshness::Fetched,
-            }),
+            Ok(records) => {
+                let suspect = read(&shared.cache)
+                    .get(ns)
+                    .is_some_and(|nsc| nsc.serves_suspect(&records));
+                Ok(CachedLookup {
+                    records,
+                    freshness: if suspect {
+                        Freshness::Stale
+                    } else {
+                        Freshness::Fetched
+                    },
+                })
+            }
             Err(e) => {
                 {
                     let mut cache = write(&shared.cache);
@@ -433,11 +492,11 @@ impl<R: Registry> CachingRegistry<R> {
         }
         let rt = tokio::runtime::Handle::try_current().ok()?;
         let (state_tx, state) = tokio::sync::watch::channel(WatchState::Connecting);
-        let task = watch_task(
+        let task = reconciled_watch(
             Arc::downgrade(&self.shared),
             ns.clone(),
             self.shared.stop.subscribe(),
-            state_tx,
+            CacheTarget { state: state_tx },
         );
         let handle = rt.spawn(task);
         watchers.insert(
@@ -488,6 +547,9 @@ async fn fetch_and_store<R: Registry>(
         let mut cache = write(&shared.cache);
         let nsc = cache.entry(ns.clone()).or_default();
         nsc.down_until = None;
+        if nsc.add_suspects(&pattern, Arc::make_mut(&mut entry.records)) {
+            tracing::debug!(namespace = %ns, %pattern, "answer keeps names the registry lost until their owners re-publish");
+        }
         // Cache only if the watch was live for the whole fetch and every event
         // since it started is still in the replay buffer.
         let replayable = match before {
@@ -527,13 +589,42 @@ async fn fetch_and_store<R: Registry>(
     out
 }
 
-/// Keeps one namespace's entries current from the backend's watch, re-establishing
-/// the watch with backoff whenever it breaks.
-async fn watch_task<R: Registry>(
+/// Where a reconciled watch of one namespace delivers: the cache's own
+/// entries, or one stream handed out by [`Registry::watch`]. Each method
+/// runs the [`Reconciler`] step and delivers its output in one go, so that
+/// events reach the target in the order the view produced them.
+trait Target<R>: Send + 'static {
+    /// A watch was (re)established and `listing` taken after it.
+    fn rebase(&mut self, shared: &SharedState<R>, ns: &Namespace, listing: Vec<PeerRecord>);
+    /// The backend lost events ([`RegistryEvent::Resync`]); `listing` follows it.
+    fn resync(&mut self, shared: &SharedState<R>, ns: &Namespace, listing: Vec<PeerRecord>);
+    /// A suspect's grace is over; `listing` decides.
+    fn recheck(&mut self, shared: &SharedState<R>, ns: &Namespace, listing: Vec<PeerRecord>);
+    /// An ordinary backend event.
+    fn deliver(&mut self, shared: &SharedState<R>, ns: &Namespace, event: RegistryEvent);
+    /// When the earliest suspect's grace ends.
+    fn next_deadline(&self, shared: &SharedState<R>, ns: &Namespace) -> Option<Instant>;
+    /// The watch broke or could not be (re)established. Returns whether to
+    /// keep trying.
+    fn down(&mut self, shared: &SharedState<R>, ns: &Namespace, error: Option<&Error>) -> bool;
+    /// Resolves when nobody wants the output any more.
+    fn closed(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// Runs one namespace's reconciled watch into `target`, re-establishing the
+/// backend's watch with backoff whenever it breaks.
+///
+/// Every (re)established watch and every [`RegistryEvent::Resync`] is
+/// followed by a listing of the namespace, which the [`Reconciler`] diffs
+/// against what the target was told: it gets ordinary events for what
+/// changed meanwhile, never a `Resync`, and a name that vanished is reported
+/// `Expired` once, after [`CachingConfig::resync_grace`], if its owner did not
+/// re-publish it by then.
+async fn reconciled_watch<R: Registry, T: Target<R>>(
     weak: Weak<SharedState<R>>,
     ns: Namespace,
     mut stop: tokio::sync::watch::Receiver<()>,
-    state: tokio::sync::watch::Sender<WatchState>,
+    mut target: T,
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -542,74 +633,319 @@ async fn watch_task<R: Registry>(
         let attempt = tokio::select! {
             r = shared.backend.watch(&ns) => r,
             _ = stop.changed() => return,
+            _ = target.closed() => return,
         };
-        drop(shared);
-        match attempt {
+        let established = match attempt {
+            Ok(stream) => match shared.list(&ns).await {
+                Ok(listing) => {
+                    target.rebase(&shared, &ns, listing);
+                    Ok(stream)
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        match established {
             Ok(mut stream) => {
+                drop(shared);
                 backoff = Duration::from_millis(50);
-                if let Some(shared) = weak.upgrade() {
-                    let mut cache = write(&shared.cache);
-                    let nsc = cache.entry(ns.clone()).or_default();
-                    // Entries fetched while unsynced may have missed events: they
-                    // are no longer hits, but stay as stale answers for outages.
-                    nsc.invalidate_entries(Instant::now());
-                    nsc.recent.clear();
-                    nsc.synced = true;
-                    state.send_replace(WatchState::Synced);
-                    nsc.epoch += 1;
-                    nsc.seq = 0;
-                } else {
+                tracing::debug!(namespace = %ns, "registry watch established");
+                follow_stream(&weak, &ns, &mut stream, &mut stop, &mut target).await;
+                let Some(shared) = weak.upgrade() else { return };
+                if !target.down(&shared, &ns, None) {
                     return;
                 }
-                tracing::debug!(namespace = %ns, "cache watch established");
-                loop {
-                    let next = tokio::select! {
-                        n = stream.next() => n,
-                        _ = stop.changed() => return,
-                    };
-                    let Some(shared) = weak.upgrade() else { return };
-                    match next {
-                        Some(Ok(event)) => {
-                            let mut cache = write(&shared.cache);
-                            cache.entry(ns.clone()).or_default().apply(
-                                event,
-                                &shared.config,
-                                Instant::now(),
-                            );
-                        }
-                        Some(Err(e)) => {
-                            tracing::warn!(namespace = %ns, error = %e, "registry watch failed; cache serves stale answers until it is back");
-                            break;
-                        }
-                        None => {
-                            tracing::warn!(namespace = %ns, "registry watch ended; re-establishing");
-                            break;
-                        }
-                    }
-                }
-                if let Some(shared) = weak.upgrade() {
-                    let mut cache = write(&shared.cache);
-                    if let Some(nsc) = cache.get_mut(&ns) {
-                        nsc.synced = false;
-                        state.send_replace(WatchState::Broken);
-                    }
-                }
-            }
-            Err(Error::Unsupported(what)) => {
-                state.send_replace(WatchState::Broken);
-                tracing::info!(namespace = %ns, %what, "registry has no watch; cache entries are not kept coherent");
-                return;
             }
             Err(e) => {
-                state.send_replace(WatchState::Broken);
+                if !target.down(&shared, &ns, Some(&e)) {
+                    return;
+                }
                 tracing::warn!(namespace = %ns, error = %e, retry_in = ?backoff, "cannot watch registry");
             }
+        }
+        if stop.has_changed().is_err() {
+            return;
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = stop.changed() => return,
+            _ = target.closed() => return,
         }
         backoff = (backoff * 2).min(max_backoff);
+    }
+}
+
+/// Feeds one established backend watch into `target` until it fails or
+/// ends, listing again on `Resync` and when a suspect's grace is over.
+async fn follow_stream<R: Registry, T: Target<R>>(
+    weak: &Weak<SharedState<R>>,
+    ns: &Namespace,
+    stream: &mut BoxStream<'static, Result<RegistryEvent>>,
+    stop: &mut tokio::sync::watch::Receiver<()>,
+    target: &mut T,
+) {
+    // After a failed listing for a recheck, wait before the next one.
+    let mut not_before: Option<Instant> = None;
+    loop {
+        let deadline = {
+            let Some(shared) = weak.upgrade() else { return };
+            let due = target.next_deadline(&shared, ns);
+            due.map(|d| not_before.map_or(d, |nb| nb.max(d)))
+        };
+        let recheck = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => futures::future::pending().await,
+            }
+        };
+        let next = tokio::select! {
+            n = stream.next() => Some(n),
+            _ = recheck => None,
+            _ = stop.changed() => return,
+            _ = target.closed() => return,
+        };
+        let Some(shared) = weak.upgrade() else { return };
+        match next {
+            None => match shared.list(ns).await {
+                Ok(listing) => {
+                    not_before = None;
+                    target.recheck(&shared, ns, listing);
+                }
+                Err(e) => {
+                    tracing::debug!(namespace = %ns, error = %e, "cannot list the namespace to settle vanished names; later");
+                    not_before = Some(Instant::now() + shared.config.retry_after);
+                }
+            },
+            Some(Some(Ok(RegistryEvent::Resync))) => match shared.list(ns).await {
+                Ok(listing) => {
+                    tracing::info!(namespace = %ns, "registry lost events; namespace listed again and reconciled");
+                    target.resync(&shared, ns, listing);
+                }
+                Err(e) => {
+                    tracing::warn!(namespace = %ns, error = %e, "registry lost events and cannot be listed; re-establishing the watch");
+                    return;
+                }
+            },
+            Some(Some(Ok(event))) => target.deliver(&shared, ns, event),
+            Some(Some(Err(e))) => {
+                tracing::warn!(namespace = %ns, error = %e, "registry watch failed; re-establishing");
+                return;
+            }
+            Some(None) => {
+                tracing::warn!(namespace = %ns, "registry watch ended; re-establishing");
+                return;
+            }
+        }
+    }
+}
+
+/// Logs an `Expired` the view made up after a grace.
+fn log_settled(ns: &Namespace, events: &[RegistryEvent]) {
+    for ev in events {
+        if let RegistryEvent::Expired { name, instance } = ev {
+            tracing::info!(namespace = %ns, %name, %instance, "name did not come back after the registry lost it; reporting it expired");
+        }
+    }
+}
+
+/// The cache's own target: entries are patched, lookups see the suspects.
+struct CacheTarget {
+    state: tokio::sync::watch::Sender<WatchState>,
+}
+
+impl CacheTarget {
+    fn apply_all<R>(
+        shared: &SharedState<R>,
+        nsc: &mut NsCache,
+        events: Vec<RegistryEvent>,
+        now: Instant,
+    ) {
+        for ev in events {
+            nsc.apply(ev, &shared.config, now);
+        }
+    }
+}
+
+impl<R: Registry> Target<R> for CacheTarget {
+    fn rebase(&mut self, shared: &SharedState<R>, ns: &Namespace, listing: Vec<PeerRecord>) {
+        let now = Instant::now();
+        let mut cache = write(&shared.cache);
+        let nsc = cache.entry(ns.clone()).or_default();
+        // Entries fetched while unsynced may have missed events: they are no
+        // longer hits, but stay as stale answers for outages.
+        nsc.invalidate_entries(now);
+        nsc.new_epoch();
+        let events = match nsc.view.as_mut() {
+            Some(view) => view.resync(listing, now),
+            None => {
+                nsc.view = Some(Reconciler::new(listing, shared.config.resync_grace));
+                Vec::new()
+            }
+        };
+        Self::apply_all(shared, nsc, events, now);
+        nsc.synced = true;
+        self.state.send_replace(WatchState::Synced);
+    }
+
+    fn resync(&mut self, shared: &SharedState<R>, ns: &Namespace, listing: Vec<PeerRecord>) {
+        // Entries stay hits, patched with the diff; fetches under way are
+        // not cached.
+        let now = Instant::now();
+        let mut cache = write(&shared.cache);
+        let nsc = cache.entry(ns.clone()).or_default();
+        nsc.new_epoch();
+        let events = match nsc.view.as_mut() {
+            Some(view) => view.resync(listing, now),
+            None => Vec::new(),
+        };
+        Self::apply_all(shared, nsc, events, now);
+    }
+
+    fn recheck(&mut self, shared: &SharedState<R>, ns: &Namespace, listing: Vec<PeerRecord>) {
+        let now = Instant::now();
+        let mut cache = write(&shared.cache);
+        let Some(nsc) = cache.get_mut(ns) else { return };
+        let events = match nsc.view.as_mut() {
+            Some(view) => view.recheck(listing, now),
+            None => return,
+        };
+        log_settled(ns, &events);
+        Self::apply_all(shared, nsc, events, now);
+    }
+
+    fn deliver(&mut self, shared: &SharedState<R>, ns: &Namespace, event: RegistryEvent) {
+        let now = Instant::now();
+        let mut cache = write(&shared.cache);
+        let nsc = cache.entry(ns.clone()).or_default();
+        let event = match nsc.view.as_mut() {
+            Some(view) => view.event(event),
+            None => Some(event),
+        };
+        if let Some(event) = event {
+            nsc.apply(event, &shared.config, now);
+        }
+    }
+
+    fn next_deadline(&self, shared: &SharedState<R>, ns: &Namespace) -> Option<Instant> {
+        read(&shared.cache)
+            .get(ns)
+            .and_then(|n| n.view.as_ref())
+            .and_then(Reconciler::next_deadline)
+    }
+
+    fn down(&mut self, shared: &SharedState<R>, ns: &Namespace, error: Option<&Error>) -> bool {
+        if let Some(Error::Unsupported(what)) = error {
+            self.state.send_replace(WatchState::Unsupported);
+            tracing::info!(namespace = %ns, %what, "registry has no watch; cache entries are not kept coherent");
+            return false;
+        }
+        if let Some(nsc) = write(&shared.cache).get_mut(ns) {
+            nsc.synced = false;
+        }
+        self.state.send_replace(WatchState::Broken);
+        true
+    }
+
+    fn closed(&self) -> impl Future<Output = ()> + Send {
+        futures::future::pending()
+    }
+}
+
+/// One stream of [`Registry::watch`] on the cache, with a view of its own:
+/// it sees exactly the changes after `watch` returned, once each.
+struct StreamTarget {
+    view: Option<Reconciler>,
+    tx: mpsc::UnboundedSender<Result<RegistryEvent>>,
+    /// Told how the first attempt went; `None` once told.
+    ready: Option<tokio::sync::oneshot::Sender<Result<()>>>,
+}
+
+impl StreamTarget {
+    fn send(&self, events: Vec<RegistryEvent>) {
+        for ev in events {
+            let _ = self.tx.send(Ok(ev));
+        }
+    }
+}
+
+impl<R: Registry> Target<R> for StreamTarget {
+    fn rebase(&mut self, shared: &SharedState<R>, _: &Namespace, listing: Vec<PeerRecord>) {
+        let events = match self.view.as_mut() {
+            Some(view) => view.resync(listing, Instant::now()),
+            None => {
+                self.view = Some(Reconciler::new(listing, shared.config.resync_grace));
+                Vec::new()
+            }
+        };
+        self.send(events);
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(Ok(()));
+        }
+    }
+
+    fn resync(&mut self, _: &SharedState<R>, _: &Namespace, listing: Vec<PeerRecord>) {
+        if let Some(view) = self.view.as_mut() {
+            let events = view.resync(listing, Instant::now());
+            self.send(events);
+        }
+    }
+
+    fn recheck(&mut self, _: &SharedState<R>, ns: &Namespace, listing: Vec<PeerRecord>) {
+        if let Some(view) = self.view.as_mut() {
+            let events = view.recheck(listing, Instant::now());
+            log_settled(ns, &events);
+            self.send(events);
+        }
+    }
+
+    fn deliver(&mut self, _: &SharedState<R>, _: &Namespace, event: RegistryEvent) {
+        let event = match self.view.as_mut() {
+            Some(view) => view.event(event),
+            None => Some(event),
+        };
+        if let Some(event) = event {
+            let _ = self.tx.send(Ok(event));
+        }
+    }
+
+    fn next_deadline(&self, _: &SharedState<R>, _: &Namespace) -> Option<Instant> {
+        self.view.as_ref().and_then(Reconciler::next_deadline)
+    }
+
+    fn down(&mut self, _: &SharedState<R>, _: &Namespace, error: Option<&Error>) -> bool {
+        match (self.ready.take(), error) {
+            // The first attempt failed: `watch` returns the error.
+            (Some(ready), Some(e)) => {
+                let _ = ready.send(Err(e.clone()));
+                false
+            }
+            (Some(ready), None) => {
+                let _ = ready.send(Ok(()));
+                true
+            }
+            (None, _) => true,
+        }
+    }
+
+    fn closed(&self) -> impl Future<Output = ()> + Send {
+        let tx = self.tx.clone();
+        async move { tx.closed().await }
+    }
+}
+
+impl<R: Registry> SharedState<R> {
+    /// Every record of `ns`, straight from the backend.
+    async fn list(&self, ns: &Namespace) -> Result<Vec<PeerRecord>> {
+        let all = Pattern::new("*").expect("'*' is a valid pattern");
+        self.backend_lookups.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout(self.config.lookup_timeout, self.backend.lookup(ns, &all)).await
+        {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                what: "registry lookup",
+                after: self.config.lookup_timeout,
+            }),
+        }
     }
 }
 
@@ -652,8 +988,39 @@ impl<R: Registry> Registry for CachingRegistry<R> {
         Ok(Arc::unwrap_or_clone(found.records))
     }
 
+    /// The namespace's events, reconciled: what the backend lost (a
+    /// [`RegistryEvent::Resync`], a watch that broke and came back) comes
+    /// back as ordinary events from a listing and a diff, each change once,
+    /// and a name that vanished is reported `Expired` only if its owner does
+    /// not re-publish it within [`CachingConfig::resync_grace`]. The stream
+    /// never yields `Resync` and never fails once returned: while the
+    /// backend is unreachable it pauses. Failing to watch at first (backend
+    /// down, or no watch at all) is the backend's error.
     async fn watch(&self, ns: &Namespace) -> Result<BoxStream<'static, Result<RegistryEvent>>> {
-        self.shared.backend.watch(ns).await
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return self.shared.backend.watch(ns).await;
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready) = tokio::sync::oneshot::channel();
+        let target = StreamTarget {
+            view: None,
+            tx,
+            ready: Some(ready_tx),
+        };
+        rt.spawn(reconciled_watch(
+            Arc::downgrade(&self.shared),
+            ns.clone(),
+            self.shared.stop.subscribe(),
+            target,
+        ));
+        match ready.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(Error::Closed("registry cache")),
+        }
+        Ok(Box::pin(futures::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+        })))
     }
 }
 

@@ -10,6 +10,7 @@ mod interface;
 mod io;
 mod name;
 mod pattern;
+mod reconcile;
 mod record;
 mod registry;
 mod wrapper;

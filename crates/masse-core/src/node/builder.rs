@@ -287,7 +287,13 @@ impl NodeBuilder {
             Some(RegistrySource::Connect(connect)) => connect.await?,
             None => Arc::new(MemoryRegistry::global()),
         };
-        let registry = CachingRegistry::with_config(backend, self.cache);
+        // Peers re-publish within one heartbeat (ttl/3) of a registry that
+        // lost its data: a vanished name is suspect at least that long.
+        let mut cache = self.cache;
+        cache.resync_grace = cache
+            .resync_grace
+            .max(config.ttl / 3 + Duration::from_secs(2));
+        let registry = CachingRegistry::with_config(backend, cache);
         let instance = InstanceId::random();
         let identity = Arc::new(match self.identity {
             Some(IdentitySource::Ready(i)) => i,

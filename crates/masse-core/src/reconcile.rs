@@ -1,0 +1,298 @@
+//! [`Reconciler`]: what a watcher of one namespace knows, and how a listing
+//! after a [`RegistryEvent::Resync`] turns into ordinary events.
+//!
+//! Pure state, no I/O and no clock of its own (the caller passes `now`), so
+//! every case is a unit test. [`CachingRegistry`](crate::CachingRegistry)
+//! drives one per watched namespace.
+//!
+//! The rules:
+//!
+//! - The watcher's view starts from a listing ([`Reconciler::new`]).
+//! - Backend events update the view; an event that tells the watcher nothing
+//!   new (a `Joined` of the record it already holds, a `Left`/`Expired` of an
+//!   instance it does not hold) is dropped, so a change reported once by a
+//!   diff is not reported again when the backend's own event follows.
+//! - After a resync, a new listing is diffed against the view: new names give
+//!   `Joined`, changed ones `Updated`. A name that vanished is only *suspect*
+//!   for a grace period: an empty registry (restarted without its data) lists
+//!   nothing until the live owners have re-published, and reporting them gone
+//!   meanwhile would be a spurious `Expired` followed by a spurious `Joined`.
+//!   Suspects stay in the view (a dialer keeps using their last record); when
+//!   the grace is over, a second listing decides: still absent → exactly one
+//!   `Expired` for the instance the watcher knew.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::name::PeerName;
+use crate::record::PeerRecord;
+use crate::registry::RegistryEvent;
+
+/// A watcher's view of one namespace; see the [module docs](self).
+#[derive(Debug)]
+pub(crate) struct Reconciler {
+    known: BTreeMap<PeerName, PeerRecord>,
+    /// Names absent from the last listing, kept until their deadline.
+    suspects: HashMap<PeerName, Instant>,
+    grace: Duration,
+}
+
+impl Reconciler {
+    /// A view that starts from `listing`; vanished names stay suspect for `grace`.
+    pub(crate) fn new(listing: Vec<PeerRecord>, grace: Duration) -> Self {
+        Reconciler {
+            known: listing.into_iter().map(|r| (r.name.clone(), r)).collect(),
+            suspects: HashMap::new(),
+            grace,
+        }
+    }
+
+    /// Applies a backend event and returns it if it tells the watcher
+    /// something new, `None` if it repeats what the view already holds.
+    /// `Resync` is never returned: the caller lists and calls [`resync`](Self::resync).
+    pub(crate) fn event(&mut self, event: RegistryEvent) -> Option<RegistryEvent> {
+        match &event {
+            RegistryEvent::Joined(r) | RegistryEvent::Updated(r) => {
+                self.suspects.remove(&r.name);
+                if self.known.get(&r.name) == Some(r) {
+                    return None;
+                }
+                self.known.insert(r.name.clone(), r.clone());
+                Some(event)
+            }
+            RegistryEvent::Left { name, instance } | RegistryEvent::Expired { name, instance } => {
+                if self.known.get(name).map(|r| r.instance) != Some(*instance) {
+                    return None;
+                }
+                self.known.remove(name);
+                self.suspects.remove(name);
+                Some(event)
+            }
+            RegistryEvent::Resync => None,
+        }
+    }
+
+    /// Diffs a listing taken after a resync against the view: events for
+    /// names that appeared or changed, in name order. Names that vanished
+    /// become suspects until `now + grace` (a name already suspect keeps its
+    /// deadline).
+    pub(crate) fn resync(&mut self, listing: Vec<PeerRecord>, now: Instant) -> Vec<RegistryEvent> {
+        let listed: BTreeMap<PeerName, PeerRecord> =
+            listing.into_iter().map(|r| (r.name.clone(), r)).collect();
+        let mut out = Vec::new();
+        for name in self.known.keys() {
+            if !listed.contains_key(name) {
+                self.suspects
+                    .entry(name.clone())
+                    .or_insert(now + self.grace);
+            }
+        }
+        for (name, record) in listed {
+            self.suspects.remove(&name);
+            match self.known.get(&name) {
+                Some(k) if *k == record => {}
+                Some(_) => out.push(RegistryEvent::Updated(record.clone())),
+                None => out.push(RegistryEvent::Joined(record.clone())),
+            }
+            self.known.insert(name, record);
+        }
+        out
+    }
+
+    /// When the earliest suspect's grace ends, if any.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.suspects.values().min().copied()
+    }
+
+    /// True while some name awaits its second listing.
+    pub(crate) fn has_suspects(&self) -> bool {
+        !self.suspects.is_empty()
+    }
+
+    /// Is `record` (this very instance) only suspect, not confirmed by the
+    /// last listing?
+    pub(crate) fn is_suspect(&self, record: &PeerRecord) -> bool {
+        !self.suspects.is_empty()
+            && self.suspects.contains_key(&record.name)
+            && self.known.get(&record.name).map(|r| r.instance) == Some(record.instance)
+    }
+
+    /// The suspect records (their last known version), for answers that
+    /// must not treat them as absent yet.
+    pub(crate) fn suspect_records(&self) -> impl Iterator<Item = &PeerRecord> {
+        self.suspects.keys().filter_map(|n| self.known.get(n))
+    }
+
+    /// Decides the suspects whose grace is over with a fresh listing: still
+    /// absent → one `Expired`; present → `Updated` if it changed. Other names
+    /// in the listing are diffed as by [`resync`](Self::resync), except that
+    /// names that vanished since do not become suspects here (the backend's
+    /// own events report them).
+    pub(crate) fn recheck(&mut self, listing: Vec<PeerRecord>, now: Instant) -> Vec<RegistryEvent> {
+        let listed: BTreeMap<PeerName, PeerRecord> =
+            listing.into_iter().map(|r| (r.name.clone(), r)).collect();
+        let mut out = Vec::new();
+        let due: Vec<PeerName> = self
+            .suspects
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            self.suspects.remove(&name);
+            if listed.contains_key(&name) {
+                continue;
+            }
+            if let Some(gone) = self.known.remove(&name) {
+                out.push(RegistryEvent::Expired {
+                    name,
+                    instance: gone.instance,
+                });
+            }
+        }
+        for (name, record) in listed {
+            self.suspects.remove(&name);
+            match self.known.get(&name) {
+                Some(k) if *k == record => {}
+                Some(_) => out.push(RegistryEvent::Updated(record.clone())),
+                None => out.push(RegistryEvent::Joined(record.clone())),
+            }
+            self.known.insert(name, record);
+        }
+        out
+    }
+
+    #[cfg(test)]
+    fn known(&self) -> Vec<&str> {
+        self.known.keys().map(|n| n.as_str()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::InstanceId;
+
+    fn rec(name: &str) -> PeerRecord {
+        PeerRecord::new(
+            "ns".parse().unwrap(),
+            name.parse().unwrap(),
+            InstanceId::random(),
+        )
+    }
+
+    const GRACE: Duration = Duration::from_secs(4);
+
+    #[test]
+    fn duplicates_of_what_the_view_holds_are_dropped() {
+        let a = rec("a");
+        let mut r = Reconciler::new(vec![a.clone()], GRACE);
+        assert_eq!(r.event(RegistryEvent::Joined(a.clone())), None);
+        let b = rec("b");
+        assert_eq!(
+            r.event(RegistryEvent::Joined(b.clone())),
+            Some(RegistryEvent::Joined(b.clone()))
+        );
+        let stranger = RegistryEvent::Expired {
+            name: b.name.clone(),
+            instance: InstanceId::random(),
+        };
+        assert_eq!(r.event(stranger), None, "not the instance we know");
+        let gone = RegistryEvent::Left {
+            name: b.name.clone(),
+            instance: b.instance,
+        };
+        assert_eq!(r.event(gone.clone()), Some(gone.clone()));
+        assert_eq!(r.event(gone), None, "reported once");
+        assert_eq!(r.event(RegistryEvent::Resync), None);
+        assert_eq!(r.known(), ["a"]);
+    }
+
+    #[test]
+    fn a_resync_reports_new_and_changed_names_and_suspects_vanished_ones() {
+        let (a, b, c) = (rec("a"), rec("b"), rec("c"));
+        let mut r = Reconciler::new(vec![a.clone(), b.clone(), c.clone()], GRACE);
+        let t0 = Instant::now();
+        let mut b2 = b.clone();
+        b2.metadata.insert("k".into(), "v".into());
+        let d = rec("d");
+        let out = r.resync(vec![a.clone(), b2.clone(), d.clone()], t0);
+        assert_eq!(
+            out,
+            vec![
+                RegistryEvent::Updated(b2.clone()),
+                RegistryEvent::Joined(d.clone())
+            ]
+        );
+        assert!(r.is_suspect(&c), "c vanished: suspect, not gone");
+        assert!(!r.is_suspect(&a));
+        assert_eq!(r.known(), ["a", "b", "c", "d"]);
+        assert_eq!(r.next_deadline(), Some(t0 + GRACE));
+        let suspects: Vec<_> = r.suspect_records().collect();
+        assert_eq!(suspects, vec![&c]);
+    }
+
+    #[test]
+    fn an_owner_that_republishes_within_the_grace_is_never_reported_gone() {
+        let (a, c) = (rec("a"), rec("c"));
+        let mut r = Reconciler::new(vec![a.clone(), c.clone()], GRACE);
+        let t0 = Instant::now();
+        // Registry restarted empty: nothing listed.
+        assert!(r.resync(vec![], t0).is_empty());
+        assert!(r.is_suspect(&a) && r.is_suspect(&c));
+        // a re-publishes the same record: nothing new for the watcher.
+        assert_eq!(r.event(RegistryEvent::Joined(a.clone())), None);
+        assert!(!r.is_suspect(&a));
+        // After the grace c is still absent: exactly one Expired.
+        let out = r.recheck(vec![a.clone()], t0 + GRACE);
+        assert_eq!(
+            out,
+            vec![RegistryEvent::Expired {
+                name: c.name.clone(),
+                instance: c.instance
+            }]
+        );
+        assert!(!r.has_suspects());
+        // The backend's own late Expired for c (if it had one) is a duplicate.
+        let late = RegistryEvent::Expired {
+            name: c.name.clone(),
+            instance: c.instance,
+        };
+        assert_eq!(r.event(late), None);
+        assert_eq!(r.known(), ["a"]);
+    }
+
+    #[test]
+    fn a_recheck_before_the_deadline_keeps_the_suspect() {
+        let c = rec("c");
+        let mut r = Reconciler::new(vec![c.clone()], GRACE);
+        let t0 = Instant::now();
+        r.resync(vec![], t0);
+        assert!(r.recheck(vec![], t0 + GRACE / 2).is_empty());
+        assert!(r.is_suspect(&c));
+        // A second resync does not push the deadline back.
+        r.resync(vec![], t0 + GRACE / 2);
+        assert_eq!(r.next_deadline(), Some(t0 + GRACE));
+        let out = r.recheck(vec![], t0 + GRACE);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn a_takeover_during_the_gap_is_an_update_of_the_new_instance() {
+        let a = rec("a");
+        let mut r = Reconciler::new(vec![a.clone()], GRACE);
+        let a2 = rec("a");
+        let t0 = Instant::now();
+        assert!(r.resync(vec![], t0).is_empty());
+        let out = r.recheck(vec![a2.clone()], t0 + GRACE);
+        assert_eq!(out, vec![RegistryEvent::Updated(a2.clone())]);
+        // The old instance's Expired, if the backend still sends it, is stale.
+        let old = RegistryEvent::Expired {
+            name: a.name.clone(),
+            instance: a.instance,
+        };
+        assert_eq!(r.event(old), None);
+    }
+}
