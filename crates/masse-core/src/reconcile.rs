@@ -50,17 +50,23 @@ impl Reconciler {
     }
 
     /// Applies a backend event and returns it if it tells the watcher
-    /// something new, `None` if it repeats what the view already holds.
+    /// something new, `None` if it repeats what the view already holds. A
+    /// record of a name the watcher holds is `Updated`, of one it does not
+    /// hold `Joined`, whatever the backend called it.
     /// `Resync` is never returned: the caller lists and calls [`resync`](Self::resync).
     pub(crate) fn event(&mut self, event: RegistryEvent) -> Option<RegistryEvent> {
         match &event {
             RegistryEvent::Joined(r) | RegistryEvent::Updated(r) => {
                 self.suspects.remove(&r.name);
-                if self.known.get(&r.name) == Some(r) {
-                    return None;
+                let before = self.known.insert(r.name.clone(), r.clone());
+                match before {
+                    Some(old) if old == *r => None,
+                    // The watcher holds the name: whatever the backend saw
+                    // (a free name after it lost its data), to the watcher
+                    // this is a change of a live name.
+                    Some(_) => Some(RegistryEvent::Updated(r.clone())),
+                    None => Some(RegistryEvent::Joined(r.clone())),
                 }
-                self.known.insert(r.name.clone(), r.clone());
-                Some(event)
             }
             RegistryEvent::Left { name, instance } | RegistryEvent::Expired { name, instance } => {
                 if self.known.get(name).map(|r| r.instance) != Some(*instance) {
@@ -208,6 +214,17 @@ mod tests {
         assert_eq!(r.event(gone), None, "reported once");
         assert_eq!(r.event(RegistryEvent::Resync), None);
         assert_eq!(r.known(), ["a"]);
+        // A Joined of a name the watcher holds is a change of that name.
+        let a2 = rec("a");
+        assert_eq!(
+            r.event(RegistryEvent::Joined(a2.clone())),
+            Some(RegistryEvent::Updated(a2.clone()))
+        );
+        let unseen = rec("z");
+        assert_eq!(
+            r.event(RegistryEvent::Updated(unseen.clone())),
+            Some(RegistryEvent::Joined(unseen))
+        );
     }
 
     #[test]
