@@ -52,8 +52,8 @@ pub async fn registry_from_url(url: &str) -> Result<DynRegistry> {
 
 /// The registry named by `MASSE_REGISTRY`; if it is unset or empty, the
 /// embedded SQLite file `masse/registry.db` in the user's data directory
-/// (feature `sqlite`, created on first use), else the process-wide
-/// [`MemoryRegistry`].
+/// (feature `sqlite`, created on first use). In a build without `sqlite`, an
+/// unset variable is an [`Error::Config`] naming both fixes.
 pub async fn registry_from_env() -> Result<DynRegistry> {
     match std::env::var(REGISTRY_ENV) {
         Ok(url) if !url.trim().is_empty() => {
@@ -104,12 +104,24 @@ async fn default_registry() -> Result<DynRegistry> {
     registry_from_url(&url).await
 }
 
+/// Without the embedded registry, an unset `MASSE_REGISTRY` is a mistake to
+/// report, not a reason to fall back silently to a registry no other process
+/// can see.
 #[cfg(not(feature = "sqlite"))]
 async fn default_registry() -> Result<DynRegistry> {
-    tracing::debug!(
-        "{REGISTRY_ENV} unset and feature sqlite off: using the process-wide MemoryRegistry"
-    );
-    Ok(Arc::new(MemoryRegistry::global()))
+    Err(no_default_registry())
+}
+
+/// The error of [`registry_from_env`] when `MASSE_REGISTRY` is unset in a
+/// build without the `sqlite` feature.
+#[cfg_attr(feature = "sqlite", allow(dead_code))]
+fn no_default_registry() -> Error {
+    Error::Config(format!(
+        "{REGISTRY_ENV} is unset and this build of masse has no embedded registry: \
+         set {REGISTRY_ENV} to a registry URL (redis://host:6379, postgres://…, \
+         memory:// for nodes of this process only), or enable the `sqlite` feature \
+         of the masse crate for the embedded SQLite default"
+    ))
 }
 
 #[allow(unused_variables)]
@@ -177,6 +189,30 @@ mod tests {
         match registry_from_url(url).await {
             Ok(_) => panic!("{url} should not connect"),
             Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn an_unset_registry_without_sqlite_names_both_fixes() {
+        let e = no_default_registry();
+        assert!(matches!(e, Error::Config(_)), "{e:?}");
+        let text = e.to_string();
+        assert!(text.contains("MASSE_REGISTRY"), "{text}");
+        assert!(text.contains("`sqlite` feature"), "{text}");
+    }
+
+    /// Run by CI with `--no-default-features`: the wiring, not just the text.
+    #[cfg(not(feature = "sqlite"))]
+    #[tokio::test]
+    async fn an_unset_registry_without_sqlite_is_an_error() {
+        // Checked only where the variable is unset (no test here sets it).
+        let unset = std::env::var_os(REGISTRY_ENV).is_none();
+        if unset {
+            match registry_from_env().await {
+                Err(Error::Config(text)) => assert!(text.contains("`sqlite` feature"), "{text}"),
+                Err(e) => panic!("expected Config, got {e:?}"),
+                Ok(_) => panic!("expected an error, got a registry"),
+            }
         }
     }
 
