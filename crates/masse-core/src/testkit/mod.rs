@@ -18,7 +18,7 @@
 
 pub mod fixtures;
 mod interface;
-mod registry;
+pub mod registry;
 
 pub use interface::*;
-pub use registry::*;
+pub use registry::{RegistryConformance, registry_conformance};

@@ -13,13 +13,14 @@ use tokio::time::{Instant, sleep, timeout};
 
 use crate::{
     DynRegistry, Endpoint, Error, InstanceId, NamePolicy, Namespace, Pattern, PeerName, PeerRecord,
-    RegistryEvent, Result,
+    Registry as _, RegistryEvent, Result,
 };
 
 type Factory = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = DynRegistry> + Send>> + Send + Sync>;
 type Injector = Arc<
     dyn Fn(Namespace, PeerName, Vec<u8>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync,
 >;
+type Trigger = Arc<dyn Fn(Namespace) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 type Events = BoxStream<'static, Result<RegistryEvent>>;
 
 /// Runs the whole registry conformance suite with default settings.
@@ -42,6 +43,7 @@ where
 pub struct RegistryConformance {
     factory: Factory,
     injector: Option<Injector>,
+    resync: Option<Trigger>,
     ttl: Duration,
     slack: Duration,
     prefix: String,
@@ -53,6 +55,7 @@ impl fmt::Debug for RegistryConformance {
             .field("ttl", &self.ttl)
             .field("slack", &self.slack)
             .field("injector", &self.injector.is_some())
+            .field("resync_trigger", &self.resync.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -67,6 +70,7 @@ impl RegistryConformance {
         RegistryConformance {
             factory: Arc::new(move || Box::pin(factory())),
             injector: None,
+            resync: None,
             ttl: Duration::from_millis(600),
             slack: Duration::from_secs(2),
             prefix: format!("conf-{:08x}", InstanceId::random().as_u128() as u32),
@@ -100,14 +104,28 @@ impl RegistryConformance {
         self
     }
 
+    /// A hook that makes the backend lose the event history of `namespace`
+    /// (not its records), as a server restarted from a snapshot or an event
+    /// log pruned past its watchers would, so that watchers of the namespace
+    /// get [`RegistryEvent::Resync`]. Without it, the resync case is left out.
+    pub fn resync_trigger<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Namespace) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.resync = Some(Arc::new(move |ns| Box::pin(f(ns))));
+        self
+    }
+
     /// Runs every case, panicking with the case name on the first violation.
+    /// Each case is also a public function of this module, to run alone.
     pub async fn run(self) {
-        let ctx = Ctx { suite: self };
+        let ctx = &self;
         macro_rules! case {
             ($name:ident) => {{
                 tracing::info!(case = stringify!($name), "registry conformance");
                 let started = Instant::now();
-                match timeout(Duration::from_secs(120), $name(&ctx)).await {
+                match timeout(Duration::from_secs(120), $name(ctx)).await {
                     Ok(()) => tracing::info!(case = stringify!($name), elapsed = ?started.elapsed(), "passed"),
                     Err(_) => panic!("registry conformance case `{}` hung for 120 s", stringify!($name)),
                 }
@@ -126,27 +144,29 @@ impl RegistryConformance {
         case!(many_concurrent_publishers);
         case!(zero_ttl_is_rejected);
         case!(dropped_watcher_does_not_disturb_others);
-        if ctx.suite.injector.is_some() {
+        case!(refresh_after_expiry_is_name_lost);
+        if ctx.injector.is_some() {
             case!(malformed_records_are_skipped);
         } else {
             tracing::info!(
                 "registry conformance: no raw writer given, malformed-record case skipped"
             );
         }
+        if ctx.resync.is_some() {
+            case!(resync_then_listing_matches);
+        } else {
+            tracing::info!("registry conformance: no resync trigger given, resync case skipped");
+        }
     }
 }
 
-struct Ctx {
-    suite: RegistryConformance,
-}
-
-impl Ctx {
+impl RegistryConformance {
     async fn handle(&self) -> DynRegistry {
-        (self.suite.factory)().await
+        (self.factory)().await
     }
 
     fn ns(&self, case: &str) -> Namespace {
-        let mut s = format!("{}-{case}", self.suite.prefix);
+        let mut s = format!("{}-{case}", self.prefix);
         s.truncate(Namespace::MAX_LEN);
         Namespace::new(&s).expect("valid namespace")
     }
@@ -163,14 +183,14 @@ impl Ctx {
 
     /// The next event, within the slack.
     async fn next(&self, events: &mut Events, case: &str) -> RegistryEvent {
-        match timeout(self.suite.slack, events.next()).await {
+        match timeout(self.slack, events.next()).await {
             Ok(Some(Ok(RegistryEvent::Resync))) => {
                 panic!("[{case}] unexpected Resync on a healthy backend")
             }
             Ok(Some(Ok(ev))) => ev,
             Ok(Some(Err(e))) => panic!("[{case}] watch stream failed: {e}"),
             Ok(None) => panic!("[{case}] watch stream ended"),
-            Err(_) => panic!("[{case}] no event within {:?}", self.suite.slack),
+            Err(_) => panic!("[{case}] no event within {:?}", self.slack),
         }
     }
 
@@ -214,7 +234,8 @@ async fn publish(reg: &DynRegistry, r: &PeerRecord, ttl: Duration, policy: NameP
         .unwrap_or_else(|e| panic!("[{case}] publish of {} failed: {e}", r.name));
 }
 
-async fn publish_then_lookup(c: &Ctx) {
+/// A published record is found by exact and glob lookups, from this handle and another, and watchers get `Joined`.
+pub async fn publish_then_lookup(c: &RegistryConformance) {
     let case = "publish_then_lookup";
     let reg = c.handle().await;
     let ns = c.ns("pub");
@@ -250,7 +271,8 @@ async fn publish_then_lookup(c: &Ctx) {
     );
 }
 
-async fn republish_updates(c: &Ctx) {
+/// Publishing again under the same instance replaces the record and emits `Updated`.
+pub async fn republish_updates(c: &RegistryConformance) {
     let case = "republish_updates";
     let reg = c.handle().await;
     let ns = c.ns("upd");
@@ -280,7 +302,8 @@ async fn republish_updates(c: &Ctx) {
     );
 }
 
-async fn takeover_replaces_and_fences_the_old_instance(c: &Ctx) {
+/// `Takeover` replaces another instance's record (`Updated`), and the old instance can no longer refresh or unpublish it.
+pub async fn takeover_replaces_and_fences_the_old_instance(c: &RegistryConformance) {
     let case = "takeover";
     let reg = c.handle().await;
     let ns = c.ns("take");
@@ -326,7 +349,8 @@ async fn takeover_replaces_and_fences_the_old_instance(c: &Ctx) {
     c.quiet(&mut events, Duration::from_millis(200), case).await;
 }
 
-async fn exclusive_refuses_a_live_name(c: &Ctx) {
+/// `Exclusive` fails with `NameTaken` while another live instance holds the name, and succeeds once it expired.
+pub async fn exclusive_refuses_a_live_name(c: &RegistryConformance) {
     let case = "exclusive";
     let reg = c.handle().await;
     let ns = c.ns("excl");
@@ -359,8 +383,8 @@ async fn exclusive_refuses_a_live_name(c: &Ctx) {
 
     // An expired holder does not block an exclusive publish.
     let short = record(&ns, "short", 3);
-    publish(&reg, &short, c.suite.ttl, NamePolicy::Exclusive, case).await;
-    sleep(c.suite.ttl + Duration::from_millis(100)).await;
+    publish(&reg, &short, c.ttl, NamePolicy::Exclusive, case).await;
+    sleep(c.ttl + Duration::from_millis(100)).await;
     let after = record(&ns, "short", 4);
     publish(&reg, &after, c.long_ttl(), NamePolicy::Exclusive, case).await;
     assert_eq!(
@@ -370,11 +394,12 @@ async fn exclusive_refuses_a_live_name(c: &Ctx) {
     );
 }
 
-async fn refresh_keeps_alive_and_checks_ownership(c: &Ctx) {
+/// Refresh keeps a record alive past its first ttl, and is `NameLost` for anyone but the owner.
+pub async fn refresh_keeps_alive_and_checks_ownership(c: &RegistryConformance) {
     let case = "refresh";
     let reg = c.handle().await;
     let ns = c.ns("refr");
-    let ttl = c.suite.ttl;
+    let ttl = c.ttl;
     let r = record(&ns, "beating", 1);
     publish(&reg, &r, ttl, NamePolicy::Takeover, case).await;
     let until = Instant::now() + ttl * 3;
@@ -407,7 +432,8 @@ async fn refresh_keeps_alive_and_checks_ownership(c: &Ctx) {
     }
 }
 
-async fn unpublish_removes_only_own_instance(c: &Ctx) {
+/// Unpublish removes only the caller's own instance, emits `Left` once, and is a no-op after.
+pub async fn unpublish_removes_only_own_instance(c: &RegistryConformance) {
     let case = "unpublish";
     let reg = c.handle().await;
     let ns = c.ns("unpub");
@@ -443,10 +469,11 @@ async fn unpublish_removes_only_own_instance(c: &Ctx) {
     c.quiet(&mut events, Duration::from_millis(200), case).await;
 }
 
-async fn expiry_is_immediate_and_reported_once(c: &Ctx) {
+/// An expired record is invisible at once and reported `Expired` exactly once, whatever the number of handles and watchers.
+pub async fn expiry_is_immediate_and_reported_once(c: &RegistryConformance) {
     let case = "expiry";
     let ns = c.ns("exp");
-    let ttl = c.suite.ttl;
+    let ttl = c.ttl;
     // Several handles (as several nodes would have), two watchers on each.
     let mut handles = Vec::new();
     for _ in 0..3 {
@@ -493,7 +520,7 @@ async fn expiry_is_immediate_and_reported_once(c: &Ctx) {
         );
     }
     // Exactly once: nothing else arrives on any watcher, even while handles keep sweeping.
-    let quiet_until = Instant::now() + c.suite.slack;
+    let quiet_until = Instant::now() + c.slack;
     while Instant::now() < quiet_until {
         for h in &handles {
             let _ = lookup(h, &ns, "*", case).await;
@@ -505,7 +532,8 @@ async fn expiry_is_immediate_and_reported_once(c: &Ctx) {
     }
 }
 
-async fn watch_orders_events_per_name(c: &Ctx) {
+/// Watchers see every event in order per name, and a watcher opened mid-way sees exactly the events after it returned.
+pub async fn watch_orders_events_per_name(c: &RegistryConformance) {
     let case = "watch_order";
     let reg = c.handle().await;
     let ns = c.ns("order");
@@ -556,12 +584,9 @@ async fn watch_orders_events_per_name(c: &Ctx) {
     // A watcher opened mid-way sees exactly what happened after it returned.
     let mut late = late.expect("late watcher");
     let mut count = 0;
-    while timeout(
-        Duration::from_millis(300).max(c.suite.slack / 4),
-        late.next(),
-    )
-    .await
-    .is_ok_and(|e| e.is_some())
+    while timeout(Duration::from_millis(300).max(c.slack / 4), late.next())
+        .await
+        .is_ok_and(|e| e.is_some())
     {
         count += 1;
     }
@@ -572,7 +597,8 @@ async fn watch_orders_events_per_name(c: &Ctx) {
     );
 }
 
-async fn glob_lookups(c: &Ctx) {
+/// Glob patterns (`*`, `?`, classes, prefixes) select the right names, sorted.
+pub async fn glob_lookups(c: &RegistryConformance) {
     let case = "glob";
     let reg = c.handle().await;
     let ns = c.ns("glob");
@@ -617,7 +643,8 @@ async fn glob_lookups(c: &Ctx) {
     }
 }
 
-async fn namespaces_are_isolated(c: &Ctx) {
+/// Records and events of one namespace never show in another.
+pub async fn namespaces_are_isolated(c: &RegistryConformance) {
     let case = "namespaces";
     let reg = c.handle().await;
     let ns1 = c.ns("iso1");
@@ -645,7 +672,8 @@ async fn namespaces_are_isolated(c: &Ctx) {
     c.quiet(&mut w1, Duration::from_millis(200), case).await;
 }
 
-async fn many_concurrent_publishers(c: &Ctx) {
+/// Many concurrent publishers on many handles all land; exactly one exclusive publisher wins a contended name.
+pub async fn many_concurrent_publishers(c: &RegistryConformance) {
     let case = "many";
     let ns = c.ns("many");
     let mut handles = Vec::new();
@@ -701,7 +729,8 @@ async fn many_concurrent_publishers(c: &Ctx) {
     );
 }
 
-async fn zero_ttl_is_rejected(c: &Ctx) {
+/// A zero ttl is an error and stores nothing.
+pub async fn zero_ttl_is_rejected(c: &RegistryConformance) {
     let case = "zero_ttl";
     let reg = c.handle().await;
     let ns = c.ns("ttl0");
@@ -718,7 +747,8 @@ async fn zero_ttl_is_rejected(c: &Ctx) {
     );
 }
 
-async fn dropped_watcher_does_not_disturb_others(c: &Ctx) {
+/// Dropping a watch stream does not disturb the others on the same handle.
+pub async fn dropped_watcher_does_not_disturb_others(c: &RegistryConformance) {
     let case = "dropped_watcher";
     let reg = c.handle().await;
     let ns = c.ns("dropw");
@@ -734,9 +764,13 @@ async fn dropped_watcher_does_not_disturb_others(c: &Ctx) {
     );
 }
 
-async fn malformed_records_are_skipped(c: &Ctx) {
+/// Unreadable records stored next to good ones (needs [`RegistryConformance::raw_writer`]) are skipped by lookups, and do not stop the good ones from expiring with their event.
+pub async fn malformed_records_are_skipped(c: &RegistryConformance) {
     let case = "malformed";
-    let inject = c.suite.injector.clone().expect("injector");
+    let inject = c
+        .injector
+        .clone()
+        .expect("malformed_records_are_skipped needs RegistryConformance::raw_writer");
     let reg = c.handle().await;
     let ns = c.ns("bad");
     let good = record(&ns, "good-1", 1);
@@ -765,5 +799,170 @@ async fn malformed_records_are_skipped(c: &Ctx) {
     assert!(
         exact.is_empty(),
         "[{case}] an unreadable record is not found by exact lookup either"
+    );
+    // The garbage does not stop the machine: a good record next to it still
+    // expires, with its one event, and '*' still lists the good ones.
+    let mut events = c.watch(&reg, &ns, case).await;
+    let short = record(&ns, "good-2", 2);
+    publish(&reg, &short, c.ttl, NamePolicy::Takeover, case).await;
+    assert_eq!(
+        c.next(&mut events, case).await,
+        RegistryEvent::Joined(short.clone()),
+        "[{case}] Joined next to garbage"
+    );
+    let deadline = Instant::now() + c.ttl + c.slack;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, events.next()).await {
+            Ok(Some(Ok(RegistryEvent::Expired { name, instance }))) => {
+                assert_eq!(
+                    (name, instance),
+                    (short.name.clone(), short.instance),
+                    "[{case}] the expiry reported is the good record's"
+                );
+                break;
+            }
+            Ok(Some(Ok(RegistryEvent::Resync))) => {
+                panic!("[{case}] unexpected Resync on a healthy backend")
+            }
+            Ok(Some(Ok(other))) => panic!("[{case}] unexpected event {other:?}"),
+            Ok(Some(Err(e))) => panic!("[{case}] watch stream failed: {e}"),
+            Ok(None) => panic!("[{case}] watch stream ended"),
+            Err(_) => panic!(
+                "[{case}] a good record next to unreadable ones did not expire within ttl + slack"
+            ),
+        }
+    }
+    assert_eq!(
+        lookup(&reg, &ns, "*", case).await,
+        vec![good],
+        "[{case}] '*' lists the good records only"
+    );
+}
+
+/// A refresh after the record's ttl ran out is `NameLost`, and does not
+/// bring the record back: it stays invisible and is reported `Expired` once.
+pub async fn refresh_after_expiry_is_name_lost(c: &RegistryConformance) {
+    let case = "refresh_after_expiry";
+    let reg = c.handle().await;
+    let ns = c.ns("relost");
+    let mut events = c.watch(&reg, &ns, case).await;
+    let r = record(&ns, "late", 1);
+    publish(&reg, &r, c.ttl, NamePolicy::Takeover, case).await;
+    assert_eq!(
+        c.next(&mut events, case).await,
+        RegistryEvent::Joined(r.clone()),
+        "[{case}] Joined"
+    );
+    sleep(c.ttl + Duration::from_millis(50)).await;
+    match reg.refresh(&ns, &r.name, r.instance, c.long_ttl()).await {
+        Err(Error::NameLost { instance, .. }) => assert_eq!(instance, r.instance),
+        other => panic!("[{case}] refresh after expiry must be NameLost, got {other:?}"),
+    }
+    assert!(
+        lookup(&reg, &ns, "late", case).await.is_empty(),
+        "[{case}] the refresh did not revive the record"
+    );
+    assert_eq!(
+        c.next(&mut events, case).await,
+        RegistryEvent::Expired {
+            name: r.name.clone(),
+            instance: r.instance
+        },
+        "[{case}] one Expired"
+    );
+    c.quiet(&mut events, Duration::from_millis(300), case).await;
+    assert!(
+        lookup(&reg, &ns, "*", case).await.is_empty(),
+        "[{case}] still gone"
+    );
+    // The owner's way back is to publish again.
+    publish(&reg, &r, c.long_ttl(), NamePolicy::Exclusive, case).await;
+    assert_eq!(
+        c.next(&mut events, case).await,
+        RegistryEvent::Joined(r.clone()),
+        "[{case}] Joined again after publishing anew"
+    );
+}
+
+/// After the backend lost a namespace's event history (needs
+/// [`RegistryConformance::resync_trigger`]): a raw watcher gets `Resync` (or
+/// nothing, if the handle reconciles by itself), listings still match what
+/// is stored, later events flow, and a [`CachingRegistry`](crate::CachingRegistry)
+/// over the backend reports each later change exactly once, with no `Resync`
+/// and nothing for names that did not change.
+pub async fn resync_then_listing_matches(c: &RegistryConformance) {
+    let case = "resync";
+    let trigger = c
+        .resync
+        .clone()
+        .expect("resync_then_listing_matches needs RegistryConformance::resync_trigger");
+    let reg = c.handle().await;
+    let ns = c.ns("resync");
+    let (a, b) = (record(&ns, "a", 1), record(&ns, "b", 2));
+    publish(&reg, &a, c.long_ttl(), NamePolicy::Takeover, case).await;
+    publish(&reg, &b, c.long_ttl(), NamePolicy::Takeover, case).await;
+    let mut raw = c.watch(&reg, &ns, case).await;
+    let cached = crate::CachingRegistry::new(c.handle().await);
+    let mut reconciled = cached
+        .watch(&ns)
+        .await
+        .unwrap_or_else(|e| panic!("[{case}] cached watch failed: {e}"));
+    trigger(ns.clone()).await;
+    let cc = record(&ns, "c", 3);
+    publish(&reg, &cc, c.long_ttl(), NamePolicy::Takeover, case).await;
+    // The raw watcher: maybe Resync, then Joined(c).
+    let deadline = Instant::now() + c.slack * 2;
+    let mut resynced = false;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, raw.next()).await {
+            Ok(Some(Ok(RegistryEvent::Resync))) => resynced = true,
+            Ok(Some(Ok(RegistryEvent::Joined(r)))) if r == cc => break,
+            Ok(Some(Ok(other))) => {
+                panic!("[{case}] unexpected event after the history was lost: {other:?}")
+            }
+            Ok(Some(Err(e))) => panic!("[{case}] watch stream failed: {e}"),
+            Ok(None) => panic!("[{case}] watch stream ended"),
+            Err(_) => panic!("[{case}] no Joined for a publish after the resync"),
+        }
+    }
+    tracing::debug!(resynced, "resync case: raw watcher");
+    let all = vec![a.clone(), b.clone(), cc.clone()];
+    assert_eq!(
+        lookup(&reg, &ns, "*", case).await,
+        all,
+        "[{case}] the listing after a resync matches what is stored"
+    );
+    assert_eq!(
+        lookup(&c.handle().await, &ns, "*", case).await,
+        all,
+        "[{case}] another handle lists the same"
+    );
+    assert_eq!(
+        c.next(&mut reconciled, case).await,
+        RegistryEvent::Joined(cc.clone()),
+        "[{case}] the cache reports the later change"
+    );
+    reg.unpublish(&ns, &a.name, a.instance)
+        .await
+        .unwrap_or_else(|e| panic!("[{case}] unpublish failed: {e}"));
+    assert_eq!(
+        c.next(&mut reconciled, case).await,
+        RegistryEvent::Left {
+            name: a.name.clone(),
+            instance: a.instance
+        },
+        "[{case}] and the next one, once"
+    );
+    c.quiet(&mut reconciled, Duration::from_millis(300), case)
+        .await;
+    assert_eq!(
+        cached
+            .lookup(&ns, &pat("*"))
+            .await
+            .unwrap_or_else(|e| panic!("[{case}] cached lookup failed: {e}")),
+        vec![b, cc],
+        "[{case}] the cache agrees with the backend"
     );
 }
