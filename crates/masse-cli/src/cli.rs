@@ -157,6 +157,11 @@ pub(crate) struct WatchArgs {
     /// One JSON object per line: {"time", "event", "name", "instance", "record"?}
     #[arg(long)]
     pub(crate) json: bool,
+
+    /// The backend's events as they come, `resync` markers included, instead
+    /// of reconciling what the registry lost into ordinary events
+    #[arg(long)]
+    pub(crate) raw: bool,
 }
 
 /// `masse listen`.

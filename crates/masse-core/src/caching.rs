@@ -994,8 +994,9 @@ impl<R: Registry> Registry for CachingRegistry<R> {
     /// and a name that vanished is reported `Expired` only if its owner does
     /// not re-publish it within [`CachingConfig::resync_grace`]. The stream
     /// never yields `Resync` and never fails once returned: while the
-    /// backend is unreachable it pauses. Failing to watch at first (backend
-    /// down, or no watch at all) is the backend's error.
+    /// backend is unreachable it pauses, and it ends when this cache (every
+    /// clone of it) is dropped. Failing to watch at first (backend down, or
+    /// no watch at all) is the backend's error.
     async fn watch(&self, ns: &Namespace) -> Result<BoxStream<'static, Result<RegistryEvent>>> {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return self.shared.backend.watch(ns).await;

@@ -14,7 +14,17 @@ pub(crate) async fn run(g: &Global, args: WatchArgs) -> Result<Exit, CliError> {
     let ns = g.namespace()?;
     let pattern = Pattern::new(&args.pattern)?;
     let registry = g.registry().await?;
-    let mut events = deadline(g.timeout, registry.watch(&ns), "starting the watch").await??;
+    // Reconciled unless asked otherwise: when the registry loses events (a
+    // restart, a pruned log) the namespace is listed again and the changes
+    // come out as ordinary lines, each once, never as a `resync` marker.
+    // (The stream lives as long as the cache: keep it.)
+    let cache = masse::CachingRegistry::new(registry.clone());
+    let watched = if args.raw {
+        registry.watch(&ns)
+    } else {
+        cache.watch(&ns)
+    };
+    let mut events = deadline(g.timeout, watched, "starting the watch").await??;
     notice(format!(
         "watching namespace {ns} for {pattern} (Ctrl-C to stop)"
     ));
