@@ -1,6 +1,6 @@
 //! [`CachingRegistry`]: a coherent cache in front of any [`Registry`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -252,9 +252,22 @@ impl NsCache {
             .is_some_and(|v| v.has_suspects() && records.iter().any(|r| v.is_suspect(r)))
     }
 
-    /// Adds the suspect records matching `pattern` that `records` lacks:
-    /// a registry that lost its data must not make live names vanish.
-    fn add_suspects(&self, pattern: &Pattern, records: &mut Vec<PeerRecord>) -> bool {
+    /// Adds the suspect records matching `pattern` that `records` (a fresh
+    /// answer) lacks: a registry that lost its data must not make live names
+    /// vanish. Names the view holds without having heard of their removal
+    /// become suspect first (see [`Reconciler::suspect_absent`]).
+    fn add_suspects(
+        &mut self,
+        pattern: &Pattern,
+        records: &mut Vec<PeerRecord>,
+        now: Instant,
+        explained: &HashSet<PeerName>,
+    ) -> bool {
+        if let Some(view) = self.view.as_mut()
+            && view.suspect_absent(pattern, records, |n| explained.contains(n), now)
+        {
+            tracing::debug!(%pattern, "a lookup lacks names this process knows alive; keeping them until a listing settles them");
+        }
         let Some(view) = self.view.as_ref().filter(|v| v.has_suspects()) else {
             return false;
         };
@@ -547,9 +560,6 @@ async fn fetch_and_store<R: Registry>(
         let mut cache = write(&shared.cache);
         let nsc = cache.entry(ns.clone()).or_default();
         nsc.down_until = None;
-        if nsc.add_suspects(&pattern, Arc::make_mut(&mut entry.records)) {
-            tracing::debug!(namespace = %ns, %pattern, "answer keeps names the registry lost until their owners re-publish");
-        }
         // Cache only if the watch was live for the whole fetch and every event
         // since it started is still in the replay buffer.
         let replayable = match before {
@@ -558,6 +568,25 @@ async fn fetch_and_store<R: Registry>(
             }
             _ => false,
         };
+        // A name the answer lacks is explained if an event since the fetch
+        // began touched it; any other known name it lacks is suspect.
+        let explained: HashSet<PeerName> = match before {
+            Some((_, seq)) if replayable => nsc
+                .recent
+                .iter()
+                .filter(|(s, _)| *s > seq)
+                .filter_map(|(_, ev)| ev.name().cloned())
+                .collect(),
+            _ => HashSet::new(),
+        };
+        if nsc.add_suspects(
+            &pattern,
+            Arc::make_mut(&mut entry.records),
+            now,
+            &explained,
+        ) {
+            tracing::debug!(namespace = %ns, %pattern, "answer keeps names the registry lost until their owners re-publish");
+        }
         if replayable {
             let (_, seq) = before.unwrap_or_default();
             for (_, ev) in nsc.recent.iter().filter(|(s, _)| *s > seq) {

@@ -27,6 +27,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::name::PeerName;
+use crate::pattern::Pattern;
 use crate::record::PeerRecord;
 use crate::registry::RegistryEvent;
 
@@ -105,6 +106,46 @@ impl Reconciler {
             self.known.insert(name, record);
         }
         out
+    }
+
+    /// Names of the view that `pattern` matches but `answer` (a lookup, sorted
+    /// by name) lacks, and that no event since the lookup began `explained`,
+    /// become suspect: the view has heard of no removal, so either its event
+    /// is on the way (and settles the name when it comes) or the registry
+    /// lost its data. The next listing settles the rest.
+    /// Returns whether any name is newly suspect.
+    pub(crate) fn suspect_absent(
+        &mut self,
+        pattern: &Pattern,
+        answer: &[PeerRecord],
+        explained: impl Fn(&PeerName) -> bool,
+        now: Instant,
+    ) -> bool {
+        let absent = |name: &PeerName| {
+            !explained(name) && answer.binary_search_by(|r| r.name.cmp(name)).is_err()
+        };
+        let mut missing: Vec<PeerName> = Vec::new();
+        match pattern.as_exact() {
+            Some(name) => {
+                if self.known.contains_key(name) && absent(name) {
+                    missing.push(name.clone());
+                }
+            }
+            None => missing.extend(
+                self.known
+                    .keys()
+                    .filter(|n| pattern.matches(n.as_str()) && absent(n))
+                    .cloned(),
+            ),
+        }
+        let mut any = false;
+        for name in missing {
+            if let std::collections::hash_map::Entry::Vacant(v) = self.suspects.entry(name) {
+                v.insert(now + self.grace);
+                any = true;
+            }
+        }
+        any
     }
 
     /// When the earliest suspect's grace ends, if any.
@@ -294,6 +335,31 @@ mod tests {
         assert_eq!(r.next_deadline(), Some(t0 + GRACE));
         let out = r.recheck(vec![], t0 + GRACE);
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn an_answer_without_a_watch_cannot_make_known_names_vanish() {
+        let (a, b) = (rec("a"), rec("b"));
+        let mut r = Reconciler::new(vec![a.clone(), b.clone()], GRACE);
+        let t0 = Instant::now();
+        let p = |s: &str| Pattern::new(s).unwrap();
+        let none = |_: &PeerName| false;
+        assert!(!r.suspect_absent(&p("a"), std::slice::from_ref(&a), none, t0));
+        assert!(!r.suspect_absent(&p("c"), &[], none, t0));
+        assert!(!r.suspect_absent(&p("*"), &[], |_| true, t0), "explained");
+        assert!(r.suspect_absent(&p("*"), &[], none, t0));
+        assert!(r.is_suspect(&a) && r.is_suspect(&b));
+        // The listing once the watch is back settles them.
+        assert!(r.resync(vec![a.clone()], t0).is_empty());
+        assert!(!r.is_suspect(&a));
+        let out = r.recheck(vec![a.clone()], t0 + GRACE);
+        assert_eq!(
+            out,
+            vec![RegistryEvent::Expired {
+                name: b.name.clone(),
+                instance: b.instance
+            }]
+        );
     }
 
     #[test]

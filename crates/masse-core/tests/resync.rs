@@ -22,6 +22,8 @@ use tokio::time::{Instant, timeout};
 struct Restartable {
     current: Arc<Mutex<MemoryRegistry>>,
     restarts: broadcast::Sender<bool>,
+    /// While set, `watch` fails (the server answers lookups, not watches yet).
+    watch_down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Restartable {
@@ -29,6 +31,7 @@ impl Restartable {
         Restartable {
             current: Arc::new(Mutex::new(MemoryRegistry::new())),
             restarts: broadcast::channel(16).0,
+            watch_down: Arc::default(),
         }
     }
 
@@ -65,6 +68,12 @@ impl Registry for Restartable {
         self.store().lookup(ns, pattern).await
     }
     async fn watch(&self, ns: &Namespace) -> Result<BoxStream<'static, Result<RegistryEvent>>> {
+        if self.watch_down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::unavailable(
+                "restartable",
+                std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+            ));
+        }
         let mut restarts = self.restarts.subscribe();
         let mut inner = self.store().watch(ns).await?;
         let this = self.clone();
@@ -281,4 +290,66 @@ async fn a_watch_that_starts_while_the_backend_is_down_fails() {
         Err(e) => panic!("expected the backend's error, got {e:?}"),
         Ok(_) => panic!("expected the backend's error, got a stream"),
     }
+}
+
+/// Between the restart and the watch coming back, a lookup reaches the empty
+/// registry: it must not make a live name `NotFound`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_while_the_watch_is_down_keeps_known_names() {
+    let backend = Restartable::new();
+    let (a, b) = (rec("a"), rec("b"));
+    for r in [&a, &b] {
+        backend.publish(r, TTL, NamePolicy::Takeover).await.unwrap();
+    }
+    let cache = cache(&backend);
+    let mut events = cache.watch(&ns()).await.unwrap();
+    assert_eq!(
+        cache
+            .lookup_cached(&ns(), &pat("a"))
+            .await
+            .unwrap()
+            .freshness,
+        Freshness::Fetched
+    );
+    backend
+        .watch_down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    backend.restart_empty(true);
+    // Until the watch is back, every answer keeps a and b (flagged stale).
+    let until = Instant::now() + GRACE;
+    while Instant::now() < until {
+        for (p, want) in [("a", &a), ("b", &b)] {
+            let got = cache.lookup_cached(&ns(), &pat(p)).await.unwrap();
+            assert_eq!(got.records.as_slice(), std::slice::from_ref(want), "{p}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = cache.lookup_cached(&ns(), &pat("*")).await.unwrap();
+    assert_eq!(got.freshness, Freshness::Stale);
+    assert_eq!(got.records.len(), 2);
+    // a re-publishes, the watch comes back; b is settled after its grace.
+    backend
+        .publish(&a, TTL, NamePolicy::Exclusive)
+        .await
+        .unwrap();
+    backend
+        .watch_down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let got = drain(&mut events, GRACE * 3).await;
+    assert_eq!(
+        got,
+        vec![RegistryEvent::Expired {
+            name: b.name.clone(),
+            instance: b.instance
+        }],
+        "only b is reported gone, once"
+    );
+    assert!(
+        cache
+            .lookup_cached(&ns(), &pat("b"))
+            .await
+            .unwrap()
+            .records
+            .is_empty()
+    );
 }
