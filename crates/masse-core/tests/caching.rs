@@ -65,9 +65,11 @@ impl Registry for TestBackend {
             return Err(down());
         }
         let inner = self.inner.watch(ns).await?;
-        let brk = self.break_watch.clone();
+        // Registered now, so that a break right after `watch` returns counts.
+        let mut notified = Box::pin(self.break_watch.clone().notified_owned());
+        notified.as_mut().enable();
         let broken = Box::pin(async move {
-            brk.notified().await;
+            notified.await;
             Err(down())
         });
         // The events, until `break_watch` fires; then an error.
