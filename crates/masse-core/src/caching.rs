@@ -138,6 +138,9 @@ struct SharedState<R> {
     inflight: Mutex<HashMap<Key, Fetch>>,
     watchers: Mutex<HashMap<Namespace, WatchTask>>,
     stop: tokio::sync::watch::Sender<()>,
+    /// Woken when a backend call succeeds: broken watches retry at once
+    /// instead of finishing their backoff.
+    reachable: Arc<tokio::sync::Notify>,
     hits: AtomicU64,
     misses: AtomicU64,
     coalesced: AtomicU64,
@@ -323,6 +326,7 @@ impl<R: Registry> CachingRegistry<R> {
                 inflight: Mutex::default(),
                 watchers: Mutex::default(),
                 stop,
+                reachable: Arc::new(tokio::sync::Notify::new()),
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
                 coalesced: AtomicU64::new(0),
@@ -548,6 +552,7 @@ async fn fetch_and_store<R: Registry>(
             after: shared.config.lookup_timeout,
         }),
     };
+    shared.answered(&result);
     let out = result.map(|mut records| {
         records.sort_by(|a, b| a.name.cmp(&b.name));
         let now = Instant::now();
@@ -695,8 +700,15 @@ async fn reconciled_watch<R: Registry, T: Target<R>>(
         if stop.has_changed().is_err() {
             return;
         }
+        let Some(shared) = weak.upgrade() else { return };
+        let reachable = shared.reachable.clone().notified_owned();
+        drop(shared);
+        tokio::pin!(reachable);
+        reachable.as_mut().enable();
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
+            // The backend answered a call: no need to wait out the backoff.
+            _ = &mut reachable => {}
             _ = stop.changed() => return,
             _ = target.closed() => return,
         }
@@ -962,6 +974,19 @@ impl<R: Registry> Target<R> for StreamTarget {
     }
 }
 
+impl<R> SharedState<R> {
+    /// The backend answered a call (a success, or a verdict such as
+    /// `NameLost`): wake broken watches out of their backoff.
+    fn answered<T>(&self, result: &Result<T>) {
+        if matches!(
+            result,
+            Ok(_) | Err(Error::NameLost { .. } | Error::NameTaken { .. })
+        ) {
+            self.reachable.notify_waiters();
+        }
+    }
+}
+
 impl<R: Registry> SharedState<R> {
     /// Every record of `ns`, straight from the backend.
     async fn list(&self, ns: &Namespace) -> Result<Vec<PeerRecord>> {
@@ -991,6 +1016,7 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 impl<R: Registry> Registry for CachingRegistry<R> {
     async fn publish(&self, record: &PeerRecord, ttl: Duration, policy: NamePolicy) -> Result<()> {
         let result = self.shared.backend.publish(record, ttl, policy).await;
+        self.shared.answered(&result);
         // Read-your-writes on this handle, without waiting for the watch event.
         self.invalidate(&record.namespace, &record.name);
         result
@@ -1003,11 +1029,14 @@ impl<R: Registry> Registry for CachingRegistry<R> {
         instance: InstanceId,
         ttl: Duration,
     ) -> Result<()> {
-        self.shared.backend.refresh(ns, name, instance, ttl).await
+        let result = self.shared.backend.refresh(ns, name, instance, ttl).await;
+        self.shared.answered(&result);
+        result
     }
 
     async fn unpublish(&self, ns: &Namespace, name: &PeerName, instance: InstanceId) -> Result<()> {
         let result = self.shared.backend.unpublish(ns, name, instance).await;
+        self.shared.answered(&result);
         self.invalidate(ns, name);
         result
     }
