@@ -15,7 +15,7 @@ use crate::config::SqlConfig;
 use crate::dialect::{CHANNEL, Dialect};
 use crate::error::map_err;
 use crate::registry::{Connected, Inner};
-use crate::store::Store;
+use crate::store::{Store, reusable};
 
 /// Key of the advisory lock that serialises schema creation.
 const SCHEMA_LOCK: i64 = 0x6d61_7373_6500_0001; // "masse" 1
@@ -28,6 +28,7 @@ pub(crate) async fn connect(url: &str, shown: &str, config: &SqlConfig) -> Resul
     })?;
     let pool = PgPoolOptions::new()
         .max_connections(config.pool_size)
+        .before_acquire(|conn, _| Box::pin(async move { Ok(reusable(conn, Postgres::BACKEND)) }))
         .acquire_timeout(config.connect_timeout)
         .connect_with(options.clone())
         .await

@@ -399,6 +399,16 @@ impl Inner {
         }
     }
 
+    /// The database was replaced: every watcher of this handle gets `Resync`
+    /// on the next poll, which happens now.
+    async fn reset_hubs(&self) {
+        let hubs: Vec<Arc<Hub>> = self.lock_hubs().values().cloned().collect();
+        for hub in hubs {
+            hub.state.lock().await.reset = true;
+            hub.wake.notify_one();
+        }
+    }
+
     /// Makes the poller of `ns` (or of every namespace) read now.
     pub(crate) fn wake(&self, ns: Option<&str>) {
         let hubs = self.lock_hubs();
@@ -432,10 +442,36 @@ async fn maintain(
     let retention_ms = i64::try_from(config.event_retention.as_millis()).unwrap_or(i64::MAX);
     let max_events = i64::try_from(config.max_events).unwrap_or(i64::MAX);
     let mut failing = false;
+    let mut reopen_failing = false;
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tokio::time::sleep(config.poll_interval) => {}
+        }
+        // SQLite: is the file at the path still the one the pool has open?
+        match tokio::time::timeout(config.lookup_timeout * 2, backend.check_file()).await {
+            Ok(Ok(reopened)) => {
+                if reopen_failing {
+                    reopen_failing = false;
+                    tracing::info!("registry database file usable again");
+                }
+                if reopened && let Some(inner) = registry.upgrade() {
+                    inner.reset_hubs().await;
+                }
+            }
+            Ok(Err(e)) => {
+                let e = match e {
+                    Fail::Db(e) => map_err(backend.name(), e),
+                    Fail::Masse(e) => e,
+                };
+                if !reopen_failing {
+                    reopen_failing = true;
+                    tracing::error!(error = %e, "cannot reopen the registry database file; retrying");
+                } else {
+                    tracing::debug!(error = %e, "still cannot reopen the registry database file");
+                }
+            }
+            Err(_) => tracing::debug!("reopening the registry database file timed out; retrying"),
         }
         let swept = tokio::time::timeout(config.lookup_timeout, backend.sweep()).await;
         let error = match swept {
@@ -664,6 +700,21 @@ mod tests {
                 }
                 other => panic!("{url}: expected InvalidAddress, got {other:?}"),
             }
+        }
+        #[cfg(feature = "mysql")]
+        for url in ["mysql:///db", "mysql://user@/db", "mariadb://u:pw@:3306/db"] {
+            let started = std::time::Instant::now();
+            match SqlRegistry::connect(url).await {
+                Err(Error::InvalidAddress { reason, input, .. }) => {
+                    assert!(reason.contains("no server host"), "{url}: {reason}");
+                    assert!(!input.contains("pw@"), "{input}");
+                }
+                other => panic!("{url}: expected InvalidAddress, got {other:?}"),
+            }
+            assert!(
+                started.elapsed() < Duration::from_millis(500),
+                "no connect attempt"
+            );
         }
         #[cfg(not(feature = "postgres"))]
         match SqlRegistry::connect("postgres://u:pw@h/db").await {

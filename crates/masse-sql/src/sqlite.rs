@@ -1,8 +1,10 @@
 //! SQLite: one file shared by every process on the host (WAL mode, writers
 //! queue on `busy_timeout`), or a private in-memory database.
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use masse_core::{Error, Result};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -10,9 +12,9 @@ use sqlx::{Pool, Sqlite};
 
 use crate::config::SqlConfig;
 use crate::dialect::Dialect;
-use crate::error::map_err;
+use crate::error::{Fail, map_err};
 use crate::registry::Connected;
-use crate::store::Store;
+use crate::store::{Reopen, Store, reusable};
 
 pub(crate) async fn connect(url: &str, shown: &str, config: &SqlConfig) -> Result<Connected> {
     let invalid = |e: sqlx::Error| Error::InvalidAddress {
@@ -36,9 +38,19 @@ pub(crate) async fn connect(url: &str, shown: &str, config: &SqlConfig) -> Resul
             .find_map(|p| p.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v))
     };
     let in_memory = database == ":memory:" || param("mode") == Some("memory");
+    if database.is_empty() && !in_memory {
+        return Err(Error::InvalidAddress {
+            kind: "registry url",
+            input: shown.to_owned(),
+            reason: "no database file: write sqlite://path/to/registry.db \
+                     (or sqlite::memory: for a private in-memory registry)"
+                .into(),
+        });
+    }
     let pool = if in_memory {
         // One connection: the database lives exactly as long as it does.
         let pool = SqlitePoolOptions::new()
+            .before_acquire(|conn, _| Box::pin(async move { Ok(reusable(conn, Sqlite::BACKEND)) }))
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
@@ -72,37 +84,177 @@ pub(crate) async fn connect(url: &str, shown: &str, config: &SqlConfig) -> Resul
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(config.busy_timeout);
-        // Processes opening a new file together race to switch it to WAL,
-        // and SQLite reports that race as "database is locked" without
-        // waiting on busy_timeout: take turns and try again.
-        let mut attempt = 0u32;
-        loop {
-            let opened = match SqlitePoolOptions::new()
-                .max_connections(config.pool_size)
-                .acquire_timeout(config.connect_timeout)
-                .connect_with(options.clone())
-                .await
-            {
-                Ok(pool) => migrate(&pool).await.map(|()| pool),
-                Err(e) => Err(e),
-            };
-            match opened {
-                Ok(pool) => break pool,
-                Err(e) if attempt < 8 && is_locked(&e) => {
-                    attempt += 1;
-                    tracing::debug!(attempt, error = %e, "sqlite file busy while opening; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(20 * u64::from(attempt)))
-                        .await;
-                }
-                Err(e) => return Err(map_err(Sqlite::BACKEND, e)),
-            }
+        let path = options.get_filename().to_path_buf();
+        if let Some(e) = orphaned_wal(&path, None) {
+            return Err(e);
         }
+        let pool = open_file(&options, config)
+            .await
+            .map_err(|e| map_err(Sqlite::BACKEND, e))?;
+        let watch = FileWatch {
+            state: Mutex::new(WatchState {
+                id: file_id(&path),
+                pending: None,
+            }),
+            path,
+            options,
+            config: config.clone(),
+        };
+        return Ok(Connected {
+            backend: Arc::new(Store::new(pool).with_reopen(Box::new(watch))),
+            listen: None,
+        });
     };
 
     Ok(Connected {
         backend: Arc::new(Store::new(pool)),
         listen: None,
     })
+}
+
+/// Opens a pool on a database file and creates the tables.
+async fn open_file(
+    options: &SqliteConnectOptions,
+    config: &SqlConfig,
+) -> std::result::Result<Pool<Sqlite>, sqlx::Error> {
+    // Processes opening a new file together race to switch it to WAL,
+    // and SQLite reports that race as "database is locked" without
+    // waiting on busy_timeout: take turns and try again.
+    let mut attempt = 0u32;
+    loop {
+        let opened = match SqlitePoolOptions::new()
+            .max_connections(config.pool_size)
+            .acquire_timeout(config.connect_timeout)
+            .before_acquire(|conn, _| Box::pin(async move { Ok(reusable(conn, Sqlite::BACKEND)) }))
+            .connect_with(options.clone())
+            .await
+        {
+            Ok(pool) => match migrate(&pool).await {
+                Ok(()) => Ok(pool),
+                Err(e) => {
+                    pool.close().await;
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok(pool) => return Ok(pool),
+            Err(e) if attempt < 8 && is_locked(&e) => {
+                attempt += 1;
+                tracing::debug!(attempt, error = %e, "sqlite file busy while opening; retrying");
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The device and inode of a file, if it exists.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        // No inodes: only a deleted file is noticed.
+        std::fs::metadata(path).ok().map(|_| (0, 0))
+    }
+}
+
+/// `path` with `suffix` appended (`-wal`, `-shm`).
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// The main file is gone but its write-ahead log is still there (the file
+/// was deleted while processes had it open, or by hand): opening now would
+/// create an empty file and let SQLite read the old log into it. `old_wal`
+/// is the log that belonged to a file this process had open: only that one
+/// counts while we wait for the others to let it go.
+fn orphaned_wal(path: &Path, old_wal: Option<(u64, u64)>) -> Option<Error> {
+    if path.exists() {
+        return None;
+    }
+    let wal = sibling(path, "-wal");
+    let wal_id = file_id(&wal)?;
+    if old_wal.is_some_and(|old| old != wal_id) {
+        return None;
+    }
+    Some(Error::registry(
+        Sqlite::BACKEND,
+        format!(
+            "the SQLite registry file {} is gone but its write-ahead log {} is still there; \
+             stop every process that has the old file open (they let go of the log within \
+             one poll interval once they notice), or restore the file, or delete {} and {}",
+            path.display(),
+            wal.display(),
+            wal.display(),
+            sibling(path, "-shm").display()
+        ),
+    ))
+}
+
+/// Notices the database file deleted or replaced under the pool (its device
+/// and inode at the path no longer match the file the pool opened), closes
+/// the pool and opens the file now at the path, creating it and its tables.
+struct FileWatch {
+    path: PathBuf,
+    options: SqliteConnectOptions,
+    config: SqlConfig,
+    state: Mutex<WatchState>,
+}
+
+struct WatchState {
+    /// The file the pool has open.
+    id: Option<(u64, u64)>,
+    /// A change was seen and the old pool closed, but no new pool is open
+    /// yet: the old file's write-ahead log (if it had one) then.
+    pending: Option<Option<(u64, u64)>>,
+}
+
+#[async_trait::async_trait]
+impl Reopen<Sqlite> for FileWatch {
+    async fn check(
+        &self,
+        current: &Pool<Sqlite>,
+    ) -> std::result::Result<Option<Pool<Sqlite>>, Fail> {
+        let now = file_id(&self.path);
+        let old_wal = {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            match st.pending {
+                Some(old_wal) => old_wal,
+                None if now.is_some() && now == st.id => return Ok(None),
+                None => {
+                    let old_wal = file_id(&sibling(&self.path, "-wal"));
+                    st.pending = Some(old_wal);
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        "the registry database file was deleted or replaced under this process; \
+                         reopening it (nodes publish themselves again)"
+                    );
+                    old_wal
+                }
+            }
+        };
+        // Let go of the old file first, so that its log is not carried over.
+        if !current.is_closed() {
+            current.close().await;
+        }
+        if let Some(e) = orphaned_wal(&self.path, old_wal) {
+            return Err(Fail::Masse(e));
+        }
+        let pool = open_file(&self.options, &self.config).await?;
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.id = file_id(&self.path);
+        st.pending = None;
+        tracing::info!(path = %self.path.display(), "registry database file reopened");
+        Ok(Some(pool))
+    }
 }
 
 /// SQLite's "database is locked" / "busy" answers.

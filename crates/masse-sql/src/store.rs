@@ -17,11 +17,13 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::RwLock;
 
 use async_trait::async_trait;
-use masse_core::{Error, InstanceId, NamePolicy, PeerRecord};
+use masse_core::{Error, InstanceId, NamePolicy, Namespace, PeerName, PeerRecord};
 use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
+use crate::codec;
 use crate::dialect::{self, Dialect, Queries};
 use crate::error::Fail;
 
@@ -76,18 +78,61 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
     async fn prune(&self, retention_ms: i64, max_events: i64) -> Result<u64, Fail>;
     /// The highest event id committed.
     async fn head(&self) -> Result<i64, Fail>;
-    /// Events of `ns` with `after < id <= upto`, oldest first, at most `limit`.
+    /// Events of `ns` with `after < id <= upto`, oldest first, at most `limit` rows.
     async fn read_events(
         &self,
         ns: &str,
         after: i64,
         upto: i64,
         limit: i64,
-    ) -> Result<Vec<RawEvent>, Fail>;
+    ) -> Result<EventBatch, Fail>;
     /// Events with ids up to this one may have been pruned.
     async fn pruned_below(&self) -> Result<i64, Fail>;
     /// Stores `bytes` as a record without any check (test hook).
     async fn store_raw(&self, ns: &str, name: &str, bytes: &[u8], ttl_ms: i64) -> Result<(), Fail>;
+    /// Has the database file been deleted or replaced? Then the pool is
+    /// reopened on the file now at the path (`Ok(true)`).
+    async fn check_file(&self) -> Result<bool, Fail>;
+}
+
+/// The rows one `read_events` call fetched.
+#[derive(Debug, Default)]
+pub(crate) struct EventBatch {
+    /// The rows whose id decoded.
+    pub(crate) events: Vec<RawEvent>,
+    /// How many rows were fetched, readable or not.
+    pub(crate) rows: usize,
+}
+
+/// A key column as stored. PostgreSQL and MySQL hold text in text columns;
+/// SQLite lets a TEXT column hold a blob (and a tool may write anything).
+/// Whatever it is, it is bound back as it came so that the row can be deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Stored {
+    Text(String),
+    Bytes(Vec<u8>),
+    Int(i64),
+    Unreadable,
+}
+
+impl Stored {
+    fn text(&self) -> Option<&str> {
+        match self {
+            Stored::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Stored {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stored::Text(t) => write!(f, "{t:?}"),
+            Stored::Bytes(b) => write!(f, "<{} bytes>", b.len()),
+            Stored::Int(i) => write!(f, "{i}"),
+            Stored::Unreadable => f.write_str("<unreadable>"),
+        }
+    }
 }
 
 /// Row counts from `execute`, which sqlx does not expose generically.
@@ -118,15 +163,44 @@ impl Affected for sqlx::mysql::MySqlQueryResult {
 
 /// One pool on one database.
 pub(crate) struct Store<DB: Dialect> {
-    pool: Pool<DB>,
+    /// Swapped for a new pool when the database file is replaced (SQLite).
+    pool: RwLock<Pool<DB>>,
     q: Queries,
+    /// Notices a database file deleted or replaced under the pool, and opens it again.
+    reopen: Option<Box<dyn Reopen<DB>>>,
+}
+
+/// Watches what the pool is open on (SQLite: the file's device and inode).
+#[async_trait]
+pub(crate) trait Reopen<DB: sqlx::Database>: Send + Sync + 'static {
+    /// If the database behind `current` is gone (deleted, replaced), closes
+    /// `current` and returns a pool on the database now at its place; `None`
+    /// if nothing changed. An error means "not yet": the next pass retries.
+    async fn check(&self, current: &Pool<DB>) -> Result<Option<Pool<DB>>, Fail>;
+}
+
+/// Before a pooled connection is handed out: one still inside a
+/// transaction (its COMMIT or ROLLBACK failed: I/O error, read-only or full
+/// database, lost server) is closed, never reused. sqlx has already run the
+/// queued rollback by then (it pings on release and before acquire), so a
+/// depth above zero means the rollback itself failed.
+pub(crate) fn reusable<C: sqlx::Connection>(conn: &C, backend: &'static str) -> bool {
+    if conn.is_in_transaction() {
+        tracing::warn!(
+            backend,
+            "closing a pooled connection left inside a failed transaction"
+        );
+        false
+    } else {
+        true
+    }
 }
 
 impl<DB: Dialect> fmt::Debug for Store<DB> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Store")
             .field("backend", &DB::BACKEND)
-            .field("connections", &self.pool.size())
+            .field("connections", &self.pool().size())
             .finish_non_exhaustive()
     }
 }
@@ -148,9 +222,22 @@ pub(crate) const EXPIRED: &str = "expired";
 impl<DB: Dialect> Store<DB> {
     pub(crate) fn new(pool: Pool<DB>) -> Self {
         Store {
-            pool,
+            pool: RwLock::new(pool),
             q: Queries::new::<DB>(),
+            reopen: None,
         }
+    }
+
+    /// Watches the database file with `reopen` on every maintenance pass.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) fn with_reopen(mut self, reopen: Box<dyn Reopen<DB>>) -> Self {
+        self.reopen = Some(reopen);
+        self
+    }
+
+    /// The current pool (cheap: a reference count).
+    fn pool(&self) -> Pool<DB> {
+        self.pool.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -237,7 +324,7 @@ where
         let ns = record.namespace.as_str().to_owned();
         let name = record.name.as_str().to_owned();
         let instance = record.instance.to_string();
-        let mut tx = self.pool.begin_with(DB::BEGIN).await?;
+        let mut tx = self.pool().begin_with(DB::BEGIN).await?;
         let current = sqlx::query::<DB>(self.q.select_peer.get())
             .bind(ns.clone())
             .bind(name.clone())
@@ -267,23 +354,41 @@ where
                 events.push(event(JOINED, &instance, Some(json)));
             }
             Some(row) => {
-                let holder: String = row.try_get(0usize)?;
+                let holder = row
+                    .try_get::<String, _>(0usize)
+                    .ok()
+                    .filter(|h| h.parse::<InstanceId>().is_ok());
                 // An unreadable stored record only means "changed".
                 let stored: Option<String> = row.try_get(1usize).ok();
-                let held_until: i64 = row.try_get(2usize)?;
-                if held_until <= now {
-                    // Expired but not swept yet: this transaction retires it.
-                    events.push(event(EXPIRED, &holder, None));
-                    events.push(event(JOINED, &instance, Some(json)));
-                } else if holder != instance && policy == NamePolicy::Exclusive {
-                    return Err(Fail::Masse(Error::NameTaken {
-                        name,
-                        holder: holder
-                            .parse::<InstanceId>()
-                            .unwrap_or(InstanceId::from_u128(0)),
-                    }));
-                } else if holder != instance || stored.as_deref() != Some(json) {
-                    events.push(event(UPDATED, &instance, Some(json)));
+                let held_until = row.try_get::<i64, _>(2usize).ok();
+                match (holder, held_until) {
+                    (Some(holder), Some(held_until)) => {
+                        if held_until <= now {
+                            // Expired but not swept yet: this transaction retires it.
+                            events.push(event(EXPIRED, &holder, None));
+                            events.push(event(JOINED, &instance, Some(json)));
+                        } else if holder != instance && policy == NamePolicy::Exclusive {
+                            return Err(Fail::Masse(Error::NameTaken {
+                                name,
+                                holder: holder
+                                    .parse::<InstanceId>()
+                                    .unwrap_or(InstanceId::from_u128(0)),
+                            }));
+                        } else if holder != instance || stored.as_deref() != Some(json) {
+                            events.push(event(UPDATED, &instance, Some(json)));
+                        }
+                    }
+                    // A row nobody can own (its instance or expiry does not
+                    // read back): it holds the name for no one, so any
+                    // publisher replaces it, and a name is never stuck on it.
+                    (holder, _) => {
+                        tracing::warn!(namespace = %ns, %name,
+                            "replacing a stored peer row whose instance or expiry cannot be read");
+                        if let Some(holder) = holder {
+                            events.push(event(EXPIRED, &holder, None));
+                        }
+                        events.push(event(JOINED, &instance, Some(json)));
+                    }
                 }
                 sqlx::query::<DB>(self.q.update_peer.get())
                     .bind(instance.clone())
@@ -312,13 +417,13 @@ where
             .bind(ns.to_owned())
             .bind(name.to_owned())
             .bind(instance.to_owned())
-            .execute(&self.pool)
+            .execute(&self.pool())
             .await?;
         Ok(done.affected() > 0)
     }
 
     async fn unpublish(&self, ns: &str, name: &str, instance: &str) -> Result<bool, Fail> {
-        let mut tx = self.pool.begin_with(DB::BEGIN).await?;
+        let mut tx = self.pool().begin_with(DB::BEGIN).await?;
         let current = sqlx::query::<DB>(self.q.select_peer.get())
             .bind(ns.to_owned())
             .bind(name.to_owned())
@@ -327,11 +432,11 @@ where
         let Some(row) = current else {
             return Ok(false);
         };
-        let holder: String = row.try_get(0usize)?;
-        let held_until: i64 = row.try_get(2usize)?;
-        if holder != instance {
+        if row.try_get::<String, _>(0usize).ok().as_deref() != Some(instance) {
             return Ok(false);
         }
+        // An expiry that does not read back counts as past.
+        let held_until = row.try_get::<i64, _>(2usize).unwrap_or(i64::MIN);
         let now = self.now(&mut tx).await?;
         sqlx::query::<DB>(self.q.delete_peer.get())
             .bind(ns.to_owned())
@@ -364,7 +469,7 @@ where
                 .bind(to.to_owned()),
             Scan::All => sqlx::query::<DB>(self.q.lookup_all.get()).bind(ns.to_owned()),
         };
-        let rows = query.fetch_all(&self.pool).await?;
+        let rows = query.fetch_all(&self.pool()).await?;
         Ok(rows
             .iter()
             .map(|row| {
@@ -385,13 +490,13 @@ where
         let mut touched = BTreeSet::new();
         // A cheap indexed probe first: most ticks find nothing and take no lock.
         if sqlx::query::<DB>(self.q.probe_expired.get())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.pool())
             .await?
             .is_none()
         {
             return Ok(touched);
         }
-        let mut tx = self.pool.begin_with(DB::BEGIN).await?;
+        let mut tx = self.pool().begin_with(DB::BEGIN).await?;
         let now = self.now(&mut tx).await?;
         let rows = sqlx::query::<DB>(self.q.select_expired.get())
             .bind(now)
@@ -400,27 +505,45 @@ where
             .await?;
         let mut events = Vec::new();
         for row in rows {
-            let ns: String = row.try_get(0usize)?;
-            let name: String = row.try_get(1usize)?;
-            let instance: String = row.try_get(2usize)?;
-            let gone = sqlx::query::<DB>(self.q.delete_expired.get())
-                .bind(ns.clone())
-                .bind(name.clone())
-                .bind(instance.clone())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            let (ns, name, instance) = (
+                stored::<DB>(&row, 0),
+                stored::<DB>(&row, 1),
+                stored::<DB>(&row, 2),
+            );
+            if [&ns, &name, &instance].contains(&&Stored::Unreadable) {
+                if codec::first_warning(&format!("sweep {ns}/{name}/{instance}")) {
+                    tracing::warn!(namespace = %ns, name = %name, instance = %instance,
+                        "an expired peer row cannot be read back to delete it; skipping it");
+                }
+                continue;
+            }
+            let query = sqlx::query::<DB>(self.q.delete_expired.get());
+            let query = bind_stored(bind_stored(bind_stored(query, &ns), &name), &instance);
+            let gone = query.bind(now).execute(&mut *tx).await?;
             // Only the transaction whose DELETE removed the row reports it.
-            if gone.affected() == 1 {
-                tracing::debug!(namespace = %ns, %name, %instance, "record expired");
-                touched.insert(ns.clone());
-                events.push(NewEvent {
-                    ns,
-                    kind: EXPIRED,
-                    name,
-                    instance,
-                    record: None,
-                });
+            if gone.affected() != 1 {
+                continue;
+            }
+            match (ns.text(), name.text(), instance.text()) {
+                (Some(n), Some(m), Some(i))
+                    if n.parse::<Namespace>().is_ok()
+                        && m.parse::<PeerName>().is_ok()
+                        && i.parse::<InstanceId>().is_ok() =>
+                {
+                    tracing::debug!(namespace = n, name = m, instance = i, "record expired");
+                    touched.insert(n.to_owned());
+                    events.push(NewEvent {
+                        ns: n.to_owned(),
+                        kind: EXPIRED,
+                        name: m.to_owned(),
+                        instance: i.to_owned(),
+                        record: None,
+                    });
+                }
+                // Nobody can have seen it (lookups and events skip such keys),
+                // and an event could not name it: removed without one.
+                _ => tracing::warn!(namespace = %ns, name = %name, instance = %instance,
+                    "removed an expired peer row whose key is not a valid name; no Expired event"),
             }
         }
         self.append(&mut tx, &events, now).await?;
@@ -429,7 +552,7 @@ where
     }
 
     async fn prune(&self, retention_ms: i64, max_events: i64) -> Result<u64, Fail> {
-        let mut tx = self.pool.begin_with(DB::BEGIN).await?;
+        let mut tx = self.pool().begin_with(DB::BEGIN).await?;
         let pruned: i64 = match sqlx::query::<DB>(self.q.lock_log.get())
             .fetch_optional(&mut *tx)
             .await?
@@ -468,7 +591,7 @@ where
 
     async fn head(&self) -> Result<i64, Fail> {
         let row = sqlx::query::<DB>(self.q.head.get())
-            .fetch_one(&self.pool)
+            .fetch_one(&self.pool())
             .await?;
         Ok(row.try_get(0usize)?)
     }
@@ -479,32 +602,47 @@ where
         after: i64,
         upto: i64,
         limit: i64,
-    ) -> Result<Vec<RawEvent>, Fail> {
+    ) -> Result<EventBatch, Fail> {
         let rows = sqlx::query::<DB>(self.q.read_events.get())
             .bind(ns.to_owned())
             .bind(after)
             .bind(upto)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.pool())
             .await?;
-        let mut out = Vec::with_capacity(rows.len());
+        let mut batch = EventBatch {
+            events: Vec::with_capacity(rows.len()),
+            rows: rows.len(),
+        };
         for row in rows {
-            out.push(RawEvent {
-                // The id must decode: the cursor depends on it.
-                id: row.try_get(0usize)?,
+            // Without an id there is no place in the log: skip the row (the
+            // cursor moves past it with the ids around it).
+            let Ok(id) = row.try_get::<i64, _>(0usize) else {
+                let after = batch.events.last().map_or(after, |e| e.id);
+                if codec::first_warning(&format!("event id {ns} after {after}")) {
+                    tracing::warn!(
+                        namespace = ns,
+                        after,
+                        "skipping an event row whose id is not an integer"
+                    );
+                }
+                continue;
+            };
+            batch.events.push(RawEvent {
+                id,
                 kind: row.try_get(1usize).ok(),
                 name: row.try_get(2usize).ok(),
                 instance: row.try_get(3usize).ok(),
                 record: row.try_get::<Option<String>, _>(4usize).ok().flatten(),
             });
         }
-        Ok(out)
+        Ok(batch)
     }
 
     async fn pruned_below(&self) -> Result<i64, Fail> {
         Ok(
             match sqlx::query::<DB>(self.q.pruned_below.get())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.pool())
                 .await?
             {
                 Some(row) => row.try_get(0usize)?,
@@ -514,7 +652,7 @@ where
     }
 
     async fn store_raw(&self, ns: &str, name: &str, bytes: &[u8], ttl_ms: i64) -> Result<(), Fail> {
-        let mut tx = self.pool.begin_with(DB::BEGIN).await?;
+        let mut tx = self.pool().begin_with(DB::BEGIN).await?;
         let now = self.now(&mut tx).await?;
         sqlx::query::<DB>(self.q.delete_name.get())
             .bind(ns.to_owned())
@@ -542,5 +680,57 @@ where
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn check_file(&self) -> Result<bool, Fail> {
+        let Some(reopen) = &self.reopen else {
+            return Ok(false);
+        };
+        let current = self.pool();
+        match reopen.check(&current).await? {
+            Some(pool) => {
+                *self.pool.write().unwrap_or_else(|p| p.into_inner()) = pool;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+/// Reads a key column as whatever it holds.
+fn stored<DB: Dialect>(row: &DB::Row, i: usize) -> Stored
+where
+    for<'r> i64: Decode<'r, DB> + Type<DB>,
+    for<'r> String: Decode<'r, DB> + Type<DB>,
+    for<'r> Vec<u8>: Decode<'r, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    if let Ok(t) = row.try_get::<String, _>(i) {
+        Stored::Text(t)
+    } else if let Ok(b) = row.try_get::<Vec<u8>, _>(i) {
+        Stored::Bytes(b)
+    } else if let Ok(n) = row.try_get::<i64, _>(i) {
+        Stored::Int(n)
+    } else {
+        Stored::Unreadable
+    }
+}
+
+/// Binds a key as it was read.
+fn bind_stored<DB: Dialect>(
+    query: sqlx::query::Query<'static, DB, DB::Arguments>,
+    value: &Stored,
+) -> sqlx::query::Query<'static, DB, DB::Arguments>
+where
+    for<'r> i64: Encode<'r, DB> + Type<DB>,
+    for<'r> String: Encode<'r, DB> + Type<DB>,
+    for<'r> Vec<u8>: Encode<'r, DB> + Type<DB>,
+{
+    match value {
+        Stored::Text(t) => query.bind(t.clone()),
+        Stored::Bytes(b) => query.bind(b.clone()),
+        Stored::Int(n) => query.bind(*n),
+        // Never bound: such rows are skipped before.
+        Stored::Unreadable => query,
     }
 }
