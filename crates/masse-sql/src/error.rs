@@ -76,12 +76,29 @@ pub(crate) fn is_unavailable(e: &sqlx::Error) -> bool {
                     code,
                     "57P01" | "57P02" | "57P03" | "53300" | "25006" | "53100" | "53200" | "58030"
                 )
+                // PostgreSQL: the database does not take connections now.
+                || (code == "55000" && db.message().contains("accepting connections"))
                 || sqlite_unwritable(db.as_ref())
                 || mysql_number(db.as_ref()).is_some_and(|n| {
                     // too many connections, server shutdown, lock wait
                     // timeout, read-only server, global read lock, disk full
                     matches!(n, 1040 | 1053 | 1205 | 1290 | 1223 | 1836 | 1021 | 1114)
                 })
+        }
+        _ => false,
+    }
+}
+
+/// Failures after which the connection should not be reused: the link is
+/// broken, or SQLite found the file unwritable (it may have opened it
+/// read-only, for good), or a PostgreSQL session is read-only.
+pub(crate) fn poisons(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or("");
+            code == "25006" || (sqlite_unwritable(db.as_ref()) && !busy_code(code))
         }
         _ => false,
     }

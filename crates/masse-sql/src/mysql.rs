@@ -11,7 +11,7 @@ use crate::config::SqlConfig;
 use crate::dialect::Dialect;
 use crate::error::map_err;
 use crate::registry::Connected;
-use crate::store::{Store, reusable};
+use crate::store::{Purge, Store, reusable};
 
 pub(crate) async fn connect(url: &str, shown: &str, config: &SqlConfig) -> Result<Connected> {
     let url = match url.split_once(':') {
@@ -32,9 +32,14 @@ pub(crate) async fn connect(url: &str, shown: &str, config: &SqlConfig) -> Resul
         input: shown.to_owned(),
         reason: e.to_string(),
     })?;
+    let purge = Arc::new(Purge::default());
+    let keep = purge.clone();
     let pool = MySqlPoolOptions::new()
         .max_connections(config.pool_size)
-        .before_acquire(|conn, _| Box::pin(async move { Ok(reusable(conn, MySql::BACKEND)) }))
+        .before_acquire(move |conn, meta| {
+            let fresh = keep.keeps(meta.age);
+            Box::pin(async move { Ok(fresh && reusable(conn, MySql::BACKEND)) })
+        })
         .acquire_timeout(config.connect_timeout)
         .after_connect(|conn, _meta| {
             Box::pin(async move {
@@ -52,7 +57,7 @@ pub(crate) async fn connect(url: &str, shown: &str, config: &SqlConfig) -> Resul
         .await
         .map_err(|e| map_err(MySql::BACKEND, e))?;
     Ok(Connected {
-        backend: Arc::new(Store::new(pool)),
+        backend: Arc::new(Store::new(pool, purge)),
         listen: None,
     })
 }

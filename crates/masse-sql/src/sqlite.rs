@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use masse_core::{Error, Result};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Pool, Sqlite};
+use sqlx::{Connection, Pool, Sqlite};
 
 use crate::config::SqlConfig;
 use crate::dialect::Dialect;
 use crate::error::{Fail, map_err};
 use crate::registry::Connected;
-use crate::store::{Reopen, Store, reusable};
+use crate::store::{Purge, Reopen, Store, reusable};
 
 pub(crate) async fn connect(url: &str, shown: &str, config: &SqlConfig) -> Result<Connected> {
     let invalid = |e: sqlx::Error| Error::InvalidAddress {
@@ -88,7 +88,8 @@ pub(crate) async fn connect(url: &str, shown: &str, config: &SqlConfig) -> Resul
         if let Some(e) = orphaned_wal(&path, None) {
             return Err(e);
         }
-        let pool = open_file(&options, config)
+        let purge = Arc::new(Purge::default());
+        let pool = open_file(&options, config, &purge)
             .await
             .map_err(|e| map_err(Sqlite::BACKEND, e))?;
         let watch = FileWatch {
@@ -99,15 +100,16 @@ pub(crate) async fn connect(url: &str, shown: &str, config: &SqlConfig) -> Resul
             path,
             options,
             config: config.clone(),
+            purge: purge.clone(),
         };
         return Ok(Connected {
-            backend: Arc::new(Store::new(pool).with_reopen(Box::new(watch))),
+            backend: Arc::new(Store::new(pool, purge).with_reopen(Box::new(watch))),
             listen: None,
         });
     };
 
     Ok(Connected {
-        backend: Arc::new(Store::new(pool)),
+        backend: Arc::new(Store::new(pool, Arc::default())),
         listen: None,
     })
 }
@@ -116,6 +118,7 @@ pub(crate) async fn connect(url: &str, shown: &str, config: &SqlConfig) -> Resul
 async fn open_file(
     options: &SqliteConnectOptions,
     config: &SqlConfig,
+    purge: &Arc<Purge>,
 ) -> std::result::Result<Pool<Sqlite>, sqlx::Error> {
     // Processes opening a new file together race to switch it to WAL,
     // and SQLite reports that race as "database is locked" without
@@ -125,7 +128,24 @@ async fn open_file(
         let opened = match SqlitePoolOptions::new()
             .max_connections(config.pool_size)
             .acquire_timeout(config.connect_timeout)
-            .before_acquire(|conn, _| Box::pin(async move { Ok(reusable(conn, Sqlite::BACKEND)) }))
+            .before_acquire({
+                let purge = purge.clone();
+                move |conn, meta| {
+                    let fresh = purge.keeps(meta.age);
+                    Box::pin(async move { Ok(fresh && reusable(conn, Sqlite::BACKEND)) })
+                }
+            })
+            // A connection stuck in a transaction holds the file's write
+            // lock: every other writer (other processes too) would wait
+            // busy_timeout and fail until it is acquired again. Close it as
+            // soon as it comes back, once its queued rollback has run (the
+            // ping is answered after it).
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    conn.ping().await?;
+                    Ok(reusable(conn, Sqlite::BACKEND))
+                })
+            })
             .connect_with(options.clone())
             .await
         {
@@ -206,6 +226,7 @@ struct FileWatch {
     path: PathBuf,
     options: SqliteConnectOptions,
     config: SqlConfig,
+    purge: Arc<Purge>,
     state: Mutex<WatchState>,
 }
 
@@ -248,7 +269,7 @@ impl Reopen<Sqlite> for FileWatch {
         if let Some(e) = orphaned_wal(&self.path, old_wal) {
             return Err(Fail::Masse(e));
         }
-        let pool = open_file(&self.options, &self.config).await?;
+        let pool = open_file(&self.options, &self.config, &self.purge).await?;
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.id = file_id(&self.path);
         st.pending = None;

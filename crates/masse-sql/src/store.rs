@@ -17,15 +17,17 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use masse_core::{Error, InstanceId, NamePolicy, Namespace, PeerName, PeerRecord};
-use sqlx::{ColumnIndex, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
+use sqlx::pool::PoolConnection;
+use sqlx::{ColumnIndex, Connection, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
 use crate::codec;
 use crate::dialect::{self, Dialect, Queries};
-use crate::error::Fail;
+use crate::error::{Fail, poisons};
 
 /// An event row as stored, before it is checked and turned into a `RegistryEvent`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +170,38 @@ pub(crate) struct Store<DB: Dialect> {
     q: Queries,
     /// Notices a database file deleted or replaced under the pool, and opens it again.
     reopen: Option<Box<dyn Reopen<DB>>>,
+    /// Shared with the pool's `before_acquire` hook.
+    purge: Arc<Purge>,
+}
+
+/// Connections made before the last failure that can leave a connection
+/// unusable for good are not reused. SQLite quietly opens a file it cannot
+/// write read-only (an immutable or read-only file, a full disk), and such a
+/// connection stays read-only after the file is writable again; a
+/// PostgreSQL session keeps the `default_transaction_read_only` it started
+/// with. Every such failure closes the connection it happened on and marks
+/// the time; the pool then closes, instead of handing out, every connection
+/// older than the mark, so the first call after the fault is gone runs on a
+/// fresh connection.
+#[derive(Debug, Default)]
+pub(crate) struct Purge {
+    mark: Mutex<Option<Instant>>,
+}
+
+impl Purge {
+    fn mark(&self) {
+        *self.mark.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// May a connection of this age be reused?
+    pub(crate) fn keeps(&self, age: Duration) -> bool {
+        match *self.mark.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => true,
+            Some(mark) => Instant::now()
+                .checked_sub(age)
+                .is_some_and(|born| born > mark),
+        }
+    }
 }
 
 /// Watches what the pool is open on (SQLite: the file's device and inode).
@@ -220,11 +254,28 @@ pub(crate) const LEFT: &str = "left";
 pub(crate) const EXPIRED: &str = "expired";
 
 impl<DB: Dialect> Store<DB> {
-    pub(crate) fn new(pool: Pool<DB>) -> Self {
+    pub(crate) fn new(pool: Pool<DB>, purge: Arc<Purge>) -> Self {
         Store {
             pool: RwLock::new(pool),
             q: Queries::new::<DB>(),
             reopen: None,
+            purge,
+        }
+    }
+
+    async fn acquire(&self) -> Result<PoolConnection<DB>, Fail> {
+        Ok(self.pool().acquire().await?)
+    }
+
+    /// After a call: a connection whose failure may have left it unusable
+    /// is closed, with every older one (see [`Purge`]).
+    fn settle<T>(&self, mut conn: PoolConnection<DB>, result: &Result<T, Fail>) {
+        if let Err(Fail::Db(e)) = result
+            && poisons(e)
+        {
+            tracing::debug!(backend = DB::BACKEND, error = %e, "closing the connection that failed, and every older one");
+            self.purge.mark();
+            conn.close_on_drop();
         }
     }
 
@@ -321,88 +372,94 @@ where
         ttl_ms: i64,
         policy: NamePolicy,
     ) -> Result<bool, Fail> {
-        let ns = record.namespace.as_str().to_owned();
-        let name = record.name.as_str().to_owned();
-        let instance = record.instance.to_string();
-        let mut tx = self.pool().begin_with(DB::BEGIN).await?;
-        let current = sqlx::query::<DB>(self.q.select_peer.get())
-            .bind(ns.clone())
-            .bind(name.clone())
-            .fetch_optional(&mut *tx)
-            .await?;
-        // Read the clock after the row lock: a wait for the lock must not age it.
-        let now = self.now(&mut tx).await?;
-        let expires_at = now.saturating_add(ttl_ms);
-        let event = |kind, instance: &str, record: Option<&str>| NewEvent {
-            ns: ns.clone(),
-            kind,
-            name: name.clone(),
-            instance: instance.to_owned(),
-            record: record.map(str::to_owned),
-        };
-        let mut events = Vec::new();
-        match current {
-            None => {
-                sqlx::query::<DB>(self.q.insert_peer.get())
-                    .bind(ns.clone())
-                    .bind(name.clone())
-                    .bind(instance.clone())
-                    .bind(json.to_owned())
-                    .bind(expires_at)
-                    .execute(&mut *tx)
-                    .await?;
-                events.push(event(JOINED, &instance, Some(json)));
-            }
-            Some(row) => {
-                let holder = row
-                    .try_get::<String, _>(0usize)
-                    .ok()
-                    .filter(|h| h.parse::<InstanceId>().is_ok());
-                // An unreadable stored record only means "changed".
-                let stored: Option<String> = row.try_get(1usize).ok();
-                let held_until = row.try_get::<i64, _>(2usize).ok();
-                match (holder, held_until) {
-                    (Some(holder), Some(held_until)) => {
-                        if held_until <= now {
-                            // Expired but not swept yet: this transaction retires it.
-                            events.push(event(EXPIRED, &holder, None));
-                            events.push(event(JOINED, &instance, Some(json)));
-                        } else if holder != instance && policy == NamePolicy::Exclusive {
-                            return Err(Fail::Masse(Error::NameTaken {
-                                name,
-                                holder: holder
-                                    .parse::<InstanceId>()
-                                    .unwrap_or(InstanceId::from_u128(0)),
-                            }));
-                        } else if holder != instance || stored.as_deref() != Some(json) {
-                            events.push(event(UPDATED, &instance, Some(json)));
-                        }
-                    }
-                    // A row nobody can own (its instance or expiry does not
-                    // read back): it holds the name for no one, so any
-                    // publisher replaces it, and a name is never stuck on it.
-                    (holder, _) => {
-                        tracing::warn!(namespace = %ns, %name,
-                            "replacing a stored peer row whose instance or expiry cannot be read");
-                        if let Some(holder) = holder {
-                            events.push(event(EXPIRED, &holder, None));
-                        }
-                        events.push(event(JOINED, &instance, Some(json)));
-                    }
+        let mut conn = self.acquire().await?;
+        let result: Result<bool, Fail> = async {
+            let ns = record.namespace.as_str().to_owned();
+            let name = record.name.as_str().to_owned();
+            let instance = record.instance.to_string();
+            let mut tx = conn.begin_with(DB::BEGIN).await?;
+            let current = sqlx::query::<DB>(self.q.select_peer.get())
+                .bind(ns.clone())
+                .bind(name.clone())
+                .fetch_optional(&mut *tx)
+                .await?;
+            // Read the clock after the row lock: a wait for the lock must not age it.
+            let now = self.now(&mut tx).await?;
+            let expires_at = now.saturating_add(ttl_ms);
+            let event = |kind, instance: &str, record: Option<&str>| NewEvent {
+                ns: ns.clone(),
+                kind,
+                name: name.clone(),
+                instance: instance.to_owned(),
+                record: record.map(str::to_owned),
+            };
+            let mut events = Vec::new();
+            match current {
+                None => {
+                    sqlx::query::<DB>(self.q.insert_peer.get())
+                        .bind(ns.clone())
+                        .bind(name.clone())
+                        .bind(instance.clone())
+                        .bind(json.to_owned())
+                        .bind(expires_at)
+                        .execute(&mut *tx)
+                        .await?;
+                    events.push(event(JOINED, &instance, Some(json)));
                 }
-                sqlx::query::<DB>(self.q.update_peer.get())
-                    .bind(instance.clone())
-                    .bind(json.to_owned())
-                    .bind(expires_at)
-                    .bind(ns.clone())
-                    .bind(name.clone())
-                    .execute(&mut *tx)
-                    .await?;
+                Some(row) => {
+                    let holder = row
+                        .try_get::<String, _>(0usize)
+                        .ok()
+                        .filter(|h| h.parse::<InstanceId>().is_ok());
+                    // An unreadable stored record only means "changed".
+                    let stored: Option<String> = row.try_get(1usize).ok();
+                    let held_until = row.try_get::<i64, _>(2usize).ok();
+                    match (holder, held_until) {
+                        (Some(holder), Some(held_until)) => {
+                            if held_until <= now {
+                                // Expired but not swept yet: this transaction retires it.
+                                events.push(event(EXPIRED, &holder, None));
+                                events.push(event(JOINED, &instance, Some(json)));
+                            } else if holder != instance && policy == NamePolicy::Exclusive {
+                                return Err(Fail::Masse(Error::NameTaken {
+                                    name,
+                                    holder: holder
+                                        .parse::<InstanceId>()
+                                        .unwrap_or(InstanceId::from_u128(0)),
+                                }));
+                            } else if holder != instance || stored.as_deref() != Some(json) {
+                                events.push(event(UPDATED, &instance, Some(json)));
+                            }
+                        }
+                        // A row nobody can own (its instance or expiry does not
+                        // read back): it holds the name for no one, so any
+                        // publisher replaces it, and a name is never stuck on it.
+                        (holder, _) => {
+                            tracing::warn!(namespace = %ns, %name,
+                                "replacing a stored peer row whose instance or expiry cannot be read");
+                            if let Some(holder) = holder {
+                                events.push(event(EXPIRED, &holder, None));
+                            }
+                            events.push(event(JOINED, &instance, Some(json)));
+                        }
+                    }
+                    sqlx::query::<DB>(self.q.update_peer.get())
+                        .bind(instance.clone())
+                        .bind(json.to_owned())
+                        .bind(expires_at)
+                        .bind(ns.clone())
+                        .bind(name.clone())
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
+            self.append(&mut tx, &events, now).await?;
+            tx.commit().await?;
+            Ok(!events.is_empty())
         }
-        self.append(&mut tx, &events, now).await?;
-        tx.commit().await?;
-        Ok(!events.is_empty())
+        .await;
+        self.settle(conn, &result);
+        result
     }
 
     async fn refresh(
@@ -412,188 +469,224 @@ where
         instance: &str,
         ttl_ms: i64,
     ) -> Result<bool, Fail> {
-        let done = sqlx::query::<DB>(self.q.refresh.get())
-            .bind(ttl_ms)
-            .bind(ns.to_owned())
-            .bind(name.to_owned())
-            .bind(instance.to_owned())
-            .execute(&self.pool())
-            .await?;
-        Ok(done.affected() > 0)
+        let mut conn = self.acquire().await?;
+        let result: Result<bool, Fail> = async {
+            let done = sqlx::query::<DB>(self.q.refresh.get())
+                .bind(ttl_ms)
+                .bind(ns.to_owned())
+                .bind(name.to_owned())
+                .bind(instance.to_owned())
+                .execute(&mut *conn)
+                .await?;
+            Ok(done.affected() > 0)
+        }
+        .await;
+        self.settle(conn, &result);
+        result
     }
 
     async fn unpublish(&self, ns: &str, name: &str, instance: &str) -> Result<bool, Fail> {
-        let mut tx = self.pool().begin_with(DB::BEGIN).await?;
-        let current = sqlx::query::<DB>(self.q.select_peer.get())
-            .bind(ns.to_owned())
-            .bind(name.to_owned())
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = current else {
-            return Ok(false);
-        };
-        if row.try_get::<String, _>(0usize).ok().as_deref() != Some(instance) {
-            return Ok(false);
+        let mut conn = self.acquire().await?;
+        let result: Result<bool, Fail> = async {
+            let mut tx = conn.begin_with(DB::BEGIN).await?;
+            let current = sqlx::query::<DB>(self.q.select_peer.get())
+                .bind(ns.to_owned())
+                .bind(name.to_owned())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = current else {
+                return Ok(false);
+            };
+            if row.try_get::<String, _>(0usize).ok().as_deref() != Some(instance) {
+                return Ok(false);
+            }
+            // An expiry that does not read back counts as past.
+            let held_until = row.try_get::<i64, _>(2usize).unwrap_or(i64::MIN);
+            let now = self.now(&mut tx).await?;
+            sqlx::query::<DB>(self.q.delete_peer.get())
+                .bind(ns.to_owned())
+                .bind(name.to_owned())
+                .bind(instance.to_owned())
+                .execute(&mut *tx)
+                .await?;
+            // Leaving after the deadline is an expiry: watchers hear it once either way.
+            let kind = if held_until > now { LEFT } else { EXPIRED };
+            let ev = NewEvent {
+                ns: ns.to_owned(),
+                kind,
+                name: name.to_owned(),
+                instance: instance.to_owned(),
+                record: None,
+            };
+            self.append(&mut tx, std::slice::from_ref(&ev), now).await?;
+            tx.commit().await?;
+            Ok(true)
         }
-        // An expiry that does not read back counts as past.
-        let held_until = row.try_get::<i64, _>(2usize).unwrap_or(i64::MIN);
-        let now = self.now(&mut tx).await?;
-        sqlx::query::<DB>(self.q.delete_peer.get())
-            .bind(ns.to_owned())
-            .bind(name.to_owned())
-            .bind(instance.to_owned())
-            .execute(&mut *tx)
-            .await?;
-        // Leaving after the deadline is an expiry: watchers hear it once either way.
-        let kind = if held_until > now { LEFT } else { EXPIRED };
-        let ev = NewEvent {
-            ns: ns.to_owned(),
-            kind,
-            name: name.to_owned(),
-            instance: instance.to_owned(),
-            record: None,
-        };
-        self.append(&mut tx, std::slice::from_ref(&ev), now).await?;
-        tx.commit().await?;
-        Ok(true)
+        .await;
+        self.settle(conn, &result);
+        result
     }
 
     async fn lookup(&self, ns: &str, scan: Scan<'_>) -> Result<Vec<RawPeer>, Fail> {
-        let query = match scan {
-            Scan::Exact(name) => sqlx::query::<DB>(self.q.lookup_exact.get())
-                .bind(ns.to_owned())
-                .bind(name.to_owned()),
-            Scan::Range(from, to) => sqlx::query::<DB>(self.q.lookup_range.get())
-                .bind(ns.to_owned())
-                .bind(from.to_owned())
-                .bind(to.to_owned()),
-            Scan::All => sqlx::query::<DB>(self.q.lookup_all.get()).bind(ns.to_owned()),
-        };
-        let rows = query.fetch_all(&self.pool()).await?;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                (
-                    row.try_get::<String, _>(0usize).ok(),
-                    // Text, or bytes that happen to be UTF-8 (a blob written by a tool).
-                    row.try_get::<String, _>(1usize).ok().or_else(|| {
-                        row.try_get::<Vec<u8>, _>(1usize)
-                            .ok()
-                            .and_then(|b| String::from_utf8(b).ok())
-                    }),
-                )
-            })
-            .collect())
+        let mut conn = self.acquire().await?;
+        let result: Result<Vec<RawPeer>, Fail> = async {
+            let query = match scan {
+                Scan::Exact(name) => sqlx::query::<DB>(self.q.lookup_exact.get())
+                    .bind(ns.to_owned())
+                    .bind(name.to_owned()),
+                Scan::Range(from, to) => sqlx::query::<DB>(self.q.lookup_range.get())
+                    .bind(ns.to_owned())
+                    .bind(from.to_owned())
+                    .bind(to.to_owned()),
+                Scan::All => sqlx::query::<DB>(self.q.lookup_all.get()).bind(ns.to_owned()),
+            };
+            let rows = query.fetch_all(&mut *conn).await?;
+            Ok(rows
+                .iter()
+                .map(|row| {
+                    (
+                        row.try_get::<String, _>(0usize).ok(),
+                        // Text, or bytes that happen to be UTF-8 (a blob written by a tool).
+                        row.try_get::<String, _>(1usize).ok().or_else(|| {
+                            row.try_get::<Vec<u8>, _>(1usize)
+                                .ok()
+                                .and_then(|b| String::from_utf8(b).ok())
+                        }),
+                    )
+                })
+                .collect())
+        }
+        .await;
+        self.settle(conn, &result);
+        result
     }
 
     async fn sweep(&self) -> Result<BTreeSet<String>, Fail> {
-        let mut touched = BTreeSet::new();
-        // A cheap indexed probe first: most ticks find nothing and take no lock.
-        if sqlx::query::<DB>(self.q.probe_expired.get())
-            .fetch_optional(&self.pool())
-            .await?
-            .is_none()
-        {
-            return Ok(touched);
-        }
-        let mut tx = self.pool().begin_with(DB::BEGIN).await?;
-        let now = self.now(&mut tx).await?;
-        let rows = sqlx::query::<DB>(self.q.select_expired.get())
-            .bind(now)
-            .bind(dialect::SWEEP_BATCH)
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut events = Vec::new();
-        for row in rows {
-            let (ns, name, instance) = (
-                stored::<DB>(&row, 0),
-                stored::<DB>(&row, 1),
-                stored::<DB>(&row, 2),
-            );
-            if [&ns, &name, &instance].contains(&&Stored::Unreadable) {
-                if codec::first_warning(&format!("sweep {ns}/{name}/{instance}")) {
-                    tracing::warn!(namespace = %ns, name = %name, instance = %instance,
-                        "an expired peer row cannot be read back to delete it; skipping it");
+        let mut conn = self.acquire().await?;
+        let result: Result<BTreeSet<String>, Fail> = async {
+            let mut touched = BTreeSet::new();
+            // A cheap indexed probe first: most ticks find nothing and take no lock.
+            if sqlx::query::<DB>(self.q.probe_expired.get())
+                .fetch_optional(&mut *conn)
+                .await?
+                .is_none()
+            {
+                return Ok(touched);
+            }
+            let mut tx = conn.begin_with(DB::BEGIN).await?;
+            let now = self.now(&mut tx).await?;
+            let rows = sqlx::query::<DB>(self.q.select_expired.get())
+                .bind(now)
+                .bind(dialect::SWEEP_BATCH)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut events = Vec::new();
+            for row in rows {
+                let (ns, name, instance) = (
+                    stored::<DB>(&row, 0),
+                    stored::<DB>(&row, 1),
+                    stored::<DB>(&row, 2),
+                );
+                if [&ns, &name, &instance].contains(&&Stored::Unreadable) {
+                    if codec::first_warning(&format!("sweep {ns}/{name}/{instance}")) {
+                        tracing::warn!(namespace = %ns, name = %name, instance = %instance,
+                            "an expired peer row cannot be read back to delete it; skipping it");
+                    }
+                    continue;
                 }
-                continue;
-            }
-            let query = sqlx::query::<DB>(self.q.delete_expired.get());
-            let query = bind_stored(bind_stored(bind_stored(query, &ns), &name), &instance);
-            let gone = query.bind(now).execute(&mut *tx).await?;
-            // Only the transaction whose DELETE removed the row reports it.
-            if gone.affected() != 1 {
-                continue;
-            }
-            match (ns.text(), name.text(), instance.text()) {
-                (Some(n), Some(m), Some(i))
-                    if n.parse::<Namespace>().is_ok()
-                        && m.parse::<PeerName>().is_ok()
-                        && i.parse::<InstanceId>().is_ok() =>
-                {
-                    tracing::debug!(namespace = n, name = m, instance = i, "record expired");
-                    touched.insert(n.to_owned());
-                    events.push(NewEvent {
-                        ns: n.to_owned(),
-                        kind: EXPIRED,
-                        name: m.to_owned(),
-                        instance: i.to_owned(),
-                        record: None,
-                    });
+                let query = sqlx::query::<DB>(self.q.delete_expired.get());
+                let query = bind_stored(bind_stored(bind_stored(query, &ns), &name), &instance);
+                let gone = query.bind(now).execute(&mut *tx).await?;
+                // Only the transaction whose DELETE removed the row reports it.
+                if gone.affected() != 1 {
+                    continue;
                 }
-                // Nobody can have seen it (lookups and events skip such keys),
-                // and an event could not name it: removed without one.
-                _ => tracing::warn!(namespace = %ns, name = %name, instance = %instance,
-                    "removed an expired peer row whose key is not a valid name; no Expired event"),
+                match (ns.text(), name.text(), instance.text()) {
+                    (Some(n), Some(m), Some(i))
+                        if n.parse::<Namespace>().is_ok()
+                            && m.parse::<PeerName>().is_ok()
+                            && i.parse::<InstanceId>().is_ok() =>
+                    {
+                        tracing::debug!(namespace = n, name = m, instance = i, "record expired");
+                        touched.insert(n.to_owned());
+                        events.push(NewEvent {
+                            ns: n.to_owned(),
+                            kind: EXPIRED,
+                            name: m.to_owned(),
+                            instance: i.to_owned(),
+                            record: None,
+                        });
+                    }
+                    // Nobody can have seen it (lookups and events skip such keys),
+                    // and an event could not name it: removed without one.
+                    _ => tracing::warn!(namespace = %ns, name = %name, instance = %instance,
+                        "removed an expired peer row whose key is not a valid name; no Expired event"),
+                }
             }
+            self.append(&mut tx, &events, now).await?;
+            tx.commit().await?;
+            Ok(touched)
         }
-        self.append(&mut tx, &events, now).await?;
-        tx.commit().await?;
-        Ok(touched)
+        .await;
+        self.settle(conn, &result);
+        result
     }
 
     async fn prune(&self, retention_ms: i64, max_events: i64) -> Result<u64, Fail> {
-        let mut tx = self.pool().begin_with(DB::BEGIN).await?;
-        let pruned: i64 = match sqlx::query::<DB>(self.q.lock_log.get())
-            .fetch_optional(&mut *tx)
-            .await?
-        {
-            Some(row) => row.try_get(0usize)?,
-            None => 0,
-        };
-        let now = self.now(&mut tx).await?;
-        let head: i64 = sqlx::query::<DB>(self.q.head.get())
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get(0usize)?;
-        let by_age: i64 = sqlx::query::<DB>(self.q.prune_cut_age.get())
-            .bind(now.saturating_sub(retention_ms))
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get(0usize)?;
-        let by_count = head.saturating_sub(max_events);
-        // Always keep the newest event, so ids can never start over below a cursor.
-        let cut = by_age.max(by_count).min(head - 1);
-        if cut <= pruned {
-            return Ok(0);
+        let mut conn = self.acquire().await?;
+        let result: Result<u64, Fail> = async {
+            let mut tx = conn.begin_with(DB::BEGIN).await?;
+            let pruned: i64 = match sqlx::query::<DB>(self.q.lock_log.get())
+                .fetch_optional(&mut *tx)
+                .await?
+            {
+                Some(row) => row.try_get(0usize)?,
+                None => 0,
+            };
+            let now = self.now(&mut tx).await?;
+            let head: i64 = sqlx::query::<DB>(self.q.head.get())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0usize)?;
+            let by_age: i64 = sqlx::query::<DB>(self.q.prune_cut_age.get())
+                .bind(now.saturating_sub(retention_ms))
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0usize)?;
+            let by_count = head.saturating_sub(max_events);
+            // Always keep the newest event, so ids can never start over below a cursor.
+            let cut = by_age.max(by_count).min(head - 1);
+            if cut <= pruned {
+                return Ok(0);
+            }
+            let deleted = sqlx::query::<DB>(self.q.prune_delete.get())
+                .bind(cut)
+                .execute(&mut *tx)
+                .await?
+                .affected();
+            sqlx::query::<DB>(self.q.prune_mark.get())
+                .bind(cut)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(deleted)
         }
-        let deleted = sqlx::query::<DB>(self.q.prune_delete.get())
-            .bind(cut)
-            .execute(&mut *tx)
-            .await?
-            .affected();
-        sqlx::query::<DB>(self.q.prune_mark.get())
-            .bind(cut)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(deleted)
+        .await;
+        self.settle(conn, &result);
+        result
     }
 
     async fn head(&self) -> Result<i64, Fail> {
-        let row = sqlx::query::<DB>(self.q.head.get())
-            .fetch_one(&self.pool())
-            .await?;
-        Ok(row.try_get(0usize)?)
+        let mut conn = self.acquire().await?;
+        let result: Result<i64, Fail> = async {
+            let row = sqlx::query::<DB>(self.q.head.get())
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok(row.try_get(0usize)?)
+        }
+        .await;
+        self.settle(conn, &result);
+        result
     }
 
     async fn read_events(
@@ -603,83 +696,101 @@ where
         upto: i64,
         limit: i64,
     ) -> Result<EventBatch, Fail> {
-        let rows = sqlx::query::<DB>(self.q.read_events.get())
-            .bind(ns.to_owned())
-            .bind(after)
-            .bind(upto)
-            .bind(limit)
-            .fetch_all(&self.pool())
-            .await?;
-        let mut batch = EventBatch {
-            events: Vec::with_capacity(rows.len()),
-            rows: rows.len(),
-        };
-        for row in rows {
-            // Without an id there is no place in the log: skip the row (the
-            // cursor moves past it with the ids around it).
-            let Ok(id) = row.try_get::<i64, _>(0usize) else {
-                let after = batch.events.last().map_or(after, |e| e.id);
-                if codec::first_warning(&format!("event id {ns} after {after}")) {
-                    tracing::warn!(
-                        namespace = ns,
-                        after,
-                        "skipping an event row whose id is not an integer"
-                    );
-                }
-                continue;
+        let mut conn = self.acquire().await?;
+        let result: Result<EventBatch, Fail> = async {
+            let rows = sqlx::query::<DB>(self.q.read_events.get())
+                .bind(ns.to_owned())
+                .bind(after)
+                .bind(upto)
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await?;
+            let mut batch = EventBatch {
+                events: Vec::with_capacity(rows.len()),
+                rows: rows.len(),
             };
-            batch.events.push(RawEvent {
-                id,
-                kind: row.try_get(1usize).ok(),
-                name: row.try_get(2usize).ok(),
-                instance: row.try_get(3usize).ok(),
-                record: row.try_get::<Option<String>, _>(4usize).ok().flatten(),
-            });
+            for row in rows {
+                // Without an id there is no place in the log: skip the row (the
+                // cursor moves past it with the ids around it).
+                let Ok(id) = row.try_get::<i64, _>(0usize) else {
+                    let after = batch.events.last().map_or(after, |e| e.id);
+                    if codec::first_warning(&format!("event id {ns} after {after}")) {
+                        tracing::warn!(
+                            namespace = ns,
+                            after,
+                            "skipping an event row whose id is not an integer"
+                        );
+                    }
+                    continue;
+                };
+                batch.events.push(RawEvent {
+                    id,
+                    kind: row.try_get(1usize).ok(),
+                    name: row.try_get(2usize).ok(),
+                    instance: row.try_get(3usize).ok(),
+                    record: row.try_get::<Option<String>, _>(4usize).ok().flatten(),
+                });
+            }
+            Ok(batch)
         }
-        Ok(batch)
+        .await;
+        self.settle(conn, &result);
+        result
     }
 
     async fn pruned_below(&self) -> Result<i64, Fail> {
-        Ok(
-            match sqlx::query::<DB>(self.q.pruned_below.get())
-                .fetch_optional(&self.pool())
-                .await?
-            {
-                Some(row) => row.try_get(0usize)?,
-                None => 0,
-            },
-        )
+        let mut conn = self.acquire().await?;
+        let result: Result<i64, Fail> = async {
+            Ok(
+                match sqlx::query::<DB>(self.q.pruned_below.get())
+                    .fetch_optional(&mut *conn)
+                    .await?
+                {
+                    Some(row) => row.try_get(0usize)?,
+                    None => 0,
+                },
+            )
+        }
+        .await;
+        self.settle(conn, &result);
+        result
     }
 
     async fn store_raw(&self, ns: &str, name: &str, bytes: &[u8], ttl_ms: i64) -> Result<(), Fail> {
-        let mut tx = self.pool().begin_with(DB::BEGIN).await?;
-        let now = self.now(&mut tx).await?;
-        sqlx::query::<DB>(self.q.delete_name.get())
-            .bind(ns.to_owned())
-            .bind(name.to_owned())
-            .execute(&mut *tx)
-            .await?;
-        let insert = sqlx::query::<DB>(self.q.insert_peer.get())
-            .bind(ns.to_owned())
-            .bind(name.to_owned())
-            .bind(InstanceId::from_u128(0).to_string());
-        let text = std::str::from_utf8(bytes)
-            .ok()
-            .filter(|t| !t.contains('\0'));
-        let insert = if let Some(text) = text {
-            insert.bind(text.to_owned())
-        } else if DB::RAW_BYTES {
-            insert.bind(bytes.to_vec())
-        } else {
-            // Text columns of PostgreSQL and MySQL take neither NUL nor invalid UTF-8.
-            insert.bind(String::from_utf8_lossy(bytes).replace('\0', ""))
-        };
-        insert
-            .bind(now.saturating_add(ttl_ms))
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        let mut conn = self.acquire().await?;
+        let result: Result<(), Fail> = async {
+            let mut tx = conn.begin_with(DB::BEGIN).await?;
+            let now = self.now(&mut tx).await?;
+            sqlx::query::<DB>(self.q.delete_name.get())
+                .bind(ns.to_owned())
+                .bind(name.to_owned())
+                .execute(&mut *tx)
+                .await?;
+            let insert = sqlx::query::<DB>(self.q.insert_peer.get())
+                .bind(ns.to_owned())
+                .bind(name.to_owned())
+                .bind(InstanceId::from_u128(0).to_string());
+            let text = std::str::from_utf8(bytes)
+                .ok()
+                .filter(|t| !t.contains('\0'));
+            let insert = if let Some(text) = text {
+                insert.bind(text.to_owned())
+            } else if DB::RAW_BYTES {
+                insert.bind(bytes.to_vec())
+            } else {
+                // Text columns of PostgreSQL and MySQL take neither NUL nor invalid UTF-8.
+                insert.bind(String::from_utf8_lossy(bytes).replace('\0', ""))
+            };
+            insert
+                .bind(now.saturating_add(ttl_ms))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        self.settle(conn, &result);
+        result
     }
 
     async fn check_file(&self) -> Result<bool, Fail> {

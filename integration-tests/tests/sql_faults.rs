@@ -1,0 +1,468 @@
+//! SQL registry faults under running nodes end in recovery, against real
+//! databases: a SQLite file made immutable (`chattr +i`), deleted or
+//! replaced; PostgreSQL switched to read-only with its sessions killed;
+//! MariaDB set `read_only`. Also malformed rows next to good ones, and
+//! credentials the server refuses.
+//!
+//! Each fault test prints the time from the fault's removal to recovery
+//! (`RegistryRestored` on both nodes, both records readable by a fresh
+//! handle, both nodes dialing each other).
+#![allow(clippy::print_stderr)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use masse::{Error, Events, Namespace, Node, NodeEvent, Pattern, Registry};
+use masse_integration_tests::mariadb::MariaDbServer;
+use masse_integration_tests::postgres::PostgresServer;
+use masse_integration_tests::server::require_binary;
+use masse_integration_tests::{echo_forever, init_tracing};
+use masse_sql::{SqlConfig, SqlRegistry};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{Instant, timeout};
+
+/// Deadline for anything that should happen "soon".
+const T: Duration = Duration::from_secs(15);
+/// The nodes' ttl: heartbeat every 500 ms.
+const TTL: Duration = Duration::from_millis(1500);
+
+fn config() -> SqlConfig {
+    SqlConfig::new()
+        .poll_interval(Duration::from_millis(100))
+        .connect_timeout(Duration::from_millis(500))
+        .lookup_timeout(Duration::from_secs(2))
+        .busy_timeout(Duration::from_millis(300))
+}
+
+async fn connect(url: &str) -> SqlRegistry {
+    SqlRegistry::connect_with(url, config())
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+}
+
+async fn start_node(name: &str, ns: &str, url: &str) -> Node {
+    let node = Node::builder(name)
+        .namespace(ns)
+        .registry(connect(url).await)
+        .interface(masse::TcpInterface::new("127.0.0.1:0"))
+        .ttl(TTL)
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("start {name}: {e}"));
+    echo_forever(&node).await;
+    node
+}
+
+/// Opens a stream from `from` to `to` by name and echoes a few bytes. A
+/// name not found (yet: the dialer's cache hears of the record's return
+/// through the watch) is retried until the deadline.
+async fn dial(from: &Node, to: &str) {
+    let deadline = Instant::now() + T;
+    let mut s = loop {
+        match timeout(T, from.connect(to)).await {
+            Ok(Ok(s)) => break s,
+            Ok(Err(e @ Error::NotFound { .. })) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "not found yet; dialing again");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(Err(e)) => panic!("{} → {to}: {e}", from.name()),
+            Err(_) => panic!("{} → {to}: no stream within {T:?}", from.name()),
+        }
+    };
+    let msg = format!("{} says hi", from.name());
+    s.write_all(msg.as_bytes()).await.unwrap();
+    let mut back = vec![0u8; msg.len()];
+    timeout(T, s.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(back, msg.as_bytes());
+}
+
+/// Waits for the first node event `pick` accepts; a `NameLost` on the way fails.
+async fn node_event<X>(
+    events: &mut Events,
+    what: &str,
+    mut pick: impl FnMut(&NodeEvent) -> Option<X>,
+) -> X {
+    let deadline = Instant::now() + T;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, events.recv()).await {
+            Ok(Some(ev)) => {
+                assert!(
+                    !matches!(ev, NodeEvent::NameLost { .. }),
+                    "the node lost its name while waiting for {what}"
+                );
+                if let Some(x) = pick(&ev) {
+                    return x;
+                }
+            }
+            Ok(None) => panic!("node events ended while waiting for {what}"),
+            Err(_) => panic!("no {what} within {T:?}"),
+        }
+    }
+}
+
+async fn unavailable(events: &mut Events) -> Error {
+    node_event(events, "RegistryUnavailable", |e| match e {
+        NodeEvent::RegistryUnavailable { error } => Some(error.clone()),
+        _ => None,
+    })
+    .await
+}
+
+async fn restored(events: &mut Events) {
+    node_event(events, "RegistryRestored", |e| {
+        matches!(e, NodeEvent::RegistryRestored).then_some(())
+    })
+    .await
+}
+
+/// Polls a fresh handle until both nodes' records, with their own
+/// instances, are readable.
+async fn both_published(url: &str, ns: &str, nodes: [&Node; 2]) {
+    let reg = connect(url).await;
+    let ns: Namespace = ns.parse().unwrap();
+    let deadline = Instant::now() + T;
+    loop {
+        if let Ok(found) = reg.lookup(&ns, &Pattern::any()).await
+            && nodes.iter().all(|n| {
+                found
+                    .iter()
+                    .any(|r| r.name == *n.name() && r.instance == n.instance())
+            })
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both nodes not published again within {T:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What a fault cycle measured, from the fault's removal.
+#[derive(Debug)]
+#[allow(dead_code)] // printed with Debug
+struct Recovery {
+    /// Both nodes reported `RegistryRestored`.
+    restored: Duration,
+    /// A fresh handle reads both records, and both nodes dial each other.
+    dialed: Duration,
+}
+
+/// Two nodes on `url`; `inject` makes the registry unwritable, for two
+/// ttls (their records expire meanwhile), then `remove` ends the fault.
+/// Both nodes must report `RegistryUnavailable` then `RegistryRestored`,
+/// keep their names, be published again and dial each other.
+async fn fault_cycle(
+    what: &str,
+    url: &str,
+    ns: &str,
+    inject: impl FnOnce(),
+    remove: impl FnOnce(),
+) -> Recovery {
+    let a = start_node("alpha", ns, url).await;
+    let b = start_node("beta", ns, url).await;
+    let (mut ev_a, mut ev_b) = (a.events(), b.events());
+    dial(&a, "beta").await;
+    dial(&b, "alpha").await;
+
+    tokio::task::block_in_place(inject);
+    let e = unavailable(&mut ev_a).await;
+    tracing::info!(error = %e, "{what}: alpha sees the registry unavailable");
+    unavailable(&mut ev_b).await;
+    // The fault lasts two ttls: both records are past their expiry (where
+    // the database can still be read, lookups no longer find them).
+    tokio::time::sleep(TTL * 2).await;
+
+    tokio::task::block_in_place(remove);
+    let removed = Instant::now();
+    restored(&mut ev_a).await;
+    restored(&mut ev_b).await;
+    let restored = removed.elapsed();
+    both_published(url, ns, [&a, &b]).await;
+    dial(&a, "beta").await;
+    dial(&b, "alpha").await;
+    let dialed = removed.elapsed();
+    let recovery = Recovery { restored, dialed };
+    eprintln!(
+        "RECOVERY {what}: {recovery:?} (heartbeat period {:?})",
+        TTL / 3
+    );
+    // Heartbeats retry at most one period apart during an outage: the first
+    // one after the fault is gone succeeds (re-publishing the expired record).
+    let bound = TTL / 3 + Duration::from_secs(1);
+    assert!(
+        recovery.restored < bound,
+        "{what}: restored after {:?}, more than a heartbeat period (+1 s slack)",
+        recovery.restored
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    recovery
+}
+
+// ---------------------------------------------------------------- SQLite
+
+/// Files made immutable (`chattr +i`) until dropped: a failing test never
+/// leaves them so.
+struct Immutable(Vec<PathBuf>);
+
+impl Immutable {
+    fn set(paths: Vec<PathBuf>) -> Immutable {
+        let guard = Immutable(paths);
+        for p in &guard.0 {
+            chattr("+i", p);
+        }
+        guard
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            chattr("-i", p);
+        }
+    }
+}
+
+fn chattr(flag: &str, path: &Path) {
+    let out = Command::new("chattr")
+        .arg(flag)
+        .arg(path)
+        .output()
+        .expect("run chattr");
+    assert!(
+        out.status.success(),
+        "chattr {flag} {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+/// Can this process make files immutable here? (root, and a filesystem with
+/// the attribute: not tmpfs.)
+fn can_chattr(dir: &Path) -> bool {
+    if require_binary("chattr", "e2fsprogs").is_none() {
+        return false;
+    }
+    let probe = dir.join("probe");
+    std::fs::write(&probe, b"x").unwrap();
+    let ok = is_root()
+        && Command::new("chattr")
+            .arg("+i")
+            .arg(&probe)
+            .status()
+            .is_ok_and(|s| s.success());
+    if ok {
+        chattr("-i", &probe);
+    } else {
+        let msg = format!(
+            "cannot `chattr +i` in {} (needs root and ext4/xfs/btrfs)",
+            dir.display()
+        );
+        if masse_integration_tests::server::under_ci() {
+            panic!("{msg} — required under CI=true");
+        }
+        eprintln!("\n!!! SKIPPING: {msg}\n");
+    }
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
+fn sqlite_files(db: &Path) -> Vec<PathBuf> {
+    ["", "-wal", "-shm"]
+        .iter()
+        .map(|suffix| {
+            let mut s = db.as_os_str().to_owned();
+            s.push(suffix);
+            PathBuf::from(s)
+        })
+        .collect()
+}
+
+/// The SQLite file, its WAL and shared-memory index become immutable for
+/// two ttls under two running nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_immutable_file_recovers() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    if !can_chattr(dir.path()) {
+        return;
+    }
+    let db = dir.path().join("reg.db");
+    let url = format!("sqlite://{}", db.display());
+    let guard = std::sync::Mutex::new(None);
+    fault_cycle(
+        "sqlite chattr +i",
+        &url,
+        "sqlite-immutable",
+        || {
+            let files = sqlite_files(&db);
+            for f in &files {
+                assert!(f.exists(), "{} exists while nodes run", f.display());
+            }
+            *guard.lock().unwrap() = Some(Immutable::set(files));
+        },
+        || drop(guard.lock().unwrap().take()),
+    )
+    .await;
+}
+
+// ------------------------------------------------------------ PostgreSQL
+
+/// Every session of database `db` is cut (they reconnect with the
+/// database's current settings).
+fn terminate_sessions(pg: &PostgresServer, db: &str) {
+    pg.psql(&format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+    ));
+}
+
+/// PostgreSQL: the nodes' database becomes read-only (every new session
+/// starts read-only, the old ones are cut) for two ttls, then writable
+/// again for new sessions only: the pooled sessions opened meanwhile are
+/// still read-only, and the registry must replace them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_read_only_database_recovers() {
+    init_tracing();
+    let Some(pg) = PostgresServer::start() else {
+        return;
+    };
+    pg.psql("CREATE DATABASE faults");
+    let url = format!("postgres://postgres@127.0.0.1:{}/faults", pg.port());
+    fault_cycle(
+        "postgres read-only",
+        &url,
+        "pg-read-only",
+        || {
+            pg.psql("ALTER DATABASE faults SET default_transaction_read_only = on");
+            terminate_sessions(&pg, "faults");
+        },
+        // Sessions opened during the fault stay read-only: the registry
+        // must let go of them by itself.
+        || {
+            pg.psql("ALTER DATABASE faults RESET default_transaction_read_only");
+        },
+    )
+    .await;
+}
+
+/// PostgreSQL: the nodes' database stops taking connections and every
+/// session is cut (as when it is being restored or moved) for two ttls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_database_closed_to_connections_recovers() {
+    init_tracing();
+    let Some(pg) = PostgresServer::start() else {
+        return;
+    };
+    pg.psql("CREATE DATABASE faults");
+    let url = format!("postgres://postgres@127.0.0.1:{}/faults", pg.port());
+    fault_cycle(
+        "postgres connections refused",
+        &url,
+        "pg-closed",
+        || {
+            pg.psql("ALTER DATABASE faults ALLOW_CONNECTIONS false");
+            terminate_sessions(&pg, "faults");
+        },
+        || {
+            pg.psql("ALTER DATABASE faults ALLOW_CONNECTIONS true");
+        },
+    )
+    .await;
+}
+
+// --------------------------------------------------------------- MariaDB
+
+/// MariaDB: `SET GLOBAL read_only = 1` (the nodes' user has no SUPER, so
+/// its writes fail) for two ttls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_read_only_server_recovers() {
+    init_tracing();
+    let Some(db) = MariaDbServer::start() else {
+        return;
+    };
+    let url = db.url();
+    fault_cycle(
+        "mariadb read_only",
+        &url,
+        "maria-read-only",
+        || db.admin("SET GLOBAL read_only = 1"),
+        || db.admin("SET GLOBAL read_only = 0"),
+    )
+    .await;
+}
+
+// ------------------------------------------------------- bad credentials
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_wrong_password_is_unauthorized() {
+    init_tracing();
+    let Some(pg) = PostgresServer::start() else {
+        return;
+    };
+    pg.require_password("masse_pw_user", "right-password");
+    let good = format!(
+        "postgres://masse_pw_user:right-password@127.0.0.1:{}/postgres",
+        pg.port()
+    );
+    connect(&good).await;
+    for url in [
+        good.replace("right-password", "wrong-password"),
+        format!(
+            "postgres://nobody:whatever@127.0.0.1:{}/postgres",
+            pg.port()
+        ),
+    ] {
+        let started = Instant::now();
+        match SqlRegistry::connect_with(&url, config()).await {
+            Err(Error::RegistryUnauthorized { backend, source }) => {
+                assert_eq!(backend, "postgres");
+                let shown = source.to_string();
+                assert!(!shown.contains("wrong-password"), "{shown}");
+                eprintln!("postgres refused after {:?}: {shown}", started.elapsed());
+            }
+            other => panic!("expected RegistryUnauthorized, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_wrong_password_is_unauthorized() {
+    init_tracing();
+    let Some(db) = MariaDbServer::start() else {
+        return;
+    };
+    let wrong = db
+        .url()
+        .replace(masse_integration_tests::mariadb::PASSWORD, "wrong-password");
+    // The right user, but a database it has no grant on.
+    let no_grant = format!(
+        "mysql://{}:{}@127.0.0.1:{}/mysql",
+        masse_integration_tests::mariadb::USER,
+        masse_integration_tests::mariadb::PASSWORD,
+        db.port()
+    );
+    for url in [wrong, no_grant] {
+        match SqlRegistry::connect_with(&url, config()).await {
+            Err(Error::RegistryUnauthorized { backend, source }) => {
+                assert_eq!(backend, "mysql");
+                eprintln!("mariadb refused: {source}");
+            }
+            other => panic!("{url}: expected RegistryUnauthorized, got {other:?}"),
+        }
+    }
+}
