@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use futures::StreamExt;
 use masse::{Error, Events, Namespace, Node, NodeEvent, Pattern, Registry};
 use masse_integration_tests::mariadb::MariaDbServer;
 use masse_integration_tests::postgres::PostgresServer;
@@ -317,6 +318,93 @@ async fn sqlite_immutable_file_recovers() {
         },
         || drop(guard.lock().unwrap().take()),
     )
+    .await;
+}
+
+/// The device and inode of a file, if it exists.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Two nodes and a watcher on one SQLite file; `swap` deletes or replaces
+/// the file under them. Every handle must notice, let go of the old file,
+/// open the new one; both nodes must publish themselves in it (without
+/// losing their names), dial each other, and the watcher must get `Resync`.
+async fn sqlite_file_swapped(what: &str, ns_name: &str, swap: impl FnOnce(&Path)) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("reg.db");
+    let url = format!("sqlite://{}", db.display());
+    let ns: Namespace = ns_name.parse().unwrap();
+    let a = start_node("alpha", ns_name, &url).await;
+    let b = start_node("beta", ns_name, &url).await;
+    let (mut ev_a, mut ev_b) = (a.events(), b.events());
+    let observer = connect(&url).await;
+    let mut watch = observer.watch(&ns).await.unwrap();
+    dial(&a, "beta").await;
+    dial(&b, "alpha").await;
+    let old_main = file_id(&db).expect("the file exists");
+    let wal = sqlite_files(&db)[1].clone();
+    let old_wal = file_id(&wal);
+
+    swap(&db);
+    let swapped = Instant::now();
+    // The watcher starts over on the new file.
+    loop {
+        match timeout(T, watch.next()).await {
+            Ok(Some(Ok(masse::RegistryEvent::Resync))) => break,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("{what}: expected Resync, got {other:?}"),
+        }
+    }
+    // Every handle here let go of the old file: its write-ahead log is gone
+    // (the last one to close it removed it). Only now may a new handle open
+    // the path, or SQLite would read the old log into the new file.
+    let deadline = Instant::now() + T;
+    while old_wal.is_some() && file_id(&wal) == old_wal {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the old WAL is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    both_published(&url, ns_name, [&a, &b]).await;
+    let published = swapped.elapsed();
+    assert_ne!(file_id(&db), Some(old_main), "{what}: a new file");
+    dial(&a, "beta").await;
+    dial(&b, "alpha").await;
+    let dialed = swapped.elapsed();
+    eprintln!("RECOVERY {what}: published again after {published:?}, both dialed after {dialed:?}");
+    // Neither node lost its name on the way.
+    for ev in [&mut ev_a, &mut ev_b] {
+        while let Ok(Some(e)) = timeout(Duration::from_millis(1), ev.recv()).await {
+            assert!(!matches!(e, NodeEvent::NameLost { .. }), "{what}: {e:?}");
+        }
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// `rm` of the database file (its WAL and shared-memory index stay, held
+/// open by the running handles).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_file_deleted_under_running_nodes() {
+    init_tracing();
+    sqlite_file_swapped("sqlite file deleted", "sqlite-rm", |db| {
+        std::fs::remove_file(db).unwrap();
+    })
+    .await;
+}
+
+/// A fresh empty file renamed over the database file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_file_replaced_under_running_nodes() {
+    init_tracing();
+    sqlite_file_swapped("sqlite file replaced", "sqlite-mv", |db| {
+        let fresh = db.with_extension("fresh");
+        std::fs::write(&fresh, b"").unwrap();
+        std::fs::rename(&fresh, db).unwrap();
+    })
     .await;
 }
 

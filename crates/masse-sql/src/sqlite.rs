@@ -85,23 +85,14 @@ pub(crate) async fn connect(url: &str, shown: &str, config: &SqlConfig) -> Resul
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(config.busy_timeout);
         let path = options.get_filename().to_path_buf();
-        if let Some(e) = orphaned_wal(&path, None) {
+        if let Some(e) = orphaned_wal(&path) {
             return Err(e);
         }
         let purge = Arc::new(Purge::default());
         let pool = open_file(&options, config, &purge)
             .await
             .map_err(|e| map_err(Sqlite::BACKEND, e))?;
-        let watch = FileWatch {
-            state: Mutex::new(WatchState {
-                id: file_id(&path),
-                pending: None,
-            }),
-            path,
-            options,
-            config: config.clone(),
-            purge: purge.clone(),
-        };
+        let watch = FileWatch::new(path, options, config.clone(), purge.clone());
         return Ok(Connected {
             backend: Arc::new(Store::new(pool, purge).with_reopen(Box::new(watch))),
             listen: None,
@@ -191,26 +182,20 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// The main file is gone but its write-ahead log is still there (the file
-/// was deleted while processes had it open, or by hand): opening now would
-/// create an empty file and let SQLite read the old log into it. `old_wal`
-/// is the log that belonged to a file this process had open: only that one
-/// counts while we wait for the others to let it go.
-fn orphaned_wal(path: &Path, old_wal: Option<(u64, u64)>) -> Option<Error> {
-    if path.exists() {
-        return None;
-    }
+/// The main file is gone but a write-ahead log is still at its path (the
+/// file was deleted by hand, or while another process had it open): opening
+/// now would create an empty file and let SQLite read the old log into it.
+fn orphaned_wal(path: &Path) -> Option<Error> {
     let wal = sibling(path, "-wal");
-    let wal_id = file_id(&wal)?;
-    if old_wal.is_some_and(|old| old != wal_id) {
+    if path.exists() || file_id(&wal).is_none() {
         return None;
     }
     Some(Error::registry(
         Sqlite::BACKEND,
         format!(
-            "the SQLite registry file {} is gone but its write-ahead log {} is still there; \
-             stop every process that has the old file open (they let go of the log within \
-             one poll interval once they notice), or restore the file, or delete {} and {}",
+            "the SQLite registry file {} is gone but a write-ahead log {} is still there; \
+             stop the processes that have the old file open, or restore the file, \
+             or delete {} and {}",
             path.display(),
             wal.display(),
             wal.display(),
@@ -222,6 +207,14 @@ fn orphaned_wal(path: &Path, old_wal: Option<(u64, u64)>) -> Option<Error> {
 /// Notices the database file deleted or replaced under the pool (its device
 /// and inode at the path no longer match the file the pool opened), closes
 /// the pool and opens the file now at the path, creating it and its tables.
+///
+/// SQLite leaves the old file's `-wal` and `-shm` at the path when the file
+/// was moved or deleted under it (it will not checkpoint a moved file), and
+/// a new connection would take that log for the new file's. So before
+/// reopening, the handle removes them, but only if they are still the very
+/// files its own pool had open: processes that still hold them keep their
+/// descriptors and are not disturbed, and a log another handle made for the
+/// new file is left alone.
 struct FileWatch {
     path: PathBuf,
     options: SqliteConnectOptions,
@@ -230,12 +223,49 @@ struct FileWatch {
     state: Mutex<WatchState>,
 }
 
+#[derive(Debug, Clone, Copy)]
 struct WatchState {
-    /// The file the pool has open.
-    id: Option<(u64, u64)>,
-    /// A change was seen and the old pool closed, but no new pool is open
-    /// yet: the old file's write-ahead log (if it had one) then.
-    pending: Option<Option<(u64, u64)>>,
+    /// The files the pool has open: main, `-wal`, `-shm`.
+    open: Opened,
+    /// A change was seen and the old pool closed, but no new pool is open yet.
+    pending: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Opened {
+    main: Option<(u64, u64)>,
+    wal: Option<(u64, u64)>,
+    shm: Option<(u64, u64)>,
+}
+
+impl Opened {
+    fn at(path: &Path) -> Opened {
+        Opened {
+            main: file_id(path),
+            wal: file_id(&sibling(path, "-wal")),
+            shm: file_id(&sibling(path, "-shm")),
+        }
+    }
+}
+
+impl FileWatch {
+    fn new(
+        path: PathBuf,
+        options: SqliteConnectOptions,
+        config: SqlConfig,
+        purge: Arc<Purge>,
+    ) -> Self {
+        FileWatch {
+            state: Mutex::new(WatchState {
+                open: Opened::at(&path),
+                pending: false,
+            }),
+            path,
+            options,
+            config,
+            purge,
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -245,34 +275,44 @@ impl Reopen<Sqlite> for FileWatch {
         current: &Pool<Sqlite>,
     ) -> std::result::Result<Option<Pool<Sqlite>>, Fail> {
         let now = file_id(&self.path);
-        let old_wal = {
+        let open = {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            match st.pending {
-                Some(old_wal) => old_wal,
-                None if now.is_some() && now == st.id => return Ok(None),
-                None => {
-                    let old_wal = file_id(&sibling(&self.path, "-wal"));
-                    st.pending = Some(old_wal);
-                    tracing::warn!(
-                        path = %self.path.display(),
-                        "the registry database file was deleted or replaced under this process; \
-                         reopening it (nodes publish themselves again)"
-                    );
-                    old_wal
+            if !st.pending {
+                if now.is_some() && now == st.open.main {
+                    return Ok(None);
                 }
+                st.pending = true;
+                tracing::warn!(
+                    path = %self.path.display(),
+                    "the registry database file was deleted or replaced under this process; \
+                     reopening it (nodes publish themselves again)"
+                );
             }
+            st.open
         };
-        // Let go of the old file first, so that its log is not carried over.
+        // Let go of the old file first.
         if !current.is_closed() {
             current.close().await;
         }
-        if let Some(e) = orphaned_wal(&self.path, old_wal) {
+        for (suffix, ours) in [("-wal", open.wal), ("-shm", open.shm)] {
+            let file = sibling(&self.path, suffix);
+            if ours.is_some() && file_id(&file) == ours {
+                match std::fs::remove_file(&file) {
+                    Ok(()) => {
+                        tracing::info!(file = %file.display(), "removed the old registry file's leftover")
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Fail::Masse(e.into())),
+                }
+            }
+        }
+        if let Some(e) = orphaned_wal(&self.path) {
             return Err(Fail::Masse(e));
         }
         let pool = open_file(&self.options, &self.config, &self.purge).await?;
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.id = file_id(&self.path);
-        st.pending = None;
+        st.open = Opened::at(&self.path);
+        st.pending = false;
         tracing::info!(path = %self.path.display(), "registry database file reopened");
         Ok(Some(pool))
     }
