@@ -494,6 +494,265 @@ async fn mariadb_read_only_server_recovers() {
     .await;
 }
 
+// ------------------------------------------------------------ bad rows
+
+/// Raw SQL on the registry's database, behind the registry's back.
+trait RawSql {
+    /// Runs `sql`; returns what it printed (one value per line).
+    fn sql(&self, sql: &str) -> String;
+    /// SQLite: columns hold any type (blobs in TEXT columns).
+    fn loose_types(&self) -> bool {
+        false
+    }
+}
+
+/// The `sqlite3` shell on a database file.
+struct Sqlite3(PathBuf);
+
+impl RawSql for Sqlite3 {
+    fn sql(&self, sql: &str) -> String {
+        let out = Command::new("sqlite3")
+            .args(["-cmd", ".timeout 5000"])
+            .arg(&self.0)
+            .arg(sql)
+            .output()
+            .expect("run sqlite3");
+        assert!(
+            out.status.success(),
+            "sqlite3 {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+    fn loose_types(&self) -> bool {
+        true
+    }
+}
+
+impl RawSql for PostgresServer {
+    fn sql(&self, sql: &str) -> String {
+        self.psql(sql)
+    }
+}
+
+impl RawSql for MariaDbServer {
+    fn sql(&self, sql: &str) -> String {
+        self.query(sql)
+    }
+}
+
+/// `'text'` with quotes doubled.
+fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Far in the future / long past, in ms since the epoch.
+const LIVE: i64 = 4_102_444_800_000;
+const PAST: i64 = 1;
+
+/// Malformed rows (bad JSON, a record under another name, keys that are not
+/// valid names or instances, SQLite blobs in TEXT columns, events that do
+/// not parse), written with raw SQL next to good rows. Lookups, `to("*")`,
+/// watch streams and expiry keep working for the good rows; the expired bad
+/// rows are swept, without a bogus event.
+async fn bad_rows_next_to_good_ones(url: &str, raw: &dyn RawSql) {
+    const NS: &str = "bad-rows";
+    let reg = connect(url).await;
+    let ns: Namespace = NS.parse().unwrap();
+    let good1 = start_node("good-1", NS, url).await;
+    let good2 = start_node("good-2", NS, url).await;
+    let dialer = start_node("dialer", NS, url).await;
+    let mut watch = reg.watch(&ns).await.unwrap();
+
+    let inst = masse::InstanceId::random().to_string();
+    let peer = |name: &str, instance: &str, record: &str, expires: i64| {
+        format!(
+            "INSERT INTO masse_peers (namespace, name, instance, record, expires_at) \
+             VALUES ({}, {name}, {instance}, {record}, {expires});",
+            lit(NS)
+        )
+    };
+    let mut rows = vec![
+        // Live rows a lookup must skip.
+        peer("'bad-json'", &lit(&inst), &lit("{\"name\":"), LIVE),
+        peer(
+            "'wrong-name'",
+            &lit(&inst),
+            &lit(&good1.record().to_json()),
+            LIVE,
+        ),
+        peer("'not-an-object'", &lit(&inst), &lit("[1,2,3]"), LIVE),
+        // Expired rows the sweep must remove: keys that are not a name or
+        // an instance (no event can name them), and garbage under a valid key.
+        peer("'bad name!'", &lit(&inst), &lit("{}"), PAST),
+        peer("'bad-instance'", &lit("not-an-instance"), &lit("{}"), PAST),
+        peer("'expired-junk'", &lit(&inst), &lit("junk"), PAST),
+    ];
+    let events = |kind: &str, name: &str, instance: &str, record: &str| {
+        format!(
+            "INSERT INTO masse_events (namespace, kind, name, instance, record, at) \
+             VALUES ({}, {kind}, {name}, {instance}, {record}, 0);",
+            lit(NS)
+        )
+    };
+    rows.extend([
+        events("'renamed'", "'x'", &lit(&inst), "NULL"),
+        events("'joined'", "'good-x'", &lit(&inst), &lit("{not json")),
+        events("'expired'", "'bad name!'", &lit("nope"), "NULL"),
+        events("'left'", "'good-1'", &lit("zz"), "NULL"),
+    ]);
+    if raw.loose_types() {
+        rows.extend([
+            peer("X'ff00'", &lit(&inst), &lit("{}"), LIVE),
+            peer("X'ff01'", &lit(&inst), &lit("{}"), PAST),
+            peer("'blob-instance'", "X'00ff'", &lit("{}"), PAST),
+            peer("'blob-record'", &lit(&inst), "X'fffe00'", LIVE),
+            events("X'6a6f696e6564'", "'x'", &lit(&inst), "NULL"),
+            events("'joined'", "X'ff'", &lit(&inst), "X'00'"),
+            format!(
+                "INSERT INTO masse_peers (namespace, name, instance, record, expires_at) \
+                 VALUES (X'ff', 'n', {}, '{{}}', {PAST});",
+                lit(&inst)
+            ),
+        ]);
+    }
+    tokio::task::block_in_place(|| raw.sql(&rows.concat()));
+
+    // A good record that expires: its events arrive, in order, past the junk.
+    let short = masse::PeerRecord::new(
+        ns.clone(),
+        "short".parse().unwrap(),
+        masse::InstanceId::random(),
+    );
+    reg.publish(
+        &short,
+        Duration::from_millis(800),
+        masse::NamePolicy::Exclusive,
+    )
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let ev = match timeout(T, watch.next()).await {
+            Ok(Some(Ok(ev))) => ev,
+            other => panic!("expected an event, got {other:?} after {seen:?}"),
+        };
+        use masse::RegistryEvent as E;
+        let done = matches!(&ev, E::Expired { name, instance } if name.as_str() == "short" && *instance == short.instance);
+        match &ev {
+            E::Joined(r) if *r == short => {}
+            // A valid key with a garbage record: its expiry names it.
+            E::Expired { name, .. } if name.as_str() == "expired-junk" => {}
+            E::Expired { name, .. } if name.as_str() == "short" => {}
+            other => panic!("unexpected {other:?} after {seen:?}"),
+        }
+        seen.push(ev);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        matches!(&seen[0], masse::RegistryEvent::Joined(r) if *r == short)
+            || matches!(&seen[1], masse::RegistryEvent::Joined(r) if *r == short),
+        "{seen:?}"
+    );
+
+    // Lookups see exactly the good rows.
+    let found = reg.lookup(&ns, &Pattern::any()).await.unwrap();
+    let names: Vec<&str> = found.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["dialer", "good-1", "good-2"]);
+    for bad in [
+        "bad-json",
+        "wrong-name",
+        "not-an-object",
+        "blob-record",
+        "expired-junk",
+    ] {
+        let one = reg.lookup(&ns, &bad.parse().unwrap()).await.unwrap();
+        assert!(one.is_empty(), "{bad}: {one:?}");
+    }
+    let g = reg.lookup(&ns, &"good-*".parse().unwrap()).await.unwrap();
+    assert_eq!(g.len(), 2);
+
+    // to("*") reaches every good peer, and nothing fails.
+    let streams: Vec<_> = timeout(T, dialer.to("*").collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let mut reached: Vec<String> = streams
+        .into_iter()
+        .map(|s| s.expect("every good peer answers").peer().to_string())
+        .collect();
+    reached.sort();
+    assert_eq!(reached, ["good-1", "good-2"]);
+
+    // Every expired row is gone, readable or not (any namespace).
+    let deadline = Instant::now() + T;
+    loop {
+        let left = tokio::task::block_in_place(|| {
+            raw.sql(&format!(
+                "SELECT count(*) FROM masse_peers WHERE expires_at <= {PAST}"
+            ))
+        });
+        if left == "0" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} expired bad rows not swept"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Their removal wrote no event that names them.
+    let named = tokio::task::block_in_place(|| {
+        raw.sql(
+            "SELECT count(*) FROM masse_events WHERE kind = 'expired' \
+             AND name IN ('bad name!', 'bad-instance', 'blob-instance') AND at > 0",
+        )
+    });
+    assert_eq!(named, "0");
+    // And the live bad rows stay (they hold nothing a reader can use).
+    dial(&good1, "good-2").await;
+    for n in [good1, good2, dialer] {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_bad_rows_next_to_good_ones() {
+    init_tracing();
+    if require_binary("sqlite3", "sqlite3").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("reg.db");
+    let url = format!("sqlite://{}", db.display());
+    // The tables exist before the raw writes.
+    connect(&url).await;
+    bad_rows_next_to_good_ones(&url, &Sqlite3(db)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_bad_rows_next_to_good_ones() {
+    init_tracing();
+    let Some(pg) = PostgresServer::start() else {
+        return;
+    };
+    let url = pg.url();
+    connect(&url).await;
+    bad_rows_next_to_good_ones(&url, &pg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_bad_rows_next_to_good_ones() {
+    init_tracing();
+    let Some(db) = MariaDbServer::start() else {
+        return;
+    };
+    let url = db.url();
+    connect(&url).await;
+    bad_rows_next_to_good_ones(&url, &db).await;
+}
+
 // ------------------------------------------------------- bad credentials
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
