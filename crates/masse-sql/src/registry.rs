@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::codec;
 use crate::config::SqlConfig;
-use crate::error::{Fail, is_retryable, map_err};
+use crate::error::{Fail, is_retryable, map_err, poisons};
 use crate::store::{Backend, Scan};
 use crate::watch::{Hub, STREAM_CAPACITY};
 
@@ -158,10 +158,17 @@ impl SqlRegistry {
         let backend = self.inner.backend.name();
         let attempts = async {
             let mut attempt = 0;
+            let mut fresh_tried = false;
             loop {
                 match f().await {
                     Ok(v) => return Ok(v),
                     Err(Fail::Masse(e)) => return Err(e),
+                    // The connection was closed with every older one: once
+                    // more on a fresh connection (the fault may be over).
+                    Err(Fail::Db(e)) if !fresh_tried && poisons(&e) => {
+                        fresh_tried = true;
+                        tracing::debug!(what, error = %e, "connection failed; once more on a fresh one");
+                    }
                     Err(Fail::Db(e)) if attempt + 1 < ATTEMPTS && is_retryable(&e) => {
                         attempt += 1;
                         tracing::debug!(what, attempt, error = %e, "lost a race in the database; running the transaction again");
