@@ -101,7 +101,11 @@ impl SqlRegistry {
             .map_err(|_| Error::Timeout {
                 what: "connecting to the SQL registry",
                 after: deadline,
-            })??;
+            })
+            .and_then(|r| r)
+            .inspect_err(
+                |e| tracing::warn!(url = %shown, error = %e, "cannot open the SQL registry"),
+            )?;
         let (tx, rx) = watch::channel(());
         let inner = Arc::new(Inner {
             backend: opened.backend,
