@@ -731,6 +731,49 @@ async fn sqlite_bad_rows_next_to_good_ones() {
     bad_rows_next_to_good_ones(&url, &Sqlite3(db)).await;
 }
 
+/// A running node's own row is damaged behind its back (its instance
+/// becomes a blob, so no refresh matches it): the node publishes itself
+/// again over the unreadable row and keeps its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_damaged_own_row_is_published_again() {
+    init_tracing();
+    if require_binary("sqlite3", "sqlite3").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("reg.db");
+    let url = format!("sqlite://{}", db.display());
+    let node = start_node("alpha", "damaged", &url).await;
+    let mut events = node.events();
+    let raw = Sqlite3(db);
+    let damaged = Instant::now();
+    tokio::task::block_in_place(|| {
+        raw.sql("UPDATE masse_peers SET instance = X'00ff' WHERE name = 'alpha'")
+    });
+    let reg = connect(&url).await;
+    let ns: Namespace = "damaged".parse().unwrap();
+    let deadline = Instant::now() + T;
+    loop {
+        let found = reg.lookup(&ns, &"alpha".parse().unwrap()).await.unwrap();
+        let instance = tokio::task::block_in_place(|| {
+            raw.sql("SELECT typeof(instance) FROM masse_peers WHERE name = 'alpha'")
+        });
+        if instance == "text" && found.iter().any(|r| r.instance == node.instance()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "alpha not published again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "RECOVERY damaged own row: published again after {:?}",
+        damaged.elapsed()
+    );
+    while let Ok(Some(e)) = timeout(Duration::from_millis(1), events.recv()).await {
+        assert!(!matches!(e, NodeEvent::NameLost { .. }), "{e:?}");
+    }
+    node.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_bad_rows_next_to_good_ones() {
     init_tracing();

@@ -407,10 +407,10 @@ where
                     events.push(event(JOINED, &instance, Some(json)));
                 }
                 Some(row) => {
-                    let holder = row
-                        .try_get::<String, _>(0usize)
-                        .ok()
-                        .filter(|h| h.parse::<InstanceId>().is_ok());
+                    // Text that is not an instance id (another version's?)
+                    // still holds the name until it expires; a blob holds it
+                    // for nobody.
+                    let holder = row.try_get::<String, _>(0usize).ok();
                     // An unreadable stored record only means "changed".
                     let stored: Option<String> = row.try_get(1usize).ok();
                     let held_until = row.try_get::<i64, _>(2usize).ok();
@@ -431,9 +431,10 @@ where
                                 events.push(event(UPDATED, &instance, Some(json)));
                             }
                         }
-                        // A row nobody can own (its instance or expiry does not
-                        // read back): it holds the name for no one, so any
-                        // publisher replaces it, and a name is never stuck on it.
+                        // A row nobody can own (its instance is not text, or
+                        // its expiry not a number, so it would never expire):
+                        // it holds the name for no one, so any publisher
+                        // replaces it, and a name is never stuck on it.
                         (holder, _) => {
                             tracing::warn!(namespace = %ns, %name,
                                 "replacing a stored peer row whose instance or expiry cannot be read");
