@@ -152,6 +152,18 @@ impl MariaDbServer {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// A `mariadb` client command connected as root over the Unix socket,
+    /// to which the caller adds arguments (`-e SQL`) and runs (perhaps in
+    /// the background, to hold a lock for a while).
+    pub fn client(&self) -> Command {
+        let mut cmd = Command::new(&self.client);
+        cmd.arg("--no-defaults")
+            .arg(format!("--socket={}", self.socket().display()))
+            .args(["-uroot", "-N", "-B"])
+            .stdin(Stdio::null());
+        cmd
+    }
+
     /// The last lines of the server's error log.
     pub fn log_tail(&self) -> String {
         tail(&self.dir.path().join("log"), 40)

@@ -796,6 +796,45 @@ async fn mariadb_bad_rows_next_to_good_ones() {
     bad_rows_next_to_good_ones(&url, &db).await;
 }
 
+/// MariaDB: another session holds `FLUSH TABLES WITH READ LOCK` for two
+/// ttls. Writes do not fail, they wait: heartbeats time out, calls are
+/// abandoned mid-statement, and the connections they were on must not be
+/// handed out again still waiting for their answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_global_read_lock_recovers() {
+    init_tracing();
+    let Some(db) = MariaDbServer::start() else {
+        return;
+    };
+    let url = db.url();
+    let holder = std::sync::Mutex::new(None);
+    fault_cycle(
+        "mariadb global read lock",
+        &url,
+        "maria-locked",
+        || {
+            let child = db
+                .client()
+                .args(["-e", "FLUSH TABLES WITH READ LOCK; SELECT SLEEP(3600)"])
+                .spawn()
+                .expect("run mariadb");
+            *holder.lock().unwrap() = Some(masse_integration_tests::server::KillOnDrop(child));
+        },
+        || {
+            // The lock goes with the session: end it on the server's side.
+            let id = db.query(
+                "SELECT id FROM information_schema.processlist \
+                 WHERE info LIKE 'SELECT SLEEP(3600)%'",
+            );
+            assert!(!id.is_empty(), "the session holding the lock");
+            db.query(&format!("KILL CONNECTION {id}"));
+            let held = holder.lock().unwrap().take();
+            drop(held);
+        },
+    )
+    .await;
+}
+
 // ------------------------------------------------------- bad credentials
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
