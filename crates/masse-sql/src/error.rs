@@ -222,5 +222,21 @@ mod tests {
         assert!(busy_code("262")); // SQLITE_LOCKED_SHAREDCACHE
         assert!(!busy_code("19"));
         assert!(!busy_code("x"));
+        assert!(unwritable_code("8")); // SQLITE_READONLY
+        assert!(unwritable_code("778")); // SQLITE_IOERR_WRITE
+        assert!(unwritable_code("1032")); // SQLITE_READONLY_DBMOVED
+        assert!(unwritable_code("13")); // SQLITE_FULL
+        assert!(unwritable_code("14")); // SQLITE_CANTOPEN
+        assert!(!unwritable_code("5"));
+        assert!(!unwritable_code("19")); // a constraint: the request's fault
+    }
+
+    #[test]
+    fn broken_links_poison_their_connection() {
+        let io = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(poisons(&io));
+        assert!(!poisons(&sqlx::Error::PoolTimedOut));
+        assert!(!poisons(&sqlx::Error::RowNotFound));
+        assert!(!is_unauthorized(&io));
     }
 }

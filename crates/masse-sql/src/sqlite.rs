@@ -100,7 +100,7 @@ pub(crate) async fn connect(url: &str, shown: &str, config: &SqlConfig) -> Resul
     };
 
     Ok(Connected {
-        backend: Arc::new(Store::new(pool, Arc::default())),
+        backend: Arc::new(Store::new(pool, Arc::default()).in_memory()),
         listen: None,
     })
 }

@@ -172,6 +172,8 @@ pub(crate) struct Store<DB: Dialect> {
     reopen: Option<Box<dyn Reopen<DB>>>,
     /// Shared with the pool's `before_acquire` hook.
     purge: Arc<Purge>,
+    /// An in-memory database lives in its one connection: never closed.
+    in_memory: bool,
 }
 
 /// Connections made before the last failure that can leave a connection
@@ -260,7 +262,15 @@ impl<DB: Dialect> Store<DB> {
             q: Queries::new::<DB>(),
             reopen: None,
             purge,
+            in_memory: false,
         }
+    }
+
+    /// The database lives in the pool's one connection (SQLite `:memory:`).
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) fn in_memory(mut self) -> Self {
+        self.in_memory = true;
+        self
     }
 
     async fn acquire(&self) -> Result<PoolConnection<DB>, Fail> {
@@ -272,6 +282,7 @@ impl<DB: Dialect> Store<DB> {
     fn settle<T>(&self, mut conn: PoolConnection<DB>, result: &Result<T, Fail>) {
         if let Err(Fail::Db(e)) = result
             && poisons(e)
+            && !self.in_memory
         {
             tracing::debug!(backend = DB::BACKEND, error = %e, "closing the connection that failed, and every older one");
             self.purge.mark();
