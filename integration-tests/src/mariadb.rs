@@ -140,6 +140,30 @@ impl MariaDbServer {
         );
     }
 
+    /// Runs SQL as root in the `masse` database and returns its output
+    /// (tab-separated, no column names); panics if it fails.
+    pub fn query(&self, sql: &str) -> String {
+        let out = self.client_command(&format!("USE {DATABASE}; {sql}"));
+        assert!(
+            out.status.success(),
+            "mariadb -e {sql:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// A `mariadb` client command connected as root over the Unix socket,
+    /// to which the caller adds arguments (`-e SQL`) and runs (perhaps in
+    /// the background, to hold a lock for a while).
+    pub fn client(&self) -> Command {
+        let mut cmd = Command::new(&self.client);
+        cmd.arg("--no-defaults")
+            .arg(format!("--socket={}", self.socket().display()))
+            .args(["-uroot", "-N", "-B"])
+            .stdin(Stdio::null());
+        cmd
+    }
+
     /// The last lines of the server's error log.
     pub fn log_tail(&self) -> String {
         tail(&self.dir.path().join("log"), 40)
@@ -153,7 +177,7 @@ impl MariaDbServer {
         Command::new(&self.client)
             .arg("--no-defaults")
             .arg(format!("--socket={}", self.socket().display()))
-            .args(["-uroot", "-e", sql])
+            .args(["-uroot", "-N", "-B", "-e", sql])
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.client.display()))

@@ -208,6 +208,51 @@ impl PostgresServer {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// Creates login role `role` with `password`, and makes the server ask
+    /// it for that password over TCP (SCRAM-SHA-256; every other user stays
+    /// trusted). For tests of refused credentials.
+    pub fn require_password(&self, role: &str, password: &str) {
+        self.psql(&format!(
+            "SET password_encryption = 'scram-sha-256'; \
+             CREATE ROLE {role} LOGIN PASSWORD '{password}'; \
+             GRANT CREATE ON SCHEMA public TO {role}"
+        ));
+        let hba = self.data_dir().join("pg_hba.conf");
+        let old = fs::read_to_string(&hba).expect("read pg_hba.conf");
+        // The first matching line wins: ours go first. An unknown user
+        // must give a password too (and is refused), not be trusted.
+        let new = format!(
+            "host all {role} 127.0.0.1/32 scram-sha-256\n\
+             host all nobody 127.0.0.1/32 scram-sha-256\n{old}"
+        );
+        fs::write(&hba, new).expect("write pg_hba.conf");
+        let reloaded = self.psql("SELECT pg_reload_conf()");
+        assert_eq!(reloaded, "t", "pg_reload_conf");
+        // The reload is asynchronous: wait until the role is asked for a password.
+        let port = self.port.to_string();
+        let asks = || {
+            let out = self.tool(
+                "psql",
+                &[
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-U",
+                    role,
+                    "-d",
+                    "postgres",
+                    "-X",
+                    "-w",
+                    "-c",
+                    "SELECT 1",
+                ],
+            );
+            !out.status.success()
+        };
+        assert!(wait_until(READY, asks), "pg_hba.conf not reloaded");
+    }
+
     /// The last lines of the server log.
     pub fn log_tail(&self) -> String {
         tail(&self.dir.path().join("log"), 40)

@@ -470,3 +470,58 @@ fn nobody_is_not_found() {
     let out = run(masse(&url, &ns, &["connect", "masse://other/db"]), b"");
     out.assert_one_error_line(2, "namespace other");
 }
+
+/// `masse peers` on a SQLite file that also holds rows it cannot read (a
+/// name stored as a blob, bad JSON, a record under another name, an expired
+/// blob key): it lists the good peer, in text and JSON, and exits 0.
+#[test]
+fn peers_skips_malformed_sqlite_rows() {
+    if masse_integration_tests::server::require_binary("sqlite3", "sqlite3").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("reg.db");
+    let url = format!("sqlite://{}?mode=rwc", db.display());
+    let ns = namespace("bad-rows");
+    let server = listen(&url, &ns, "srv", &["--keep-open"], None);
+    let inst = "0123456789abcdef0123456789abcdef";
+    let sql = format!(
+        "INSERT INTO masse_peers (namespace, name, instance, record, expires_at) VALUES \
+         ('{ns}', X'ff00', '{inst}', '{{}}', 4102444800000), \
+         ('{ns}', 'bad-json', '{inst}', '{{\"name\":', 4102444800000), \
+         ('{ns}', 'blob-record', '{inst}', X'fffe00', 4102444800000), \
+         ('{ns}', 'expired-blob', X'00', 'x', 1); \
+         INSERT INTO masse_peers (namespace, name, instance, record, expires_at) \
+         SELECT namespace, 'wrong-name', instance, record, expires_at FROM masse_peers \
+         WHERE namespace = '{ns}' AND name = 'srv';"
+    );
+    let out = Command::new("sqlite3")
+        .args(["-cmd", ".timeout 5000"])
+        .arg(&db)
+        .arg(&sql)
+        .output()
+        .expect("run sqlite3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let peers = run(masse(&url, &ns, &["peers"]), b"");
+    assert_eq!(peers.code, 0, "{peers:#?}");
+    let names: Vec<&str> = peers
+        .stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["srv"], "{peers:#?}");
+
+    let json = run(masse(&url, &ns, &["peers", "--json"]), b"");
+    assert_eq!(json.code, 0, "{json:#?}");
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("peers --json is JSON");
+    let records = v.as_array().expect("a JSON array");
+    assert_eq!(records.len(), 1, "{v}");
+    assert_eq!(records[0]["name"], "srv");
+    drop(server);
+}

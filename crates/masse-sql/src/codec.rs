@@ -2,6 +2,9 @@
 //! the tables (hand edits, other versions, garbage) ends as a warning and a
 //! skipped row, never as a panic or a failed call.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
+
 use masse_core::{InstanceId, Namespace, PeerName, PeerRecord, RegistryEvent};
 
 use crate::store::{EXPIRED, JOINED, LEFT, RawEvent, RawPeer, UPDATED};
@@ -21,16 +24,49 @@ fn quote(s: &str) -> String {
     }
 }
 
-/// Parses a stored record, checking it belongs where it was found.
+/// How many distinct bad rows are remembered as already reported; past
+/// that, further ones are reported at debug level only.
+const WARNED_MAX: usize = 4096;
+
+/// True the first time this process meets `key` (a bad row: its table, key
+/// and a hash of what it holds), so that a row skipped on every poll is
+/// reported once, not four times a second.
+pub(crate) fn first_warning(key: &str) -> bool {
+    static WARNED: Mutex<Option<HashSet<u64>>> = Mutex::new(None);
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    let set = warned.get_or_insert_with(HashSet::new);
+    if set.len() >= WARNED_MAX {
+        return false;
+    }
+    set.insert(fnv(key.as_bytes()))
+}
+
+/// FNV-1a: cheap and stable, enough to tell stored values apart.
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Parses a stored record, checking it belongs where it was found. A bad
+/// record is reported once per process (by namespace, name and content).
 pub(crate) fn parse_record(ns: &Namespace, name: &str, json: &str) -> Option<PeerRecord> {
+    let first = || first_warning(&format!("record {ns}/{name} {:x}", fnv(json.as_bytes())));
     let record = match PeerRecord::from_json(json.as_bytes()) {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(namespace = %ns, name, error = %e, stored = %quote(json), "skipping unreadable peer record");
+            if first() {
+                tracing::warn!(namespace = %ns, name, error = %e, stored = %quote(json), "skipping unreadable peer record");
+            } else {
+                tracing::trace!(namespace = %ns, name, "skipping unreadable peer record");
+            }
             return None;
         }
     };
     if record.namespace != *ns || record.name.as_str() != name {
+        if !first() {
+            return None;
+        }
         tracing::warn!(
             namespace = %ns, name,
             record_namespace = %record.namespace, record_name = %record.name,
@@ -38,7 +74,7 @@ pub(crate) fn parse_record(ns: &Namespace, name: &str, json: &str) -> Option<Pee
         );
         return None;
     }
-    if record.version > PeerRecord::VERSION {
+    if record.version > PeerRecord::VERSION && first() {
         tracing::warn!(
             namespace = %ns, name, version = record.version, supported = PeerRecord::VERSION,
             "peer record from a newer writer; reading the fields this build knows"
@@ -57,14 +93,18 @@ pub(crate) fn records(
         .into_iter()
         .filter_map(|(name, json)| {
             let Some(name) = name else {
-                tracing::warn!(namespace = %ns, "skipping peer row whose name is not text");
+                if first_warning(&format!("name {ns}")) {
+                    tracing::warn!(namespace = %ns, "skipping peer row whose name is not text");
+                }
                 return None;
             };
             if !keep(&name) {
                 return None;
             }
             let Some(json) = json else {
-                tracing::warn!(namespace = %ns, %name, "skipping peer row whose record is not text");
+                if first_warning(&format!("record {ns}/{name} not text")) {
+                    tracing::warn!(namespace = %ns, %name, "skipping peer row whose record is not text");
+                }
                 return None;
             };
             parse_record(ns, &name, &json)
@@ -77,7 +117,9 @@ pub(crate) fn records(
 /// An event row as a [`RegistryEvent`], or `None` (with a warning) if it cannot be one.
 pub(crate) fn event(ns: &Namespace, raw: &RawEvent) -> Option<RegistryEvent> {
     let skip = |why: &str| {
-        tracing::warn!(namespace = %ns, id = raw.id, kind = ?raw.kind, name = ?raw.name, "skipping event: {why}");
+        if first_warning(&format!("event {ns} {}", raw.id)) {
+            tracing::warn!(namespace = %ns, id = raw.id, kind = ?raw.kind, name = ?raw.name, "skipping event: {why}");
+        }
         None
     };
     let (Some(kind), Some(name)) = (raw.kind.as_deref(), raw.name.as_deref()) else {
@@ -202,6 +244,14 @@ mod tests {
         assert_eq!(event(&ns(), &bad), None);
         bad.kind = None;
         assert_eq!(event(&ns(), &bad), None);
+    }
+
+    #[test]
+    fn warnings_once_per_key() {
+        let key = format!("test {}", InstanceId::random());
+        assert!(first_warning(&key));
+        assert!(!first_warning(&key));
+        assert!(first_warning(&format!("{key}-other")));
     }
 
     #[test]

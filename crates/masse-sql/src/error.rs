@@ -22,18 +22,41 @@ impl From<Error> for Fail {
     }
 }
 
-/// Maps a driver error: the database cannot be reached (or is shutting down,
-/// or is too busy) → [`Error::RegistryUnavailable`]; anything else →
-/// [`Error::Registry`].
+/// Maps a driver error: the server refused our credentials →
+/// [`Error::RegistryUnauthorized`]; the database cannot be reached or written
+/// for now (shutting down, too busy, read-only, disk full or failing) →
+/// [`Error::RegistryUnavailable`]; anything else → [`Error::Registry`].
 pub(crate) fn map_err(backend: &'static str, e: sqlx::Error) -> Error {
-    if is_unavailable(&e) {
+    if is_unauthorized(&e) {
+        Error::registry_unauthorized(backend, e)
+    } else if is_unavailable(&e) {
         Error::unavailable(backend, e)
     } else {
         Error::registry(backend, e)
     }
 }
 
-/// Failures that are about reaching the database, not about the request.
+/// The server refused who we are: wrong password, unknown user, no right to
+/// the database or its tables. Retrying does not help; the URL or the
+/// server's users need fixing.
+pub(crate) fn is_unauthorized(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    if let Some(n) = mysql_number(db.as_ref()) {
+        // access denied (password, database, unix socket auth), table and
+        // column privileges
+        return matches!(n, 1044 | 1045 | 1142 | 1143 | 1698);
+    }
+    let code = db.code();
+    let code = code.as_deref().unwrap_or("");
+    // PostgreSQL: invalid authorization (28000), wrong password (28P01),
+    // insufficient privilege (42501).
+    pg(db.as_ref()) && matches!(code, "28000" | "28P01" | "42501")
+}
+
+/// Failures that are about reaching or writing the database, not about the
+/// request: they pass once the server or the file is back to normal.
 pub(crate) fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_)
@@ -46,13 +69,36 @@ pub(crate) fn is_unavailable(e: &sqlx::Error) -> bool {
             let code = db.code();
             let code = code.as_deref().unwrap_or("");
             // PostgreSQL: connection exceptions, shutting down, too many connections.
+            // PostgreSQL: read-only transaction (a standby, or
+            // default_transaction_read_only), disk full, out of memory, I/O error.
             code.starts_with("08")
-                || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
-                || sqlite_busy(db.as_ref())
+                || matches!(
+                    code,
+                    "57P01" | "57P02" | "57P03" | "53300" | "25006" | "53100" | "53200" | "58030"
+                )
+                // PostgreSQL: the database does not take connections now.
+                || (code == "55000" && db.message().contains("accepting connections"))
+                || sqlite_unwritable(db.as_ref())
                 || mysql_number(db.as_ref()).is_some_and(|n| {
-                    // too many connections, server shutdown, lock wait timeout
-                    matches!(n, 1040 | 1053 | 1205)
+                    // too many connections, server shutdown, lock wait
+                    // timeout, read-only server, global read lock, disk full
+                    matches!(n, 1040 | 1053 | 1205 | 1290 | 1223 | 1836 | 1021 | 1114)
                 })
+        }
+        _ => false,
+    }
+}
+
+/// Failures after which the connection should not be reused: the link is
+/// broken, or SQLite found the file unwritable (it may have opened it
+/// read-only, for good), or a PostgreSQL session is read-only.
+pub(crate) fn poisons(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or("");
+            code == "25006" || (sqlite_unwritable(db.as_ref()) && !busy_code(code))
         }
         _ => false,
     }
@@ -92,6 +138,41 @@ fn sqlite_busy(_db: &dyn sqlx::error::DatabaseError) -> bool {
 fn busy_code(code: &str) -> bool {
     code.parse::<u32>()
         .is_ok_and(|c| c & 0xff == 5 || c & 0xff == 6)
+}
+
+/// SQLite cannot write the file for now: busy or locked, read-only
+/// (permissions, an immutable file), an I/O error, a full disk, a file that
+/// cannot be opened.
+#[cfg(feature = "sqlite")]
+fn sqlite_unwritable(db: &dyn sqlx::error::DatabaseError) -> bool {
+    db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+        && db
+            .code()
+            .is_some_and(|code| busy_code(&code) || unwritable_code(&code))
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn sqlite_unwritable(_db: &dyn sqlx::error::DatabaseError) -> bool {
+    false
+}
+
+/// SQLITE_READONLY (8), SQLITE_IOERR (10), SQLITE_FULL (13),
+/// SQLITE_CANTOPEN (14), with their extended codes.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+fn unwritable_code(code: &str) -> bool {
+    code.parse::<u32>()
+        .is_ok_and(|c| matches!(c & 0xff, 8 | 10 | 13 | 14))
+}
+
+#[cfg(feature = "postgres")]
+fn pg(db: &dyn sqlx::error::DatabaseError) -> bool {
+    db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .is_some()
+}
+
+#[cfg(not(feature = "postgres"))]
+fn pg(_db: &dyn sqlx::error::DatabaseError) -> bool {
+    false
 }
 
 #[cfg(feature = "mysql")]
@@ -141,5 +222,21 @@ mod tests {
         assert!(busy_code("262")); // SQLITE_LOCKED_SHAREDCACHE
         assert!(!busy_code("19"));
         assert!(!busy_code("x"));
+        assert!(unwritable_code("8")); // SQLITE_READONLY
+        assert!(unwritable_code("778")); // SQLITE_IOERR_WRITE
+        assert!(unwritable_code("1032")); // SQLITE_READONLY_DBMOVED
+        assert!(unwritable_code("13")); // SQLITE_FULL
+        assert!(unwritable_code("14")); // SQLITE_CANTOPEN
+        assert!(!unwritable_code("5"));
+        assert!(!unwritable_code("19")); // a constraint: the request's fault
+    }
+
+    #[test]
+    fn broken_links_poison_their_connection() {
+        let io = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(poisons(&io));
+        assert!(!poisons(&sqlx::Error::PoolTimedOut));
+        assert!(!poisons(&sqlx::Error::RowNotFound));
+        assert!(!is_unauthorized(&io));
     }
 }

@@ -15,7 +15,7 @@ use crate::config::SqlConfig;
 use crate::dialect::{CHANNEL, Dialect};
 use crate::error::map_err;
 use crate::registry::{Connected, Inner};
-use crate::store::Store;
+use crate::store::{Purge, Store, reusable};
 
 /// Key of the advisory lock that serialises schema creation.
 const SCHEMA_LOCK: i64 = 0x6d61_7373_6500_0001; // "masse" 1
@@ -26,8 +26,14 @@ pub(crate) async fn connect(url: &str, shown: &str, config: &SqlConfig) -> Resul
         input: shown.to_owned(),
         reason: e.to_string(),
     })?;
+    let purge = Arc::new(Purge::default());
+    let keep = purge.clone();
     let pool = PgPoolOptions::new()
         .max_connections(config.pool_size)
+        .before_acquire(move |conn, meta| {
+            let fresh = keep.keeps(meta.age);
+            Box::pin(async move { Ok(fresh && reusable(conn, Postgres::BACKEND)) })
+        })
         .acquire_timeout(config.connect_timeout)
         .connect_with(options.clone())
         .await
@@ -42,7 +48,7 @@ pub(crate) async fn connect(url: &str, shown: &str, config: &SqlConfig) -> Resul
         .connect_lazy_with(options);
     let retry = config.poll_interval;
     Ok(Connected {
-        backend: Arc::new(Store::new(pool)),
+        backend: Arc::new(Store::new(pool, purge)),
         listen: Some(Box::new(move |registry, shutdown| {
             tokio::spawn(listen(listen_pool, registry, shutdown, retry));
         })),

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::codec;
 use crate::config::SqlConfig;
-use crate::error::{Fail, is_retryable, map_err};
+use crate::error::{Fail, is_retryable, map_err, poisons};
 use crate::store::{Backend, Scan};
 use crate::watch::{Hub, STREAM_CAPACITY};
 
@@ -101,7 +101,11 @@ impl SqlRegistry {
             .map_err(|_| Error::Timeout {
                 what: "connecting to the SQL registry",
                 after: deadline,
-            })??;
+            })
+            .and_then(|r| r)
+            .inspect_err(
+                |e| tracing::warn!(url = %shown, error = %e, "cannot open the SQL registry"),
+            )?;
         let (tx, rx) = watch::channel(());
         let inner = Arc::new(Inner {
             backend: opened.backend,
@@ -158,10 +162,17 @@ impl SqlRegistry {
         let backend = self.inner.backend.name();
         let attempts = async {
             let mut attempt = 0;
+            let mut fresh_tried = false;
             loop {
                 match f().await {
                     Ok(v) => return Ok(v),
                     Err(Fail::Masse(e)) => return Err(e),
+                    // The connection was closed with every older one: once
+                    // more on a fresh connection (the fault may be over).
+                    Err(Fail::Db(e)) if !fresh_tried && poisons(&e) => {
+                        fresh_tried = true;
+                        tracing::debug!(what, error = %e, "connection failed; once more on a fresh one");
+                    }
                     Err(Fail::Db(e)) if attempt + 1 < ATTEMPTS && is_retryable(&e) => {
                         attempt += 1;
                         tracing::debug!(what, attempt, error = %e, "lost a race in the database; running the transaction again");
@@ -399,6 +410,16 @@ impl Inner {
         }
     }
 
+    /// The database was replaced: every watcher of this handle gets `Resync`
+    /// on the next poll, which happens now.
+    async fn reset_hubs(&self) {
+        let hubs: Vec<Arc<Hub>> = self.lock_hubs().values().cloned().collect();
+        for hub in hubs {
+            hub.state.lock().await.reset = true;
+            hub.wake.notify_one();
+        }
+    }
+
     /// Makes the poller of `ns` (or of every namespace) read now.
     pub(crate) fn wake(&self, ns: Option<&str>) {
         let hubs = self.lock_hubs();
@@ -432,10 +453,36 @@ async fn maintain(
     let retention_ms = i64::try_from(config.event_retention.as_millis()).unwrap_or(i64::MAX);
     let max_events = i64::try_from(config.max_events).unwrap_or(i64::MAX);
     let mut failing = false;
+    let mut reopen_failing = false;
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tokio::time::sleep(config.poll_interval) => {}
+        }
+        // SQLite: is the file at the path still the one the pool has open?
+        match tokio::time::timeout(config.lookup_timeout * 2, backend.check_file()).await {
+            Ok(Ok(reopened)) => {
+                if reopen_failing {
+                    reopen_failing = false;
+                    tracing::info!("registry database file usable again");
+                }
+                if reopened && let Some(inner) = registry.upgrade() {
+                    inner.reset_hubs().await;
+                }
+            }
+            Ok(Err(e)) => {
+                let e = match e {
+                    Fail::Db(e) => map_err(backend.name(), e),
+                    Fail::Masse(e) => e,
+                };
+                if !reopen_failing {
+                    reopen_failing = true;
+                    tracing::error!(error = %e, "cannot reopen the registry database file; retrying");
+                } else {
+                    tracing::debug!(error = %e, "still cannot reopen the registry database file");
+                }
+            }
+            Err(_) => tracing::debug!("reopening the registry database file timed out; retrying"),
         }
         let swept = tokio::time::timeout(config.lookup_timeout, backend.sweep()).await;
         let error = match swept {
@@ -664,6 +711,21 @@ mod tests {
                 }
                 other => panic!("{url}: expected InvalidAddress, got {other:?}"),
             }
+        }
+        #[cfg(feature = "mysql")]
+        for url in ["mysql:///db", "mysql://user@/db", "mariadb://u:pw@:3306/db"] {
+            let started = std::time::Instant::now();
+            match SqlRegistry::connect(url).await {
+                Err(Error::InvalidAddress { reason, input, .. }) => {
+                    assert!(reason.contains("no server host"), "{url}: {reason}");
+                    assert!(!input.contains("pw@"), "{input}");
+                }
+                other => panic!("{url}: expected InvalidAddress, got {other:?}"),
+            }
+            assert!(
+                started.elapsed() < Duration::from_millis(500),
+                "no connect attempt"
+            );
         }
         #[cfg(not(feature = "postgres"))]
         match SqlRegistry::connect("postgres://u:pw@h/db").await {

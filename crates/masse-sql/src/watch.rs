@@ -44,6 +44,9 @@ pub(crate) struct HubState {
     pub(crate) closed: bool,
     /// The last poll failed (to log an outage once).
     failing: bool,
+    /// The database was replaced under the handle: every stream gets
+    /// `Resync` and the cursor starts over at the new log's head.
+    pub(crate) reset: bool,
 }
 
 #[derive(Debug)]
@@ -149,6 +152,15 @@ async fn poll(ns: &Namespace, st: &mut HubState, backend: &dyn Backend) -> Resul
         return Ok(());
     };
     let head = backend.head().await?;
+    if std::mem::take(&mut st.reset) {
+        tracing::warn!(namespace = %ns, cursor, head, "registry database replaced; watchers resync");
+        st.cursor = Some(head);
+        for sub in &mut st.subs {
+            sub.after = head;
+            sub.send(RegistryEvent::Resync);
+        }
+        return Ok(());
+    }
     if head < cursor {
         // The ids went backwards: the tables were dropped and made again.
         tracing::warn!(namespace = %ns, cursor, head, "registry event log was reset; watchers resync");
@@ -168,11 +180,13 @@ async fn poll(ns: &Namespace, st: &mut HubState, backend: &dyn Backend) -> Resul
         let batch = backend
             .read_events(ns.as_str(), after, head, EVENT_BATCH)
             .await?;
-        let full = batch.len() as i64 >= EVENT_BATCH;
-        if let Some(last) = batch.last() {
-            after = last.id;
-        }
-        raw.extend(batch);
+        let full = batch.rows as i64 >= EVENT_BATCH;
+        let Some(last) = batch.events.last().map(|e| e.id) else {
+            // Nothing readable (or nothing at all): no id to go on from.
+            break;
+        };
+        after = last;
+        raw.extend(batch.events);
         if !full {
             break;
         }

@@ -264,6 +264,46 @@ async fn bad_urls() {
     );
     let missing = SqlRegistry::connect("sqlite:///nonexistent-dir/x.db?mode=rw").await;
     assert!(missing.is_err(), "{missing:?}");
+    // No file named: refused, not some file or memory database picked quietly.
+    for url in ["sqlite://", "sqlite:", "sqlite://?mode=rwc"] {
+        match SqlRegistry::connect(url).await {
+            Err(Error::InvalidAddress { reason, .. }) => {
+                assert!(reason.contains("no database file"), "{url}: {reason}")
+            }
+            other => panic!("{url}: expected InvalidAddress, got {other:?}"),
+        }
+    }
+}
+
+/// A main file deleted with its write-ahead log left behind is refused with
+/// an error that names both files and the fix.
+#[tokio::test]
+async fn a_wal_without_its_database_is_refused() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("reg.db");
+    let wal = dir.path().join("reg.db-wal");
+    std::fs::write(&wal, b"left over").unwrap();
+    let url = format!("sqlite://{}", db.display());
+    match SqlRegistry::connect_with(&url, config()).await {
+        Err(
+            e @ Error::Registry {
+                backend: "sqlite", ..
+            },
+        ) => {
+            let shown = e.to_string();
+            assert!(shown.contains(&*db.to_string_lossy()), "{shown}");
+            assert!(shown.contains(&*wal.to_string_lossy()), "{shown}");
+            assert!(shown.contains("delete"), "{shown}");
+        }
+        other => panic!("expected a registry error, got {other:?}"),
+    }
+    assert!(
+        !db.exists(),
+        "no empty file was created next to the old log"
+    );
+    std::fs::remove_file(&wal).unwrap();
+    SqlRegistry::connect_with(&url, config()).await.unwrap();
 }
 
 /// A watcher whose cursor falls behind what was pruned gets `Resync`, then

@@ -1,0 +1,897 @@
+//! SQL registry faults under running nodes end in recovery, against real
+//! databases: a SQLite file made immutable (`chattr +i`), deleted or
+//! replaced; PostgreSQL switched to read-only with its sessions killed;
+//! MariaDB set `read_only`. Also malformed rows next to good ones, and
+//! credentials the server refuses.
+//!
+//! Each fault test prints the time from the fault's removal to recovery
+//! (`RegistryRestored` on both nodes, both records readable by a fresh
+//! handle, both nodes dialing each other).
+#![allow(clippy::print_stderr)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use futures::StreamExt;
+use masse::{Error, Events, Namespace, Node, NodeEvent, Pattern, Registry};
+use masse_integration_tests::mariadb::MariaDbServer;
+use masse_integration_tests::postgres::PostgresServer;
+use masse_integration_tests::server::require_binary;
+use masse_integration_tests::{echo_forever, init_tracing};
+use masse_sql::{SqlConfig, SqlRegistry};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{Instant, timeout};
+
+/// Deadline for anything that should happen "soon".
+const T: Duration = Duration::from_secs(15);
+/// The nodes' ttl: heartbeat every 500 ms.
+const TTL: Duration = Duration::from_millis(1500);
+
+fn config() -> SqlConfig {
+    SqlConfig::new()
+        .poll_interval(Duration::from_millis(100))
+        .connect_timeout(Duration::from_millis(500))
+        .lookup_timeout(Duration::from_secs(2))
+        .busy_timeout(Duration::from_millis(300))
+}
+
+async fn connect(url: &str) -> SqlRegistry {
+    SqlRegistry::connect_with(url, config())
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+}
+
+async fn start_node(name: &str, ns: &str, url: &str) -> Node {
+    let node = Node::builder(name)
+        .namespace(ns)
+        .registry(connect(url).await)
+        .interface(masse::TcpInterface::new("127.0.0.1:0"))
+        .ttl(TTL)
+        .start()
+        .await
+        .unwrap_or_else(|e| panic!("start {name}: {e}"));
+    echo_forever(&node).await;
+    node
+}
+
+/// Opens a stream from `from` to `to` by name and echoes a few bytes. A
+/// name not found (yet: the dialer's cache hears of the record's return
+/// through the watch) is retried until the deadline.
+async fn dial(from: &Node, to: &str) {
+    let deadline = Instant::now() + T;
+    let mut s = loop {
+        match timeout(T, from.connect(to)).await {
+            Ok(Ok(s)) => break s,
+            Ok(Err(e @ Error::NotFound { .. })) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "not found yet; dialing again");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(Err(e)) => panic!("{} → {to}: {e}", from.name()),
+            Err(_) => panic!("{} → {to}: no stream within {T:?}", from.name()),
+        }
+    };
+    let msg = format!("{} says hi", from.name());
+    s.write_all(msg.as_bytes()).await.unwrap();
+    let mut back = vec![0u8; msg.len()];
+    timeout(T, s.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(back, msg.as_bytes());
+}
+
+/// Waits for the first node event `pick` accepts; a `NameLost` on the way fails.
+async fn node_event<X>(
+    events: &mut Events,
+    what: &str,
+    mut pick: impl FnMut(&NodeEvent) -> Option<X>,
+) -> X {
+    let deadline = Instant::now() + T;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(left, events.recv()).await {
+            Ok(Some(ev)) => {
+                assert!(
+                    !matches!(ev, NodeEvent::NameLost { .. }),
+                    "the node lost its name while waiting for {what}"
+                );
+                if let Some(x) = pick(&ev) {
+                    return x;
+                }
+            }
+            Ok(None) => panic!("node events ended while waiting for {what}"),
+            Err(_) => panic!("no {what} within {T:?}"),
+        }
+    }
+}
+
+async fn unavailable(events: &mut Events) -> Error {
+    node_event(events, "RegistryUnavailable", |e| match e {
+        NodeEvent::RegistryUnavailable { error } => Some(error.clone()),
+        _ => None,
+    })
+    .await
+}
+
+async fn restored(events: &mut Events) {
+    node_event(events, "RegistryRestored", |e| {
+        matches!(e, NodeEvent::RegistryRestored).then_some(())
+    })
+    .await
+}
+
+/// Polls a fresh handle until both nodes' records, with their own
+/// instances, are readable.
+async fn both_published(url: &str, ns: &str, nodes: [&Node; 2]) {
+    let reg = connect(url).await;
+    let ns: Namespace = ns.parse().unwrap();
+    let deadline = Instant::now() + T;
+    loop {
+        if let Ok(found) = reg.lookup(&ns, &Pattern::any()).await
+            && nodes.iter().all(|n| {
+                found
+                    .iter()
+                    .any(|r| r.name == *n.name() && r.instance == n.instance())
+            })
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both nodes not published again within {T:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What a fault cycle measured, from the fault's removal.
+#[derive(Debug)]
+#[allow(dead_code)] // printed with Debug
+struct Recovery {
+    /// Both nodes reported `RegistryRestored`.
+    restored: Duration,
+    /// A fresh handle reads both records, and both nodes dial each other.
+    dialed: Duration,
+}
+
+/// Two nodes on `url`; `inject` makes the registry unwritable, for two
+/// ttls (their records expire meanwhile), then `remove` ends the fault.
+/// Both nodes must report `RegistryUnavailable` then `RegistryRestored`,
+/// keep their names, be published again and dial each other.
+async fn fault_cycle(
+    what: &str,
+    url: &str,
+    ns: &str,
+    inject: impl FnOnce(),
+    remove: impl FnOnce(),
+) -> Recovery {
+    let a = start_node("alpha", ns, url).await;
+    let b = start_node("beta", ns, url).await;
+    let (mut ev_a, mut ev_b) = (a.events(), b.events());
+    dial(&a, "beta").await;
+    dial(&b, "alpha").await;
+
+    tokio::task::block_in_place(inject);
+    let e = unavailable(&mut ev_a).await;
+    tracing::info!(error = %e, "{what}: alpha sees the registry unavailable");
+    unavailable(&mut ev_b).await;
+    // The fault lasts two ttls: both records are past their expiry (where
+    // the database can still be read, lookups no longer find them).
+    tokio::time::sleep(TTL * 2).await;
+
+    tokio::task::block_in_place(remove);
+    let removed = Instant::now();
+    restored(&mut ev_a).await;
+    restored(&mut ev_b).await;
+    let restored = removed.elapsed();
+    both_published(url, ns, [&a, &b]).await;
+    dial(&a, "beta").await;
+    dial(&b, "alpha").await;
+    let dialed = removed.elapsed();
+    let recovery = Recovery { restored, dialed };
+    eprintln!(
+        "RECOVERY {what}: {recovery:?} (heartbeat period {:?})",
+        TTL / 3
+    );
+    // Heartbeats retry at most one period apart during an outage: the first
+    // one after the fault is gone succeeds (re-publishing the expired record).
+    let bound = TTL / 3 + Duration::from_secs(1);
+    assert!(
+        recovery.restored < bound,
+        "{what}: restored after {:?}, more than a heartbeat period (+1 s slack)",
+        recovery.restored
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    recovery
+}
+
+// ---------------------------------------------------------------- SQLite
+
+/// Files made immutable (`chattr +i`) until dropped: a failing test never
+/// leaves them so.
+struct Immutable(Vec<PathBuf>);
+
+impl Immutable {
+    fn set(paths: Vec<PathBuf>) -> Immutable {
+        let guard = Immutable(paths);
+        for p in &guard.0 {
+            chattr("+i", p);
+        }
+        guard
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            chattr("-i", p);
+        }
+    }
+}
+
+fn chattr(flag: &str, path: &Path) {
+    let out = Command::new("chattr")
+        .arg(flag)
+        .arg(path)
+        .output()
+        .expect("run chattr");
+    assert!(
+        out.status.success(),
+        "chattr {flag} {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+}
+
+/// Can this process make files immutable here? (root, and a filesystem with
+/// the attribute: not tmpfs.)
+fn can_chattr(dir: &Path) -> bool {
+    if require_binary("chattr", "e2fsprogs").is_none() {
+        return false;
+    }
+    let probe = dir.join("probe");
+    std::fs::write(&probe, b"x").unwrap();
+    let ok = is_root()
+        && Command::new("chattr")
+            .arg("+i")
+            .arg(&probe)
+            .status()
+            .is_ok_and(|s| s.success());
+    if ok {
+        chattr("-i", &probe);
+    } else {
+        let msg = format!(
+            "cannot `chattr +i` in {} (needs root and ext4/xfs/btrfs)",
+            dir.display()
+        );
+        if masse_integration_tests::server::under_ci() {
+            panic!("{msg} — required under CI=true");
+        }
+        eprintln!("\n!!! SKIPPING: {msg}\n");
+    }
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
+fn sqlite_files(db: &Path) -> Vec<PathBuf> {
+    ["", "-wal", "-shm"]
+        .iter()
+        .map(|suffix| {
+            let mut s = db.as_os_str().to_owned();
+            s.push(suffix);
+            PathBuf::from(s)
+        })
+        .collect()
+}
+
+/// The SQLite file, its WAL and shared-memory index become immutable for
+/// two ttls under two running nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_immutable_file_recovers() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    if !can_chattr(dir.path()) {
+        return;
+    }
+    let db = dir.path().join("reg.db");
+    let url = format!("sqlite://{}", db.display());
+    let guard = std::sync::Mutex::new(None);
+    fault_cycle(
+        "sqlite chattr +i",
+        &url,
+        "sqlite-immutable",
+        || {
+            let files = sqlite_files(&db);
+            for f in &files {
+                assert!(f.exists(), "{} exists while nodes run", f.display());
+            }
+            *guard.lock().unwrap() = Some(Immutable::set(files));
+        },
+        || drop(guard.lock().unwrap().take()),
+    )
+    .await;
+}
+
+/// The device and inode of a file, if it exists.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Two nodes and a watcher on one SQLite file; `swap` deletes or replaces
+/// the file under them. Every handle must notice, let go of the old file,
+/// open the new one; both nodes must publish themselves in it (without
+/// losing their names), dial each other, and the watcher must get `Resync`.
+async fn sqlite_file_swapped(what: &str, ns_name: &str, swap: impl FnOnce(&Path)) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("reg.db");
+    let url = format!("sqlite://{}", db.display());
+    let ns: Namespace = ns_name.parse().unwrap();
+    let a = start_node("alpha", ns_name, &url).await;
+    let b = start_node("beta", ns_name, &url).await;
+    let (mut ev_a, mut ev_b) = (a.events(), b.events());
+    let observer = connect(&url).await;
+    let mut watch = observer.watch(&ns).await.unwrap();
+    dial(&a, "beta").await;
+    dial(&b, "alpha").await;
+    let old_main = file_id(&db).expect("the file exists");
+    let wal = sqlite_files(&db)[1].clone();
+    let old_wal = file_id(&wal);
+
+    swap(&db);
+    let swapped = Instant::now();
+    // The watcher starts over on the new file.
+    loop {
+        match timeout(T, watch.next()).await {
+            Ok(Some(Ok(masse::RegistryEvent::Resync))) => break,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("{what}: expected Resync, got {other:?}"),
+        }
+    }
+    // Every handle here let go of the old file: its write-ahead log is gone
+    // (the last one to close it removed it). Only now may a new handle open
+    // the path, or SQLite would read the old log into the new file.
+    let deadline = Instant::now() + T;
+    while old_wal.is_some() && file_id(&wal) == old_wal {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the old WAL is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    both_published(&url, ns_name, [&a, &b]).await;
+    let published = swapped.elapsed();
+    assert_ne!(file_id(&db), Some(old_main), "{what}: a new file");
+    dial(&a, "beta").await;
+    dial(&b, "alpha").await;
+    let dialed = swapped.elapsed();
+    eprintln!("RECOVERY {what}: published again after {published:?}, both dialed after {dialed:?}");
+    // Neither node lost its name on the way.
+    for ev in [&mut ev_a, &mut ev_b] {
+        while let Ok(Some(e)) = timeout(Duration::from_millis(1), ev.recv()).await {
+            assert!(!matches!(e, NodeEvent::NameLost { .. }), "{what}: {e:?}");
+        }
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// `rm` of the database file (its WAL and shared-memory index stay, held
+/// open by the running handles).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_file_deleted_under_running_nodes() {
+    init_tracing();
+    sqlite_file_swapped("sqlite file deleted", "sqlite-rm", |db| {
+        std::fs::remove_file(db).unwrap();
+    })
+    .await;
+}
+
+/// A fresh empty file renamed over the database file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_file_replaced_under_running_nodes() {
+    init_tracing();
+    sqlite_file_swapped("sqlite file replaced", "sqlite-mv", |db| {
+        let fresh = db.with_extension("fresh");
+        std::fs::write(&fresh, b"").unwrap();
+        std::fs::rename(&fresh, db).unwrap();
+    })
+    .await;
+}
+
+// ------------------------------------------------------------ PostgreSQL
+
+/// Every session of database `db` is cut (they reconnect with the
+/// database's current settings).
+fn terminate_sessions(pg: &PostgresServer, db: &str) {
+    pg.psql(&format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+    ));
+}
+
+/// PostgreSQL: the nodes' database becomes read-only (every new session
+/// starts read-only, the old ones are cut) for two ttls, then writable
+/// again for new sessions only: the pooled sessions opened meanwhile are
+/// still read-only, and the registry must replace them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_read_only_database_recovers() {
+    init_tracing();
+    let Some(pg) = PostgresServer::start() else {
+        return;
+    };
+    pg.psql("CREATE DATABASE faults");
+    let url = format!("postgres://postgres@127.0.0.1:{}/faults", pg.port());
+    fault_cycle(
+        "postgres read-only",
+        &url,
+        "pg-read-only",
+        || {
+            pg.psql("ALTER DATABASE faults SET default_transaction_read_only = on");
+            terminate_sessions(&pg, "faults");
+        },
+        // Sessions opened during the fault stay read-only: the registry
+        // must let go of them by itself.
+        || {
+            pg.psql("ALTER DATABASE faults RESET default_transaction_read_only");
+        },
+    )
+    .await;
+}
+
+/// PostgreSQL: the nodes' database stops taking connections and every
+/// session is cut (as when it is being restored or moved) for two ttls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_database_closed_to_connections_recovers() {
+    init_tracing();
+    let Some(pg) = PostgresServer::start() else {
+        return;
+    };
+    pg.psql("CREATE DATABASE faults");
+    let url = format!("postgres://postgres@127.0.0.1:{}/faults", pg.port());
+    fault_cycle(
+        "postgres connections refused",
+        &url,
+        "pg-closed",
+        || {
+            pg.psql("ALTER DATABASE faults ALLOW_CONNECTIONS false");
+            terminate_sessions(&pg, "faults");
+        },
+        || {
+            pg.psql("ALTER DATABASE faults ALLOW_CONNECTIONS true");
+        },
+    )
+    .await;
+}
+
+// --------------------------------------------------------------- MariaDB
+
+/// MariaDB: `SET GLOBAL read_only = 1` (the nodes' user has no SUPER, so
+/// its writes fail) for two ttls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_read_only_server_recovers() {
+    init_tracing();
+    let Some(db) = MariaDbServer::start() else {
+        return;
+    };
+    let url = db.url();
+    fault_cycle(
+        "mariadb read_only",
+        &url,
+        "maria-read-only",
+        || db.admin("SET GLOBAL read_only = 1"),
+        || db.admin("SET GLOBAL read_only = 0"),
+    )
+    .await;
+}
+
+// ------------------------------------------------------------ bad rows
+
+/// Raw SQL on the registry's database, behind the registry's back.
+trait RawSql {
+    /// Runs `sql`; returns what it printed (one value per line).
+    fn sql(&self, sql: &str) -> String;
+    /// SQLite: columns hold any type (blobs in TEXT columns).
+    fn loose_types(&self) -> bool {
+        false
+    }
+}
+
+/// The `sqlite3` shell on a database file.
+struct Sqlite3(PathBuf);
+
+impl RawSql for Sqlite3 {
+    fn sql(&self, sql: &str) -> String {
+        let out = Command::new("sqlite3")
+            .args(["-cmd", ".timeout 5000"])
+            .arg(&self.0)
+            .arg(sql)
+            .output()
+            .expect("run sqlite3");
+        assert!(
+            out.status.success(),
+            "sqlite3 {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+    fn loose_types(&self) -> bool {
+        true
+    }
+}
+
+impl RawSql for PostgresServer {
+    fn sql(&self, sql: &str) -> String {
+        self.psql(sql)
+    }
+}
+
+impl RawSql for MariaDbServer {
+    fn sql(&self, sql: &str) -> String {
+        self.query(sql)
+    }
+}
+
+/// `'text'` with quotes doubled.
+fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Far in the future / long past, in ms since the epoch.
+const LIVE: i64 = 4_102_444_800_000;
+const PAST: i64 = 1;
+
+/// Malformed rows (bad JSON, a record under another name, keys that are not
+/// valid names or instances, SQLite blobs in TEXT columns, events that do
+/// not parse), written with raw SQL next to good rows. Lookups, `to("*")`,
+/// watch streams and expiry keep working for the good rows; the expired bad
+/// rows are swept, without a bogus event.
+async fn bad_rows_next_to_good_ones(url: &str, raw: &dyn RawSql) {
+    const NS: &str = "bad-rows";
+    let reg = connect(url).await;
+    let ns: Namespace = NS.parse().unwrap();
+    let good1 = start_node("good-1", NS, url).await;
+    let good2 = start_node("good-2", NS, url).await;
+    let dialer = start_node("dialer", NS, url).await;
+    let mut watch = reg.watch(&ns).await.unwrap();
+
+    let inst = masse::InstanceId::random().to_string();
+    let peer = |name: &str, instance: &str, record: &str, expires: i64| {
+        format!(
+            "INSERT INTO masse_peers (namespace, name, instance, record, expires_at) \
+             VALUES ({}, {name}, {instance}, {record}, {expires});",
+            lit(NS)
+        )
+    };
+    let mut rows = vec![
+        // Live rows a lookup must skip.
+        peer("'bad-json'", &lit(&inst), &lit("{\"name\":"), LIVE),
+        peer(
+            "'wrong-name'",
+            &lit(&inst),
+            &lit(&good1.record().to_json()),
+            LIVE,
+        ),
+        peer("'not-an-object'", &lit(&inst), &lit("[1,2,3]"), LIVE),
+        // Expired rows the sweep must remove: keys that are not a name or
+        // an instance (no event can name them), and garbage under a valid key.
+        peer("'bad name!'", &lit(&inst), &lit("{}"), PAST),
+        peer("'bad-instance'", &lit("not-an-instance"), &lit("{}"), PAST),
+        peer("'expired-junk'", &lit(&inst), &lit("junk"), PAST),
+    ];
+    let events = |kind: &str, name: &str, instance: &str, record: &str| {
+        format!(
+            "INSERT INTO masse_events (namespace, kind, name, instance, record, at) \
+             VALUES ({}, {kind}, {name}, {instance}, {record}, 0);",
+            lit(NS)
+        )
+    };
+    rows.extend([
+        events("'renamed'", "'x'", &lit(&inst), "NULL"),
+        events("'joined'", "'good-x'", &lit(&inst), &lit("{not json")),
+        events("'expired'", "'bad name!'", &lit("nope"), "NULL"),
+        events("'left'", "'good-1'", &lit("zz"), "NULL"),
+    ]);
+    if raw.loose_types() {
+        rows.extend([
+            peer("X'ff00'", &lit(&inst), &lit("{}"), LIVE),
+            peer("X'ff01'", &lit(&inst), &lit("{}"), PAST),
+            peer("'blob-instance'", "X'00ff'", &lit("{}"), PAST),
+            peer("'blob-record'", &lit(&inst), "X'fffe00'", LIVE),
+            events("X'6a6f696e6564'", "'x'", &lit(&inst), "NULL"),
+            events("'joined'", "X'ff'", &lit(&inst), "X'00'"),
+            format!(
+                "INSERT INTO masse_peers (namespace, name, instance, record, expires_at) \
+                 VALUES (X'ff', 'n', {}, '{{}}', {PAST});",
+                lit(&inst)
+            ),
+        ]);
+    }
+    tokio::task::block_in_place(|| raw.sql(&rows.concat()));
+
+    // A good record that expires: its events arrive, in order, past the junk.
+    let short = masse::PeerRecord::new(
+        ns.clone(),
+        "short".parse().unwrap(),
+        masse::InstanceId::random(),
+    );
+    reg.publish(
+        &short,
+        Duration::from_millis(800),
+        masse::NamePolicy::Exclusive,
+    )
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let ev = match timeout(T, watch.next()).await {
+            Ok(Some(Ok(ev))) => ev,
+            other => panic!("expected an event, got {other:?} after {seen:?}"),
+        };
+        use masse::RegistryEvent as E;
+        let done = matches!(&ev, E::Expired { name, instance } if name.as_str() == "short" && *instance == short.instance);
+        match &ev {
+            E::Joined(r) if *r == short => {}
+            // A valid key with a garbage record: its expiry names it.
+            E::Expired { name, .. } if name.as_str() == "expired-junk" => {}
+            E::Expired { name, .. } if name.as_str() == "short" => {}
+            other => panic!("unexpected {other:?} after {seen:?}"),
+        }
+        seen.push(ev);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        matches!(&seen[0], masse::RegistryEvent::Joined(r) if *r == short)
+            || matches!(&seen[1], masse::RegistryEvent::Joined(r) if *r == short),
+        "{seen:?}"
+    );
+
+    // Lookups see exactly the good rows.
+    let found = reg.lookup(&ns, &Pattern::any()).await.unwrap();
+    let names: Vec<&str> = found.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["dialer", "good-1", "good-2"]);
+    for bad in [
+        "bad-json",
+        "wrong-name",
+        "not-an-object",
+        "blob-record",
+        "expired-junk",
+    ] {
+        let one = reg.lookup(&ns, &bad.parse().unwrap()).await.unwrap();
+        assert!(one.is_empty(), "{bad}: {one:?}");
+    }
+    let g = reg.lookup(&ns, &"good-*".parse().unwrap()).await.unwrap();
+    assert_eq!(g.len(), 2);
+
+    // to("*") reaches every good peer, and nothing fails.
+    let streams: Vec<_> = timeout(T, dialer.to("*").collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let mut reached: Vec<String> = streams
+        .into_iter()
+        .map(|s| s.expect("every good peer answers").peer().to_string())
+        .collect();
+    reached.sort();
+    assert_eq!(reached, ["good-1", "good-2"]);
+
+    // Every expired row is gone, readable or not (any namespace).
+    let deadline = Instant::now() + T;
+    loop {
+        let left = tokio::task::block_in_place(|| {
+            raw.sql(&format!(
+                "SELECT count(*) FROM masse_peers WHERE expires_at <= {PAST}"
+            ))
+        });
+        if left == "0" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} expired bad rows not swept"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Their removal wrote no event that names them.
+    let named = tokio::task::block_in_place(|| {
+        raw.sql(
+            "SELECT count(*) FROM masse_events WHERE kind = 'expired' \
+             AND name IN ('bad name!', 'bad-instance', 'blob-instance') AND at > 0",
+        )
+    });
+    assert_eq!(named, "0");
+    // And the live bad rows stay (they hold nothing a reader can use).
+    dial(&good1, "good-2").await;
+    for n in [good1, good2, dialer] {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_bad_rows_next_to_good_ones() {
+    init_tracing();
+    if require_binary("sqlite3", "sqlite3").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("reg.db");
+    let url = format!("sqlite://{}", db.display());
+    // The tables exist before the raw writes.
+    connect(&url).await;
+    bad_rows_next_to_good_ones(&url, &Sqlite3(db)).await;
+}
+
+/// A running node's own row is damaged behind its back (its instance
+/// becomes a blob, so no refresh matches it): the node publishes itself
+/// again over the unreadable row and keeps its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_damaged_own_row_is_published_again() {
+    init_tracing();
+    if require_binary("sqlite3", "sqlite3").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("reg.db");
+    let url = format!("sqlite://{}", db.display());
+    let node = start_node("alpha", "damaged", &url).await;
+    let mut events = node.events();
+    let raw = Sqlite3(db);
+    let damaged = Instant::now();
+    tokio::task::block_in_place(|| {
+        raw.sql("UPDATE masse_peers SET instance = X'00ff' WHERE name = 'alpha'")
+    });
+    let reg = connect(&url).await;
+    let ns: Namespace = "damaged".parse().unwrap();
+    let deadline = Instant::now() + T;
+    loop {
+        let found = reg.lookup(&ns, &"alpha".parse().unwrap()).await.unwrap();
+        let instance = tokio::task::block_in_place(|| {
+            raw.sql("SELECT typeof(instance) FROM masse_peers WHERE name = 'alpha'")
+        });
+        if instance == "text" && found.iter().any(|r| r.instance == node.instance()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "alpha not published again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "RECOVERY damaged own row: published again after {:?}",
+        damaged.elapsed()
+    );
+    while let Ok(Some(e)) = timeout(Duration::from_millis(1), events.recv()).await {
+        assert!(!matches!(e, NodeEvent::NameLost { .. }), "{e:?}");
+    }
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_bad_rows_next_to_good_ones() {
+    init_tracing();
+    let Some(pg) = PostgresServer::start() else {
+        return;
+    };
+    let url = pg.url();
+    connect(&url).await;
+    bad_rows_next_to_good_ones(&url, &pg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_bad_rows_next_to_good_ones() {
+    init_tracing();
+    let Some(db) = MariaDbServer::start() else {
+        return;
+    };
+    let url = db.url();
+    connect(&url).await;
+    bad_rows_next_to_good_ones(&url, &db).await;
+}
+
+/// MariaDB: another session holds `FLUSH TABLES WITH READ LOCK` for two
+/// ttls. Writes do not fail, they wait: heartbeats time out, calls are
+/// abandoned mid-statement, and the connections they were on must not be
+/// handed out again still waiting for their answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_global_read_lock_recovers() {
+    init_tracing();
+    let Some(db) = MariaDbServer::start() else {
+        return;
+    };
+    let url = db.url();
+    let holder = std::sync::Mutex::new(None);
+    fault_cycle(
+        "mariadb global read lock",
+        &url,
+        "maria-locked",
+        || {
+            let child = db
+                .client()
+                .args(["-e", "FLUSH TABLES WITH READ LOCK; SELECT SLEEP(3600)"])
+                .spawn()
+                .expect("run mariadb");
+            *holder.lock().unwrap() = Some(masse_integration_tests::server::KillOnDrop(child));
+        },
+        || {
+            // The lock goes with the session: end it on the server's side.
+            let id = db.query(
+                "SELECT id FROM information_schema.processlist \
+                 WHERE info LIKE 'SELECT SLEEP(3600)%'",
+            );
+            assert!(!id.is_empty(), "the session holding the lock");
+            db.query(&format!("KILL CONNECTION {id}"));
+            let held = holder.lock().unwrap().take();
+            drop(held);
+        },
+    )
+    .await;
+}
+
+// ------------------------------------------------------- bad credentials
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_wrong_password_is_unauthorized() {
+    init_tracing();
+    let Some(pg) = PostgresServer::start() else {
+        return;
+    };
+    pg.require_password("masse_pw_user", "right-password");
+    let good = format!(
+        "postgres://masse_pw_user:right-password@127.0.0.1:{}/postgres",
+        pg.port()
+    );
+    connect(&good).await;
+    for url in [
+        good.replace("right-password", "wrong-password"),
+        format!(
+            "postgres://nobody:whatever@127.0.0.1:{}/postgres",
+            pg.port()
+        ),
+    ] {
+        let started = Instant::now();
+        match SqlRegistry::connect_with(&url, config()).await {
+            Err(Error::RegistryUnauthorized { backend, source }) => {
+                assert_eq!(backend, "postgres");
+                let shown = source.to_string();
+                assert!(!shown.contains("wrong-password"), "{shown}");
+                eprintln!("postgres refused after {:?}: {shown}", started.elapsed());
+            }
+            other => panic!("expected RegistryUnauthorized, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_wrong_password_is_unauthorized() {
+    init_tracing();
+    let Some(db) = MariaDbServer::start() else {
+        return;
+    };
+    let wrong = db
+        .url()
+        .replace(masse_integration_tests::mariadb::PASSWORD, "wrong-password");
+    // The right user, but a database it has no grant on.
+    let no_grant = format!(
+        "mysql://{}:{}@127.0.0.1:{}/mysql",
+        masse_integration_tests::mariadb::USER,
+        masse_integration_tests::mariadb::PASSWORD,
+        db.port()
+    );
+    for url in [wrong, no_grant] {
+        match SqlRegistry::connect_with(&url, config()).await {
+            Err(Error::RegistryUnauthorized { backend, source }) => {
+                assert_eq!(backend, "mysql");
+                eprintln!("mariadb refused: {source}");
+            }
+            other => panic!("{url}: expected RegistryUnauthorized, got {other:?}"),
+        }
+    }
+}
