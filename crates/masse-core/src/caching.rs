@@ -1037,6 +1037,20 @@ impl<R: Registry> Registry for CachingRegistry<R> {
     async fn unpublish(&self, ns: &Namespace, name: &PeerName, instance: InstanceId) -> Result<()> {
         let result = self.shared.backend.unpublish(ns, name, instance).await;
         self.shared.answered(&result);
+        if result.is_ok() {
+            // Read-your-writes: this handle knows the name is gone before
+            // the backend's event says so (which the view then drops).
+            let mut cache = write(&self.shared.cache);
+            if let Some(nsc) = cache.get_mut(ns) {
+                let left = RegistryEvent::Left {
+                    name: name.clone(),
+                    instance,
+                };
+                if let Some(ev) = nsc.view.as_mut().and_then(|v| v.event(left)) {
+                    nsc.apply(ev, &self.shared.config, Instant::now());
+                }
+            }
+        }
         self.invalidate(ns, name);
         result
     }

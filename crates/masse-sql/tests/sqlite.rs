@@ -61,6 +61,7 @@ async fn conformance_on_a_shared_file() {
     let dir = tempfile::tempdir().unwrap();
     let url = url(&dir);
     let factory_url = url.clone();
+    let reset_url = url.clone();
     let raw = SqlRegistry::connect_with(&url, config()).await.unwrap();
     RegistryConformance::new(move || {
         let url = factory_url.clone();
@@ -80,6 +81,25 @@ async fn conformance_on_a_shared_file() {
             raw.store_raw_record(&ns, &name, &bytes, Duration::from_secs(60))
                 .await
                 .expect("raw write");
+        }
+    })
+    .resync_trigger(move |_ns| {
+        // As a restore from an old copy would: the event log starts over.
+        let url = reset_url.clone();
+        async move {
+            use sqlx::Connection;
+            let mut conn = sqlx::SqliteConnection::connect(&url)
+                .await
+                .expect("open the file");
+            sqlx::query("DELETE FROM masse_events")
+                .execute(&mut conn)
+                .await
+                .expect("empty the event log");
+            sqlx::query("DELETE FROM sqlite_sequence WHERE name = 'masse_events'")
+                .execute(&mut conn)
+                .await
+                .expect("restart the event ids");
+            conn.close().await.expect("close");
         }
     })
     .run()
