@@ -820,28 +820,18 @@ pub async fn malformed_records_are_skipped(c: &RegistryConformance) {
         RegistryEvent::Joined(short.clone()),
         "[{case}] Joined next to garbage"
     );
-    let deadline = Instant::now() + c.ttl + c.slack;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match timeout(left, events.next()).await {
-            Ok(Some(Ok(RegistryEvent::Expired { name, instance }))) => {
-                assert_eq!(
-                    (name, instance),
-                    (short.name.clone(), short.instance),
-                    "[{case}] the expiry reported is the good record's"
-                );
-                break;
-            }
-            Ok(Some(Ok(RegistryEvent::Resync))) => {
-                panic!("[{case}] unexpected Resync on a healthy backend")
-            }
-            Ok(Some(Ok(other))) => panic!("[{case}] unexpected event {other:?}"),
-            Ok(Some(Err(e))) => panic!("[{case}] watch stream failed: {e}"),
-            Ok(None) => panic!("[{case}] watch stream ended"),
-            Err(_) => panic!(
-                "[{case}] a good record next to unreadable ones did not expire within ttl + slack"
-            ),
-        }
+    match timeout(c.ttl + c.slack, events.next()).await {
+        Ok(Some(Ok(RegistryEvent::Expired { name, instance }))) => assert_eq!(
+            (name, instance),
+            (short.name.clone(), short.instance),
+            "[{case}] the expiry reported is the good record's"
+        ),
+        Ok(Some(Ok(other))) => panic!("[{case}] expected the good record's Expired, got {other:?}"),
+        Ok(Some(Err(e))) => panic!("[{case}] watch stream failed: {e}"),
+        Ok(None) => panic!("[{case}] watch stream ended"),
+        Err(_) => panic!(
+            "[{case}] a good record next to unreadable ones did not expire within ttl + slack"
+        ),
     }
     assert_eq!(
         lookup(&reg, &ns, "*", case).await,
@@ -923,29 +913,23 @@ pub async fn resync_then_listing_matches(c: &RegistryConformance) {
     publish(&reg, &cc, c.long_ttl(), NamePolicy::Takeover, case).await;
     // The raw watcher: Joined(c), or a Resync whose listing holds c (a
     // change made around the loss may be folded into the listing).
-    let deadline = Instant::now() + c.slack * 2;
-    let mut resynced = false;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match timeout(left, raw.next()).await {
-            Ok(Some(Ok(RegistryEvent::Resync))) => {
-                resynced = true;
-                let listed = lookup(&reg, &ns, "*", case).await;
-                assert!(
-                    listed.contains(&cc),
-                    "[{case}] a listing after Resync holds what was published: {listed:?}"
-                );
-                break;
-            }
-            Ok(Some(Ok(RegistryEvent::Joined(r)))) if r == cc => break,
-            Ok(Some(Ok(other))) => {
-                panic!("[{case}] unexpected event after the history was lost: {other:?}")
-            }
-            Ok(Some(Err(e))) => panic!("[{case}] watch stream failed: {e}"),
-            Ok(None) => panic!("[{case}] watch stream ended"),
-            Err(_) => panic!("[{case}] neither Resync nor Joined after the history was lost"),
+    let resynced = match timeout(c.slack * 2, raw.next()).await {
+        Ok(Some(Ok(RegistryEvent::Resync))) => {
+            let listed = lookup(&reg, &ns, "*", case).await;
+            assert!(
+                listed.contains(&cc),
+                "[{case}] a listing after Resync holds what was published: {listed:?}"
+            );
+            true
         }
-    }
+        Ok(Some(Ok(RegistryEvent::Joined(r)))) if r == cc => false,
+        Ok(Some(Ok(other))) => {
+            panic!("[{case}] unexpected event after the history was lost: {other:?}")
+        }
+        Ok(Some(Err(e))) => panic!("[{case}] watch stream failed: {e}"),
+        Ok(None) => panic!("[{case}] watch stream ended"),
+        Err(_) => panic!("[{case}] neither Resync nor Joined after the history was lost"),
+    };
     // Either way, events flow again afterwards.
     let d = record(&ns, "d", 4);
     publish(&reg, &d, c.long_ttl(), NamePolicy::Takeover, case).await;
