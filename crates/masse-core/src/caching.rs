@@ -45,8 +45,9 @@ pub struct CachingConfig {
     /// listing is still served from its last known record before it is
     /// reported [`Expired`](RegistryEvent::Expired). It covers a registry
     /// restarted empty: its live owners re-publish within one heartbeat
-    /// (ttl/3), so this should exceed that plus a margin. A node sets it to
-    /// its own ttl/3 + 2 s unless told otherwise.
+    /// (ttl/3), so this should exceed the longest ttl/3 in the namespace plus
+    /// a margin (default 5 s: ttls up to 9 s). A node raises it to its own
+    /// ttl/3 + 2 s if that is longer; with peers on longer ttls, set it.
     pub resync_grace: Duration,
 }
 
