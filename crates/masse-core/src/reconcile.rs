@@ -96,15 +96,7 @@ impl Reconciler {
                     .or_insert(now + self.grace);
             }
         }
-        for (name, record) in listed {
-            self.suspects.remove(&name);
-            match self.known.get(&name) {
-                Some(k) if *k == record => {}
-                Some(_) => out.push(RegistryEvent::Updated(record.clone())),
-                None => out.push(RegistryEvent::Joined(record.clone())),
-            }
-            self.known.insert(name, record);
-        }
+        self.take_listed(listed, &mut out);
         out
     }
 
@@ -199,6 +191,17 @@ impl Reconciler {
                 });
             }
         }
+        self.take_listed(listed, &mut out);
+        out
+    }
+
+    /// Takes every listed record into the view: `Joined` for a name it did
+    /// not hold, `Updated` for one that changed; listed names are not suspect.
+    fn take_listed(
+        &mut self,
+        listed: BTreeMap<PeerName, PeerRecord>,
+        out: &mut Vec<RegistryEvent>,
+    ) {
         for (name, record) in listed {
             self.suspects.remove(&name);
             match self.known.get(&name) {
@@ -208,7 +211,6 @@ impl Reconciler {
             }
             self.known.insert(name, record);
         }
-        out
     }
 
     #[cfg(test)]
