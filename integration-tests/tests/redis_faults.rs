@@ -16,8 +16,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use masse::{
-    Error, InstanceId, NamePolicy, Namespace, Pattern, PeerName, PeerRecord, Registry,
-    RegistryEvent,
+    Error, InstanceId, NamePolicy, Namespace, Pattern, PeerRecord, Registry, RegistryEvent,
 };
 use masse_integration_tests::echo_forever;
 use masse_integration_tests::redis::{RedisCluster, RedisServer, Resp, cluster_command};
@@ -917,6 +916,70 @@ async fn restart_empty_recovers_publish_watch_and_sweep() {
 // 4. rediss+cluster:// through registry_from_url.
 // ---------------------------------------------------------------------------
 
+/// A real TLS cluster (three masters, `--tls-cluster yes`): through
+/// `masse::registry_from_url("rediss+cluster://…")` without the private CA
+/// the registry refuses with `RegistryUnauthorized` (TLS was spoken to the
+/// nodes, and their certificate checked); with the CA
+/// (`RedisRegistry::connect_with`) publish, lookup, watch and expiry work on
+/// every master, over TLS only (the driver was told the TLS ports).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_cluster_url_reaches_a_tls_cluster() {
+    let Some(cluster) = RedisCluster::start_tls() else {
+        return;
+    };
+    let url = cluster.tls_url().expect("tls url");
+    let ca = cluster.tls_ca_pem().expect("ca");
+    match timeout(T * 2, masse::registry_from_url(&url)).await {
+        Ok(Err(
+            e @ Error::RegistryUnauthorized {
+                backend: "redis", ..
+            },
+        )) => {
+            assert!(e.to_string().contains("UnknownIssuer"), "{e}")
+        }
+        Ok(Err(e)) => panic!("registry_from_url without the CA: {e:?}"),
+        Ok(Ok(_)) => panic!("registry_from_url without the CA connected"),
+        Err(_) => panic!("registry_from_url without the CA hung"),
+    }
+    let reg = RedisRegistry::connect_with(&url, RedisConfig::new().tls_root_certificate(ca))
+        .await
+        .unwrap_or_else(|e| panic!("connect to the TLS cluster: {e}"));
+    // Namespaces on every master.
+    let mut owners = BTreeSet::new();
+    for i in 0..12 {
+        let n = ns(&format!("tls-{i}"));
+        let r = record(&n, "x");
+        reg.publish(&r, T, NamePolicy::Takeover)
+            .await
+            .expect("publish over TLS");
+        assert_eq!(
+            reg.lookup(&n, &Pattern::any()).await.expect("lookup"),
+            vec![r]
+        );
+        let key = format!("masse:{{{n}}}:index");
+        for (j, node) in cluster.nodes().iter().enumerate() {
+            if node.command(&[b"EXISTS", key.as_bytes()]).ok() == Some(Resp::Int(1)) {
+                owners.insert(j);
+            }
+        }
+    }
+    assert_eq!(owners.len(), 3, "12 namespaces reached every master");
+    let n = ns("tls-watch");
+    let mut watch = forward(reg.watch(&n).await.expect("watch"));
+    let r = record(&n, "short");
+    reg.publish(&r, SHORT_TTL, NamePolicy::Takeover)
+        .await
+        .expect("publish");
+    assert_eq!(next(&mut watch).await, RegistryEvent::Joined(r.clone()));
+    assert_eq!(
+        next(&mut watch).await,
+        RegistryEvent::Expired {
+            name: r.name.clone(),
+            instance: r.instance
+        }
+    );
+}
+
 /// A TLS URL for a cluster is parsed as one (dispatched to Redis, TLS to
 /// every node): against a plain server it fails with a clear TLS error
 /// naming the registry, never as an unknown scheme, a panic or a hang.
@@ -932,6 +995,20 @@ async fn rediss_cluster_url_against_a_plain_server_is_a_clear_error() {
             let msg = e.to_string();
             assert!(msg.contains("redis"), "{msg}");
             assert!(!msg.contains("unknown scheme"), "{msg}");
+            assert!(!msg.contains("feature"), "dispatched to the backend: {msg}");
+            assert!(
+                matches!(
+                    e,
+                    Error::RegistryUnavailable {
+                        backend: "redis",
+                        ..
+                    } | Error::RegistryUnauthorized {
+                        backend: "redis",
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
             eprintln!(
                 "rediss+cluster:// to a plain server: {e:?} after {:?}",
                 started.elapsed()
@@ -940,6 +1017,4 @@ async fn rediss_cluster_url_against_a_plain_server_is_a_clear_error() {
         Ok(Ok(_)) => panic!("TLS to a plain server cannot succeed"),
         Err(_) => panic!("rediss+cluster:// to a plain server hung"),
     }
-    let _ = RedisConfig::new();
-    let _: Option<PeerName> = None;
 }

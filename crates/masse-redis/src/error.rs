@@ -132,6 +132,26 @@ pub(crate) fn map(e: RedisError) -> Error {
         );
         return refused(hint, e);
     }
+    // The cluster client reports a failed first connection to every seed
+    // node as an I/O error with the cause flattened into text.
+    if e.kind() == ErrorKind::Io
+        && let Some(detail) = e.detail()
+    {
+        const TLS: [&str; 2] = ["invalid peer certificate", "received fatal alert"];
+        const AUTH: [&str; 4] = ["WRONGPASS", "NOAUTH", "NOPERM", "AuthenticationFailed"];
+        if TLS.iter().any(|m| detail.contains(m)) {
+            let hint = format!(
+                "TLS with the redis cluster failed: {detail} (for a private CA, set RedisConfig::tls_root_certificate)"
+            );
+            return refused(hint, e);
+        }
+        if AUTH.iter().any(|m| detail.contains(m)) {
+            let hint = format!(
+                "the redis cluster refused the credentials: check the user name and password in the registry URL ({detail})"
+            );
+            return refused(hint, e);
+        }
+    }
     let transient = e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
@@ -273,6 +293,26 @@ mod tests {
         let tls = RedisError::from(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        ));
+        let cluster_tls = RedisError::from((
+            ErrorKind::Io,
+            "Failed to create initial connections",
+            "Io: invalid peer certificate: UnknownIssuer".to_owned(),
+        ));
+        match map(cluster_tls) {
+            e @ Error::RegistryUnauthorized { .. } => {
+                assert!(e.to_string().contains("UnknownIssuer"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let cluster_down = RedisError::from((
+            ErrorKind::Io,
+            "Failed to create initial connections",
+            "Io: Connection refused (os error 111)".to_owned(),
+        ));
+        assert!(matches!(
+            map(cluster_down),
+            Error::RegistryUnavailable { .. }
         ));
         match map(tls) {
             e @ Error::RegistryUnauthorized { .. } => {
