@@ -708,6 +708,69 @@ async fn scripts_never_half_apply_and_writers_repair() {
     );
 }
 
+/// Repairs never hand a live name to someone else: with the index deleted
+/// (or rebuilt by another writer), a live record still holds its name
+/// against an `Exclusive` publish of another instance, its owner's refresh
+/// puts it back in the index without any event, and a `Takeover` reports
+/// `Updated`, not `Joined`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_index_keeps_live_names_owned() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let reg = connect(&server.url()).await;
+    let n = ns("f-owned");
+    let long = Duration::from_secs(60);
+    let mut watch = forward(reg.watch(&n).await.expect("watch"));
+    let (a, b) = (record(&n, "a"), record(&n, "b"));
+    for r in [&a, &b] {
+        reg.publish(r, long, NamePolicy::Takeover)
+            .await
+            .expect("publish");
+        assert_eq!(next(&mut watch).await, RegistryEvent::Joined(r.clone()));
+    }
+    let index = format!("masse:{{{n}}}:index");
+    server.command(&[b"DEL", index.as_bytes()]).expect("DEL");
+    assert!(
+        reg.lookup(&n, &Pattern::any())
+            .await
+            .expect("lookup")
+            .is_empty()
+    );
+    let rival = record(&n, "a");
+    match reg.publish(&rival, long, NamePolicy::Exclusive).await {
+        Err(Error::NameTaken { holder, .. }) => assert_eq!(holder, a.instance),
+        other => panic!("exclusive publish over a live name: {other:?}"),
+    }
+    reg.refresh(&n, &a.name, a.instance, long)
+        .await
+        .expect("the owner refreshes");
+    assert_eq!(
+        names(&reg.lookup(&n, &Pattern::any()).await.expect("lookup")),
+        ["a"]
+    );
+    let mut b2 = b.clone();
+    b2.instance = InstanceId::random();
+    reg.publish(&b2, long, NamePolicy::Takeover)
+        .await
+        .expect("takeover");
+    assert_eq!(next(&mut watch).await, RegistryEvent::Updated(b2.clone()));
+    match reg.refresh(&n, &b.name, b.instance, long).await {
+        Err(Error::NameLost { .. }) => {}
+        other => panic!("the old owner of b: {other:?}"),
+    }
+    assert_eq!(
+        names(&reg.lookup(&n, &Pattern::any()).await.expect("lookup")),
+        ["a", "b"]
+    );
+    assert!(
+        drain_for(&mut watch, Duration::from_millis(300))
+            .await
+            .is_empty(),
+        "no other event"
+    );
+}
+
 /// The same on a node: its index replaced under it, the node's next
 /// heartbeat repairs it and the node is found again by pattern, with no
 /// registry outage reported.
