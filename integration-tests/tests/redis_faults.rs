@@ -473,6 +473,110 @@ async fn malformed_entries_scenario(url: &str, send: Raw, n: Namespace) {
     }
 }
 
+/// Log lines, captured.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn count(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer"))
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains(needle))
+            .count()
+    }
+}
+
+/// A malformed entry is logged once per handle, not on every lookup, sweep
+/// or watcher: five lookups, two watchers and several sweeps give one
+/// warning per bad key. (A current-thread runtime, so that the handle's
+/// sweeper and watchers log to this test's subscriber.)
+#[tokio::test]
+async fn a_malformed_entry_is_logged_once() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let n = ns("f-once");
+    let reg = connect(&server.url()).await;
+    let mut w1 = reg.watch(&n).await.expect("watch");
+    let mut w2 = reg.watch(&n).await.expect("watch");
+    let good = record(&n, "good");
+    reg.publish(&good, T, NamePolicy::Takeover)
+        .await
+        .expect("publish");
+    let far = FAR.as_bytes();
+    let (bad, dead) = (
+        "masse:{f-once}:peer:bad-json",
+        "masse:{f-once}:peer:dead-json",
+    );
+    let index = "masse:{f-once}:index";
+    for (key, score) in [(bad, far), (dead, PAST.as_bytes())] {
+        ok(server.command(&[
+            b"HSET",
+            key.as_bytes(),
+            b"instance",
+            INST,
+            b"record",
+            b"{x",
+            b"expires",
+            score,
+        ]));
+        let member = key.rsplit(':').next().expect("name");
+        ok(server.command(&[b"ZADD", index.as_bytes(), score, member.as_bytes()]));
+    }
+    let events = "masse:{f-once}:events";
+    ok(server.command(&[b"XADD", events.as_bytes(), b"*", b"foo", b"bar"]));
+    for _ in 0..5 {
+        assert_eq!(
+            reg.lookup(&n, &Pattern::any()).await.expect("lookup"),
+            vec![good.clone()]
+        );
+    }
+    let other = record(&n, "other");
+    reg.publish(&other, T, NamePolicy::Takeover)
+        .await
+        .expect("publish");
+    for w in [&mut w1, &mut w2] {
+        for want in [&good, &other] {
+            let ev = timeout(T, w.next())
+                .await
+                .expect("event")
+                .expect("open")
+                .expect("ok");
+            assert_eq!(ev, RegistryEvent::Joined(want.clone()));
+        }
+    }
+    sleep(Duration::from_millis(1000)).await; // several sweeps
+    assert_eq!(
+        server.command(&[b"EXISTS", dead.as_bytes()]).ok(),
+        Some(Resp::Int(0))
+    );
+    assert_eq!(logs.count(bad), 1, "bad-json: one warning");
+    assert_eq!(logs.count(dead), 1, "dead-json: one warning, when swept");
+    assert_eq!(
+        logs.count("without a sequence number"),
+        1,
+        "two watchers, one warning"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_entries_affect_only_themselves() {
     let Some(server) = RedisServer::start() else {
