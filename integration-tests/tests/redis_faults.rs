@@ -1163,6 +1163,7 @@ async fn rediss_cluster_url_against_a_plain_server_is_a_clear_error() {
             assert!(msg.contains("redis"), "{msg}");
             assert!(!msg.contains("unknown scheme"), "{msg}");
             assert!(!msg.contains("feature"), "dispatched to the backend: {msg}");
+            assert!(msg.contains("TLS"), "says TLS is the likely cause: {msg}");
             assert!(
                 matches!(
                     e,

@@ -108,10 +108,16 @@ impl RedisRegistry {
         config.validate()?;
         let target = address::parse(url, &config)?;
         let source = Source::new(url, &target, &config)?;
-        let conn = source.command_conn(&config).await?;
+        let tls = target.tls();
+        let conn = source
+            .command_conn(&config)
+            .await
+            .map_err(|e| error::tls_hint(e, tls))?;
         // Connecting authenticates only if the URL has credentials; a PING
         // also catches a server that wants some (NOAUTH) or refuses this user.
-        ping(&conn, &config).await?;
+        ping(&conn, &config)
+            .await
+            .map_err(|e| error::tls_hint(e, tls))?;
         let inner = Arc::new(Inner {
             conn,
             source,

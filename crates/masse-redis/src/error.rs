@@ -193,6 +193,28 @@ fn tls_error(e: &RedisError) -> Option<&rustls::Error> {
     io.get_ref()?.downcast_ref::<rustls::Error>()
 }
 
+/// A first connection over TLS that timed out: the usual cause is a server
+/// that does not speak TLS on that port (it waits for the rest of what it
+/// takes for a command), so say so.
+pub(crate) fn tls_hint(e: Error, tls: bool) -> Error {
+    match e {
+        Error::RegistryUnavailable { backend, source }
+            if tls && source.to_string().contains("timed out") =>
+        {
+            Error::unavailable(
+                backend,
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "{source} (this is a TLS URL: if the server does not speak TLS on this port it never answers the handshake; check rediss:// against redis:// and the port)"
+                    ),
+                ),
+            )
+        }
+        other => other,
+    }
+}
+
 /// The error for a command that got no answer in time.
 pub(crate) fn timed_out(what: &'static str, after: Duration) -> Error {
     Error::unavailable(
