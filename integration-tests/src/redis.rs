@@ -173,7 +173,7 @@ fn make_certs(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
     let ext = p("server.ext");
     std::fs::write(
         &ext,
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n",
     )
     .ok()?;
     let run = |args: &[&str]| {
@@ -241,6 +241,8 @@ pub struct RedisServer {
     opts: RedisOptions,
     cluster: bool,
     tls: Option<TlsFiles>,
+    /// The cluster bus port, when set explicitly (TLS clusters).
+    bus_port: Option<u16>,
     child: Option<KillOnDrop>,
 }
 
@@ -253,10 +255,16 @@ impl RedisServer {
 
     /// A server with `opts`.
     pub fn start_with(opts: RedisOptions) -> Option<RedisServer> {
-        Self::start_inner(opts, false)
+        Self::start_inner(opts, false, None)
     }
 
-    fn start_inner(opts: RedisOptions, cluster: bool) -> Option<RedisServer> {
+    /// `certs`: `(ca, cert, key)` files to use instead of making new ones
+    /// (the nodes of a TLS cluster share one CA).
+    fn start_inner(
+        opts: RedisOptions,
+        cluster: bool,
+        certs: Option<(PathBuf, PathBuf, PathBuf)>,
+    ) -> Option<RedisServer> {
         crate::init_tracing();
         let binary = require_binary("redis-server", "redis-server")?;
         let dir = tempfile::Builder::new()
@@ -264,7 +272,10 @@ impl RedisServer {
             .tempdir()
             .expect("temp dir");
         let tls = if opts.tls {
-            let (ca, cert, key) = make_certs(dir.path())?;
+            let (ca, cert, key) = match certs {
+                Some(c) => c,
+                None => make_certs(dir.path())?,
+            };
             Some(TlsFiles {
                 ca,
                 cert,
@@ -274,7 +285,9 @@ impl RedisServer {
         } else {
             None
         };
-        let port = if cluster {
+        // A TLS cluster names its bus port; a plain one uses port + 10000.
+        let bus_port = (cluster && tls.is_some()).then(free_port);
+        let port = if cluster && bus_port.is_none() {
             free_port_pair()
         } else {
             free_port()
@@ -286,6 +299,7 @@ impl RedisServer {
             opts,
             cluster,
             tls,
+            bus_port,
             child: None,
         };
         server.spawn();
@@ -323,6 +337,17 @@ impl RedisServer {
                 .arg(dir.join("nodes.conf"))
                 .arg("--cluster-node-timeout")
                 .arg("2000");
+            if let Some(bus) = self.bus_port {
+                cmd.arg("--cluster-port").arg(bus.to_string());
+            }
+            if self.tls.is_some() {
+                // Clients, the cluster bus and replication all over TLS;
+                // TLS clients are told the nodes' TLS ports.
+                cmd.arg("--tls-cluster")
+                    .arg("yes")
+                    .arg("--tls-replication")
+                    .arg("yes");
+            }
         }
         if let Some(t) = &self.tls {
             cmd.arg("--tls-port")
@@ -426,15 +451,41 @@ impl RedisCluster {
     /// node reports `cluster_state:ok`. `None` (loud skip) when `redis-server`
     /// or `redis-cli` is missing and not under CI.
     pub fn start() -> Option<RedisCluster> {
+        Self::start_with(false)
+    }
+
+    /// Like [`start`](Self::start), with every node also listening for TLS
+    /// (one throwaway CA for all, see [`tls_ca_pem`](Self::tls_ca_pem)) and
+    /// the cluster bus and replication over TLS (`--tls-cluster yes`,
+    /// `--tls-replication yes`). The plain ports stay open for the harness's
+    /// raw commands; clients connected over TLS are told the TLS ports.
+    pub fn start_tls() -> Option<RedisCluster> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Option<RedisCluster> {
         let cli = require_binary("redis-cli", "redis-tools")?;
-        let mut nodes = Vec::new();
+        let opts = if tls {
+            RedisOptions::new().tls()
+        } else {
+            RedisOptions::new()
+        };
+        let mut nodes: Vec<RedisServer> = Vec::new();
         for _ in 0..3 {
-            nodes.push(RedisServer::start_inner(RedisOptions::new(), true)?);
+            let certs = nodes
+                .first()
+                .and_then(|n| n.tls.as_ref())
+                .map(|t| (t.ca.clone(), t.cert.clone(), t.key.clone()));
+            nodes.push(RedisServer::start_inner(opts.clone(), true, certs)?);
         }
         let mut cmd = Command::new(cli);
+        if let Some(t) = nodes[0].tls.as_ref() {
+            cmd.arg("--tls").arg("--cacert").arg(&t.ca);
+        }
         cmd.arg("--cluster").arg("create");
         for n in &nodes {
-            cmd.arg(format!("127.0.0.1:{}", n.port));
+            let port = n.tls.as_ref().map_or(n.port, |t| t.port);
+            cmd.arg(format!("127.0.0.1:{port}"));
         }
         let out = cmd
             .arg("--cluster-replicas")
@@ -455,6 +506,22 @@ impl RedisCluster {
             "cluster did not reach cluster_state:ok"
         );
         Some(cluster)
+    }
+
+    /// `rediss+cluster://127.0.0.1:t1,127.0.0.1:t2,127.0.0.1:t3` (the TLS
+    /// ports), if started with [`start_tls`](Self::start_tls).
+    pub fn tls_url(&self) -> Option<String> {
+        let ports: Option<Vec<String>> = self
+            .nodes
+            .iter()
+            .map(|n| n.tls.as_ref().map(|t| format!("127.0.0.1:{}", t.port)))
+            .collect();
+        ports.map(|p| format!("rediss+cluster://{}", p.join(",")))
+    }
+
+    /// The PEM of the CA that signed every node's TLS certificate.
+    pub fn tls_ca_pem(&self) -> Option<Vec<u8>> {
+        self.nodes[0].tls_ca_pem()
     }
 
     /// `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,127.0.0.1:p3`

@@ -246,7 +246,12 @@ async fn conformance_over_tls() {
     let ca = server.tls_ca_pem().expect("ca");
     // Without the CA the server's certificate is not trusted.
     match RedisRegistry::connect(&url).await {
-        Err(Error::Unauthorized { reason }) => {
+        Err(
+            e @ Error::RegistryUnauthorized {
+                backend: "redis", ..
+            },
+        ) => {
+            let reason = e.to_string();
             assert!(reason.contains("UnknownIssuer"), "{reason}");
             assert!(reason.contains("tls_root_certificate"), "{reason}");
         }
@@ -293,19 +298,22 @@ async fn credentials_are_checked_and_never_shown() {
         ("mallory:wrong-pw-9", "unknown ACL user"),
     ] {
         match RedisRegistry::connect(&server.url_with(userinfo)).await {
-            Err(Error::Unauthorized { reason }) => {
+            Err(e @ Error::RegistryUnauthorized { .. }) => {
+                let reason = e.to_string();
                 assert!(reason.contains("WRONGPASS"), "{what}: {reason}");
                 assert!(
                     !reason.contains("wrong-pw-9"),
                     "{what}: password in {reason}"
                 );
             }
-            other => panic!("{what}: expected Unauthorized, got {other:?}"),
+            other => panic!("{what}: expected RegistryUnauthorized, got {other:?}"),
         }
     }
     match RedisRegistry::connect(&format!("redis://127.0.0.1:{}", server.port())).await {
-        Err(Error::Unauthorized { reason }) => assert!(reason.contains("NOAUTH"), "{reason}"),
-        other => panic!("no password: expected Unauthorized, got {other:?}"),
+        Err(e @ Error::RegistryUnauthorized { .. }) => {
+            assert!(e.to_string().contains("NOAUTH"), "{e}")
+        }
+        other => panic!("no password: expected RegistryUnauthorized, got {other:?}"),
     }
 
     let reg = connect(&server.url()).await;
@@ -332,8 +340,10 @@ async fn credentials_are_checked_and_never_shown() {
         .publish(&record(&n, "b"), T, NamePolicy::Takeover)
         .await
     {
-        Err(Error::Unauthorized { reason }) => assert!(reason.contains("NOPERM"), "{reason}"),
-        other => panic!("ACL without scripting: expected Unauthorized, got {other:?}"),
+        Err(e @ Error::RegistryUnauthorized { .. }) => {
+            assert!(e.to_string().contains("NOPERM"), "{e}")
+        }
+        other => panic!("ACL without scripting: expected RegistryUnauthorized, got {other:?}"),
     }
 }
 

@@ -23,6 +23,7 @@ use crate::conn::{Conn, Source};
 use crate::error;
 use crate::keys::{GRACE_MS, NsKeys};
 use crate::scripts::SCRIPTS;
+use crate::warned::{Warned, warn_once};
 use crate::watch;
 
 /// How many names one `FETCH` script call reads.
@@ -73,6 +74,8 @@ pub(crate) struct Inner {
     /// This handle's entry in each namespace's `sweepers` set.
     sweeper_id: String,
     sweeper: Mutex<Option<JoinHandle<()>>>,
+    /// The malformed entries already logged.
+    pub(crate) warned: Warned,
 }
 
 impl Drop for Inner {
@@ -94,7 +97,7 @@ impl RedisRegistry {
     ///   Cluster, given some of its nodes (`rediss+cluster://` for TLS)
     ///
     /// Fails with [`Error::InvalidAddress`] (kind `"registry url"`) for any
-    /// other URL, [`Error::Unauthorized`] if the server refuses the
+    /// other URL, [`Error::RegistryUnauthorized`] if the server refuses the
     /// credentials, and [`Error::RegistryUnavailable`] if it cannot be reached.
     pub async fn connect(url: &str) -> Result<RedisRegistry> {
         Self::connect_with(url, RedisConfig::default()).await
@@ -105,10 +108,16 @@ impl RedisRegistry {
         config.validate()?;
         let target = address::parse(url, &config)?;
         let source = Source::new(url, &target, &config)?;
-        let conn = source.command_conn(&config).await?;
+        let tls = target.tls();
+        let conn = source
+            .command_conn(&config)
+            .await
+            .map_err(|e| error::tls_hint(e, tls))?;
         // Connecting authenticates only if the URL has credentials; a PING
         // also catches a server that wants some (NOAUTH) or refuses this user.
-        ping(&conn, &config).await?;
+        ping(&conn, &config)
+            .await
+            .map_err(|e| error::tls_hint(e, tls))?;
         let inner = Arc::new(Inner {
             conn,
             source,
@@ -117,6 +126,7 @@ impl RedisRegistry {
             namespaces: Mutex::new(HashSet::new()),
             sweeper_id: InstanceId::random().to_string(),
             sweeper: Mutex::new(None),
+            warned: Warned::default(),
         });
         let task = tokio::spawn(sweeper(Arc::downgrade(&inner)));
         *inner.sweeper.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
@@ -126,6 +136,17 @@ impl RedisRegistry {
 }
 
 impl Inner {
+    /// Logs the keys a script found of the wrong type and rebuilt.
+    fn log_repairs<'a>(&self, ns: &Namespace, notes: impl Iterator<Item = &'a Vec<u8>>) {
+        for note in notes {
+            tracing::warn!(
+                namespace = %ns,
+                repaired = %String::from_utf8_lossy(note),
+                "redis registry: a damaged key was deleted and rebuilt"
+            );
+        }
+    }
+
     /// Remembers `ns` for sweeping.
     pub(crate) fn track(&self, ns: &Namespace) {
         let mut set = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
@@ -178,7 +199,26 @@ impl Inner {
                 .arg(SWEEP_LIMIT)
                 .arg(&self.sweeper_id)
                 .arg(lease);
-            let (due, sweepers): (usize, usize) = self.run("a sweep", &inv).await?;
+            let reply: Vec<Vec<u8>> = self.run("a sweep", &inv).await?;
+            let count = |i: usize| {
+                reply
+                    .get(i)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .ok_or_else(|| error::unexpected("sweep script reply"))
+            };
+            let (due, sweepers) = (count(0)?, count(1)?);
+            for name in reply.iter().skip(2) {
+                let name = String::from_utf8_lossy(name);
+                let key = format!("{}{name}", keys.peer_prefix);
+                warn_once!(
+                    self.warned,
+                    &key,
+                    "swept unreadable",
+                    namespace = %ns,
+                    "redis registry: an expired entry that could not be read was removed, without an Expired event"
+                );
+            }
             total += due;
             if due < SWEEP_LIMIT {
                 return Ok((total, sweepers));
@@ -244,7 +284,18 @@ async fn sweeper(weak: Weak<Inner>) {
                     );
                 }
                 Err(e) => {
-                    if !failing {
+                    if !e.is_transient() {
+                        // Damaged data, not an outage: say which key, once.
+                        let key = NsKeys::new(&ns).index;
+                        warn_once!(
+                            inner.warned,
+                            &key,
+                            &e.to_string(),
+                            namespace = %ns,
+                            error = %e,
+                            "redis registry sweep refused; will retry"
+                        );
+                    } else if !failing {
                         failing = true;
                         tracing::debug!(namespace = %ns, error = %e, "redis registry sweep failed; will retry");
                     }
@@ -284,25 +335,20 @@ fn ttl_ms(ttl: Duration) -> Result<u64> {
     Ok(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
 }
 
-/// Parses a stored record, checking that it is the one the key says; an
-/// unreadable or misplaced record is logged and skipped.
-pub(crate) fn decode_record(ns: &Namespace, name: &str, json: &[u8]) -> Option<PeerRecord> {
+/// Parses a stored record, checking that it is the one the key says; the
+/// error says what is wrong with an unreadable or misplaced one.
+pub(crate) fn decode_record(
+    ns: &Namespace,
+    name: &str,
+    json: &[u8],
+) -> std::result::Result<PeerRecord, String> {
     match PeerRecord::from_json(json) {
-        Ok(r) if &r.namespace == ns && r.name.as_str() == name => Some(r),
-        Ok(r) => {
-            tracing::warn!(
-                namespace = %ns,
-                name,
-                record_namespace = %r.namespace,
-                record_name = %r.name,
-                "redis registry: a record is stored under another peer's key; skipped"
-            );
-            None
-        }
-        Err(e) => {
-            tracing::warn!(namespace = %ns, name, error = %e, "redis registry: unreadable record skipped");
-            None
-        }
+        Ok(r) if &r.namespace == ns && r.name.as_str() == name => Ok(r),
+        Ok(r) => Err(format!(
+            "the record of {}/{} is stored under this key",
+            r.namespace, r.name
+        )),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -332,6 +378,7 @@ impl Registry for RedisRegistry {
             .arg(exclusive)
             .arg(GRACE_MS);
         let reply: Vec<Vec<u8>> = inner.run("a publish", &inv).await?;
+        inner.log_repairs(ns, reply.iter().skip(2));
         match reply.first().map(Vec::as_slice) {
             Some(b"ok") => Ok(()),
             Some(b"taken") => {
@@ -375,8 +422,9 @@ impl Registry for RedisRegistry {
             .arg(instance.to_string())
             .arg(ttl)
             .arg(GRACE_MS);
-        let owned: i64 = inner.run("a refresh", &inv).await?;
-        if owned == 1 {
+        let reply: Vec<Vec<u8>> = inner.run("a refresh", &inv).await?;
+        inner.log_repairs(ns, reply.iter().skip(1));
+        if reply.first().map(Vec::as_slice) == Some(b"1") {
             Ok(())
         } else {
             Err(Error::NameLost {
@@ -416,11 +464,12 @@ impl Registry for RedisRegistry {
                     .filter_map(|m| match String::from_utf8(m) {
                         Ok(s) if PeerName::new(&s).is_ok() => Some(s),
                         Ok(s) => {
-                            tracing::warn!(namespace = %ns, member = %s, "redis registry: index member is not a peer name; skipped");
+                            warn_once!(inner.warned, &keys.index, &format!("member {s:?}"), namespace = %ns, member = %s, "redis registry: index member is not a peer name; skipped");
                             None
                         }
-                        Err(_) => {
-                            tracing::warn!(namespace = %ns, "redis registry: index member is not UTF-8; skipped");
+                        Err(e) => {
+                            let member = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                            warn_once!(inner.warned, &keys.index, &format!("member {member:?}"), namespace = %ns, member = %member, "redis registry: index member is not UTF-8; skipped");
                             None
                         }
                     })
@@ -441,27 +490,38 @@ impl Registry for RedisRegistry {
             for n in chunk {
                 inv.arg(n.as_str());
             }
-            inner.run::<Vec<Option<Vec<u8>>>>("a lookup", &inv).await
+            inner.run::<Vec<Vec<u8>>>("a lookup", &inv).await
         });
         let mut replies = futures::stream::iter(fetches).buffered(8);
         let mut out = Vec::with_capacity(names.len());
         while let Some(reply) = replies.try_next().await? {
-            if !reply.len().is_multiple_of(2) {
-                return Err(error::unexpected("lookup script reply of odd length"));
+            if !reply.len().is_multiple_of(3) {
+                return Err(error::unexpected("lookup script reply not in triples"));
             }
-            for pair in reply.chunks_exact(2) {
-                let (Some(name), record) = (&pair[0], &pair[1]) else {
-                    return Err(error::unexpected("lookup script reply without a name"));
+            for triple in reply.chunks_exact(3) {
+                let name = String::from_utf8_lossy(&triple[0]);
+                let key = format!("{}{name}", keys.peer_prefix);
+                let problem = match triple[1].as_slice() {
+                    b"ok" => match decode_record(ns, &name, &triple[2]) {
+                        Ok(r) => {
+                            out.push(r);
+                            continue;
+                        }
+                        Err(why) => why,
+                    },
+                    b"wrongtype" => "the key is not a hash".to_owned(),
+                    b"missing" => "live in the index, but no record is stored".to_owned(),
+                    b"norecord" => "the hash has no `record` field".to_owned(),
+                    b"badexpires" => "the hash's `expires` is not a number".to_owned(),
+                    other => format!("unknown status {:?}", String::from_utf8_lossy(other)),
                 };
-                let name = String::from_utf8_lossy(name);
-                match record {
-                    Some(json) => out.extend(decode_record(ns, &name, json)),
-                    None => tracing::warn!(
-                        namespace = %ns,
-                        name = %name,
-                        "redis registry: live index entry without a readable record; skipped"
-                    ),
-                }
+                warn_once!(
+                    inner.warned,
+                    &key,
+                    &problem,
+                    namespace = %ns,
+                    "redis registry: unreadable entry skipped"
+                );
             }
         }
         Ok(out)
@@ -535,13 +595,11 @@ mod tests {
         let ns: Namespace = "prod".parse().unwrap();
         let r = PeerRecord::new(ns.clone(), "a".parse().unwrap(), InstanceId::random());
         let json = r.to_json();
-        assert_eq!(decode_record(&ns, "a", json.as_bytes()), Some(r));
-        assert_eq!(decode_record(&ns, "b", json.as_bytes()), None);
-        assert_eq!(
-            decode_record(&"other".parse().unwrap(), "a", json.as_bytes()),
-            None
-        );
-        assert_eq!(decode_record(&ns, "a", b"\xff\x00garbage"), None);
+        assert_eq!(decode_record(&ns, "a", json.as_bytes()), Ok(r));
+        let why = decode_record(&ns, "b", json.as_bytes()).unwrap_err();
+        assert!(why.contains("prod/a"), "{why}");
+        assert!(decode_record(&"other".parse().unwrap(), "a", json.as_bytes()).is_err());
+        assert!(decode_record(&ns, "a", b"\xff\x00garbage").is_err());
     }
 
     #[tokio::test]

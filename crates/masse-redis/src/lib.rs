@@ -10,6 +10,7 @@ mod conn;
 mod error;
 mod keys;
 mod scripts;
+mod warned;
 mod watch;
 
 pub use backend::RedisRegistry;

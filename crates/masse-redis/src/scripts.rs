@@ -7,6 +7,38 @@
 //! cluster slot. Redis 7 replicates script effects, which is what makes
 //! calling `TIME` before writing allowed; on Redis 5 and 6 the prelude asks
 //! for effects replication explicitly.
+//!
+//! # Never half-applied
+//!
+//! Redis does not roll a script back when a command in it fails: whatever it
+//! wrote before the failure stays. So every script checks its arguments and
+//! the type of every key it writes (`TYPE`, and that the event counter holds
+//! an integer) *before its first write*, and after those checks issues only
+//! writes that cannot fail. A failed check either
+//!
+//! - ends the script with an error reply `MASSECORRUPT <key> holds …` or
+//!   `MASSEBADARG …` and nothing written (unpublish, sweep, names), which the
+//!   Rust side turns into an [`Error::Registry`](masse_core::Error::Registry)
+//!   naming the key; or
+//! - is repaired (publish and refresh: the writers that own a name): the
+//!   wrong-typed key is deleted and rebuilt, and the script's reply lists what
+//!   it repaired so that the handle logs a warning. A corrupted index or
+//!   event stream therefore never makes a name unpublishable: the next
+//!   heartbeat of any live node repairs it, and every other live node puts
+//!   its own entry back on its next heartbeat (its record hash still says it
+//!   owns the name). Replacing the event stream also bumps the event counter
+//!   by one, so every watcher sees a gap and re-lists (`Resync`).
+//!
+//! # Malformed entries
+//!
+//! An entry the scripts cannot read (a peer key that is not a hash, a record
+//! that is not JSON or names another peer, an instance id that is not 32 hex
+//! digits, an index member scored `+inf`, which masse never writes) affects
+//! only itself. Once due, a sweep removes it like any other; an `Expired`
+//! event is appended only for an entry a lookup could have returned (a
+//! readable instance id and a JSON record naming this peer), so a garbage
+//! entry disappears without a bogus event, and the sweep's reply names it so
+//! the handle can log it.
 
 use std::sync::LazyLock;
 
@@ -26,11 +58,106 @@ local function num(n)
   return string.format('%.0f', n)
 end
 
+-- A finite number >= 0 (or > 0 if `positive`), else nil.
+local function number(v, positive)
+  local n = tonumber(v)
+  if n == nil or n ~= n or n == math.huge or n == -math.huge or n < 0 then return nil end
+  if positive and n <= 0 then return nil end
+  return n
+end
+
+local function badarg(what, v)
+  return redis.error_reply('MASSEBADARG ' .. what .. ' is ' .. string.format('%q', tostring(v)))
+end
+
+local function instance_id(v)
+  return type(v) == 'string' and #v == 32 and string.match(v, '^%x+$') ~= nil
+end
+
 -- HGET that treats a key holding something else (not a hash) as absent.
 local function hget(key, field)
   local v = redis.pcall('HGET', key, field)
   if type(v) == 'string' then return v end
   return false
+end
+
+-- A description of what is wrong with `key` if it exists with a type other
+-- than `want`, else nil.
+local function bad_type(key, want)
+  local t = redis.call('TYPE', key).ok
+  if t ~= want and t ~= 'none' then
+    return key .. ' holds a ' .. t .. ', not a ' .. want
+  end
+  return nil
+end
+
+-- The problems with the namespace's shared keys: `{key, description}` each.
+local function inspect(index, events, seqkey)
+  local out = {}
+  local p = bad_type(index, 'zset')
+  if p then out[#out + 1] = {index, p} end
+  p = bad_type(events, 'stream')
+  if p then out[#out + 1] = {events, p} end
+  p = bad_type(seqkey, 'string')
+  if not p then
+    local v = redis.call('GET', seqkey)
+    if v and not (#v <= 18 and string.match(v, '^%d+$')) then
+      p = seqkey .. ' holds ' .. string.format('%q', string.sub(v, 1, 40)) .. ', not an event count'
+    end
+  end
+  if p then out[#out + 1] = {seqkey, p} end
+  return out
+end
+
+-- The error reply for problems found by `inspect`, before any write.
+local function corrupt(problems)
+  local parts = {}
+  for _, p in ipairs(problems) do parts[#parts + 1] = p[2] end
+  return redis.error_reply('MASSECORRUPT ' .. table.concat(parts, '; ') ..
+    ' (a publish or refresh in the namespace repairs it)')
+end
+
+-- Deletes the keys `inspect` found wrong and returns their descriptions.
+-- A replaced event stream may have held events nobody read: the counter
+-- skips one, so that every watcher sees a gap and re-lists. A replaced
+-- counter restarts above the newest surviving event, for the same reason.
+local function repair(problems, events, seqkey)
+  local notes, stream_lost, counter_lost = {}, false, false
+  for _, p in ipairs(problems) do
+    redis.call('DEL', p[1])
+    notes[#notes + 1] = p[2]
+    if p[1] == events then stream_lost = true end
+    if p[1] == seqkey then counter_lost = true end
+  end
+  if counter_lost and not stream_lost then
+    local last = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)
+    local top = 0
+    if last[1] then
+      local f = last[1][2]
+      for i = 1, #f, 2 do
+        if f[i] == 'seq' then top = tonumber(f[i + 1]) or 0 end
+      end
+    end
+    redis.call('SET', seqkey, num(top + 1))
+  elseif stream_lost then
+    redis.call('INCR', seqkey)
+  end
+  return notes
+end
+
+-- The instance of `peer` if a lookup could have returned its record (a
+-- readable instance id and a JSON record naming this namespace and peer),
+-- else false.
+local function readable(peer, name)
+  local inst = hget(peer, 'instance')
+  if not instance_id(inst) then return false end
+  local rec = hget(peer, 'record')
+  if not rec then return false end
+  local ok, t = pcall(cjson.decode, rec)
+  if not ok or type(t) ~= 'table' or t.name ~= name then return false end
+  local ns = string.match(peer, '{([^}]*)}')
+  if ns and t.namespace ~= ns then return false end
+  return inst
 end
 
 -- Appends one event; `seq` numbers the namespace's events 1, 2, 3, ... so a
@@ -47,43 +174,79 @@ local function emit(events, seqkey, maxlen, kind, name, instance, record)
 end
 
 -- Removes a due `name`. Only the call whose ZREM removed the member reports
--- Expired: however many handles sweep, the event is appended once.
+-- Expired: however many handles sweep, the event is appended once. Returns 0
+-- if another call removed it, 1 if Expired was reported, 2 if the entry was
+-- unreadable and removed without an event.
 local function expire(index, events, seqkey, maxlen, peer, name)
   if redis.call('ZREM', index, name) == 1 then
-    local inst = hget(peer, 'instance')
+    local inst = readable(peer, name)
     redis.call('DEL', peer)
-    if inst then emit(events, seqkey, maxlen, 'expired', name, inst, false) end
-    return 1
+    if inst then
+      emit(events, seqkey, maxlen, 'expired', name, inst, false)
+      return 1
+    end
+    return 2
   end
   return 0
+end
+
+-- Where `name` stands: 'live', 'due' (expired, not swept yet), 'orphan' (not
+-- in the index, yet its hash holds a live record: the index was lost and
+-- rebuilt) or 'absent'. An index that is not a sorted set counts as empty.
+local function standing(index, peer, name, now)
+  local score = redis.pcall('ZSCORE', index, name)
+  if type(score) == 'string' then
+    if (tonumber(score) or 0) > now then return 'live' end
+    return 'due'
+  end
+  local e = tonumber(hget(peer, 'expires') or '')
+  if e and e > now and instance_id(hget(peer, 'instance')) then return 'orphan' end
+  return 'absent'
+end
+
+-- The checks every writer makes of its common arguments.
+local function check_maxlen(v)
+  return type(v) == 'string' and #v <= 18 and string.match(v, '^%d+$') ~= nil
 end
 "#;
 
 /// KEYS: index, events, seq, peer.
 /// ARGV: maxlen, name, instance, record JSON, ttl ms, exclusive ('1'/'0'), grace ms.
-/// Returns `{'ok'}` or `{'taken', holder_instance}`.
+/// Returns `{'ok', '', repaired...}` or `{'taken', holder_instance, repaired...}`,
+/// where each `repaired` describes a wrong-typed key it deleted and rebuilt.
 const PUBLISH: &str = r#"
 local index, events, seqkey, peer = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local maxlen, name, inst, rec = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local ttl, exclusive, grace = tonumber(ARGV[5]), ARGV[6] == '1', tonumber(ARGV[7])
+local ttl, exclusive, grace = number(ARGV[5], true), ARGV[6] == '1', number(ARGV[7])
+if not check_maxlen(maxlen) then return badarg('maxlen', maxlen) end
+if not ttl then return badarg('ttl', ARGV[5]) end
+if not grace then return badarg('grace', ARGV[7]) end
+if not instance_id(inst) then return badarg('instance', inst) end
+if type(rec) ~= 'string' or rec == '' then return badarg('record', rec) end
 local now = now_ms()
+local problems = inspect(index, events, seqkey)
+local peer_problem = bad_type(peer, 'hash')
+-- Checked: from here on, only writes that cannot fail.
+local notes = repair(problems, events, seqkey)
+if peer_problem then
+  redis.call('DEL', peer)
+  notes[#notes + 1] = peer_problem
+end
 local live, holder, current = false, false, false
-local score = redis.call('ZSCORE', index, name)
-if score then
-  if tonumber(score) > now then
-    holder = hget(peer, 'instance')
-    current = hget(peer, 'record')
-    live = holder ~= false
-  else
-    -- Expired but not swept yet: report it before the name is reused.
-    expire(index, events, seqkey, maxlen, peer, name)
-  end
+local st = standing(index, peer, name, now)
+if st == 'live' or st == 'orphan' then
+  holder = hget(peer, 'instance')
+  current = hget(peer, 'record')
+  live = holder ~= false
+elseif st == 'due' then
+  -- Expired but not swept yet: report it before the name is reused.
+  expire(index, events, seqkey, maxlen, peer, name)
 end
 if live and exclusive and holder ~= inst then
-  return {'taken', holder}
+  local out = {'taken', holder}
+  for _, n in ipairs(notes) do out[#out + 1] = n end
+  return out
 end
-local t = redis.call('TYPE', peer)
-if t.ok ~= 'hash' and t.ok ~= 'none' then redis.call('DEL', peer) end
 local expires = now + ttl
 redis.call('HSET', peer, 'instance', inst, 'record', rec, 'expires', num(expires))
 redis.call('PEXPIREAT', peer, num(expires + grace))
@@ -93,42 +256,64 @@ if not live then
 elseif current ~= rec then
   emit(events, seqkey, maxlen, 'updated', name, inst, rec)
 end
-return {'ok'}
+local out = {'ok', ''}
+for _, n in ipairs(notes) do out[#out + 1] = n end
+return out
 "#;
 
 /// KEYS: index, events, seq, peer. ARGV: maxlen, name, instance, ttl ms, grace ms.
-/// Returns 1 if `instance` owns the live name (expiry extended), else 0.
+/// Returns `{'1', repaired...}` if `instance` owns the live name (expiry
+/// extended), else `{'0', repaired...}`. An owner whose index entry is gone
+/// while its record is live (an index lost and rebuilt) gets its entry back.
 const REFRESH: &str = r#"
 local index, events, seqkey, peer = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local maxlen, name, inst = ARGV[1], ARGV[2], ARGV[3]
-local ttl, grace = tonumber(ARGV[4]), tonumber(ARGV[5])
+local ttl, grace = number(ARGV[4], true), number(ARGV[5])
+if not check_maxlen(maxlen) then return badarg('maxlen', maxlen) end
+if not ttl then return badarg('ttl', ARGV[4]) end
+if not grace then return badarg('grace', ARGV[5]) end
 local now = now_ms()
-local score = redis.call('ZSCORE', index, name)
-if not score then return 0 end
-if tonumber(score) <= now then
+local problems = inspect(index, events, seqkey)
+-- A peer key of another type is not ours: the name is lost (no write; the
+-- node's publish replaces it).
+local foreign_peer = bad_type(peer, 'hash') ~= nil
+-- Checked: from here on, only writes that cannot fail.
+local out = {'0'}
+for _, n in ipairs(repair(problems, events, seqkey)) do out[#out + 1] = n end
+if foreign_peer then return out end
+local st = standing(index, peer, name, now)
+if st == 'due' then
   expire(index, events, seqkey, maxlen, peer, name)
-  return 0
+  return out
 end
-if hget(peer, 'instance') ~= inst then return 0 end
+if st == 'absent' then return out end
+if hget(peer, 'instance') ~= inst then return out end
 local expires = now + ttl
 redis.call('HSET', peer, 'expires', num(expires))
 redis.call('PEXPIREAT', peer, num(expires + grace))
 redis.call('ZADD', index, num(expires), name)
-return 1
+out[1] = '1'
+return out
 "#;
 
 /// KEYS: index, events, seq, peer. ARGV: maxlen, name, instance.
 /// Returns 1 if the instance's record was removed (Left emitted), else 0.
+/// A wrong-typed namespace key is an error reply, nothing written.
 const UNPUBLISH: &str = r#"
 local index, events, seqkey, peer = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local maxlen, name, inst = ARGV[1], ARGV[2], ARGV[3]
+if not check_maxlen(maxlen) then return badarg('maxlen', maxlen) end
 local now = now_ms()
-local score = redis.call('ZSCORE', index, name)
-if not score then return 0 end
-if tonumber(score) <= now then
+local problems = inspect(index, events, seqkey)
+if #problems > 0 then return corrupt(problems) end
+if bad_type(peer, 'hash') then return 0 end
+-- Checked: from here on, only writes that cannot fail.
+local st = standing(index, peer, name, now)
+if st == 'due' then
   expire(index, events, seqkey, maxlen, peer, name)
   return 0
 end
+if st == 'absent' then return 0 end
 if hget(peer, 'instance') ~= inst then return 0 end
 redis.call('ZREM', index, name)
 redis.call('DEL', peer)
@@ -138,31 +323,49 @@ return 1
 
 /// KEYS: index, events, seq, sweepers.
 /// ARGV: maxlen, peer key prefix, limit, sweeper id, sweeper entry ttl ms.
-/// Removes up to `limit` due members, one `expired` event each; notes the
-/// calling handle as a sweeper of the namespace until `now + ttl`. Returns
-/// `{due, sweepers}`: how many were due (the caller calls again while that
-/// equals `limit`) and how many handles sweep the namespace (which paces
-/// the caller's next sweep).
+/// Removes up to `limit` due members (and members scored `+inf`, which
+/// masse never writes), one `expired` event each for readable ones; notes
+/// the calling handle as a sweeper of the namespace until `now + ttl`.
+/// Returns `{due, sweepers, unreadable...}`: how many were due (the caller
+/// calls again while that equals `limit`), how many handles sweep the
+/// namespace (which paces the caller's next sweep), and the names removed
+/// without an event because their entry was unreadable. A wrong-typed
+/// namespace key is an error reply, nothing written.
 const SWEEP: &str = r#"
 local index, events, seqkey, sweepers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local maxlen, prefix, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local me, lease = ARGV[4], tonumber(ARGV[5])
+local maxlen, prefix, limit = ARGV[1], ARGV[2], number(ARGV[3], true)
+local me, lease = ARGV[4], number(ARGV[5], true)
+if not check_maxlen(maxlen) then return badarg('maxlen', maxlen) end
+if not limit then return badarg('limit', ARGV[3]) end
+if not lease then return badarg('lease', ARGV[5]) end
 local now = now_ms()
+local problems = inspect(index, events, seqkey)
+if #problems > 0 then return corrupt(problems) end
+local sweepers_problem = bad_type(sweepers, 'zset')
+-- Checked: from here on, only writes that cannot fail.
 local due = redis.call('ZRANGEBYSCORE', index, '-inf', num(now), 'LIMIT', 0, limit)
+local foreign = redis.call('ZRANGEBYSCORE', index, '+inf', '+inf', 'LIMIT', 0, limit)
+for _, name in ipairs(foreign) do due[#due + 1] = name end
+local out = {'', ''}
 for _, name in ipairs(due) do
-  expire(index, events, seqkey, maxlen, prefix .. name, name)
+  if expire(index, events, seqkey, maxlen, prefix .. name, name) == 2 then
+    out[#out + 1] = name
+  end
 end
-local t = redis.call('TYPE', sweepers)
-if t.ok ~= 'zset' and t.ok ~= 'none' then redis.call('DEL', sweepers) end
+if sweepers_problem then redis.call('DEL', sweepers) end
 redis.call('ZREMRANGEBYSCORE', sweepers, '-inf', num(now))
 redis.call('ZADD', sweepers, num(now + lease), me)
 redis.call('PEXPIREAT', sweepers, num(now + lease))
-return {#due, redis.call('ZCARD', sweepers)}
+out[1] = tostring(#due)
+out[2] = tostring(redis.call('ZCARD', sweepers))
+return out
 "#;
 
 /// KEYS: index. ARGV: literal prefix (may be empty).
 /// Returns the live names starting with the prefix (unsorted).
 const NAMES: &str = r#"
+local problem = bad_type(KEYS[1], 'zset')
+if problem then return corrupt({{KEYS[1], problem}}) end
 local now = now_ms()
 local names = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. num(now), '+inf')
 local prefix = ARGV[1]
@@ -175,17 +378,33 @@ return out
 "#;
 
 /// KEYS: index. ARGV: peer key prefix, name, name, ...
-/// Returns `name, record-or-nil` pairs for the names that are live.
+/// Returns `name, status, record` triples: status `ok` with the record of a
+/// live name, or a problem (record empty) for a name that is live in the
+/// index or whose key is damaged: `wrongtype` (the key is not a hash),
+/// `missing` (live in the index, no record hash), `norecord` (live hash
+/// without a `record` field), `badexpires` (its `expires` is not a number).
+/// Names that are simply not live are left out.
 const FETCH: &str = r#"
 local now = now_ms()
 local out = {}
+local function add(name, status, rec)
+  out[#out + 1] = name
+  out[#out + 1] = status
+  out[#out + 1] = rec or ''
+end
 for i = 2, #ARGV do
   local name = ARGV[i]
   -- One read per name: the hash keeps its own expiry in step with the index.
   local v = redis.pcall('HMGET', ARGV[1] .. name, 'record', 'expires')
-  if type(v) == 'table' and v[2] and (tonumber(v[2]) or 0) > now then
-    out[#out + 1] = name
-    out[#out + 1] = type(v[1]) == 'string' and v[1] or false
+  if type(v) ~= 'table' or v.err then
+    add(name, 'wrongtype')
+  elseif not v[1] and not v[2] then
+    local score = redis.pcall('ZSCORE', KEYS[1], name)
+    if type(score) == 'string' and (tonumber(score) or 0) > now then add(name, 'missing') end
+  elseif not v[2] or not tonumber(v[2]) then
+    add(name, 'badexpires')
+  elseif tonumber(v[2]) > now then
+    if type(v[1]) == 'string' then add(name, 'ok', v[1]) else add(name, 'norecord') end
   end
 end
 return out

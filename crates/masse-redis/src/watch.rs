@@ -20,6 +20,7 @@ use crate::conn::Conn;
 use crate::error;
 use crate::keys::NsKeys;
 use crate::scripts::SCRIPTS;
+use crate::warned::warn_once;
 
 /// Events asked for per `XREAD`.
 const READ_COUNT: usize = 512;
@@ -104,7 +105,11 @@ impl Watcher {
                 self.check_on_connect = true;
                 if !self.failing {
                     self.failing = true;
-                    tracing::warn!(namespace = %self.ns, error = %e, "redis registry watch lost its connection; reconnecting and resuming");
+                    if e.is_transient() {
+                        tracing::warn!(namespace = %self.ns, error = %e, "redis registry watch lost its connection; reconnecting and resuming");
+                    } else {
+                        tracing::warn!(namespace = %self.ns, key = %self.keys.events, error = %e, "redis registry watch cannot read the event stream; retrying until it is repaired");
+                    }
                 } else {
                     tracing::debug!(namespace = %self.ns, error = %e, retry_in = ?self.backoff, "redis registry watch still failing");
                 }
@@ -171,7 +176,14 @@ impl Watcher {
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|s| s.parse::<u64>().ok());
         let Some(seq) = seq else {
-            tracing::warn!(namespace = %self.ns, id = %self.last_id, "redis registry: stream entry without a sequence number; skipped");
+            warn_once!(
+                self.inner.warned,
+                &self.keys.events,
+                &format!("entry {} without seq", self.last_id),
+                namespace = %self.ns,
+                id = %self.last_id,
+                "redis registry: stream entry without a sequence number; skipped"
+            );
             return;
         };
         if seq != self.seq + 1 {
@@ -181,9 +193,14 @@ impl Watcher {
         self.seq = seq;
         match decode_event(&self.ns, &fields) {
             Ok(ev) => self.pending.push_back(ev),
-            Err(why) => {
-                tracing::warn!(namespace = %self.ns, id = %self.last_id, why, "redis registry: unreadable event skipped")
-            }
+            Err(why) => warn_once!(
+                self.inner.warned,
+                &self.keys.events,
+                &format!("entry {}: {why}", self.last_id),
+                namespace = %self.ns,
+                id = %self.last_id,
+                "redis registry: unreadable event skipped"
+            ),
         }
     }
 }
@@ -204,8 +221,7 @@ fn decode_event(
     match kind {
         "joined" | "updated" => {
             let json = fields.get("record").ok_or("no `record` field")?;
-            let record =
-                decode_record(ns, name, json).ok_or("record unreadable or for another peer")?;
+            let record = decode_record(ns, name, json)?;
             Ok(if kind == "joined" {
                 RegistryEvent::Joined(record)
             } else {

@@ -17,7 +17,7 @@ pub const REGISTRY_ENV: &str = "MASSE_REGISTRY";
 /// | `sqlite://path/to/file.db`, `sqlite::memory:` | `SqlRegistry` | `sqlite` (default) |
 /// | `postgres://user:pass@host/db` | `SqlRegistry` | `postgres` |
 /// | `mysql://user:pass@host/db`, `mariadb://…` | `SqlRegistry` | `mysql` |
-/// | `redis://…`, `rediss://…`, `redis+cluster://h1,h2` | `RedisRegistry` | `redis` |
+/// | `redis://…`, `rediss://…`, `redis+cluster://h1,h2`, `rediss+cluster://h1,h2` | `RedisRegistry` | `redis` |
 ///
 /// A scheme whose feature is off is an [`Error::InvalidAddress`] that names
 /// the feature to enable.
@@ -39,12 +39,12 @@ pub async fn registry_from_url(url: &str) -> Result<DynRegistry> {
         "sqlite" => sql(url, "sqlite").await,
         "postgres" | "postgresql" => sql(url, "postgres").await,
         "mysql" | "mariadb" => sql(url, "mysql").await,
-        "redis" | "rediss" | "redis+cluster" => redis(url).await,
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => redis(url).await,
         _ => Err(Error::InvalidAddress {
             kind: "registry url",
             input: redact(url),
-            reason: "unknown scheme; expected memory://, sqlite://, postgres://, mysql://, redis://, rediss:// \
-                     or redis+cluster://"
+            reason: "unknown scheme; expected memory://, sqlite://, postgres://, mysql://, redis://, rediss://, \
+                     redis+cluster:// or rediss+cluster://"
                 .into(),
         }),
     }
@@ -224,6 +224,16 @@ mod tests {
         {
             let e = error_of("redis://127.0.0.1:1").await;
             assert!(e.contains("enable the `redis` feature"), "{e}");
+            let e = error_of("rediss+cluster://127.0.0.1:1").await;
+            assert!(e.contains("enable the `redis` feature"), "{e}");
+        }
+        #[cfg(feature = "redis")]
+        {
+            // Dispatched to the Redis backend (not "unknown scheme"): a TLS
+            // cluster URL with no server behind it is unreachable.
+            let e = error_of("rediss+cluster://127.0.0.1:1,127.0.0.1:2").await;
+            assert!(!e.contains("unknown scheme"), "{e}");
+            assert!(e.contains("redis"), "{e}");
         }
     }
 }
