@@ -85,6 +85,17 @@ fn write_raw_record(
     ]));
 }
 
+/// Loses a namespace's event history the way a restore from an old
+/// snapshot would: the stream and its counter start over.
+fn lose_history(send: impl Fn(&[&[u8]]) -> io::Result<Resp>, ns: &Namespace) {
+    let events = format!("masse:{{{ns}}}:events");
+    let seq = format!("masse:{{{ns}}}:seq");
+    // Two commands: in a cluster both keys share the namespace's slot, but
+    // the helper sends one command at a time.
+    ok(send(&[b"DEL", events.as_bytes()]));
+    ok(send(&[b"DEL", seq.as_bytes()]));
+}
+
 fn suite(url: String) -> RegistryConformance {
     RegistryConformance::new(move || {
         let url = url.clone();
@@ -109,6 +120,11 @@ async fn conformance_single_server() {
             .await
             .expect("raw writer");
         })
+        .resync_trigger(move |ns| async move {
+            tokio::task::spawn_blocking(move || lose_history(|a| raw_command(port, None, a), &ns))
+                .await
+                .expect("resync trigger");
+        })
         .run()
         .await;
     tracing::info!(elapsed = ?started.elapsed(), "conformance on one server");
@@ -127,6 +143,11 @@ async fn conformance_cluster() {
             })
             .await
             .expect("raw writer");
+        })
+        .resync_trigger(move |ns| async move {
+            tokio::task::spawn_blocking(move || lose_history(|a| cluster_command(port, a), &ns))
+                .await
+                .expect("resync trigger");
         })
         .run()
         .await;
