@@ -258,8 +258,11 @@ impl NsCache {
 
     /// Adds the suspect records matching `pattern` that `records` (a fresh
     /// answer) lacks: a registry that lost its data must not make live names
-    /// vanish. Names the view holds without having heard of their removal
-    /// become suspect first (see [`Reconciler::suspect_absent`]).
+    /// vanish. While no watch is live (a registry restarted empty is
+    /// answering before the watch is back), names the view holds without
+    /// having heard of their removal become suspect first (see
+    /// [`Reconciler::suspect_absent`]); with a live watch the backend's
+    /// answer stands.
     fn add_suspects(
         &mut self,
         pattern: &Pattern,
@@ -267,7 +270,8 @@ impl NsCache {
         now: Instant,
         explained: &HashSet<PeerName>,
     ) -> bool {
-        if let Some(view) = self.view.as_mut()
+        if !self.synced
+            && let Some(view) = self.view.as_mut()
             && view.suspect_absent(pattern, records, |n| explained.contains(n), now)
         {
             tracing::debug!(%pattern, "a lookup lacks names this process knows alive; keeping them until a listing settles them");
