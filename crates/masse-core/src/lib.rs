@@ -13,6 +13,7 @@ mod pattern;
 mod reconcile;
 mod record;
 mod registry;
+mod warn_once;
 mod wrapper;
 
 pub mod addr;
@@ -40,6 +41,7 @@ pub use node::{Events, Incoming, Node, NodeBuilder, NodeEvent, NodeStats, PeerSt
 pub use pattern::Pattern;
 pub use record::{Fingerprint, InstanceId, PeerRecord, now_millis};
 pub use registry::{DynRegistry, NamePolicy, Registry, RegistryEvent};
+pub use warn_once::WarnOnce;
 pub use wrapper::{Direction, DynWrapper, StreamContext, Wrapper};
 pub use wrappers::{Latency, MeterSnapshot, Metered};
 

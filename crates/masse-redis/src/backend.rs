@@ -23,7 +23,7 @@ use crate::conn::{Conn, Source};
 use crate::error;
 use crate::keys::{GRACE_MS, NsKeys};
 use crate::scripts::SCRIPTS;
-use crate::warned::{Warned, warn_once};
+use crate::warned::warn_once;
 use crate::watch;
 
 /// How many names one `FETCH` script call reads.
@@ -75,7 +75,7 @@ pub(crate) struct Inner {
     sweeper_id: String,
     sweeper: Mutex<Option<JoinHandle<()>>>,
     /// The malformed entries already logged.
-    pub(crate) warned: Warned,
+    pub(crate) warned: masse_core::WarnOnce,
 }
 
 impl Drop for Inner {
@@ -126,7 +126,7 @@ impl RedisRegistry {
             namespaces: Mutex::new(HashSet::new()),
             sweeper_id: InstanceId::random().to_string(),
             sweeper: Mutex::new(None),
-            warned: Warned::default(),
+            warned: masse_core::WarnOnce::new(),
         });
         let task = tokio::spawn(sweeper(Arc::downgrade(&inner)));
         *inner.sweeper.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);

@@ -2,10 +2,7 @@
 //! the tables (hand edits, other versions, garbage) ends as a warning and a
 //! skipped row, never as a panic or a failed call.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
-
-use masse_core::{InstanceId, Namespace, PeerName, PeerRecord, RegistryEvent};
+use masse_core::{InstanceId, Namespace, PeerName, PeerRecord, RegistryEvent, WarnOnce};
 
 use crate::store::{EXPIRED, JOINED, LEFT, RawEvent, RawPeer, UPDATED};
 
@@ -24,21 +21,12 @@ fn quote(s: &str) -> String {
     }
 }
 
-/// How many distinct bad rows are remembered as already reported; past
-/// that, further ones are reported at debug level only.
-const WARNED_MAX: usize = 4096;
-
 /// True the first time this process meets `key` (a bad row: its table, key
 /// and a hash of what it holds), so that a row skipped on every poll is
 /// reported once, not four times a second.
 pub(crate) fn first_warning(key: &str) -> bool {
-    static WARNED: Mutex<Option<HashSet<u64>>> = Mutex::new(None);
-    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
-    let set = warned.get_or_insert_with(HashSet::new);
-    if set.len() >= WARNED_MAX {
-        return false;
-    }
-    set.insert(fnv(key.as_bytes()))
+    static WARNED: WarnOnce = WarnOnce::new();
+    WARNED.first(key)
 }
 
 /// FNV-1a: cheap and stable, enough to tell stored values apart.
