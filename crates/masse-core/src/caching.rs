@@ -1,6 +1,6 @@
 //! [`CachingRegistry`]: a coherent cache in front of any [`Registry`].
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -268,11 +268,10 @@ impl NsCache {
         pattern: &Pattern,
         records: &mut Vec<PeerRecord>,
         now: Instant,
-        explained: &HashSet<PeerName>,
     ) -> bool {
         if !self.synced
             && let Some(view) = self.view.as_mut()
-            && view.suspect_absent(pattern, records, |n| explained.contains(n), now)
+            && view.suspect_absent(pattern, records, now)
         {
             tracing::debug!(%pattern, "a lookup lacks names this process knows alive; keeping them until a listing settles them");
         }
@@ -578,23 +577,7 @@ async fn fetch_and_store<R: Registry>(
             }
             _ => false,
         };
-        // A name the answer lacks is explained if an event since the fetch
-        // began touched it; any other known name it lacks is suspect.
-        let explained: HashSet<PeerName> = match before {
-            Some((_, seq)) if replayable => nsc
-                .recent
-                .iter()
-                .filter(|(s, _)| *s > seq)
-                .filter_map(|(_, ev)| ev.name().cloned())
-                .collect(),
-            _ => HashSet::new(),
-        };
-        if nsc.add_suspects(
-            &pattern,
-            Arc::make_mut(&mut entry.records),
-            now,
-            &explained,
-        ) {
+        if nsc.add_suspects(&pattern, Arc::make_mut(&mut entry.records), now) {
             tracing::debug!(namespace = %ns, %pattern, "answer keeps names the registry lost until their owners re-publish");
         }
         if replayable {

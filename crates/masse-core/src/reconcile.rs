@@ -100,22 +100,17 @@ impl Reconciler {
         out
     }
 
-    /// Names of the view that `pattern` matches but `answer` (a lookup, sorted
-    /// by name) lacks, and that no event since the lookup began `explained`,
-    /// become suspect: the view has heard of no removal, so either its event
-    /// is on the way (and settles the name when it comes) or the registry
-    /// lost its data. The next listing settles the rest.
-    /// Returns whether any name is newly suspect.
+    /// Names of the view that `pattern` matches but `answer` (a lookup made
+    /// while no watch is live, sorted by name) lacks become suspect: such an
+    /// answer cannot tell a removal from a registry that lost its data. The
+    /// next listing settles them. Returns whether any name is newly suspect.
     pub(crate) fn suspect_absent(
         &mut self,
         pattern: &Pattern,
         answer: &[PeerRecord],
-        explained: impl Fn(&PeerName) -> bool,
         now: Instant,
     ) -> bool {
-        let absent = |name: &PeerName| {
-            !explained(name) && answer.binary_search_by(|r| r.name.cmp(name)).is_err()
-        };
+        let absent = |name: &PeerName| answer.binary_search_by(|r| r.name.cmp(name)).is_err();
         let mut missing: Vec<PeerName> = Vec::new();
         match pattern.as_exact() {
             Some(name) => {
@@ -345,11 +340,9 @@ mod tests {
         let mut r = Reconciler::new(vec![a.clone(), b.clone()], GRACE);
         let t0 = Instant::now();
         let p = |s: &str| Pattern::new(s).unwrap();
-        let none = |_: &PeerName| false;
-        assert!(!r.suspect_absent(&p("a"), std::slice::from_ref(&a), none, t0));
-        assert!(!r.suspect_absent(&p("c"), &[], none, t0));
-        assert!(!r.suspect_absent(&p("*"), &[], |_| true, t0), "explained");
-        assert!(r.suspect_absent(&p("*"), &[], none, t0));
+        assert!(!r.suspect_absent(&p("a"), std::slice::from_ref(&a), t0));
+        assert!(!r.suspect_absent(&p("c"), &[], t0));
+        assert!(r.suspect_absent(&p("*"), &[], t0));
         assert!(r.is_suspect(&a) && r.is_suspect(&b));
         // The listing once the watch is back settles them.
         assert!(r.resync(vec![a.clone()], t0).is_empty());
