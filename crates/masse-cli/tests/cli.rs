@@ -313,6 +313,62 @@ fn watch_prints_joined_and_left() {
     drop(other);
 }
 
+/// Redis killed and restarted empty under `masse watch`: a listener that
+/// lives re-publishes and is never printed as gone; one SIGKILLed during
+/// the outage is printed `expired` exactly once; no `resync` line.
+#[test]
+fn watch_reconciles_a_registry_restarted_empty() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let (url, ns) = (redis.url(), namespace("watch-restart"));
+    let watch = Proc::spawn(masse(&url, &ns, &["watch"]), None);
+    watch.wait_for("the watch to start", |_, err| {
+        err.contains("watching namespace")
+    });
+    let _alive = listen(&url, &ns, "alive", &[], None);
+    let mut doomed = listen(&url, &ns, "doomed", &[], None);
+    watch.wait_for("both joined", |out, _| {
+        out.contains(" joined  alive ") && out.contains(" joined  doomed ")
+    });
+
+    redis.kill();
+    doomed.child.kill().expect("SIGKILL the doomed listener");
+    let _ = doomed.child.wait();
+    thread::sleep(Duration::from_secs(1));
+    redis.restart();
+    watch.wait_for("doomed reported gone", |out, _| {
+        out.contains(" expired doomed ")
+    });
+    // Long enough for a late or doubled line to show.
+    thread::sleep(Duration::from_secs(2));
+    let out = watch.stdout();
+    let after: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.contains(" joined  doomed "))
+        .skip(1)
+        .collect();
+    assert_eq!(
+        after
+            .iter()
+            .filter(|l| l.contains(" expired doomed "))
+            .count(),
+        1,
+        "doomed expired exactly once: {out}"
+    );
+    assert!(
+        after.iter().all(|l| !l.contains(" alive ")),
+        "nothing about the live listener: {out}"
+    );
+    assert!(
+        !out.contains("resync"),
+        "the registry's loss is reconciled, not shown: {out}"
+    );
+    watch.interrupt();
+    let w = watch.finish();
+    assert_eq!(w.code, 0, "{w:#?}");
+}
+
 #[test]
 fn ping_and_stats() {
     let Some(redis) = RedisServer::start() else {
