@@ -282,6 +282,27 @@ fn can_chattr(dir: &Path) -> bool {
     ok
 }
 
+/// SQLite fault tests take turns. SQLite keeps one table per process of the
+/// files it has open, keyed by device and inode; a test that deletes or
+/// replaces its database frees an inode another test's new file may get
+/// while a stale mapping of the old one's `-shm` is still around, and the
+/// process dies of SIGBUS. One process never does that to itself in
+/// production (its handles reopen the path they share), so the tests are
+/// serialised rather than the registry changed.
+static SQLITE_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A directory for one SQLite test that outlives the test: sqlx closes
+/// pooled connections in the background, and a database file deleted
+/// before they are gone frees an inode a later test's file may reuse
+/// (see [`SQLITE_TURN`]). The directories are left in the temp dir.
+fn sqlite_dir() -> &'static Path {
+    let dir = tempfile::Builder::new()
+        .prefix("masse-sql-faults-")
+        .tempdir()
+        .unwrap();
+    Box::leak(Box::new(dir.keep()))
+}
+
 fn sqlite_files(db: &Path) -> Vec<PathBuf> {
     ["", "-wal", "-shm"]
         .iter()
@@ -297,12 +318,13 @@ fn sqlite_files(db: &Path) -> Vec<PathBuf> {
 /// two ttls under two running nodes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_immutable_file_recovers() {
+    let _turn = SQLITE_TURN.lock().await;
     init_tracing();
-    let dir = tempfile::tempdir().unwrap();
-    if !can_chattr(dir.path()) {
+    let dir = sqlite_dir();
+    if !can_chattr(dir) {
         return;
     }
-    let db = dir.path().join("reg.db");
+    let db = dir.join("reg.db");
     let url = format!("sqlite://{}", db.display());
     let guard = std::sync::Mutex::new(None);
     fault_cycle(
@@ -332,8 +354,9 @@ fn file_id(path: &Path) -> Option<(u64, u64)> {
 /// open the new one; both nodes must publish themselves in it (without
 /// losing their names), dial each other, and the watcher must get `Resync`.
 async fn sqlite_file_swapped(what: &str, ns_name: &str, swap: impl FnOnce(&Path)) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("reg.db");
+    let _turn = SQLITE_TURN.lock().await;
+    let dir = sqlite_dir();
+    let db = dir.join("reg.db");
     let url = format!("sqlite://{}", db.display());
     let ns: Namespace = ns_name.parse().unwrap();
     let a = start_node("alpha", ns_name, &url).await;
@@ -719,12 +742,13 @@ async fn bad_rows_next_to_good_ones(url: &str, raw: &dyn RawSql) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_bad_rows_next_to_good_ones() {
+    let _turn = SQLITE_TURN.lock().await;
     init_tracing();
     if require_binary("sqlite3", "sqlite3").is_none() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("reg.db");
+    let dir = sqlite_dir();
+    let db = dir.join("reg.db");
     let url = format!("sqlite://{}", db.display());
     // The tables exist before the raw writes.
     connect(&url).await;
@@ -736,12 +760,13 @@ async fn sqlite_bad_rows_next_to_good_ones() {
 /// again over the unreadable row and keeps its name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_damaged_own_row_is_published_again() {
+    let _turn = SQLITE_TURN.lock().await;
     init_tracing();
     if require_binary("sqlite3", "sqlite3").is_none() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("reg.db");
+    let dir = sqlite_dir();
+    let db = dir.join("reg.db");
     let url = format!("sqlite://{}", db.display());
     let node = start_node("alpha", "damaged", &url).await;
     let mut events = node.events();
