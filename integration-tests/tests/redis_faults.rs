@@ -1008,6 +1008,80 @@ async fn a_watch_whose_stream_vanished_resyncs_once() {
     }
 }
 
+/// The id of the newest entry of `key`'s stream, and then `wipe` (a
+/// command without arguments, or `DEL`) run in the same script: one round
+/// trip, so that the next publish often lands in the same millisecond.
+fn last_id_then(server: &RedisServer, key: &str, wipe: &str) -> String {
+    let script = format!(
+        "local id = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1][1] \
+         if '{wipe}' == 'DEL' then redis.call('DEL', KEYS[1]) else redis.call('{wipe}') end \
+         return id"
+    );
+    match server.command(&[b"EVAL", script.as_bytes(), b"1", key.as_bytes()]) {
+        Ok(Resp::Bulk(Some(id))) => String::from_utf8(id).expect("utf-8 id"),
+        other => panic!("EVAL gave {other:?}"),
+    }
+}
+
+/// The id of the newest entry of `key`'s stream.
+fn last_stream_id(server: &RedisServer, key: &str) -> String {
+    let reply = server
+        .command(&[b"XREVRANGE", key.as_bytes(), b"+", b"-", b"COUNT", b"1"])
+        .expect("XREVRANGE");
+    let Resp::Array(Some(entries)) = reply else {
+        panic!("XREVRANGE gave {reply:?}");
+    };
+    let Some(Resp::Array(Some(entry))) = entries.first() else {
+        panic!("no entry in {key}");
+    };
+    let Some(Resp::Bulk(Some(id))) = entry.first() else {
+        panic!("entry without id: {entry:?}");
+    };
+    String::from_utf8(id.clone()).expect("utf-8 id")
+}
+
+/// `(ms, seq)` of a stream id.
+fn stream_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').expect("ms-seq");
+    (ms.parse().expect("ms"), seq.parse().expect("seq"))
+}
+
+/// The first entry of a stream that replaced a flushed or deleted one lies
+/// above every entry of the old one, even within the same millisecond
+/// (plain `XADD *` restarts at `<ms>-0` there, and a watcher that read the
+/// old entry would never see the new one). Flushes and deletes right after
+/// a publish, many times: most rounds land in the same millisecond.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_stream_starts_above_the_old_one() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let reg = connect(&server.url()).await;
+    let n = ns("f-first-id");
+    let events_key = format!("masse:{{{n}}}:events");
+    let long = Duration::from_secs(60);
+    let mut same_ms = 0;
+    for round in 0..200 {
+        let wipe = if round % 2 == 0 { "FLUSHALL" } else { "DEL" };
+        let old = record(&n, &format!("old-{round}"));
+        reg.publish(&old, long, NamePolicy::Takeover)
+            .await
+            .expect("publish");
+        let before = stream_id(&last_id_then(&server, &events_key, wipe));
+        let new = record(&n, &format!("new-{round}"));
+        reg.publish(&new, long, NamePolicy::Takeover)
+            .await
+            .expect("publish");
+        let after = stream_id(&last_stream_id(&server, &events_key));
+        assert!(
+            after > before,
+            "round {round}: the new stream's first id {after:?} is not above the old {before:?}"
+        );
+        same_ms += usize::from(after.0 == before.0);
+    }
+    eprintln!("{same_ms} of 200 rounds put the old and new first entries in one millisecond");
+}
+
 /// SIGKILL and an empty restart under one registry handle: its pooled
 /// connection recovers by itself (no new handle), the watcher yields exactly
 /// one `Resync` and then every later event, and sweeps work again (a record

@@ -162,13 +162,29 @@ end
 
 -- Appends one event; `seq` numbers the namespace's events 1, 2, 3, ... so a
 -- watcher can tell a gap (trimmed stream) or a reset (server lost its data).
+--
+-- A new stream (the first event, or the old stream was deleted or flushed)
+-- gets an explicit first id, `<ms>-<microsecond within the ms × 1000>`: `*`
+-- would give `<ms>-0`, and a watcher that read an entry of the old stream in
+-- that same millisecond asks for ids after it, so it would never see this
+-- one. Entries of the old stream in this millisecond came at an earlier
+-- microsecond (a flush or delete came in between), so they lie below,
+-- unless the server clock stepped back.
+local function first_id()
+  local t = redis.call('TIME')
+  local us = tonumber(t[2])
+  return num(tonumber(t[1]) * 1000 + math.floor(us / 1000)) .. '-' .. num((us % 1000) * 1000)
+end
+
 local function emit(events, seqkey, maxlen, kind, name, instance, record)
   local seq = redis.call('INCR', seqkey)
+  local id = '*'
+  if redis.call('EXISTS', events) == 0 then id = first_id() end
   if record then
-    redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*',
+    redis.call('XADD', events, 'MAXLEN', '~', maxlen, id,
       'seq', seq, 'type', kind, 'name', name, 'instance', instance, 'record', record)
   else
-    redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*',
+    redis.call('XADD', events, 'MAXLEN', '~', maxlen, id,
       'seq', seq, 'type', kind, 'name', name, 'instance', instance)
   end
 end
