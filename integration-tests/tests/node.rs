@@ -321,6 +321,14 @@ async fn killed_node_expires_once_per_watcher() {
     );
 }
 
+/// A dialed stream once the acceptor answered (`connect` itself returns as
+/// soon as the `Hello` is out).
+async fn answered(r: masse::Result<masse::PeerStream>) -> masse::Result<masse::PeerStream> {
+    let s = r?;
+    s.established().await?;
+    Ok(s)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_carry_their_codes() {
     let reg = MemoryRegistry::new();
@@ -333,7 +341,7 @@ async fn refusals_carry_their_codes() {
     let b_ep = b.record().endpoints[0].addr;
 
     // Unknown service.
-    match a.connect_service("b", "nope").await {
+    match answered(a.connect_service("b", "nope").await).await {
         Err(Error::Refused {
             code: RefuseCode::NoSuchService,
             ..
@@ -357,7 +365,7 @@ async fn refusals_carry_their_codes() {
     reg.publish(&ghost, Duration::from_secs(5), NamePolicy::Takeover)
         .await
         .unwrap();
-    match a.connect("ghost").await {
+    match answered(a.connect("ghost").await).await {
         Err(Error::WrongPeer { expected, actual }) => {
             assert_eq!(expected, "ghost");
             assert_eq!(actual, "b", "the acceptor says who it is");

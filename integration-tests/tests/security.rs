@@ -305,7 +305,11 @@ async fn the_namespace_secret_is_required_both_ways_on_plain_tcp() {
         (&a, "none", "did not prove"),
     ];
     for (from, to, why) in cases {
-        match timeout(T, from.connect(to)).await.unwrap() {
+        let open = async {
+            let s = from.connect(to).await?;
+            s.established().await
+        };
+        match timeout(T, open).await.unwrap() {
             Err(Error::Unauthorized { reason }) => {
                 assert!(reason.contains(why), "{} -> {to}: {reason}", from.name())
             }

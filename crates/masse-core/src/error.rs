@@ -180,32 +180,58 @@ pub enum Error {
 }
 
 /// Why an acceptor refused a stream; sent on the wire as one byte.
+///
+/// A dialer maps a refusal to an [`Error`]: [`WrongPeer`](Self::WrongPeer) to
+/// [`Error::WrongPeer`], [`Unauthorized`](Self::Unauthorized) to
+/// [`Error::Unauthorized`], every other code to [`Error::Refused`] with the
+/// code. The codes that say the dialer's record is stale
+/// ([`is_stale`](Self::is_stale)) make the node look the name up again and
+/// retry once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RefuseCode {
-    /// The acceptor is not the name that was dialed.
+    /// The acceptor is not the name that was dialed: the address now belongs
+    /// to another peer. Stale.
     WrongPeer,
     /// The dialer is in another namespace.
     WrongNamespace,
     /// The acceptor does not offer the requested service.
     NoSuchService,
-    /// The dialer could not prove who it is.
+    /// The dialer could not prove who it is (namespace secret, or a
+    /// certificate that is not the one registered for its name).
     Unauthorized,
-    /// The acceptor is overloaded or shutting down.
+    /// The acceptor is overloaded (its queue for the stream is full, too many
+    /// handshakes) or shutting down. Retry later or elsewhere.
     Busy,
     /// The protocol version or a requested feature is not supported.
     Unsupported,
+    /// The acceptor holds the name, but as another instance than the one the
+    /// dialer's record named (the peer restarted). Stale.
+    WrongInstance,
+    /// The acceptor lost the name to another instance (a takeover) and no
+    /// longer accepts for it. Stale.
+    NameLost,
+    /// One of the acceptor's wrappers refused the stream; the reason is the
+    /// wrapper's error.
+    WrapperFailed,
+    /// The acceptor could not check the dialer because its registry is
+    /// unreachable and its cache does not know the dialer. Retry later.
+    RegistryUnavailable,
 }
 
 impl RefuseCode {
     /// All codes, in wire order.
-    pub const ALL: [RefuseCode; 6] = [
+    pub const ALL: [RefuseCode; 10] = [
         RefuseCode::WrongPeer,
         RefuseCode::WrongNamespace,
         RefuseCode::NoSuchService,
         RefuseCode::Unauthorized,
         RefuseCode::Busy,
         RefuseCode::Unsupported,
+        RefuseCode::WrongInstance,
+        RefuseCode::NameLost,
+        RefuseCode::WrapperFailed,
+        RefuseCode::RegistryUnavailable,
     ];
 
     /// The code's wire byte.
@@ -217,12 +243,26 @@ impl RefuseCode {
             RefuseCode::Unauthorized => 4,
             RefuseCode::Busy => 5,
             RefuseCode::Unsupported => 6,
+            RefuseCode::WrongInstance => 7,
+            RefuseCode::NameLost => 8,
+            RefuseCode::WrapperFailed => 9,
+            RefuseCode::RegistryUnavailable => 10,
         }
     }
 
     /// Decodes a wire byte; `None` for an unknown code.
     pub fn from_u8(b: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|c| c.to_u8() == b)
+    }
+
+    /// True if the refusal means the dialer's record of the peer is out of
+    /// date (another peer, another instance, or a name taken over), so a
+    /// fresh lookup may find the right one.
+    pub fn is_stale(self) -> bool {
+        matches!(
+            self,
+            RefuseCode::WrongPeer | RefuseCode::WrongInstance | RefuseCode::NameLost
+        )
     }
 }
 
@@ -235,6 +275,10 @@ impl std::fmt::Display for RefuseCode {
             RefuseCode::Unauthorized => "unauthorized",
             RefuseCode::Busy => "busy",
             RefuseCode::Unsupported => "unsupported",
+            RefuseCode::WrongInstance => "wrong instance",
+            RefuseCode::NameLost => "name lost",
+            RefuseCode::WrapperFailed => "wrapper failed",
+            RefuseCode::RegistryUnavailable => "registry unavailable",
         })
     }
 }

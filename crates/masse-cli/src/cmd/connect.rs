@@ -14,10 +14,12 @@ pub(crate) async fn run(g: &Global, args: ConnectArgs) -> Result<Exit, CliError>
     let node = g.start_node(&name, &ns, registry, &[], &[]).await?;
     let result = async {
         let open = async {
-            match &service {
+            let stream = match &service {
                 Some(s) => node.connect_service(target.name.as_str(), s).await,
                 None => node.connect(target.name.as_str()).await,
-            }
+            }?;
+            // Report a refusal before reading stdin.
+            stream.established().await.map(|()| stream)
         };
         let what = format!("opening a stream to {}", target.name);
         let stream = tokio::select! {

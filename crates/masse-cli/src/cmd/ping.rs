@@ -28,8 +28,12 @@ pub(crate) async fn run(g: &Global, args: PingArgs) -> Result<Exit, CliError> {
         loop {
             seq += 1;
             let t0 = Instant::now();
-            let attempt =
-                tokio::time::timeout(g.timeout, node.connect_service(peer, &service)).await;
+            // Connected once the peer answered the handshake.
+            let open = async {
+                let stream = node.connect_service(peer, &service).await?;
+                stream.established().await.map(|()| stream)
+            };
+            let attempt = tokio::time::timeout(g.timeout, open).await;
             let elapsed = t0.elapsed();
             let line = match attempt {
                 Ok(Ok(stream)) => {

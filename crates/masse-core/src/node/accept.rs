@@ -4,15 +4,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use super::core::Core;
-use super::secret::{self, Secret, Side};
+use super::pipe::{FrameBuf, Gate};
 use super::stream::{PeerStream, StreamInfo};
 use crate::endpoint::Protocol;
 use crate::error::{Error, RefuseCode, Result};
-use crate::handshake::{self, Challenge, EXT_NONCE, Hello, Message, NONCE_LEN, Refuse, Welcome};
+use crate::handshake::{self, Acceptor, AcceptorStep, IdentityCheck, Message, Rejection};
 use crate::interface::{Accepted, Listener};
 use crate::io::BoxIo;
 use crate::name::PeerName;
@@ -103,185 +104,128 @@ async fn inbound(core: Arc<Core>, acc: Accepted, protocol: Protocol) {
     }
 }
 
+/// Runs the [`Acceptor`] over the connection: reads frames, answers the
+/// identity check and admission it asks for, writes what it says.
 async fn handshake_inbound(core: &Arc<Core>, acc: Accepted, protocol: Protocol) -> Result<()> {
-    let peer_identity = acc.peer_identity;
     let mut io = acc.io;
-    let hello = match handshake::read_message(&mut io, core.config.handshake_timeout).await? {
-        Message::Hello(h) => h,
-        other => {
-            return Err(Error::protocol(format!(
-                "expected Hello, got {}",
-                other.kind()
-            )));
-        }
-    };
-    let refusal = if hello.version != handshake::VERSION {
-        Some((
-            RefuseCode::Unsupported,
-            format!(
-                "protocol version {} is not supported (this node speaks {})",
-                hello.version,
-                handshake::VERSION
-            ),
-        ))
-    } else if hello.namespace != core.namespace {
-        Some((
-            RefuseCode::WrongNamespace,
-            format!("this is namespace {}", core.namespace),
-        ))
-    } else if hello.to != core.name {
-        // The dialer's cached address is stale: tell it who we are.
-        Some((RefuseCode::WrongPeer, core.name.to_string()))
-    } else if let Some(s) = hello
-        .service
-        .as_deref()
-        .filter(|s| !core.services.iter().any(|o| o == s))
-    {
-        Some((
-            RefuseCode::NoSuchService,
-            format!("{} does not offer service {s:?}", core.name),
-        ))
-    } else if !core.is_accepting() {
-        Some((RefuseCode::Busy, "shutting down".to_owned()))
-    } else {
-        None
-    };
-    if let Some((code, reason)) = refusal {
-        tracing::debug!(from = %hello.from, %code, %reason, "refusing stream");
-        let _ =
-            handshake::write_message(&mut io, &Message::Refuse(Refuse::new(code, reason.clone())))
-                .await;
-        return Err(Error::Refused { code, reason });
-    }
-    // On tls and quic the transport proved which certificate the dialer holds:
-    // it must be the one the registry lists for the name it claims.
-    if let Some(fingerprint) = peer_identity
-        && !identity_matches(core, &hello.from, fingerprint).await?
-    {
-        let reason = format!(
-            "certificate {} is not the one registered for {}",
-            fingerprint.short(),
-            hello.from
-        );
-        tracing::warn!(from = %hello.from, %reason, "refusing stream");
-        let _ = handshake::write_message(
-            &mut io,
-            &Message::Refuse(Refuse::new(RefuseCode::Unauthorized, reason.clone())),
-        )
-        .await;
-        return Err(Error::Unauthorized { reason });
-    }
-    if let Some(secret) = &core.config.secret {
-        challenge(core, secret, &hello, &mut io).await?;
-    }
-    let Ok(slot) = core.route_for(hello.service.as_deref()).try_reserve_owned() else {
-        let reason = "incoming queue is full".to_owned();
-        let _ = handshake::write_message(
-            &mut io,
-            &Message::Refuse(Refuse::new(RefuseCode::Busy, reason.clone())),
-        )
-        .await;
-        return Err(Error::Refused {
-            code: RefuseCode::Busy,
-            reason,
-        });
-    };
-    handshake::write_message(&mut io, &Message::Welcome(Welcome::new(core.instance))).await?;
-    let ctx = StreamContext::new(
-        core.namespace.clone(),
-        core.name.clone(),
-        hello.from.clone(),
-        hello.from_instance,
-        Direction::Inbound,
-        protocol,
-        hello.service.clone(),
+    let mut frames = FrameBuf::default();
+    let deadline = core.config.handshake_timeout;
+    let mut acceptor = Acceptor::new(
+        core.local.clone(),
+        core.status(),
+        acc.peer_identity,
+        handshake::nonce(),
     );
-    for w in &core.wrappers {
-        io = w.wrap(io, &ctx).await?;
+    let mut step = acceptor.message(frames.read(&mut io, deadline).await?);
+    loop {
+        step = match step {
+            AcceptorStep::Send(msg) => {
+                handshake::write_message(&mut io, &msg).await?;
+                acceptor.message(frames.read(&mut io, deadline).await?)
+            }
+            AcceptorStep::CheckIdentity { name, fingerprint } => {
+                acceptor.identity_checked(check_identity(core, &name, fingerprint).await)
+            }
+            AcceptorStep::Admit { welcome } => {
+                let Some(hello) = acceptor.hello().cloned() else {
+                    return Err(Error::protocol("admitted without a Hello"));
+                };
+                let Ok(slot) = core.route_for(hello.service.as_deref()).try_reserve_owned() else {
+                    step = acceptor.admitted(Err(Rejection::Busy("incoming queue is full".into())));
+                    continue;
+                };
+                let mut gate =
+                    Gate::new(io, std::mem::take(&mut frames), &Message::Welcome(welcome));
+                let armed = gate.armed();
+                let mut back = gate.give_back();
+                let ctx = StreamContext::new(
+                    core.namespace.clone(),
+                    core.name.clone(),
+                    hello.from.clone(),
+                    hello.from_instance,
+                    Direction::Inbound,
+                    protocol,
+                    hello.service.clone(),
+                );
+                let mut wrapped = match wrap_all(core, Box::new(gate), &ctx).await {
+                    Ok(io) => io,
+                    Err(e) => {
+                        tracing::debug!(from = %hello.from, error = %e, "a wrapper refused the stream");
+                        // The connection comes back if nothing was written
+                        // to it yet; else it just closes.
+                        match back.try_recv() {
+                            Ok(raw) => io = raw,
+                            Err(_) => return Err(e),
+                        }
+                        step = acceptor.admitted(Err(Rejection::Wrapper(e.to_string())));
+                        continue;
+                    }
+                };
+                armed.store(true, Ordering::Release);
+                match acceptor.admitted(Ok(())) {
+                    AcceptorStep::Open => {}
+                    _ => return Err(Error::protocol("admission did not open the stream")),
+                }
+                // Sends the Welcome unless a wrapper's write already did.
+                wrapped.flush().await?;
+                let info = StreamInfo {
+                    peer: hello.from,
+                    peer_instance: hello.from_instance,
+                    reached: None,
+                    established: None,
+                    direction: Direction::Inbound,
+                    service: hello.service,
+                    protocol,
+                };
+                slot.send(PeerStream::new(core.clone(), wrapped, info));
+                return Ok(());
+            }
+            AcceptorStep::Open => return Ok(()),
+            AcceptorStep::Refuse { refuse, error } => {
+                let from = acceptor.hello().map(|h| h.from.to_string());
+                match refuse.code {
+                    RefuseCode::Unauthorized | RefuseCode::RegistryUnavailable => {
+                        tracing::warn!(from = ?from, code = %refuse.code, reason = %refuse.reason, "refusing stream");
+                    }
+                    _ => {
+                        tracing::debug!(from = ?from, code = %refuse.code, reason = %refuse.reason, "refusing stream");
+                    }
+                }
+                let _ = handshake::write_message(&mut io, &Message::Refuse(refuse)).await;
+                return Err(error);
+            }
+            AcceptorStep::Close(e) => return Err(e),
+        };
     }
-    let info = StreamInfo {
-        peer: hello.from,
-        peer_instance: hello.from_instance,
-        record: None,
-        direction: Direction::Inbound,
-        service: hello.service,
-        protocol,
-    };
-    slot.send(PeerStream::new(core.clone(), io, info));
-    Ok(())
 }
 
-/// Does the registry list `fingerprint` for `from`? A mismatch in the cache is
-/// checked once more against the backend (the peer may have just restarted).
-async fn identity_matches(
+/// Runs the node's wrapper chain, outermost last.
+async fn wrap_all(core: &Core, mut io: BoxIo, ctx: &StreamContext) -> Result<BoxIo> {
+    for w in &core.wrappers {
+        io = w.wrap(io, ctx).await?;
+    }
+    Ok(io)
+}
+
+/// Is `fingerprint` the certificate registered for `from`? From the cache
+/// first; a mismatch there is checked once more against the backend (the
+/// peer may have just restarted).
+async fn check_identity(
     core: &Arc<Core>,
     from: &PeerName,
     fingerprint: Fingerprint,
-) -> Result<bool> {
+) -> IdentityCheck {
     let pattern = Pattern::from(from);
     let listed =
         |records: &[PeerRecord]| records.first().and_then(|r| r.identity) == Some(fingerprint);
-    let cached = core
-        .registry
-        .lookup_cached(&core.namespace, &pattern)
-        .await?;
-    if listed(&cached.records) {
-        return Ok(true);
+    let cached = core.registry.lookup_cached(&core.namespace, &pattern).await;
+    if cached.as_ref().is_ok_and(|l| listed(&l.records)) {
+        return IdentityCheck::Listed;
     }
     core.registry.invalidate(&core.namespace, from);
-    let fresh = core
-        .registry
-        .lookup_cached(&core.namespace, &pattern)
-        .await?;
-    Ok(listed(&fresh.records))
-}
-
-/// The acceptor's half of the namespace-secret challenge-response.
-async fn challenge(core: &Arc<Core>, secret: &Secret, hello: &Hello, io: &mut BoxIo) -> Result<()> {
-    let refuse = async |io: &mut BoxIo, reason: String| {
-        tracing::warn!(from = %hello.from, %reason, "refusing stream");
-        let _ = handshake::write_message(
-            io,
-            &Message::Refuse(Refuse::new(RefuseCode::Unauthorized, reason.clone())),
-        )
-        .await;
-        Err(Error::Unauthorized { reason })
-    };
-    let Some(dialer_nonce) = hello
-        .extensions
-        .get(EXT_NONCE)
-        .and_then(|v| <[u8; NONCE_LEN]>::try_from(v).ok())
-    else {
-        return refuse(
-            io,
-            "this namespace requires the namespace secret".to_owned(),
-        )
-        .await;
-    };
-    let nonce = secret::nonce();
-    let proof = secret.prove(Side::Acceptor, hello, core.instance, &dialer_nonce, &nonce);
-    handshake::write_message(
-        io,
-        &Message::Challenge(Challenge::new(core.instance, nonce, proof)),
-    )
-    .await?;
-    match handshake::read_message(io, core.config.handshake_timeout).await? {
-        Message::Proof(p)
-            if secret.verify(
-                Side::Dialer,
-                hello,
-                core.instance,
-                &dialer_nonce,
-                &nonce,
-                &p.proof,
-            ) =>
-        {
-            Ok(())
-        }
-        Message::Proof(_) => refuse(io, "wrong namespace secret".to_owned()).await,
-        other => Err(Error::protocol(format!(
-            "expected Proof, got {}",
-            other.kind()
-        ))),
+    match core.registry.lookup_cached(&core.namespace, &pattern).await {
+        Ok(fresh) if listed(&fresh.records) => IdentityCheck::Listed,
+        Ok(_) => IdentityCheck::NotListed,
+        Err(e) => IdentityCheck::Unavailable(e.to_string()),
     }
 }

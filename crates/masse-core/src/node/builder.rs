@@ -13,10 +13,10 @@ use futures::future::BoxFuture;
 use tokio::sync::{Notify, broadcast, watch};
 
 use super::core::{Core, NodeConfig, Route};
-use super::secret::Secret;
 use super::{Node, accept, lifecycle};
 use crate::caching::{CachingConfig, CachingRegistry};
 use crate::error::{Error, Result};
+use crate::handshake::{Local, Secret};
 use crate::identity::Identity;
 use crate::interface::{BindContext, DynInterface, Interface};
 use crate::memory::MemoryRegistry;
@@ -321,7 +321,14 @@ impl NodeBuilder {
         let (events, _) = broadcast::channel(1024);
         let (registry_events, _) = broadcast::channel(1024);
         let (stopping, _) = watch::channel(false);
+        let local = Arc::new(
+            Local::new(namespace.clone(), name.clone(), instance)
+                .with_services(self.services)
+                .with_secret(config.secret.clone()),
+        );
         let core = Arc::new(Core {
+            local,
+            name_lost: AtomicBool::new(false),
             name,
             namespace,
             instance,
@@ -329,7 +336,6 @@ impl NodeBuilder {
             registry,
             interfaces: self.interfaces,
             wrappers: self.wrappers,
-            services: self.services,
             default_route: Route::new(config.incoming_capacity),
             config,
             record: RwLock::new(record),

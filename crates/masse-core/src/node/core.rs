@@ -9,11 +9,11 @@ use std::time::Duration;
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 
 use super::event::NodeEvent;
-use super::secret::Secret;
 use super::stats::Counters;
 use super::stream::PeerStream;
 use crate::caching::CachingRegistry;
 use crate::endpoint::Endpoint;
+use crate::handshake::{Local, Secret, Status};
 use crate::identity::Identity;
 use crate::interface::DynInterface;
 use crate::name::{Namespace, PeerName};
@@ -55,6 +55,11 @@ impl Route {
 }
 
 pub(crate) struct Core {
+    /// Who this node is, for the acceptor's handshake.
+    pub(crate) local: Arc<Local>,
+    /// True once another instance took the name over: streams for it are
+    /// refused with `NameLost` from then on.
+    pub(crate) name_lost: AtomicBool,
     pub(crate) name: PeerName,
     pub(crate) namespace: Namespace,
     pub(crate) instance: InstanceId,
@@ -62,7 +67,6 @@ pub(crate) struct Core {
     pub(crate) registry: CachingRegistry<DynRegistry>,
     pub(crate) interfaces: Vec<DynInterface>,
     pub(crate) wrappers: Vec<DynWrapper>,
-    pub(crate) services: Vec<String>,
     pub(crate) config: NodeConfig,
     pub(crate) record: RwLock<PeerRecord>,
     /// The endpoints each listener advertises, in interface order.
@@ -134,6 +138,21 @@ impl Core {
 
     pub(crate) fn is_accepting(&self) -> bool {
         self.accepting.load(Ordering::Acquire)
+    }
+
+    /// What the acceptor's handshake needs to know of the node right now.
+    pub(crate) fn status(&self) -> Status {
+        Status::new(self.is_accepting(), self.name_lost.load(Ordering::Acquire))
+    }
+
+    /// Marks the name as lost to `holder`; true the first time.
+    pub(crate) fn lose_name(&self, holder: Option<InstanceId>) -> bool {
+        if self.name_lost.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        tracing::warn!(holder = ?holder, "another instance took this node's name; refusing streams for it from now on");
+        self.emit(NodeEvent::NameLost { holder });
+        true
     }
 }
 

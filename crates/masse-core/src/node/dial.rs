@@ -4,8 +4,8 @@
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use futures::stream::{BoxStream, FuturesUnordered};
@@ -13,10 +13,10 @@ use futures::{Stream, StreamExt};
 use tokio::sync::{broadcast, mpsc};
 
 use super::core::Core;
-use super::secret::{self, Side};
+use super::pipe::{Reached, Redial, Verdict};
 use super::stream::{PeerStream, StreamInfo};
-use crate::error::{Error, RefuseCode, Result};
-use crate::handshake::{self, EXT_NONCE, Hello, Message, Proof};
+use crate::error::{Error, Result};
+use crate::handshake::{self, Dialer, DialerStep, Hello, Message};
 use crate::interface::{ConnectContext, DynInterface};
 use crate::io::BoxIo;
 use crate::name::PeerName;
@@ -161,6 +161,58 @@ impl Core {
         record: &PeerRecord,
         service: Option<&str>,
     ) -> Result<PeerStream> {
+        let (io, dialer) = self.open_endpoint(iface, ep, record, service).await?;
+        let reached = Arc::new(Mutex::new(Reached {
+            instance: record.instance,
+            record: record.clone(),
+        }));
+        let redial: Redial = {
+            let core = self.clone();
+            let (record, service) = (record.clone(), service.map(str::to_owned));
+            Box::new(move || Box::pin(async move { core.redial(record, service).await }))
+        };
+        let (verdict, established) = Verdict::new(
+            io,
+            dialer,
+            self.config.handshake_timeout,
+            Some(redial),
+            reached.clone(),
+        );
+        let mut io: BoxIo = Box::new(verdict);
+        let ctx = StreamContext::new(
+            self.namespace.clone(),
+            self.name.clone(),
+            record.name.clone(),
+            record.instance,
+            Direction::Outbound,
+            ep.protocol,
+            service.map(str::to_owned),
+        );
+        for w in &self.wrappers {
+            io = w.wrap(io, &ctx).await?;
+        }
+        let info = StreamInfo {
+            peer: record.name.clone(),
+            peer_instance: record.instance,
+            reached: Some(reached),
+            established: Some(established),
+            direction: Direction::Outbound,
+            service: ctx.service,
+            protocol: ep.protocol,
+        };
+        Ok(PeerStream::new(self.clone(), io, info))
+    }
+
+    /// Connects to `ep` and sends the `Hello` (answering the namespace
+    /// secret's challenge first if there is one); the acceptor's verdict is
+    /// read later, by [`Verdict`].
+    async fn open_endpoint(
+        &self,
+        iface: &DynInterface,
+        ep: &crate::endpoint::Endpoint,
+        record: &PeerRecord,
+        service: Option<&str>,
+    ) -> Result<(BoxIo, Dialer)> {
         let ctx = ConnectContext::new(self.namespace.clone(), self.name.clone(), self.instance)
             .with_connect_timeout(self.config.connect_timeout)
             .with_identity(self.identity.clone());
@@ -179,98 +231,75 @@ impl Core {
             self.name.clone(),
             self.instance,
             record.name.clone(),
-        );
+        )
+        .expecting(record.instance);
         if let Some(s) = service {
             hello = hello.with_service(s)?;
         }
-        let dialer_nonce = self.config.secret.as_ref().map(|_| secret::nonce());
-        if let Some(n) = &dialer_nonce {
-            hello.extensions.insert(EXT_NONCE, n.to_vec())?;
-        }
-        handshake::write_message(&mut io, &Message::Hello(hello.clone())).await?;
-        let deadline = self.config.handshake_timeout;
-        let mut reply = handshake::read_message(&mut io, deadline).await?;
-        let mut challenged_by = None;
-        match (&reply, &self.config.secret, &dialer_nonce) {
-            (Message::Challenge(c), Some(secret), Some(nc)) => {
-                if !secret.verify(Side::Acceptor, &hello, c.instance, nc, &c.nonce, &c.proof) {
-                    return Err(Error::Unauthorized {
-                        reason: format!("{} could not prove the namespace secret", record.name),
-                    });
+        let mut dialer = Dialer::new(hello, self.config.secret.clone(), handshake::nonce());
+        handshake::write_message(&mut io, &Message::Hello(dialer.hello().clone())).await?;
+        if !dialer.pipelines() {
+            let reply = handshake::read_message(&mut io, self.config.handshake_timeout).await?;
+            match dialer.message(reply) {
+                DialerStep::Send(proof) => handshake::write_message(&mut io, &proof).await?,
+                DialerStep::Fail(e) => return Err(e),
+                DialerStep::Open { .. } => {
+                    return Err(Error::protocol("handshake opened before the challenge"));
                 }
-                let proof = secret.prove(Side::Dialer, &hello, c.instance, nc, &c.nonce);
-                challenged_by = Some(c.instance);
-                handshake::write_message(&mut io, &Message::Proof(Proof::new(proof))).await?;
-                reply = handshake::read_message(&mut io, deadline).await?;
             }
-            (Message::Challenge(_), _, _) => {
-                return Err(Error::Unauthorized {
-                    reason: format!(
-                        "{} requires the namespace secret, which this node does not have",
-                        record.name
-                    ),
-                });
-            }
-            (Message::Welcome(_), Some(_), _) => {
-                return Err(Error::Unauthorized {
-                    reason: format!("{} did not prove the namespace secret", record.name),
-                });
-            }
-            _ => {}
         }
-        let remote_instance = match reply {
-            Message::Welcome(w) if challenged_by.is_none_or(|i| i == w.instance) => w.instance,
-            Message::Welcome(_) => {
-                return Err(Error::protocol(
-                    "Welcome from another instance than the Challenge",
-                ));
-            }
-            Message::Refuse(r) if r.code == RefuseCode::WrongPeer => {
-                return Err(Error::WrongPeer {
-                    expected: record.name.to_string(),
-                    actual: r.reason,
-                });
-            }
-            Message::Refuse(r) if r.code == RefuseCode::Unauthorized => {
-                return Err(Error::Unauthorized {
-                    reason: format!("{} refused: {}", record.name, r.reason),
-                });
-            }
-            Message::Refuse(r) => return Err(r.into_error()),
-            other => {
-                return Err(Error::protocol(format!(
-                    "expected Welcome or Refuse, got {}",
-                    other.kind()
-                )));
-            }
+        Ok((io, dialer))
+    }
+
+    /// After a stale refusal: drop the cached record, look the name up once
+    /// more, and if the fresh record differs, open it (the caller replays).
+    async fn redial(
+        self: Arc<Self>,
+        stale: PeerRecord,
+        service: Option<String>,
+    ) -> Result<Option<(BoxIo, Dialer, PeerRecord)>> {
+        self.registry.invalidate(&self.namespace, &stale.name);
+        let fresh = self
+            .registry
+            .lookup_cached(&self.namespace, &Pattern::from(&stale.name))
+            .await?
+            .records
+            .first()
+            .cloned();
+        let Some(fresh) =
+            fresh.filter(|f| f.instance != stale.instance || f.endpoints != stale.endpoints)
+        else {
+            return Ok(None);
         };
-        let ctx = StreamContext::new(
-            self.namespace.clone(),
-            self.name.clone(),
-            record.name.clone(),
-            remote_instance,
-            Direction::Outbound,
-            ep.protocol,
-            service.map(str::to_owned),
-        );
-        for w in &self.wrappers {
-            io = w.wrap(io, &ctx).await?;
+        self.counters.stale_retries.fetch_add(1, Ordering::Relaxed);
+        let mut last = None;
+        for iface in &self.interfaces {
+            for ep in fresh
+                .endpoints
+                .iter()
+                .filter(|e| e.protocol == iface.protocol())
+            {
+                match self
+                    .open_endpoint(iface, ep, &fresh, service.as_deref())
+                    .await
+                {
+                    Ok((io, dialer)) => return Ok(Some((io, dialer, fresh))),
+                    Err(e) if next_endpoint_may_help(&e) => last = Some(e),
+                    Err(e) => return Err(e),
+                }
+            }
         }
-        let info = StreamInfo {
-            peer: record.name.clone(),
-            peer_instance: remote_instance,
-            record: Some(record.clone()),
-            direction: Direction::Outbound,
-            service: ctx.service,
-            protocol: ep.protocol,
-        };
-        Ok(PeerStream::new(self.clone(), io, info))
+        match last {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
     }
 }
 
 /// Failures that mean "this address is not (or no longer) the peer's".
 fn looks_stale(e: &Error) -> bool {
     match e {
+        Error::Refused { code, .. } => code.is_stale(),
         Error::WrongPeer { .. }
         | Error::Timeout {
             what: "connect", ..

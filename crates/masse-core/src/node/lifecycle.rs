@@ -84,10 +84,7 @@ async fn republish_after_loss(core: &Arc<Core>) -> Result<bool> {
             Ok(true)
         }
         Err(Error::NameTaken { holder, .. }) => {
-            tracing::warn!(%holder, "another instance took this node's name; no longer publishing it");
-            core.emit(NodeEvent::NameLost {
-                holder: Some(holder),
-            });
+            core.lose_name(Some(holder));
             Ok(false)
         }
         Err(e) => Err(e),
@@ -160,6 +157,14 @@ pub(crate) async fn watch_loop(
 
 fn dispatch(core: &Core, ev: RegistryEvent) {
     let own = ev.instance() == Some(core.instance);
+    // Another instance publishing our name took it over: stop accepting for
+    // it at once, before the heartbeat notices.
+    if let RegistryEvent::Joined(r) | RegistryEvent::Updated(r) = &ev
+        && r.name == core.name
+        && !own
+    {
+        core.lose_name(Some(r.instance));
+    }
     if !own {
         let node_event = match &ev {
             RegistryEvent::Joined(r) => Some(NodeEvent::PeerJoined(r.clone())),

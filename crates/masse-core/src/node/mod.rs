@@ -7,7 +7,7 @@ mod core;
 mod dial;
 mod event;
 mod lifecycle;
-mod secret;
+mod pipe;
 mod stats;
 mod stream;
 

@@ -3,14 +3,15 @@
 use std::fmt;
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::core::Core;
 use super::event::NodeEvent;
+use super::pipe::{Established, Reached};
 use crate::endpoint::Protocol;
 use crate::io::BoxIo;
 use crate::name::PeerName;
@@ -23,7 +24,11 @@ use crate::wrappers::MeteredIo;
 pub(crate) struct StreamInfo {
     pub(crate) peer: PeerName,
     pub(crate) peer_instance: InstanceId,
-    pub(crate) record: Option<PeerRecord>,
+    /// For dialed streams: whom the handshake reached (it may move to the
+    /// name's fresh record after a stale refusal).
+    pub(crate) reached: Option<Arc<Mutex<Reached>>>,
+    /// For dialed streams: the acceptor's answer.
+    pub(crate) established: Option<Established>,
     pub(crate) direction: Direction,
     pub(crate) service: Option<String>,
     pub(crate) protocol: Protocol,
@@ -70,19 +75,43 @@ impl PeerStream {
         PeerStream { io, info }
     }
 
+    /// Waits for the acceptor's answer to a dialed stream: `Ok` once it
+    /// took the stream, the refusal's error otherwise (see
+    /// [`RefuseCode`](crate::RefuseCode)), or a timeout after the handshake
+    /// deadline. [`Node::connect`](crate::Node::connect) returns as soon as
+    /// its `Hello` is sent so that data can follow at once; the first read
+    /// (or the first write after the answer came) reports a refusal the same
+    /// way, so calling this is only needed to know before sending anything.
+    /// Accepted streams are established already.
+    pub async fn established(&self) -> crate::Result<()> {
+        match &self.info.established {
+            Some(e) => std::future::poll_fn(|cx| e.poll(cx)).await,
+            None => Ok(()),
+        }
+    }
+
     /// The other end's name.
     pub fn peer(&self) -> &PeerName {
         &self.info.peer
     }
 
-    /// The other end's instance (tells a restarted peer apart).
+    /// The other end's instance (tells a restarted peer apart). On a
+    /// dialed stream, before the acceptor's answer is read, the instance of
+    /// the record that was dialed; the acceptor refuses if it is not that
+    /// instance, and the stream then moves to the name's fresh record.
     pub fn peer_instance(&self) -> InstanceId {
-        self.info.peer_instance
+        match &self.info.reached {
+            Some(r) => r.lock().unwrap_or_else(|p| p.into_inner()).instance,
+            None => self.info.peer_instance,
+        }
     }
 
     /// The other end's registry record, for streams we dialed.
-    pub fn peer_record(&self) -> Option<&PeerRecord> {
-        self.info.record.as_ref()
+    pub fn peer_record(&self) -> Option<PeerRecord> {
+        self.info
+            .reached
+            .as_ref()
+            .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).record.clone())
     }
 
     /// Who dialed.

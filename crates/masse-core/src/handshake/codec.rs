@@ -1,10 +1,4 @@
-//! The per-stream handshake (DESIGN §5): a pure codec over bytes plus two thin
-//! async helpers that move one frame over a stream.
-//!
-//! The dialer sends a [`Hello`]; the acceptor answers with a [`Welcome`] or a
-//! [`Refuse`]. Then the stream belongs to the wrappers and the application.
-//!
-//! # Wire format
+//! The wire format: frames, messages, extensions, and their codec.
 //!
 //! Every message is one *frame*: a 2-byte big-endian body length followed by
 //! the body, at most [`MAX_FRAME`] (4096) bytes. Every body starts with the
@@ -29,17 +23,6 @@
 //! | Challenge | instance 16, nonce 16, proof 32                                                        |
 //! | Proof   | proof 32                                                                                 |
 //!
-//! # Namespace secret
-//!
-//! Nodes that share a namespace secret run a challenge-response inside the
-//! handshake: the dialer's `Hello` carries a fresh nonce in extension
-//! [`EXT_NONCE`]; the acceptor answers with a [`Challenge`] (its instance, its
-//! own fresh nonce, and an HMAC proving it knows the secret); the dialer
-//! checks it and answers with a [`Proof`]; only then does the acceptor send
-//! `Welcome` (or `Refuse { code: Unauthorized }`). Both proofs cover both
-//! nonces and every field of the `Hello`, so nothing can be replayed or
-//! redirected to another name.
-//!
 //! The decoder validates every name through [`Namespace::new`],
 //! [`PeerName::new`] and [`validate_service`], rejects unknown message types
 //! and refuse codes, truncated fields and trailing bytes, and never reads past
@@ -55,10 +38,17 @@
 //! New information travels in the [`Extensions`] area that closes every
 //! message: a list of `type`/`value` pairs that a decoder keeps without
 //! interpreting, so older peers skip what they do not know. Types `0x01`–`0x3f`
-//! are reserved for masse itself; [`EXT_NONCE`] carries the dialer's nonce of the
-//! namespace-secret challenge. Types `0x40`–`0xff` are free for experiments. The
+//! are reserved for masse itself: [`EXT_NONCE`] carries the dialer's nonce of
+//! the namespace-secret challenge, [`EXT_INSTANCE`] the instance the dialer
+//! expects to reach. Types `0x40`–`0xff` are free for experiments. The
 //! extension area is at most [`MAX_EXTENSIONS`] bytes, so any valid message
 //! fits in a frame.
+//!
+//! Version 2 changed what the messages mean, not their layout: the acceptor
+//! answers after its wrappers ran, refuses a `Hello` meant for another
+//! instance, and the dialer may send data right after its `Hello`. A version
+//! 1 peer on either side gets `Refuse { code: Unsupported }` naming both
+//! versions.
 //!
 //! ```
 //! use masse_core::handshake::{self, Hello, Message};
@@ -90,7 +80,7 @@ use crate::record::InstanceId;
 pub const MAGIC: &[u8; 5] = b"MASSE";
 
 /// The protocol version this build speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// The largest body a frame may carry, in bytes (the 2-byte length prefix not
 /// included).
@@ -116,6 +106,11 @@ const TYPE_PROOF: u8 = 0x05;
 /// `Hello` extension: the dialer's 16-byte nonce, sent when it holds a
 /// namespace secret (see [`Challenge`]).
 pub const EXT_NONCE: u8 = 0x01;
+
+/// `Hello` extension: the 16-byte instance id (big-endian) the dialer expects
+/// to reach, from the record it dialed. An acceptor of another instance
+/// refuses with [`RefuseCode::WrongInstance`].
+pub const EXT_INSTANCE: u8 = 0x02;
 
 /// Length of a [`Challenge`] nonce.
 pub const NONCE_LEN: usize = 16;
@@ -254,6 +249,39 @@ impl Hello {
         validate_service(&service)?;
         self.service = Some(service);
         Ok(self)
+    }
+
+    /// Asks for `instance` only (extension [`EXT_INSTANCE`]).
+    pub fn expecting(mut self, instance: InstanceId) -> Self {
+        // 19 bytes: always fits.
+        let _ = self
+            .extensions
+            .insert(EXT_INSTANCE, instance.as_u128().to_be_bytes().to_vec());
+        self
+    }
+
+    /// The instance the dialer expects ([`EXT_INSTANCE`]): `Ok(None)` if it
+    /// did not say, an error if the extension is not 16 bytes.
+    pub fn expected_instance(&self) -> Result<Option<InstanceId>> {
+        match self.extensions.get(EXT_INSTANCE) {
+            None => Ok(None),
+            Some(v) => <[u8; 16]>::try_from(v)
+                .map(|b| Some(InstanceId::from_u128(u128::from_be_bytes(b))))
+                .map_err(|_| {
+                    Error::protocol(format!(
+                        "Hello's expected instance is {} bytes, not 16",
+                        v.len()
+                    ))
+                }),
+        }
+    }
+
+    /// The dialer's namespace-secret nonce ([`EXT_NONCE`]), if it sent one of
+    /// the right length.
+    pub fn nonce(&self) -> Option<[u8; NONCE_LEN]> {
+        self.extensions
+            .get(EXT_NONCE)
+            .and_then(|v| <[u8; NONCE_LEN]>::try_from(v).ok())
     }
 }
 
@@ -986,7 +1014,7 @@ mod tests {
     #[test]
     fn unknown_refuse_code() {
         let mut b = body(&Refuse::new(RefuseCode::Busy, "x").into());
-        for code in [0u8, 7, 255] {
+        for code in [0u8, 11, 255] {
             b[7] = code;
             protocol_err(decode(&b), &format!("unknown refuse code {code}"));
         }

@@ -11,8 +11,11 @@ use crate::handshake::{Hello, NONCE_LEN, PROOF_LEN};
 use crate::record::InstanceId;
 
 /// A namespace secret, ready to sign and verify handshake transcripts.
+///
+/// Nodes that share one run the challenge-response of the handshake (see the
+/// [module docs](super)); it holds the HMAC key only, never printed.
 #[derive(Clone)]
-pub(crate) struct Secret {
+pub struct Secret {
     key: hmac::Key,
 }
 
@@ -25,7 +28,8 @@ pub(crate) enum Side {
 }
 
 impl Secret {
-    pub(crate) fn new(bytes: &[u8]) -> Result<Self> {
+    /// A secret from at least 16 bytes (fails with [`Error::Config`] otherwise).
+    pub fn new(bytes: &[u8]) -> Result<Self> {
         if bytes.len() < 16 {
             return Err(Error::Config(format!(
                 "a namespace secret needs at least 16 bytes, got {}",
