@@ -10,9 +10,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use masse::{MemoryRegistry, Node, TcpInterface};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 
 use crate::stats::percentile;
 use crate::{BoxError, Figure, Mode};
@@ -42,15 +45,7 @@ pub(crate) fn run(mode: Mode) -> Result<Vec<Figure>, BoxError> {
 }
 
 async fn bench(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError> {
-    // The raw echo server.
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let raw_server = tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            let _ = s.set_nodelay(true);
-            tokio::spawn(echo(s));
-        }
-    });
+    let (addr, raw_server) = tcp_echo_server().await?;
 
     // The masse echo node and the dialer, sharing an in-process registry.
     let registry = MemoryRegistry::new();
@@ -62,43 +57,24 @@ async fn bench(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError
             .start()
     };
     let server = node("echo").await?;
-    let mut incoming = server.incoming();
-    let masse_server = tokio::spawn(async move {
-        while let Some(s) = incoming.accept().await {
-            tokio::spawn(echo(s));
-        }
-    });
+    let masse_server = echo_incoming(&server);
     let client = node("client").await?;
-    warm_cache(&client).await?;
+    warm_cache(&client, "connect_latency").await?;
 
     // For the loopback round trip: one connection kept open.
     let mut open = TcpStream::connect(addr).await?;
     open.set_nodelay(true)?;
 
-    let mut raw = Vec::with_capacity(iterations);
-    let mut masse = Vec::with_capacity(iterations);
-    let mut rtt = Vec::with_capacity(iterations);
     let misses_before = client.stats().cache.misses;
-    for i in 0..warmup + iterations {
-        let (r, m) = if i % 2 == 0 {
-            let r = raw_connect_echo(addr).await?;
-            (r, masse_connect_echo(&client).await?)
-        } else {
-            let m = masse_connect_echo(&client).await?;
-            (raw_connect_echo(addr).await?, m)
-        };
-        let p = ping(&mut open).await?;
-        if i >= warmup {
-            raw.push(micros(r));
-            masse.push(micros(m));
-            rtt.push(micros(p));
-        }
-    }
-    let misses = client.stats().cache.misses - misses_before;
-    if misses > 0 {
-        // Not an error: the figure is still printed, but the reader should know.
-        println!("# connect_latency: {misses} of the dials missed the registry cache");
-    }
+    let samples = interleave(
+        warmup,
+        iterations,
+        &mut open,
+        || raw_connect_echo(addr).boxed(),
+        || masse_connect_echo(&client).boxed(),
+    )
+    .await?;
+    note_misses(&client, misses_before, "connect_latency");
 
     drop(open);
     client.shutdown().await?;
@@ -106,21 +82,104 @@ async fn bench(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError
     raw_server.abort();
     masse_server.abort();
 
+    let Samples { raw, masse, rtt } = samples;
     let raw_p50 = percentile(&raw, 50.0);
     let masse_p50 = percentile(&masse, 50.0);
+    let rtt_p50 = percentile(&rtt, 50.0);
     Ok(vec![
         Figure::new("connect_raw_p50", raw_p50, 1, "us"),
         Figure::new("connect_raw_p99", percentile(&raw, 99.0), 1, "us"),
         Figure::new("connect_masse_p50", masse_p50, 1, "us"),
         Figure::new("connect_masse_p99", percentile(&masse, 99.0), 1, "us"),
         Figure::new("connect_overhead_p50", masse_p50 - raw_p50, 1, "us"),
-        Figure::new("loopback_rtt_p50", percentile(&rtt, 50.0), 1, "us"),
+        Figure::new("loopback_rtt_p50", rtt_p50, 1, "us"),
+        Figure::new(
+            "connect_overhead_rtts",
+            (masse_p50 - raw_p50) / rtt_p50,
+            2,
+            "rtt",
+        ),
     ])
+}
+
+/// A raw TCP echo server on loopback (`TCP_NODELAY` on every accepted
+/// connection): its address and the accepting task.
+pub(crate) async fn tcp_echo_server() -> Result<(SocketAddr, JoinHandle<()>), BoxError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(echo(s));
+        }
+    });
+    Ok((addr, task))
+}
+
+/// Runs an echo on every stream `node` accepts.
+pub(crate) fn echo_incoming(node: &Node) -> JoinHandle<()> {
+    let mut incoming = node.incoming();
+    tokio::spawn(async move {
+        while let Some(s) = incoming.accept().await {
+            tokio::spawn(echo(s));
+        }
+    })
+}
+
+/// The samples of a connect bench after the warm-up, in µs.
+pub(crate) struct Samples {
+    pub(crate) raw: Vec<f64>,
+    pub(crate) masse: Vec<f64>,
+    pub(crate) rtt: Vec<f64>,
+}
+
+/// `warmup` unreported iterations, then `iterations` reported ones; each
+/// takes one `raw` and one `masse` sample (raw first on even iterations,
+/// masse first on odd ones), then one ping-pong on `open`. (Boxed futures:
+/// with `AsyncFn` the bench's future is not provably `Send`.)
+pub(crate) async fn interleave<'a>(
+    warmup: usize,
+    iterations: usize,
+    open: &mut TcpStream,
+    raw: impl Fn() -> BoxFuture<'a, Result<Duration, BoxError>>,
+    masse: impl Fn() -> BoxFuture<'a, Result<Duration, BoxError>>,
+) -> Result<Samples, BoxError> {
+    let mut samples = Samples {
+        raw: Vec::with_capacity(iterations),
+        masse: Vec::with_capacity(iterations),
+        rtt: Vec::with_capacity(iterations),
+    };
+    for i in 0..warmup + iterations {
+        let (r, m) = if i % 2 == 0 {
+            let r = raw().await?;
+            (r, masse().await?)
+        } else {
+            let m = masse().await?;
+            (raw().await?, m)
+        };
+        let p = ping(open).await?;
+        if i >= warmup {
+            samples.raw.push(micros(r));
+            samples.masse.push(micros(m));
+            samples.rtt.push(micros(p));
+        }
+    }
+    Ok(samples)
+}
+
+/// Says how many dials of `client` since `misses_before` missed the
+/// registry cache, if any. Not an error: the figures are still printed, but
+/// the reader should know.
+pub(crate) fn note_misses(client: &Node, misses_before: u64, bench: &str) {
+    let misses = client.stats().cache.misses - misses_before;
+    if misses > 0 {
+        println!("# {bench}: {misses} of the dials missed the registry cache");
+    }
 }
 
 /// Dials until a dial is answered from the cache (the cache's watch may come
 /// up after the first lookup, which then has to be fetched again).
-async fn warm_cache(client: &Node) -> Result<(), BoxError> {
+pub(crate) async fn warm_cache(client: &Node, bench: &str) -> Result<(), BoxError> {
     for _ in 0..100 {
         let before = client.stats().cache.misses;
         masse_connect_echo(client).await?;
@@ -129,7 +188,7 @@ async fn warm_cache(client: &Node) -> Result<(), BoxError> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    println!("# connect_latency: the registry cache did not warm up; dials include lookups");
+    println!("# {bench}: the registry cache did not warm up; dials include lookups");
     Ok(())
 }
 
@@ -142,7 +201,7 @@ pub(crate) async fn raw_connect_echo(addr: SocketAddr) -> Result<Duration, BoxEr
     Ok(elapsed)
 }
 
-async fn masse_connect_echo(client: &Node) -> Result<Duration, BoxError> {
+pub(crate) async fn masse_connect_echo(client: &Node) -> Result<Duration, BoxError> {
     let start = Instant::now();
     let mut s = client.connect("echo").await?;
     let elapsed = one_byte_echo(&mut s, start).await?;
@@ -150,7 +209,7 @@ async fn masse_connect_echo(client: &Node) -> Result<Duration, BoxError> {
     Ok(elapsed)
 }
 
-async fn ping(s: &mut TcpStream) -> Result<Duration, BoxError> {
+pub(crate) async fn ping(s: &mut TcpStream) -> Result<Duration, BoxError> {
     one_byte_echo(s, Instant::now()).await
 }
 

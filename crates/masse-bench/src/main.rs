@@ -5,6 +5,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod cache;
+mod connect_secure;
 mod latency;
 mod quic;
 mod registry;
@@ -104,6 +105,16 @@ const BENCHES: &[Bench] = &[
         run: quic::run_stream,
     },
     Bench {
+        name: "connect_tls",
+        describe: connect_secure::describe_tls,
+        run: connect_secure::run_tls,
+    },
+    Bench {
+        name: "connect_quic",
+        describe: connect_secure::describe_quic,
+        run: connect_secure::run_quic,
+    },
+    Bench {
         name: "setup_time",
         describe: setup::describe,
         run: setup::run,
@@ -181,7 +192,8 @@ usage: cargo run --release -p masse-bench [-- [--quick] [FILTER]]
   --quick   short smoke run (smaller rounds, fewer iterations)
   FILTER    run only the benches whose name contains FILTER:
             tcp_throughput, connect_latency, cache_lookup, tls_throughput,
-            quic_throughput, quic_new_stream_latency, setup_time,
+            quic_throughput, quic_new_stream_latency, connect_tls,
+            connect_quic, setup_time,
             registry (starts PostgreSQL, MariaDB and Redis servers)
 
 Prints one `name value unit` line per figure; lines starting with # are comments.";
