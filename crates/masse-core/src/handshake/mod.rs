@@ -90,3 +90,6 @@ pub use codec::{
 pub use dialer::{Dialer, DialerStep, refusal};
 pub use secret::Secret;
 pub(crate) use secret::nonce;
+
+#[cfg(test)]
+mod tests;
