@@ -5,8 +5,10 @@
 //! data written right after `connect` arrives, and a refusal fails the first
 //! read with its typed error.
 
+#![allow(clippy::print_stderr)]
+
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -95,14 +97,15 @@ async fn echo_once(from: &Node, to: &str, msg: &[u8]) -> masse::Result<InstanceI
     Ok(s.peer_instance())
 }
 
-async fn name_lost(node: &Node) {
-    let mut events = node.events();
+/// Waits for `NameLost` on `events` (subscribed before the takeover).
+async fn name_lost(mut events: impl futures::Stream<Item = NodeEvent> + Unpin) {
     timeout(T, async {
-        loop {
-            if let Some(NodeEvent::NameLost { .. }) = events.next().await {
+        while let Some(ev) = events.next().await {
+            if let NodeEvent::NameLost { .. } = ev {
                 return;
             }
         }
+        panic!("the node's events ended before NameLost");
     })
     .await
     .expect("NameLost within the deadline");
@@ -121,21 +124,26 @@ async fn a_stale_cache_reaches_the_new_holder_after_a_takeover() {
 
     // Another instance takes the name over, on another port; the old one
     // learns it from its watch and stops accepting for the name.
-    let lost = name_lost(&old);
+    let events = old.events();
     let new = node("svc", "hs-takeover", &reg)
         .name_policy(NamePolicy::Takeover)
         .start()
         .await
         .unwrap();
     echo_forever(&new).await;
-    lost.await;
+    name_lost(events).await;
     let refused_before = old.stats().handshakes_rejected;
 
     // The dialer's cache still names the old instance: its first connect
     // reaches the new one, with the bytes it wrote before the answer.
+    let started = Instant::now();
     let reached = echo_once(&dialer, "svc", b"after the takeover")
         .await
         .expect("the first try after the takeover works");
+    eprintln!(
+        "takeover: connect + echo through the stale record took {:?}",
+        started.elapsed()
+    );
     assert_eq!(reached, new.instance());
     assert_eq!(dialer.stats().stale_retries, 1, "{:?}", dialer.stats());
     assert_eq!(
@@ -175,18 +183,37 @@ async fn a_peer_restarted_on_the_same_address_is_reached_on_the_first_try() {
         first.instance()
     );
     first.shutdown().await.unwrap();
-    let second = Node::builder("svc")
-        .namespace("hs-restart")
-        .registry(reg.clone())
-        .interface(TcpInterface::new(addr.to_string()))
-        .ttl(Duration::from_secs(2))
-        .start()
-        .await
-        .expect("restart on the same port");
+    // `shutdown` may return before the listener's socket is closed (the
+    // accept task ends on its own): retry the bind until the port is free.
+    let second = timeout(T, async {
+        loop {
+            let started = Node::builder("svc")
+                .namespace("hs-restart")
+                .registry(reg.clone())
+                .interface(TcpInterface::new(addr.to_string()))
+                .ttl(Duration::from_secs(2))
+                .start()
+                .await;
+            match started {
+                Ok(node) => return node,
+                Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("restart on the same port: {e:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the port is free again");
     echo_forever(&second).await;
     // The cached record has the right address and the wrong instance: the
     // new one refuses (WrongInstance), the dialer looks again and replays.
+    let started = Instant::now();
     let reached = echo_once(&dialer, "svc", b"two").await.unwrap();
+    eprintln!(
+        "restart on the same port: connect + echo through the stale record took {:?}",
+        started.elapsed()
+    );
     assert_eq!(reached, second.instance());
     assert_eq!(dialer.stats().stale_retries, 1, "{:?}", dialer.stats());
 }

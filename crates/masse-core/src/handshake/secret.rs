@@ -7,7 +7,7 @@ use std::fmt;
 use ring::hmac;
 
 use crate::error::{Error, Result};
-use crate::handshake::{Hello, NONCE_LEN, PROOF_LEN};
+use crate::handshake::{Hello, Message, NONCE_LEN, PROOF_LEN, encode};
 use crate::record::InstanceId;
 
 /// A namespace secret, ready to sign and verify handshake transcripts.
@@ -80,7 +80,10 @@ pub(crate) fn nonce() -> [u8; NONCE_LEN] {
     n
 }
 
-/// Unambiguous encoding of the handshake fields both proofs cover.
+/// What both proofs cover: the side, the whole `Hello` as encoded on the
+/// wire (version, names, service, the dialer's instance and nonce, the
+/// instance it expects, every extension), the acceptor's instance and both
+/// nonces.
 fn transcript(
     side: Side,
     hello: &Hello,
@@ -88,21 +91,14 @@ fn transcript(
     dialer_nonce: &[u8; NONCE_LEN],
     acceptor_nonce: &[u8; NONCE_LEN],
 ) -> Vec<u8> {
-    let mut m = Vec::with_capacity(256);
+    let frame = encode(&Message::Hello(hello.clone()));
+    let mut m = Vec::with_capacity(64 + frame.len());
     m.extend_from_slice(match side {
-        Side::Acceptor => b"masse v1 acceptor proof",
-        Side::Dialer => b"masse v1 dialer proof",
+        Side::Acceptor => b"masse v2 acceptor proof",
+        Side::Dialer => b"masse v2 dialer proof",
     });
-    for field in [
-        hello.namespace.as_str(),
-        hello.from.as_str(),
-        hello.to.as_str(),
-        hello.service.as_deref().unwrap_or(""),
-    ] {
-        m.push(field.len() as u8);
-        m.extend_from_slice(field.as_bytes());
-    }
-    m.extend_from_slice(&hello.from_instance.as_u128().to_be_bytes());
+    // The frame starts with its own length: unambiguous.
+    m.extend_from_slice(&frame);
     m.extend_from_slice(&acceptor.as_u128().to_be_bytes());
     m.extend_from_slice(dialer_nonce);
     m.extend_from_slice(acceptor_nonce);
@@ -160,6 +156,17 @@ mod tests {
         assert!(
             !s.verify(Side::Acceptor, &other, acc, &nc, &ns, &p),
             "the dialed name is covered"
+        );
+        assert!(
+            !s.verify(
+                Side::Acceptor,
+                &hello().expecting(InstanceId::from_u128(9)),
+                acc,
+                &nc,
+                &ns,
+                &p
+            ),
+            "the extensions (the expected instance) are covered"
         );
         let wrong = Secret::new(b"0123456789abcdeF").unwrap();
         assert!(!wrong.verify(Side::Acceptor, &hello(), acc, &nc, &ns, &p));
