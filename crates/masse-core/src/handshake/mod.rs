@@ -1,6 +1,6 @@
 //! The per-stream handshake (DESIGN §5): who is dialing whom, and may it.
 //!
-//! Built like quinn-proto: the [codec](codec) turns bytes into
+//! Built like quinn-proto: the [`codec`] turns bytes into
 //! [`Message`]s, and two state machines without I/O, [`Dialer`] and
 //! [`Acceptor`], decide what to send and when the stream is open. The node's
 //! async glue only reads a frame, feeds it, writes what comes out, and runs

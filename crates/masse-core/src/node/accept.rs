@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
@@ -134,10 +133,8 @@ async fn handshake_inbound(core: &Arc<Core>, acc: Accepted, protocol: Protocol) 
                     step = acceptor.admitted(Err(Rejection::Busy("incoming queue is full".into())));
                     continue;
                 };
-                let mut gate =
+                let (gate, handle) =
                     Gate::new(io, std::mem::take(&mut frames), &Message::Welcome(welcome));
-                let armed = gate.armed();
-                let mut back = gate.give_back();
                 let ctx = StreamContext::new(
                     core.namespace.clone(),
                     core.name.clone(),
@@ -147,27 +144,27 @@ async fn handshake_inbound(core: &Arc<Core>, acc: Accepted, protocol: Protocol) 
                     protocol,
                     hello.service.clone(),
                 );
-                let mut wrapped = match wrap_all(core, Box::new(gate), &ctx).await {
+                let wrapped = match wrap_all(core, Box::new(gate), &ctx).await {
                     Ok(io) => io,
                     Err(e) => {
                         tracing::debug!(from = %hello.from, error = %e, "a wrapper refused the stream");
                         // The connection comes back if nothing was written
                         // to it yet; else it just closes.
-                        match back.try_recv() {
-                            Ok(raw) => io = raw,
-                            Err(_) => return Err(e),
+                        match handle.take_back() {
+                            Some(raw) => io = raw,
+                            None => return Err(e),
                         }
                         step = acceptor.admitted(Err(Rejection::Wrapper(e.to_string())));
                         continue;
                     }
                 };
-                armed.store(true, Ordering::Release);
                 match acceptor.admitted(Ok(())) {
                     AcceptorStep::Open => {}
                     _ => return Err(Error::protocol("admission did not open the stream")),
                 }
-                // Sends the Welcome unless a wrapper's write already did.
-                wrapped.flush().await?;
+                // The Welcome goes out with the first bytes, before a read
+                // that would wait, or shortly.
+                handle.arm(core.config.handshake_timeout);
                 let info = StreamInfo {
                     peer: hello.from,
                     peer_instance: hello.from_instance,

@@ -7,7 +7,6 @@
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -111,71 +110,137 @@ fn poll_write_all(
 
 // ------------------------------------------------------------------ accepting
 
-/// The acceptor's stream under its wrappers: serves the bytes read past the
-/// `Hello` first, and writes the `Welcome` before the first byte out (or
-/// before the first read once [`armed`](Self::armed), that is once the
-/// wrappers are done).
-pub(crate) struct Gate {
-    inner: BoxIo,
-    leftover: FrameBuf,
+/// How long an accepted stream whose application neither writes nor waits to
+/// read may keep its `Welcome` back, hoping to send it with the first bytes.
+const WELCOME_DELAY: Duration = Duration::from_millis(1);
+
+/// An accepted connection until its `Welcome` is out; shared with the timer
+/// that sends it if the application takes its time.
+struct Unanswered {
+    /// `None` once moved to the gate's fast path, or taken back to refuse.
+    io: Option<BoxIo>,
     welcome: Vec<u8>,
     sent: usize,
-    armed: Arc<AtomicBool>,
-    /// Where the connection goes if the gate is dropped before any of the
-    /// `Welcome` went out (a wrapper failed), so the refusal can be written.
-    give_back: Option<tokio::sync::oneshot::Sender<BoxIo>>,
+    /// True once the wrappers are done: a read that would wait answers first.
+    armed: bool,
 }
 
-impl Gate {
-    pub(crate) fn new(inner: BoxIo, leftover: FrameBuf, welcome: &Message) -> Self {
-        Gate {
-            inner,
-            leftover,
-            welcome: encode(welcome),
-            sent: 0,
-            armed: Arc::new(AtomicBool::new(false)),
-            give_back: None,
-        }
-    }
-
-    /// The connection comes back through the returned receiver if the gate
-    /// is dropped before any byte of the `Welcome` was written.
-    pub(crate) fn give_back(&mut self) -> tokio::sync::oneshot::Receiver<BoxIo> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.give_back = Some(tx);
-        rx
-    }
-
-    /// Set it once the wrappers are done: reads then answer first too.
-    pub(crate) fn armed(&self) -> Arc<AtomicBool> {
-        self.armed.clone()
-    }
-
-    /// Returns a flag that turns true once the `Welcome` is out.
+impl Unanswered {
     fn poll_welcome(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        if self.welcome.is_empty() {
-            return Poll::Ready(Ok(()));
-        }
-        ready!(poll_write_all(
-            &mut self.inner,
-            cx,
-            &self.welcome,
-            &mut self.sent
-        ))?;
-        self.welcome = Vec::new();
+        let Some(io) = self.io.as_mut() else {
+            return Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()));
+        };
+        ready!(poll_write_all(io, cx, &self.welcome, &mut self.sent))?;
         Poll::Ready(Ok(()))
     }
+
+    fn answered(&self) -> bool {
+        self.sent == self.welcome.len()
+    }
 }
 
-impl Drop for Gate {
-    fn drop(&mut self) {
-        if self.sent == 0
-            && !self.welcome.is_empty()
-            && let Some(tx) = self.give_back.take()
-        {
-            let inner = std::mem::replace(&mut self.inner, Box::new(tokio::io::empty()));
-            let _ = tx.send(inner);
+/// The acceptor's stream under its wrappers: serves the bytes read past the
+/// `Hello` first, and writes the `Welcome` in the same write as the first
+/// bytes out, or before a read that would wait (once the wrappers are done),
+/// or on flush, or after [`WELCOME_DELAY`], whichever comes first.
+pub(crate) struct Gate {
+    /// The fast path, once the `Welcome` is out.
+    open: Option<BoxIo>,
+    leftover: FrameBuf,
+    shared: Arc<Mutex<Unanswered>>,
+}
+
+/// The glue's handle on a [`Gate`] it gave to the wrappers.
+pub(crate) struct GateHandle(Arc<Mutex<Unanswered>>);
+
+impl Gate {
+    pub(crate) fn new(inner: BoxIo, leftover: FrameBuf, welcome: &Message) -> (Self, GateHandle) {
+        let shared = Arc::new(Mutex::new(Unanswered {
+            io: Some(inner),
+            welcome: encode(welcome),
+            sent: 0,
+            armed: false,
+        }));
+        let gate = Gate {
+            open: None,
+            leftover,
+            shared: shared.clone(),
+        };
+        (gate, GateHandle(shared))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Unanswered> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the connection to the fast path once the `Welcome` is out.
+    fn promote(&mut self) {
+        let io = {
+            let mut u = self.lock();
+            if !u.answered() {
+                return;
+            }
+            u.io.take()
+        };
+        if io.is_some() {
+            self.open = io;
         }
+    }
+
+    /// Sends the `Welcome` (if not yet), then runs `op` on the connection.
+    fn poll_answered<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(Pin<&mut BoxIo>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if self.open.is_none() {
+            ready!(self.lock().poll_welcome(cx))?;
+            self.promote();
+        }
+        match self.open.as_mut() {
+            Some(io) => op(Pin::new(io), cx),
+            None => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl GateHandle {
+    /// The wrappers are done: a read that would wait sends the `Welcome`
+    /// first, and a timer sends it after [`WELCOME_DELAY`] if nothing did.
+    pub(crate) fn arm(&self, deadline: Duration) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).armed = true;
+        let shared = Arc::downgrade(&self.0);
+        tokio::spawn(async move {
+            let until = tokio::time::Instant::now() + deadline;
+            tokio::time::sleep(WELCOME_DELAY).await;
+            while tokio::time::Instant::now() < until {
+                let Some(shared) = shared.upgrade() else { return };
+                {
+                    let waker = futures::task::noop_waker();
+                    let mut cx = Context::from_waker(&waker);
+                    let mut u = shared.lock().unwrap_or_else(|p| p.into_inner());
+                    if u.answered() || u.io.is_none() {
+                        return;
+                    }
+                    match u.poll_welcome(&mut cx) {
+                        Poll::Ready(Ok(())) => return,
+                        Poll::Ready(Err(e)) => {
+                            tracing::debug!(error = %e, "writing the Welcome failed");
+                            return;
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+                tokio::time::sleep(WELCOME_DELAY).await;
+            }
+        });
+    }
+
+    /// The connection, if none of the `Welcome` was written yet (a wrapper
+    /// failed): the refusal can still be sent on it.
+    pub(crate) fn take_back(&self) -> Option<BoxIo> {
+        let mut u = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if u.sent == 0 { u.io.take() } else { None }
     }
 }
 
@@ -186,13 +251,27 @@ impl AsyncRead for Gate {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if !this.welcome.is_empty() && this.armed.load(Ordering::Acquire) {
-            ready!(this.poll_welcome(cx))?;
-        }
         if this.leftover.serve(buf) {
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        if let Some(io) = this.open.as_mut() {
+            return Pin::new(io).poll_read(cx, buf);
+        }
+        let mut u = this.lock();
+        let armed = u.armed;
+        let Some(io) = u.io.as_mut() else {
+            return Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()));
+        };
+        if Pin::new(io).poll_read(cx, buf)?.is_ready() {
+            return Poll::Ready(Ok(()));
+        }
+        // The application waits for the dialer: answer first.
+        if armed && !u.answered() {
+            ready!(u.poll_welcome(cx))?;
+            drop(u);
+            this.promote();
+        }
+        Poll::Pending
     }
 }
 
@@ -202,8 +281,35 @@ impl AsyncWrite for Gate {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        ready!(self.poll_welcome(cx))?;
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        if let Some(io) = this.open.as_mut() {
+            return Pin::new(io).poll_write(cx, buf);
+        }
+        {
+            let mut u = this.lock();
+            if u.sent == 0 && !u.welcome.is_empty() && !buf.is_empty() {
+                // The Welcome and the first bytes in one write.
+                let take = buf.len().min(16 * 1024);
+                let mut both = Vec::with_capacity(u.welcome.len() + take);
+                both.extend_from_slice(&u.welcome);
+                both.extend_from_slice(&buf[..take]);
+                let Some(io) = u.io.as_mut() else {
+                    return Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()));
+                };
+                let n = ready!(Pin::new(io).poll_write(cx, &both))?;
+                if n == 0 {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                let welcome = u.welcome.len();
+                u.sent = n.min(welcome);
+                if n > welcome {
+                    drop(u);
+                    this.promote();
+                    return Poll::Ready(Ok(n - welcome));
+                }
+            }
+        }
+        this.poll_answered(cx, |io, cx| io.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -211,22 +317,19 @@ impl AsyncWrite for Gate {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        ready!(self.poll_welcome(cx))?;
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        self.poll_answered(cx, |io, cx| io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.open.as_ref().is_some_and(|io| io.is_write_vectored())
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        ready!(self.poll_welcome(cx))?;
-        Pin::new(&mut self.inner).poll_flush(cx)
+        self.poll_answered(cx, |io, cx| io.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        ready!(self.poll_welcome(cx))?;
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        self.poll_answered(cx, |io, cx| io.poll_shutdown(cx))
     }
 }
 
