@@ -214,7 +214,9 @@ impl GateHandle {
             let until = tokio::time::Instant::now() + deadline;
             tokio::time::sleep(WELCOME_DELAY).await;
             while tokio::time::Instant::now() < until {
-                let Some(shared) = shared.upgrade() else { return };
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
                 {
                     let waker = futures::task::noop_waker();
                     let mut cx = Context::from_waker(&waker);
