@@ -267,7 +267,11 @@ async fn a_wrapper_refuses_before_the_answer_with_its_reason() {
         .unwrap();
 
     let s = timeout(T, bad.connect("guarded")).await.unwrap().unwrap();
-    match timeout(T, s.established()).await.unwrap() {
+    match timeout(T, s.established())
+        .await
+        .unwrap()
+        .map_err(Error::into_root)
+    {
         Err(Error::Refused {
             code: RefuseCode::WrapperFailed,
             reason,
@@ -281,7 +285,8 @@ async fn a_wrapper_refuses_before_the_answer_with_its_reason() {
     let inner = err
         .get_ref()
         .and_then(|e| e.downcast_ref::<Error>())
-        .unwrap_or_else(|| panic!("the read error carries a masse::Error: {err:?}"));
+        .unwrap_or_else(|| panic!("the read error carries a masse::Error: {err:?}"))
+        .root();
     assert!(
         matches!(
             inner,
@@ -329,7 +334,10 @@ async fn data_written_before_the_answer_arrives_in_order() {
     let refused = Arc::new(err);
     assert!(
         matches!(
-            refused.get_ref().and_then(|e| e.downcast_ref::<Error>()),
+            refused
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<Error>())
+                .map(Error::root),
             Some(Error::Refused {
                 code: RefuseCode::NoSuchService,
                 ..

@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use masse::handshake::{self, Hello, Message};
 use masse::{
-    BoxIo, Direction, Error, InstanceId, MemoryRegistry, NamePolicy, Namespace, NodeEvent,
-    PeerName, PeerRecord, RefuseCode, Registry, StreamContext,
+    BoxIo, ConnectStep, Direction, Error, InstanceId, MemoryRegistry, NamePolicy, Namespace,
+    NodeEvent, PeerName, PeerRecord, RefuseCode, Registry, StreamContext,
 };
 use masse_integration_tests::{echo_forever, fnv1a, node, payload};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -340,12 +340,42 @@ async fn refusals_carry_their_codes() {
         .unwrap();
     let b_ep = b.record().endpoints[0].addr;
 
-    // Unknown service.
+    // Unknown service: the error names the peer, the endpoint and the step,
+    // around the refusal.
     match answered(a.connect_service("b", "nope").await).await {
-        Err(Error::Refused {
-            code: RefuseCode::NoSuchService,
-            ..
-        }) => {}
+        Err(e @ Error::Connect { .. }) => {
+            let Error::Connect {
+                peer,
+                endpoint,
+                step,
+                source,
+            } = &e
+            else {
+                unreachable!()
+            };
+            assert_eq!(peer, "b");
+            assert_eq!(
+                endpoint.as_deref(),
+                Some(&*b.record().endpoints[0].to_string())
+            );
+            assert_eq!(*step, ConnectStep::Handshake);
+            assert!(
+                matches!(
+                    **source,
+                    Error::Refused {
+                        code: RefuseCode::NoSuchService,
+                        ..
+                    }
+                ),
+                "{source:?}"
+            );
+            assert_eq!(e.refuse_code(), Some(RefuseCode::NoSuchService));
+            let shown = e.to_string();
+            assert!(
+                shown.starts_with("connect to \"b\" via tcp://") && shown.contains("at handshake"),
+                "{shown}"
+            );
+        }
         other => panic!("expected NoSuchService, got {other:?}"),
     }
     // A known one works and is routed to incoming_service.
@@ -365,12 +395,47 @@ async fn refusals_carry_their_codes() {
     reg.publish(&ghost, Duration::from_secs(5), NamePolicy::Takeover)
         .await
         .unwrap();
-    match answered(a.connect("ghost").await).await {
+    match answered(a.connect("ghost").await)
+        .await
+        .map_err(Error::into_root)
+    {
         Err(Error::WrongPeer { expected, actual }) => {
             assert_eq!(expected, "ghost");
             assert_eq!(actual, "b", "the acceptor says who it is");
         }
         other => panic!("expected WrongPeer, got {other:?}"),
+    }
+
+    // Nobody on the endpoint: the error says the transport connect failed, where.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_ep: masse::Endpoint = format!("tcp://{}", closed.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    drop(closed);
+    let dead = PeerRecord::new(
+        "t-refuse".parse().unwrap(),
+        "dead".parse().unwrap(),
+        InstanceId::random(),
+    )
+    .with_endpoint(dead_ep);
+    reg.publish(&dead, Duration::from_secs(5), NamePolicy::Takeover)
+        .await
+        .unwrap();
+    match timeout(T, a.connect("dead")).await.unwrap() {
+        Err(Error::Connect {
+            peer,
+            endpoint,
+            step: ConnectStep::Transport,
+            source,
+        }) => {
+            assert_eq!(peer, "dead");
+            assert_eq!(endpoint, Some(dead_ep.to_string()));
+            assert!(
+                matches!(*source, Error::Io(ref e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+                "{source:?}"
+            );
+        }
+        other => panic!("expected a transport failure, got {other:?}"),
     }
 
     // Wrong namespace, with a hand-made Hello.

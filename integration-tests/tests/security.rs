@@ -173,7 +173,11 @@ async fn an_impostor_is_refused_by_dialers_holding_the_victims_record() {
         victim_record.identity,
         "another key"
     );
-    match timeout(T, dialer.connect("victim")).await.unwrap() {
+    match timeout(T, dialer.connect("victim"))
+        .await
+        .unwrap()
+        .map_err(Error::into_root)
+    {
         Err(Error::Unauthorized { reason }) => assert!(reason.contains("fingerprint"), "{reason}"),
         other => {
             panic!("a dialer pinned to the victim's key must refuse the impostor, got {other:?}")
@@ -309,7 +313,7 @@ async fn the_namespace_secret_is_required_both_ways_on_plain_tcp() {
             let s = from.connect(to).await?;
             s.established().await
         };
-        match timeout(T, open).await.unwrap() {
+        match timeout(T, open).await.unwrap().map_err(Error::into_root) {
             Err(Error::Unauthorized { reason }) => {
                 assert!(reason.contains(why), "{} -> {to}: {reason}", from.name())
             }
@@ -383,7 +387,11 @@ async fn a_relay_with_its_own_certificate_cannot_sit_in_the_middle() {
         .start()
         .await
         .unwrap();
-    match timeout(T, dialer.connect("victim")).await.unwrap() {
+    match timeout(T, dialer.connect("victim"))
+        .await
+        .unwrap()
+        .map_err(Error::into_root)
+    {
         Err(Error::Unauthorized { reason }) => assert!(reason.contains("fingerprint"), "{reason}"),
         other => panic!("the relay's certificate must be refused, got {other:?}"),
     }

@@ -93,7 +93,7 @@ impl From<std::io::Error> for CliError {
 /// The exit code for one of masse's errors.
 pub(crate) fn exit_for(e: &masse::Error) -> Exit {
     use masse::Error as E;
-    match e {
+    match e.root() {
         E::NotFound { .. } => Exit::NotFound,
         E::Refused { .. } | E::WrongPeer { .. } | E::Unauthorized { .. } | E::NameTaken { .. } => {
             Exit::Refused
@@ -197,7 +197,18 @@ mod tests {
                 Exit::Failure,
             ),
         ];
-        for (e, want) in cases {
+        let wrapped: Vec<(Error, Exit)> = cases
+            .iter()
+            .map(|(e, want)| {
+                let e = e.clone().in_connect(
+                    "billing-7",
+                    Some(&"tcp://127.0.0.1:4100"),
+                    masse::ConnectStep::Handshake,
+                );
+                (e, *want)
+            })
+            .collect();
+        for (e, want) in cases.into_iter().chain(wrapped) {
             assert_eq!(exit_for(&e), want, "{e}");
             assert_eq!(CliError::from(e).exit, want);
         }

@@ -177,6 +177,56 @@ pub enum Error {
     /// An I/O error from a socket or file.
     #[error("I/O error: {0}")]
     Io(#[source] Arc<std::io::Error>),
+
+    /// Dialing a peer failed: says which peer, which endpoint and at which
+    /// step, around the error that stopped it.
+    ///
+    /// Every failure of [`Node::connect`](crate::Node::connect),
+    /// [`connect_service`](crate::Node::connect_service) and
+    /// [`Node::to`](crate::Node::to) after the name was valid and the node
+    /// running comes in this context, except [`Error::NotFound`] (which names
+    /// the peer already). Branch on [`root`](Self::root), the error inside:
+    /// [`Error::Refused`] with its [`RefuseCode`], [`Error::WrongPeer`],
+    /// [`Error::Unauthorized`], [`Error::Timeout`], [`Error::Io`], ...
+    #[error("connect to {peer:?}{} failed at {step}: {source}", endpoint.as_deref().map(|e| format!(" via {e}")).unwrap_or_default())]
+    Connect {
+        /// The name dialed.
+        peer: String,
+        /// The endpoint being tried (`tcp://10.0.0.7:4100`), if one was.
+        endpoint: Option<String>,
+        /// What the dialer was doing.
+        step: ConnectStep,
+        /// What went wrong; never itself a `Connect`.
+        #[source]
+        source: Box<Error>,
+    },
+}
+
+/// The step of a dial that failed, in [`Error::Connect`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ConnectStep {
+    /// Looking the name up in the registry (or its cache).
+    Lookup,
+    /// The interface's connect: TCP connect, TLS or QUIC handshake, or
+    /// finding an endpoint this node can speak at all.
+    Transport,
+    /// The masse handshake: `Hello`, the namespace secret's challenge, and the
+    /// acceptor's answer (a refusal arrives here).
+    Handshake,
+    /// The dialing node's own wrapper chain.
+    Wrapper,
+}
+
+impl std::fmt::Display for ConnectStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConnectStep::Lookup => "lookup",
+            ConnectStep::Transport => "transport connect",
+            ConnectStep::Handshake => "handshake",
+            ConnectStep::Wrapper => "wrapper",
+        })
+    }
 }
 
 /// Why an acceptor refused a stream; sent on the wire as one byte.
@@ -292,7 +342,7 @@ impl From<std::io::Error> for Error {
 impl From<Error> for std::io::Error {
     fn from(e: Error) -> Self {
         use std::io::ErrorKind;
-        let kind = match &e {
+        let kind = match e.root() {
             Error::Io(io) => return std::io::Error::new(io.kind(), e),
             Error::InvalidName { .. }
             | Error::InvalidPattern { .. }
@@ -315,6 +365,51 @@ impl From<Error> for std::io::Error {
 }
 
 impl Error {
+    /// The error under any [`Error::Connect`] context: the one to branch on.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Connect { source, .. } => source.root(),
+            other => other,
+        }
+    }
+
+    /// Owned [`root`](Self::root).
+    pub fn into_root(self) -> Error {
+        match self {
+            Error::Connect { source, .. } => source.into_root(),
+            other => other,
+        }
+    }
+
+    /// The refusal code, if the peer refused the stream (under any context).
+    pub fn refuse_code(&self) -> Option<RefuseCode> {
+        match self.root() {
+            Error::Refused { code, .. } => Some(*code),
+            Error::WrongPeer { .. } => Some(RefuseCode::WrongPeer),
+            _ => None,
+        }
+    }
+
+    /// Puts `self` in the context of a dial. An error that has a context
+    /// already keeps it (the innermost step is the one that failed), and
+    /// [`Error::NotFound`] and [`Error::Closed`] stay as they are.
+    pub fn in_connect(
+        self,
+        peer: impl std::fmt::Display,
+        endpoint: Option<&dyn std::fmt::Display>,
+        step: ConnectStep,
+    ) -> Error {
+        match self {
+            e @ (Error::Connect { .. } | Error::NotFound { .. } | Error::Closed(_)) => e,
+            e => Error::Connect {
+                peer: peer.to_string(),
+                endpoint: endpoint.map(|e| e.to_string()),
+                step,
+                source: Box::new(e),
+            },
+        }
+    }
+
     /// Wraps a backend failure that retrying may fix.
     pub fn unavailable(
         backend: &'static str,
@@ -358,7 +453,7 @@ impl Error {
     /// True for failures that are expected to go away on their own (backend
     /// down, timeouts, connection-level I/O errors): worth a retry with backoff.
     pub fn is_transient(&self) -> bool {
-        match self {
+        match self.root() {
             Error::RegistryUnavailable { .. } | Error::Timeout { .. } => true,
             Error::Io(e) => matches!(
                 e.kind(),

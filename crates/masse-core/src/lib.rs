@@ -28,7 +28,7 @@ pub mod wrappers;
 
 pub use caching::{CacheStats, CachedLookup, CachingConfig, CachingRegistry, Freshness};
 pub use endpoint::{Endpoint, Protocol};
-pub use error::{BoxError, Error, RefuseCode, Result};
+pub use error::{BoxError, ConnectStep, Error, RefuseCode, Result};
 #[cfg(feature = "rustls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
 pub use identity::tls;

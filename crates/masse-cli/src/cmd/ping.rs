@@ -43,10 +43,9 @@ pub(crate) async fn run(g: &Global, args: PingArgs) -> Result<Exit, CliError> {
                 }
                 // The usual pong of the reserved service: the peer answered
                 // the handshake itself, without involving its application.
-                Ok(Err(Error::Refused {
-                    code: RefuseCode::NoSuchService,
-                    ..
-                })) if explicit.is_none() => {
+                Ok(Err(e))
+                    if explicit.is_none() && e.refuse_code() == Some(RefuseCode::NoSuchService) =>
+                {
                     summary.ok(elapsed);
                     format!("stream to {peer}: seq={seq} time={} ms", format_ms(elapsed))
                 }

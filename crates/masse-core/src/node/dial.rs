@@ -15,7 +15,8 @@ use tokio::sync::{broadcast, mpsc};
 use super::core::Core;
 use super::pipe::{Reached, Redial, Verdict};
 use super::stream::{PeerStream, StreamInfo};
-use crate::error::{Error, Result};
+use crate::endpoint::Endpoint;
+use crate::error::{ConnectStep, Error, Result};
 use crate::handshake::{self, Dialer, DialerStep, Hello, Message};
 use crate::interface::{ConnectContext, DynInterface};
 use crate::io::BoxIo;
@@ -38,7 +39,7 @@ impl Core {
             Ok(l) => l.records.first().cloned(),
             Err(e) => {
                 self.counters.connect_failed.fetch_add(1, Ordering::Relaxed);
-                return Err(e);
+                return Err(e.in_connect(name, None, ConnectStep::Lookup));
             }
         };
         let Some(record) = record else {
@@ -64,7 +65,7 @@ impl Core {
         let first = self.dial_record(&record, service).await;
         let err = match first {
             Ok(s) => return self.count(Ok(s)),
-            Err(e) if looks_stale(&e) => e,
+            Err(e) if looks_stale(e.root()) => e,
             Err(e) => return self.count(Err(e)),
         };
         tracing::debug!(peer = %record.name, error = %err, "cached address looks stale; looking the name up again");
@@ -100,7 +101,7 @@ impl Core {
 
     fn count(&self, result: Result<PeerStream>) -> Result<PeerStream> {
         let c = &self.counters;
-        match &result {
+        match result.as_ref().map_err(Error::root) {
             Ok(_) => c.connect_ok.fetch_add(1, Ordering::Relaxed),
             Err(Error::Refused { .. } | Error::WrongPeer { .. } | Error::Unauthorized { .. }) => {
                 c.connect_refused.fetch_add(1, Ordering::Relaxed)
@@ -127,7 +128,7 @@ impl Core {
             {
                 match self.dial_endpoint(iface, ep, record, service).await {
                     Ok(s) => return Ok(s),
-                    Err(e) if next_endpoint_may_help(&e) => {
+                    Err(e) if next_endpoint_may_help(e.root()) => {
                         tracing::debug!(peer = %record.name, endpoint = %ep, error = %e, "endpoint failed; trying the next");
                         last = Some(e);
                     }
@@ -151,13 +152,14 @@ impl Core {
                     .collect::<Vec<_>>(),
                 ours.join(", ")
             ))
+            .in_connect(&record.name, None, ConnectStep::Transport)
         }))
     }
 
     async fn dial_endpoint(
         self: &Arc<Self>,
         iface: &DynInterface,
-        ep: &crate::endpoint::Endpoint,
+        ep: &Endpoint,
         record: &PeerRecord,
         service: Option<&str>,
     ) -> Result<PeerStream> {
@@ -165,6 +167,7 @@ impl Core {
         let reached = Arc::new(Mutex::new(Reached {
             instance: record.instance,
             record: record.clone(),
+            endpoint: *ep,
         }));
         let redial: Redial = {
             let core = self.clone();
@@ -189,7 +192,10 @@ impl Core {
             service.map(str::to_owned),
         );
         for w in &self.wrappers {
-            io = w.wrap(io, &ctx).await?;
+            io = w
+                .wrap(io, &ctx)
+                .await
+                .map_err(|e| e.in_connect(&record.name, Some(ep), ConnectStep::Wrapper))?;
         }
         let info = StreamInfo {
             peer: record.name.clone(),
@@ -209,23 +215,44 @@ impl Core {
     async fn open_endpoint(
         &self,
         iface: &DynInterface,
-        ep: &crate::endpoint::Endpoint,
+        ep: &Endpoint,
         record: &PeerRecord,
         service: Option<&str>,
     ) -> Result<(BoxIo, Dialer)> {
+        let io = self
+            .connect_transport(iface, ep, record)
+            .await
+            .map_err(|e| e.in_connect(&record.name, Some(ep), ConnectStep::Transport))?;
+        self.send_hello(io, record, service)
+            .await
+            .map_err(|e| e.in_connect(&record.name, Some(ep), ConnectStep::Handshake))
+    }
+
+    async fn connect_transport(
+        &self,
+        iface: &DynInterface,
+        ep: &Endpoint,
+        record: &PeerRecord,
+    ) -> Result<BoxIo> {
         let ctx = ConnectContext::new(self.namespace.clone(), self.name.clone(), self.instance)
             .with_connect_timeout(self.config.connect_timeout)
             .with_identity(self.identity.clone());
         let connect = iface.connect(ep, record, &ctx);
-        let mut io: BoxIo = match tokio::time::timeout(self.config.connect_timeout, connect).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(Error::Timeout {
-                    what: "connect",
-                    after: self.config.connect_timeout,
-                });
-            }
-        };
+        match tokio::time::timeout(self.config.connect_timeout, connect).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                what: "connect",
+                after: self.config.connect_timeout,
+            }),
+        }
+    }
+
+    async fn send_hello(
+        &self,
+        mut io: BoxIo,
+        record: &PeerRecord,
+        service: Option<&str>,
+    ) -> Result<(BoxIo, Dialer)> {
         let mut hello = Hello::new(
             self.namespace.clone(),
             self.name.clone(),
@@ -257,12 +284,13 @@ impl Core {
         self: Arc<Self>,
         stale: PeerRecord,
         service: Option<String>,
-    ) -> Result<Option<(BoxIo, Dialer, PeerRecord)>> {
+    ) -> Result<Option<(BoxIo, Dialer, PeerRecord, Endpoint)>> {
         self.registry.invalidate(&self.namespace, &stale.name);
         let fresh = self
             .registry
             .lookup_cached(&self.namespace, &Pattern::from(&stale.name))
-            .await?
+            .await
+            .map_err(|e| e.in_connect(&stale.name, None, ConnectStep::Lookup))?
             .records
             .first()
             .cloned();
@@ -283,8 +311,11 @@ impl Core {
                     .open_endpoint(iface, ep, &fresh, service.as_deref())
                     .await
                 {
-                    Ok((io, dialer)) => return Ok(Some((io, dialer, fresh))),
-                    Err(e) if next_endpoint_may_help(&e) => last = Some(e),
+                    Ok((io, dialer)) => {
+                        let ep = *ep;
+                        return Ok(Some((io, dialer, fresh, ep)));
+                    }
+                    Err(e) if next_endpoint_may_help(e.root()) => last = Some(e),
                     Err(e) => return Err(e),
                 }
             }
@@ -516,7 +547,8 @@ impl ReachJob {
             .core
             .registry
             .lookup_cached(&self.core.namespace, &self.pattern)
-            .await?;
+            .await
+            .map_err(|e| e.in_connect(&self.pattern, None, ConnectStep::Lookup))?;
         Ok(found
             .records
             .iter()

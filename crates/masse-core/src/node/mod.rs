@@ -94,6 +94,22 @@ impl Node {
     ///
     /// The address comes from the registry cache; if it turns out stale (the
     /// peer moved or restarted), the name is looked up afresh and dialed once more.
+    ///
+    /// The stream is returned as soon as the `Hello` is sent: data may be
+    /// written at once, and the acceptor's answer is read before the first
+    /// byte comes back ([`PeerStream::established`] waits for it).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] / [`Error::InvalidAddress`] for a bad target,
+    /// [`Error::NotFound`] if no live peer has the name, [`Error::Closed`]
+    /// after shutdown; anything else comes as [`Error::Connect`], naming the
+    /// peer, the endpoint and the step, around the cause ([`Error::root`]):
+    /// [`Error::Refused`] with its [`RefuseCode`](crate::RefuseCode),
+    /// [`Error::WrongPeer`], [`Error::Unauthorized`], [`Error::Timeout`],
+    /// [`Error::Io`], or a registry error at the lookup. A refusal read after
+    /// this returns fails the first read or write (as an `io::Error` whose
+    /// inner error is that `Error::Connect`) and [`PeerStream::established`].
     pub async fn connect(&self, target: impl AsRef<str>) -> Result<PeerStream> {
         let (name, service) = self.parse_target(target.as_ref())?;
         self.core

@@ -15,7 +15,8 @@ use futures::future::BoxFuture;
 use futures::task::{ArcWake, AtomicWaker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::error::{Error, Result};
+use crate::endpoint::Endpoint;
+use crate::error::{ConnectStep, Error, Result};
 use crate::handshake::{Dialer, DialerStep, MAX_FRAME, Message, decode, encode};
 use crate::io::BoxIo;
 use crate::record::{InstanceId, PeerRecord};
@@ -342,9 +343,11 @@ impl AsyncWrite for Gate {
 pub(crate) struct Reached {
     pub(crate) instance: InstanceId,
     pub(crate) record: PeerRecord,
+    /// The endpoint the stream went to.
+    pub(crate) endpoint: Endpoint,
 }
 
-type Reopened = Result<Option<(BoxIo, Dialer, PeerRecord)>>;
+type Reopened = Result<Option<(BoxIo, Dialer, PeerRecord, Endpoint)>>;
 
 /// A fresh dial after a stale refusal: `Ok(None)` if the fresh record is the
 /// same (the refusal stands).
@@ -400,6 +403,18 @@ struct Answer {
     /// The stale refusal, while a redial runs.
     refusal: Option<Error>,
     reached: Arc<Mutex<Reached>>,
+}
+
+impl Answer {
+    /// The failed state, the error put in the context of the dial.
+    fn fail(&self, e: Error) -> State {
+        let reached = self.reached.lock().unwrap_or_else(|p| p.into_inner());
+        State::Failed(e.in_connect(
+            &reached.record.name,
+            Some(&reached.endpoint),
+            ConnectStep::Handshake,
+        ))
+    }
 }
 
 struct Shared {
@@ -463,10 +478,10 @@ impl Shared {
                                     a.refusal = Some(e);
                                     State::Redialing(redial())
                                 }
-                                _ => State::Failed(e),
+                                _ => a.fail(e),
                             }
                         }
-                        DialerStep::Send(m) => State::Failed(Error::protocol(format!(
+                        DialerStep::Send(m) => a.fail(Error::protocol(format!(
                             "handshake: {} to send after the data began",
                             m.kind()
                         ))),
@@ -474,32 +489,33 @@ impl Shared {
                 }
                 State::Redialing(fut) => {
                     a.state = match ready!(fut.as_mut().poll(&mut cx)) {
-                        Ok(Some((io, dialer, record))) => {
+                        Ok(Some((io, dialer, record, endpoint))) => {
                             a.io = Some(io);
                             a.dialer = dialer;
                             a.frame = FrameBuf::default();
                             a.timer = Box::pin(tokio::time::sleep(a.deadline));
-                            a.reached.lock().unwrap_or_else(|p| p.into_inner()).record = record;
+                            let mut reached = a.reached.lock().unwrap_or_else(|p| p.into_inner());
+                            reached.record = record;
+                            reached.endpoint = endpoint;
                             State::Replaying { sent: 0 }
                         }
-                        Ok(None) => State::Failed(
-                            a.refusal
-                                .take()
-                                .unwrap_or_else(|| Error::protocol("stale record")),
-                        ),
-                        Err(e) => State::Failed(e),
+                        Ok(None) => {
+                            let refusal = a.refusal.take();
+                            a.fail(refusal.unwrap_or_else(|| Error::protocol("stale record")))
+                        }
+                        Err(e) => a.fail(e),
                     };
                 }
                 State::Replaying { sent } => {
                     let kept = a.kept.as_deref().unwrap_or_default();
                     if let Err(e) = ready!(poll_write_all(io, &mut cx, kept, sent)) {
-                        a.state = State::Failed(e.into());
+                        a.state = a.fail(e.into());
                         continue;
                     }
                     if a.shutdown
                         && let Err(e) = ready!(Pin::new(&mut *io).poll_shutdown(&mut cx))
                     {
-                        a.state = State::Failed(e.into());
+                        a.state = a.fail(e.into());
                         continue;
                     }
                     a.state = State::Pending;
