@@ -346,3 +346,34 @@ async fn data_written_before_the_answer_arrives_in_order() {
         "{refused:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_back_handshake_messages_go_out_when_nobody_writes() {
+    // The dialer's Hello waits for the first data, and the acceptor's Welcome
+    // for the first reply; if neither side's application does anything, both
+    // still go out (after a millisecond), so the stream opens on both ends.
+    let reg = MemoryRegistry::new();
+    let server = node("quiet", "hs-quiet", &reg).start().await.unwrap();
+    let mut incoming = server.incoming();
+    let client = node("client", "hs-quiet", &reg).start().await.unwrap();
+    let s = client.connect("quiet").await.unwrap();
+    // The client neither writes nor reads: the acceptor still gets the stream.
+    let accepted = timeout(T, incoming.accept()).await.unwrap().unwrap();
+    assert_eq!(accepted.peer().as_str(), "client");
+    // The server neither writes nor reads: the client still gets the answer.
+    timeout(T, s.established()).await.unwrap().unwrap();
+    assert_eq!(s.peer_instance(), server.instance());
+    // And after a while of silence, data still flows both ways.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (mut s, mut accepted) = (s, accepted);
+    s.write_all(b"late").await.unwrap();
+    let mut buf = [0u8; 4];
+    timeout(T, accepted.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"late");
+    accepted.write_all(b"back").await.unwrap();
+    timeout(T, s.read_exact(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf, b"back");
+}

@@ -14,13 +14,19 @@
 //! first byte of the acceptor's data, so a connect by name plus an echo costs
 //! the round trips of a raw connect plus an echo.
 //!
+//! Each side holds its message back to send it in one write with the first
+//! data: the dialer's `Hello` goes out with the application's first write
+//! (or before its first read, on flush or shutdown), the acceptor's `Welcome`
+//! with the first reply (or before a read that would wait, or on flush). If
+//! the application does none of these within a millisecond, a timer sends
+//! the message alone, so an idle stream still opens on both ends.
+//!
 //! ```text
 //! dialer                                   acceptor
-//!   Hello{to, expected instance} ──────────▶ check version, namespace, name,
-//!   data… ─────────────────────────────────▶ name not lost, instance, service
+//!   Hello{to, expected instance}, data… ───▶ check version, namespace, name,
+//!                                            name not lost, instance, service
 //!                                            admit: queue slot, wrappers
-//!                              ◀──────────── Welcome{instance}
-//!                              ◀──────────── data…
+//!                              ◀──────────── Welcome{instance}, data…
 //! ```
 //!
 //! Refused: any check, the queue (`Busy`) or a wrapper (`WrapperFailed`) can

@@ -40,10 +40,15 @@ pub(crate) async fn accept_loop(
                     Ok(permit) => {
                         let core = core.clone();
                         let span = tracing::debug_span!("stream", direction = "inbound", remote = ?acc.remote_addr);
-                        tokio::spawn(async move {
+                        let mut handshake = Box::pin(async move {
                             inbound(core, acc, protocol).await;
                             drop(permit);
                         }.instrument(span));
+                        // The Hello is usually here already: run the handshake
+                        // right away, and give it a task only if it must wait.
+                        if poll_once(handshake.as_mut()).await.is_pending() {
+                            tokio::spawn(handshake);
+                        }
                     }
                     Err(_) => {
                         core.counters.handshakes_rejected.fetch_add(1, Ordering::Relaxed);
@@ -80,6 +85,12 @@ pub(crate) async fn accept_loop(
     }
 }
 
+/// Polls `fut` once with the current task's waker (a spurious wake-up of
+/// the caller later is harmless).
+async fn poll_once<F: std::future::Future + Unpin>(mut fut: F) -> std::task::Poll<F::Output> {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut fut).poll(cx))).await
+}
+
 /// Reads the Hello, checks it, answers, wraps and routes the stream. Any
 /// failure closes this stream only, with a debug log.
 async fn inbound(core: Arc<Core>, acc: Accepted, protocol: Protocol) {
@@ -109,12 +120,12 @@ async fn handshake_inbound(core: &Arc<Core>, acc: Accepted, protocol: Protocol) 
     let mut io = acc.io;
     let mut frames = FrameBuf::default();
     let deadline = core.config.handshake_timeout;
-    let mut acceptor = Acceptor::new(
-        core.local.clone(),
-        core.status(),
-        acc.peer_identity,
-        handshake::nonce(),
-    );
+    // A nonce only matters to the namespace secret's proofs.
+    let nonce = match &core.config.secret {
+        Some(_) => handshake::nonce(),
+        None => [0; handshake::NONCE_LEN],
+    };
+    let mut acceptor = Acceptor::new(core.local.clone(), core.status(), acc.peer_identity, nonce);
     let mut step = acceptor.message(frames.read(&mut io, deadline).await?);
     loop {
         step = match step {

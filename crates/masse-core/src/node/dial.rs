@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 
 use futures::stream::{BoxStream, FuturesUnordered};
 use futures::{Stream, StreamExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{broadcast, mpsc};
 
 use super::core::Core;
@@ -163,7 +164,7 @@ impl Core {
         record: &PeerRecord,
         service: Option<&str>,
     ) -> Result<PeerStream> {
-        let (io, dialer) = self.open_endpoint(iface, ep, record, service).await?;
+        let (io, dialer, hello) = self.open_endpoint(iface, ep, record, service).await?;
         let reached = Arc::new(Mutex::new(Reached {
             instance: record.instance,
             record: record.clone(),
@@ -177,6 +178,7 @@ impl Core {
         let (verdict, established) = Verdict::new(
             io,
             dialer,
+            hello,
             self.config.handshake_timeout,
             Some(redial),
             reached.clone(),
@@ -209,16 +211,17 @@ impl Core {
         Ok(PeerStream::new(self.clone(), io, info))
     }
 
-    /// Connects to `ep` and sends the `Hello` (answering the namespace
-    /// secret's challenge first if there is one); the acceptor's verdict is
-    /// read later, by [`Verdict`].
+    /// Connects to `ep` and prepares the `Hello`: held back (returned
+    /// encoded) to go out with the first data, or, with a namespace secret,
+    /// sent and its challenge answered. The acceptor's verdict is read later,
+    /// by [`Verdict`].
     async fn open_endpoint(
         &self,
         iface: &DynInterface,
         ep: &Endpoint,
         record: &PeerRecord,
         service: Option<&str>,
-    ) -> Result<(BoxIo, Dialer)> {
+    ) -> Result<(BoxIo, Dialer, Vec<u8>)> {
         let io = self
             .connect_transport(iface, ep, record)
             .await
@@ -252,7 +255,7 @@ impl Core {
         mut io: BoxIo,
         record: &PeerRecord,
         service: Option<&str>,
-    ) -> Result<(BoxIo, Dialer)> {
+    ) -> Result<(BoxIo, Dialer, Vec<u8>)> {
         let mut hello = Hello::new(
             self.namespace.clone(),
             self.name.clone(),
@@ -263,19 +266,29 @@ impl Core {
         if let Some(s) = service {
             hello = hello.with_service(s)?;
         }
-        let mut dialer = Dialer::new(hello, self.config.secret.clone(), handshake::nonce());
-        handshake::write_message(&mut io, &Message::Hello(dialer.hello().clone())).await?;
-        if !dialer.pipelines() {
-            let reply = handshake::read_message(&mut io, self.config.handshake_timeout).await?;
-            match dialer.message(reply) {
-                DialerStep::Send(proof) => handshake::write_message(&mut io, &proof).await?,
-                DialerStep::Fail(e) => return Err(e),
-                DialerStep::Open { .. } => {
-                    return Err(Error::protocol("handshake opened before the challenge"));
-                }
+        // A nonce only matters to the namespace secret's proofs.
+        let nonce = match &self.config.secret {
+            Some(_) => handshake::nonce(),
+            None => [0; handshake::NONCE_LEN],
+        };
+        let mut dialer = Dialer::new(hello, self.config.secret.clone(), nonce);
+        let msg = Message::Hello(dialer.hello().clone());
+        msg.validate()?;
+        let hello = handshake::encode(&msg);
+        if dialer.pipelines() {
+            return Ok((io, dialer, hello));
+        }
+        io.write_all(&hello).await?;
+        io.flush().await?;
+        let reply = handshake::read_message(&mut io, self.config.handshake_timeout).await?;
+        match dialer.message(reply) {
+            DialerStep::Send(proof) => handshake::write_message(&mut io, &proof).await?,
+            DialerStep::Fail(e) => return Err(e),
+            DialerStep::Open { .. } => {
+                return Err(Error::protocol("handshake opened before the challenge"));
             }
         }
-        Ok((io, dialer))
+        Ok((io, dialer, Vec::new()))
     }
 
     /// After a stale refusal: drop the cached record, look the name up once
@@ -284,7 +297,7 @@ impl Core {
         self: Arc<Self>,
         stale: PeerRecord,
         service: Option<String>,
-    ) -> Result<Option<(BoxIo, Dialer, PeerRecord, Endpoint)>> {
+    ) -> super::pipe::Reopened {
         self.registry.invalidate(&self.namespace, &stale.name);
         let fresh = self
             .registry
@@ -311,9 +324,9 @@ impl Core {
                     .open_endpoint(iface, ep, &fresh, service.as_deref())
                     .await
                 {
-                    Ok((io, dialer)) => {
+                    Ok((io, dialer, hello)) => {
                         let ep = *ep;
-                        return Ok(Some((io, dialer, fresh, ep)));
+                        return Ok(Some((io, dialer, hello, fresh, ep)));
                     }
                     Err(e) if next_endpoint_may_help(e.root()) => last = Some(e),
                     Err(e) => return Err(e),

@@ -109,11 +109,71 @@ fn poll_write_all(
     Poll::Ready(Ok(()))
 }
 
-// ------------------------------------------------------------------ accepting
+/// Writes `prefix[*sent..]` (a held-back handshake message) and, if none of
+/// it was written yet, as much of `buf` as fits in the same write. Returns
+/// how many bytes of `buf` went out; 0 means the whole prefix is out and
+/// `buf` is still to write.
+fn poll_write_with_prefix(
+    io: &mut BoxIo,
+    cx: &mut Context<'_>,
+    prefix: &[u8],
+    sent: &mut usize,
+    buf: &[u8],
+) -> Poll<std::io::Result<usize>> {
+    if *sent == 0 && !prefix.is_empty() && !buf.is_empty() {
+        let take = buf.len().min(COALESCE_LIMIT);
+        let mut both = Vec::with_capacity(prefix.len() + take);
+        both.extend_from_slice(prefix);
+        both.extend_from_slice(&buf[..take]);
+        let n = ready!(Pin::new(&mut *io).poll_write(cx, &both))?;
+        if n == 0 {
+            return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+        }
+        *sent = n.min(prefix.len());
+        if n > prefix.len() {
+            return Poll::Ready(Ok(n - prefix.len()));
+        }
+    }
+    ready!(poll_write_all(io, cx, prefix, sent))?;
+    Poll::Ready(Ok(0))
+}
 
-/// How long an accepted stream whose application neither writes nor waits to
-/// read may keep its `Welcome` back, hoping to send it with the first bytes.
-const WELCOME_DELAY: Duration = Duration::from_millis(1);
+/// At most this many bytes of the first write go out with a held-back
+/// handshake message.
+const COALESCE_LIMIT: usize = 16 * 1024;
+
+/// How long a held-back handshake message (the acceptor's `Welcome`, the
+/// dialer's `Hello`) waits for the application's first bytes before it goes
+/// out alone.
+const HOLD_BACK: Duration = Duration::from_millis(1);
+
+/// Sends a held-back handshake message if the application neither wrote nor
+/// waited to read within [`HOLD_BACK`]: `nudge` tries once (with a no-op
+/// waker) and says whether it is done; it is retried every `HOLD_BACK` until
+/// `deadline`, or until `shared` is gone.
+fn spawn_nudge<T: Send + Sync + 'static>(
+    shared: std::sync::Weak<T>,
+    deadline: Duration,
+    nudge: impl Fn(&T, &mut Context<'_>) -> bool + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let until = tokio::time::Instant::now() + deadline;
+        tokio::time::sleep(HOLD_BACK).await;
+        while tokio::time::Instant::now() < until {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let waker = futures::task::noop_waker();
+            if nudge(&shared, &mut Context::from_waker(&waker)) {
+                return;
+            }
+            drop(shared);
+            tokio::time::sleep(HOLD_BACK).await;
+        }
+    });
+}
+
+// ------------------------------------------------------------------ accepting
 
 /// An accepted connection until its `Welcome` is out; shared with the timer
 /// that sends it if the application takes its time.
@@ -143,7 +203,7 @@ impl Unanswered {
 /// The acceptor's stream under its wrappers: serves the bytes read past the
 /// `Hello` first, and writes the `Welcome` in the same write as the first
 /// bytes out, or before a read that would wait (once the wrappers are done),
-/// or on flush, or after [`WELCOME_DELAY`], whichever comes first.
+/// or on flush, or after [`HOLD_BACK`], whichever comes first.
 pub(crate) struct Gate {
     /// The fast path, once the `Welcome` is out.
     open: Option<BoxIo>,
@@ -207,34 +267,21 @@ impl Gate {
 
 impl GateHandle {
     /// The wrappers are done: a read that would wait sends the `Welcome`
-    /// first, and a timer sends it after [`WELCOME_DELAY`] if nothing did.
+    /// first, and a timer sends it after [`HOLD_BACK`] if nothing did.
     pub(crate) fn arm(&self, deadline: Duration) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).armed = true;
-        let shared = Arc::downgrade(&self.0);
-        tokio::spawn(async move {
-            let until = tokio::time::Instant::now() + deadline;
-            tokio::time::sleep(WELCOME_DELAY).await;
-            while tokio::time::Instant::now() < until {
-                let Some(shared) = shared.upgrade() else {
-                    return;
-                };
-                {
-                    let waker = futures::task::noop_waker();
-                    let mut cx = Context::from_waker(&waker);
-                    let mut u = shared.lock().unwrap_or_else(|p| p.into_inner());
-                    if u.answered() || u.io.is_none() {
-                        return;
-                    }
-                    match u.poll_welcome(&mut cx) {
-                        Poll::Ready(Ok(())) => return,
-                        Poll::Ready(Err(e)) => {
-                            tracing::debug!(error = %e, "writing the Welcome failed");
-                            return;
-                        }
-                        Poll::Pending => {}
-                    }
+        spawn_nudge(Arc::downgrade(&self.0), deadline, |shared, cx| {
+            let mut u = shared.lock().unwrap_or_else(|p| p.into_inner());
+            if u.answered() || u.io.is_none() {
+                return true;
+            }
+            match u.poll_welcome(cx) {
+                Poll::Ready(Ok(())) => true,
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!(error = %e, "writing the Welcome failed");
+                    true
                 }
-                tokio::time::sleep(WELCOME_DELAY).await;
+                Poll::Pending => false,
             }
         });
     }
@@ -289,27 +336,17 @@ impl AsyncWrite for Gate {
             return Pin::new(io).poll_write(cx, buf);
         }
         {
-            let mut u = this.lock();
-            if u.sent == 0 && !u.welcome.is_empty() && !buf.is_empty() {
-                // The Welcome and the first bytes in one write.
-                let take = buf.len().min(16 * 1024);
-                let mut both = Vec::with_capacity(u.welcome.len() + take);
-                both.extend_from_slice(&u.welcome);
-                both.extend_from_slice(&buf[..take]);
-                let Some(io) = u.io.as_mut() else {
-                    return Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()));
-                };
-                let n = ready!(Pin::new(io).poll_write(cx, &both))?;
-                if n == 0 {
-                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
-                }
-                let welcome = u.welcome.len();
-                u.sent = n.min(welcome);
-                if n > welcome {
-                    drop(u);
-                    this.promote();
-                    return Poll::Ready(Ok(n - welcome));
-                }
+            // The Welcome and the first bytes in one write.
+            let mut guard = this.lock();
+            let u = &mut *guard;
+            let Some(io) = u.io.as_mut() else {
+                return Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()));
+            };
+            let n = ready!(poll_write_with_prefix(io, cx, &u.welcome, &mut u.sent, buf))?;
+            if n > 0 {
+                drop(guard);
+                this.promote();
+                return Poll::Ready(Ok(n));
             }
         }
         this.poll_answered(cx, |io, cx| io.poll_write(cx, buf))
@@ -347,7 +384,9 @@ pub(crate) struct Reached {
     pub(crate) endpoint: Endpoint,
 }
 
-type Reopened = Result<Option<(BoxIo, Dialer, PeerRecord, Endpoint)>>;
+/// A fresh connection after a redial: the stream, its dialer, its held-back
+/// `Hello` (empty if sent), the fresh record and the endpoint dialed.
+pub(crate) type Reopened = Result<Option<(BoxIo, Dialer, Vec<u8>, PeerRecord, Endpoint)>>;
 
 /// A fresh dial after a stale refusal: `Ok(None)` if the fresh record is the
 /// same (the refusal stands).
@@ -391,6 +430,11 @@ impl ArcWake for Wakers {
 struct Answer {
     /// `None` once the open stream moved to the [`Verdict`]'s fast path.
     io: Option<BoxIo>,
+    /// The encoded `Hello`, held back to go out in one write with the first
+    /// data (or before the first read, on flush or shutdown, or after
+    /// [`HOLD_BACK`]); empty if it was sent already.
+    hello: Vec<u8>,
+    hello_sent: usize,
     dialer: Dialer,
     frame: FrameBuf,
     state: State,
@@ -428,8 +472,9 @@ impl Shared {
     }
 
     /// Drives the answer (and a redial) until the stream is open or failed;
-    /// the caller registered its waker in `wakers` first.
-    fn poll_answer(&self, a: &mut Answer) -> Poll<Result<()>> {
+    /// the caller registered its waker in `wakers` first. With `send_hello`
+    /// false (a write is about to carry it) a held-back `Hello` stays back.
+    fn poll_answer(&self, a: &mut Answer, send_hello: bool) -> Poll<Result<()>> {
         let waker = futures::task::waker(self.wakers.clone());
         let mut cx = Context::from_waker(&waker);
         loop {
@@ -443,6 +488,29 @@ impl Shared {
                 State::Open => return Poll::Ready(Ok(())),
                 State::Failed(e) => return Poll::Ready(Err(e.clone())),
                 State::Pending => {
+                    if !send_hello && a.hello_sent < a.hello.len() {
+                        // No answer before the Hello is out.
+                        return Poll::Pending;
+                    }
+                    if a.hello_sent < a.hello.len() {
+                        match poll_write_all(io, &mut cx, &a.hello, &mut a.hello_sent) {
+                            Poll::Ready(Ok(())) => {}
+                            Poll::Ready(Err(e)) => {
+                                a.state = a.fail(e.into());
+                                continue;
+                            }
+                            Poll::Pending => {
+                                if a.timer.as_mut().poll(&mut cx).is_pending() {
+                                    return Poll::Pending;
+                                }
+                                a.state = a.fail(Error::Timeout {
+                                    what: "handshake",
+                                    after: a.deadline,
+                                });
+                                continue;
+                            }
+                        }
+                    }
                     let got = match a.frame.poll_message(io, &mut cx) {
                         Poll::Ready(r) => r,
                         Poll::Pending => {
@@ -489,9 +557,11 @@ impl Shared {
                 }
                 State::Redialing(fut) => {
                     a.state = match ready!(fut.as_mut().poll(&mut cx)) {
-                        Ok(Some((io, dialer, record, endpoint))) => {
+                        Ok(Some((io, dialer, hello, record, endpoint))) => {
                             a.io = Some(io);
                             a.dialer = dialer;
+                            a.hello = hello;
+                            a.hello_sent = 0;
                             a.frame = FrameBuf::default();
                             a.timer = Box::pin(tokio::time::sleep(a.deadline));
                             let mut reached = a.reached.lock().unwrap_or_else(|p| p.into_inner());
@@ -507,6 +577,11 @@ impl Shared {
                     };
                 }
                 State::Replaying { sent } => {
+                    if let Err(e) = ready!(poll_write_all(io, &mut cx, &a.hello, &mut a.hello_sent))
+                    {
+                        a.state = a.fail(e.into());
+                        continue;
+                    }
                     let kept = a.kept.as_deref().unwrap_or_default();
                     if let Err(e) = ready!(poll_write_all(io, &mut cx, kept, sent)) {
                         a.state = a.fail(e.into());
@@ -551,20 +626,25 @@ impl Established {
     pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         self.0.wakers.established.register(cx.waker());
         let mut a = self.0.lock();
-        self.0.poll_answer(&mut a)
+        self.0.poll_answer(&mut a, true)
     }
 }
 
 impl Verdict {
+    /// `hello` is the encoded `Hello` if it was held back (empty if sent).
     pub(crate) fn new(
         io: BoxIo,
         dialer: Dialer,
+        hello: Vec<u8>,
         deadline: Duration,
         redial: Option<Redial>,
         reached: Arc<Mutex<Reached>>,
     ) -> (Self, Established) {
+        let hold_back = !hello.is_empty();
         let answer = Answer {
             io: Some(io),
+            hello,
+            hello_sent: 0,
             dialer,
             frame: FrameBuf::default(),
             state: State::Pending,
@@ -580,6 +660,20 @@ impl Verdict {
             answer: Mutex::new(answer),
             wakers: Arc::new(Wakers::default()),
         });
+        if hold_back {
+            spawn_nudge(Arc::downgrade(&shared), deadline, |shared: &Shared, cx| {
+                let mut guard = shared.lock();
+                let a = &mut *guard;
+                if a.hello_sent == a.hello.len() {
+                    return true;
+                }
+                let Some(io) = a.io.as_mut() else {
+                    return true;
+                };
+                // Errors surface on the application's next read or write.
+                poll_write_all(io, cx, &a.hello, &mut a.hello_sent).is_ready()
+            });
+        }
         let verdict = Verdict {
             shared: shared.clone(),
             open: None,
@@ -604,7 +698,7 @@ impl Verdict {
         let mut a = shared.lock();
         let pending = matches!(a.state, State::Pending);
         // A refusal already here fails this write; a redial makes it wait.
-        if let Poll::Ready(r) = shared.poll_answer(&mut a) {
+        if let Poll::Ready(r) = shared.poll_answer(&mut a, false) {
             self.take_open(&mut a);
             return Poll::Ready(r);
         }
@@ -623,11 +717,22 @@ impl Verdict {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let mut a = self.shared.lock();
+        let mut guard = self.shared.lock();
+        let a = &mut *guard;
         let Some(io) = a.io.as_mut() else {
             return Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()));
         };
-        let n = ready!(Pin::new(io).poll_write(cx, buf))?;
+        // The Hello and the first bytes in one write.
+        let mut n = ready!(poll_write_with_prefix(
+            io,
+            cx,
+            &a.hello,
+            &mut a.hello_sent,
+            buf
+        ))?;
+        if n == 0 {
+            n = ready!(Pin::new(io).poll_write(cx, buf))?;
+        }
         if let Some(k) = &mut a.kept {
             k.extend_from_slice(&buf[..n]);
         }
@@ -646,7 +751,7 @@ impl AsyncRead for Verdict {
             let shared = this.shared.clone();
             shared.wakers.read.register(cx.waker());
             let mut a = shared.lock();
-            ready!(shared.poll_answer(&mut a))?;
+            ready!(shared.poll_answer(&mut a, true))?;
             this.take_open(&mut a);
         }
         if this.leftover.serve(buf) {
@@ -708,12 +813,16 @@ impl AsyncWrite for Verdict {
         }
         let shared = this.shared.clone();
         shared.wakers.write.register(cx.waker());
-        let mut a = shared.lock();
-        if !matches!(a.state, State::Pending | State::Open) {
-            ready!(shared.poll_answer(&mut a))?;
+        let mut guard = shared.lock();
+        if !matches!(guard.state, State::Pending | State::Open) {
+            ready!(shared.poll_answer(&mut guard, true))?;
         }
+        let a = &mut *guard;
         match a.io.as_mut() {
-            Some(io) => Pin::new(io).poll_flush(cx),
+            Some(io) => {
+                ready!(poll_write_all(io, cx, &a.hello, &mut a.hello_sent))?;
+                Pin::new(io).poll_flush(cx)
+            }
             None => Poll::Ready(Ok(())),
         }
     }
@@ -725,15 +834,19 @@ impl AsyncWrite for Verdict {
         }
         let shared = this.shared.clone();
         shared.wakers.write.register(cx.waker());
-        let mut a = shared.lock();
-        a.shutdown = true;
-        if !matches!(a.state, State::Pending | State::Open) {
+        let mut guard = shared.lock();
+        guard.shutdown = true;
+        if !matches!(guard.state, State::Pending | State::Open) {
             // The replay shuts the fresh stream down after it.
-            ready!(shared.poll_answer(&mut a))?;
+            ready!(shared.poll_answer(&mut guard, true))?;
             return Poll::Ready(Ok(()));
         }
+        let a = &mut *guard;
         match a.io.as_mut() {
-            Some(io) => Pin::new(io).poll_shutdown(cx),
+            Some(io) => {
+                ready!(poll_write_all(io, cx, &a.hello, &mut a.hello_sent))?;
+                Pin::new(io).poll_shutdown(cx)
+            }
             None => Poll::Ready(Ok(())),
         }
     }
