@@ -175,7 +175,7 @@ async fn handshake_inbound(core: &Arc<Core>, acc: Accepted, protocol: Protocol) 
                 }
                 // The Welcome goes out with the first bytes, before a read
                 // that would wait, or shortly.
-                handle.arm(core.config.handshake_timeout);
+                handle.arm(&core.hold_back, core.config.handshake_timeout);
                 let info = StreamInfo {
                     peer: hello.from,
                     peer_instance: hello.from_instance,

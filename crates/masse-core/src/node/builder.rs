@@ -348,6 +348,7 @@ impl NodeBuilder {
             counters: Default::default(),
             meter: Default::default(),
             stream_closed: Notify::new(),
+            hold_back: Arc::default(),
         });
         core.record
             .write()

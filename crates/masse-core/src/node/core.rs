@@ -84,6 +84,9 @@ pub(crate) struct Core {
     /// Bytes and open streams, fed by every `PeerStream`.
     pub(crate) meter: Arc<MeterCounters>,
     pub(crate) stream_closed: Notify,
+    /// Sends the handshake messages that streams hold back, if their
+    /// applications take their time.
+    pub(crate) hold_back: Arc<super::pipe::HoldBack>,
 }
 
 impl Core {

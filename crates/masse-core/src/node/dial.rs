@@ -179,6 +179,7 @@ impl Core {
             io,
             dialer,
             hello,
+            &self.hold_back,
             self.config.handshake_timeout,
             Some(redial),
             reached.clone(),

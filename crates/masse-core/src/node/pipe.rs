@@ -147,30 +147,81 @@ const COALESCE_LIMIT: usize = 16 * 1024;
 /// out alone.
 const HOLD_BACK: Duration = Duration::from_millis(1);
 
-/// Sends a held-back handshake message if the application neither wrote nor
-/// waited to read within [`HOLD_BACK`]: `nudge` tries once (with a no-op
-/// waker) and says whether it is done; it is retried every `HOLD_BACK` until
-/// `deadline`, or until `shared` is gone.
-fn spawn_nudge<T: Send + Sync + 'static>(
-    shared: std::sync::Weak<T>,
-    deadline: Duration,
-    nudge: impl Fn(&T, &mut Context<'_>) -> bool + Send + 'static,
-) {
-    tokio::spawn(async move {
-        let until = tokio::time::Instant::now() + deadline;
-        tokio::time::sleep(HOLD_BACK).await;
-        while tokio::time::Instant::now() < until {
-            let Some(shared) = shared.upgrade() else {
-                return;
+/// A stream whose handshake message is held back: `nudge` tries to send it
+/// (with a no-op waker) and says whether it is done with (sent, failed, or
+/// the stream gone).
+pub(crate) trait Nudge: Send + Sync {
+    fn nudge(&self, cx: &mut Context<'_>) -> bool;
+}
+
+struct Held {
+    due: tokio::time::Instant,
+    until: tokio::time::Instant,
+    stream: std::sync::Weak<dyn Nudge>,
+}
+
+/// The node's one timer for held-back handshake messages: sends each if its
+/// application neither wrote nor waited to read within [`HOLD_BACK`]. One
+/// task runs while something is held back, ticking every `HOLD_BACK`, instead
+/// of a task per stream.
+#[derive(Default)]
+pub(crate) struct HoldBack {
+    inner: Mutex<HoldBackInner>,
+}
+
+#[derive(Default)]
+struct HoldBackInner {
+    held: Vec<Held>,
+    running: bool,
+}
+
+impl HoldBack {
+    /// Watches `stream` until it is done with, or until `deadline` from now.
+    pub(crate) fn hold(self: &Arc<Self>, stream: std::sync::Weak<dyn Nudge>, deadline: Duration) {
+        let now = tokio::time::Instant::now();
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.held.push(Held {
+            due: now + HOLD_BACK,
+            until: now + deadline,
+            stream,
+        });
+        if !inner.running {
+            inner.running = true;
+            tokio::spawn(self.clone().run());
+        }
+    }
+
+    async fn run(self: Arc<Self>) {
+        let waker = futures::task::noop_waker();
+        loop {
+            tokio::time::sleep(HOLD_BACK).await;
+            let now = tokio::time::Instant::now();
+            let due: Vec<Held> = {
+                let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+                let (due, later) = std::mem::take(&mut inner.held)
+                    .into_iter()
+                    .partition(|h| h.due <= now);
+                inner.held = later;
+                due
             };
-            let waker = futures::task::noop_waker();
-            if nudge(&shared, &mut Context::from_waker(&waker)) {
+            // Outside the lock: a nudge takes the stream's own lock.
+            let again: Vec<Held> = due
+                .into_iter()
+                .filter(|h| {
+                    h.until > now
+                        && h.stream
+                            .upgrade()
+                            .is_some_and(|s| !s.nudge(&mut Context::from_waker(&waker)))
+                })
+                .collect();
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            inner.held.extend(again);
+            if inner.held.is_empty() {
+                inner.running = false;
                 return;
             }
-            drop(shared);
-            tokio::time::sleep(HOLD_BACK).await;
         }
-    });
+    }
 }
 
 // ------------------------------------------------------------------ accepting
@@ -209,6 +260,23 @@ pub(crate) struct Gate {
     open: Option<BoxIo>,
     leftover: FrameBuf,
     shared: Arc<Mutex<Unanswered>>,
+}
+
+impl Nudge for Mutex<Unanswered> {
+    fn nudge(&self, cx: &mut Context<'_>) -> bool {
+        let mut u = self.lock().unwrap_or_else(|p| p.into_inner());
+        if u.answered() || u.io.is_none() {
+            return true;
+        }
+        match u.poll_welcome(cx) {
+            Poll::Ready(Ok(())) => true,
+            Poll::Ready(Err(e)) => {
+                tracing::debug!(error = %e, "writing the Welcome failed");
+                true
+            }
+            Poll::Pending => false,
+        }
+    }
 }
 
 /// The glue's handle on a [`Gate`] it gave to the wrappers.
@@ -268,22 +336,10 @@ impl Gate {
 impl GateHandle {
     /// The wrappers are done: a read that would wait sends the `Welcome`
     /// first, and a timer sends it after [`HOLD_BACK`] if nothing did.
-    pub(crate) fn arm(&self, deadline: Duration) {
+    pub(crate) fn arm(&self, timer: &Arc<HoldBack>, deadline: Duration) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).armed = true;
-        spawn_nudge(Arc::downgrade(&self.0), deadline, |shared, cx| {
-            let mut u = shared.lock().unwrap_or_else(|p| p.into_inner());
-            if u.answered() || u.io.is_none() {
-                return true;
-            }
-            match u.poll_welcome(cx) {
-                Poll::Ready(Ok(())) => true,
-                Poll::Ready(Err(e)) => {
-                    tracing::debug!(error = %e, "writing the Welcome failed");
-                    true
-                }
-                Poll::Pending => false,
-            }
-        });
+        let weak: std::sync::Weak<dyn Nudge> = Arc::downgrade(&self.0) as _;
+        timer.hold(weak, deadline);
     }
 
     /// The connection, if none of the `Welcome` was written yet (a wrapper
@@ -466,6 +522,21 @@ struct Shared {
     wakers: Arc<Wakers>,
 }
 
+impl Nudge for Shared {
+    fn nudge(&self, cx: &mut Context<'_>) -> bool {
+        let mut guard = self.lock();
+        let a = &mut *guard;
+        if a.hello_sent == a.hello.len() {
+            return true;
+        }
+        let Some(io) = a.io.as_mut() else {
+            return true;
+        };
+        // Errors surface on the application's next read or write.
+        poll_write_all(io, cx, &a.hello, &mut a.hello_sent).is_ready()
+    }
+}
+
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Answer> {
         self.answer.lock().unwrap_or_else(|p| p.into_inner())
@@ -636,6 +707,7 @@ impl Verdict {
         io: BoxIo,
         dialer: Dialer,
         hello: Vec<u8>,
+        timer: &Arc<HoldBack>,
         deadline: Duration,
         redial: Option<Redial>,
         reached: Arc<Mutex<Reached>>,
@@ -661,18 +733,8 @@ impl Verdict {
             wakers: Arc::new(Wakers::default()),
         });
         if hold_back {
-            spawn_nudge(Arc::downgrade(&shared), deadline, |shared: &Shared, cx| {
-                let mut guard = shared.lock();
-                let a = &mut *guard;
-                if a.hello_sent == a.hello.len() {
-                    return true;
-                }
-                let Some(io) = a.io.as_mut() else {
-                    return true;
-                };
-                // Errors surface on the application's next read or write.
-                poll_write_all(io, cx, &a.hello, &mut a.hello_sent).is_ready()
-            });
+            let weak: std::sync::Weak<dyn Nudge> = Arc::downgrade(&shared) as _;
+            timer.hold(weak, deadline);
         }
         let verdict = Verdict {
             shared: shared.clone(),
