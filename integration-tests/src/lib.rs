@@ -9,7 +9,12 @@ pub mod server;
 use std::sync::Once;
 use std::time::Duration;
 
-use masse::{MemoryRegistry, Node, NodeBuilder, TcpInterface};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use masse::{
+    InstanceId, MemoryRegistry, NamePolicy, Namespace, Node, NodeBuilder, PeerName, PeerRecord,
+    Registry, RegistryEvent, TcpInterface, async_trait,
+};
 
 /// Installs a `tracing` subscriber once (filter with `RUST_LOG`).
 pub fn init_tracing() {
@@ -69,4 +74,55 @@ pub async fn echo_forever(node: &Node) {
             });
         }
     });
+}
+
+/// A registry whose watch never says anything: a dialer on it keeps the
+/// records it looked up, like one whose watch lags behind.
+#[derive(Debug, Clone)]
+pub struct DeafWatch(pub MemoryRegistry);
+
+#[async_trait]
+impl Registry for DeafWatch {
+    async fn publish(
+        &self,
+        record: &PeerRecord,
+        ttl: Duration,
+        policy: NamePolicy,
+    ) -> masse::Result<()> {
+        self.0.publish(record, ttl, policy).await
+    }
+
+    async fn refresh(
+        &self,
+        ns: &Namespace,
+        name: &PeerName,
+        instance: InstanceId,
+        ttl: Duration,
+    ) -> masse::Result<()> {
+        self.0.refresh(ns, name, instance, ttl).await
+    }
+
+    async fn unpublish(
+        &self,
+        ns: &Namespace,
+        name: &PeerName,
+        instance: InstanceId,
+    ) -> masse::Result<()> {
+        self.0.unpublish(ns, name, instance).await
+    }
+
+    async fn lookup(
+        &self,
+        ns: &Namespace,
+        pattern: &masse::Pattern,
+    ) -> masse::Result<Vec<PeerRecord>> {
+        self.0.lookup(ns, pattern).await
+    }
+
+    async fn watch(
+        &self,
+        _ns: &Namespace,
+    ) -> masse::Result<BoxStream<'static, masse::Result<RegistryEvent>>> {
+        Ok(futures::stream::pending().boxed())
+    }
 }

@@ -11,68 +11,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use futures::stream::BoxStream;
-use masse::async_trait;
 use masse::handshake::{self, Hello, Message};
 use masse::{
-    Error, InstanceId, MemoryRegistry, NamePolicy, Namespace, Node, NodeEvent, PeerName,
-    PeerRecord, RefuseCode, Registry, RegistryEvent, TcpInterface,
+    Error, InstanceId, MemoryRegistry, NamePolicy, Node, NodeEvent, RefuseCode, TcpInterface,
 };
-use masse_integration_tests::{echo_forever, node};
+use masse_integration_tests::{DeafWatch, echo_forever, node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
 const T: Duration = Duration::from_secs(10);
-
-/// A registry whose watch never says anything: a dialer on it keeps the
-/// records it looked up, like one whose watch lags behind.
-struct DeafWatch(MemoryRegistry);
-
-#[async_trait]
-impl Registry for DeafWatch {
-    async fn publish(
-        &self,
-        record: &PeerRecord,
-        ttl: Duration,
-        policy: NamePolicy,
-    ) -> masse::Result<()> {
-        self.0.publish(record, ttl, policy).await
-    }
-
-    async fn refresh(
-        &self,
-        ns: &Namespace,
-        name: &PeerName,
-        instance: InstanceId,
-        ttl: Duration,
-    ) -> masse::Result<()> {
-        self.0.refresh(ns, name, instance, ttl).await
-    }
-
-    async fn unpublish(
-        &self,
-        ns: &Namespace,
-        name: &PeerName,
-        instance: InstanceId,
-    ) -> masse::Result<()> {
-        self.0.unpublish(ns, name, instance).await
-    }
-
-    async fn lookup(
-        &self,
-        ns: &Namespace,
-        pattern: &masse::Pattern,
-    ) -> masse::Result<Vec<PeerRecord>> {
-        self.0.lookup(ns, pattern).await
-    }
-
-    async fn watch(
-        &self,
-        _ns: &Namespace,
-    ) -> masse::Result<BoxStream<'static, masse::Result<RegistryEvent>>> {
-        Ok(futures::stream::pending().boxed())
-    }
-}
 
 /// A dialer whose cache does not follow the registry's events.
 async fn deaf_dialer(namespace: &str, reg: &MemoryRegistry) -> Node {

@@ -450,6 +450,48 @@ impl Error {
         }
     }
 
+    /// True if the failure says the address dialed may no longer be the
+    /// peer's: the node then drops its cached record, looks the name up once
+    /// more and dials the fresh record if it differs (if it does not, this
+    /// error stands). Classified by the step that failed, never by message:
+    ///
+    /// - at the transport connect ([`ConnectStep::Transport`]): a timeout, a
+    ///   certificate that is not the record's ([`Error::Unauthorized`]: a
+    ///   squatter on an address the peer left), or an I/O error saying nobody
+    ///   answers there ([`is_stale_io`]);
+    /// - at the handshake ([`ConnectStep::Handshake`]): a stale refusal
+    ///   ([`RefuseCode::is_stale`], [`Error::WrongPeer`]), no answer in time,
+    ///   a connection closed or reset before the answer, or bytes that are not
+    ///   masse's (another program on the port);
+    /// - with no context: a stale refusal, or such an I/O error.
+    ///
+    /// Interfaces take part by failing `connect` with [`Error::Io`] of one of
+    /// those kinds, [`Error::Timeout`] or [`Error::Unauthorized`] (see
+    /// [`Interface::connect`](crate::Interface::connect)).
+    pub fn is_stale_address(&self) -> bool {
+        match self {
+            Error::Connect { step, source, .. } => match (step, &**source) {
+                (_, e) if e.is_stale_refusal() => true,
+                (_, Error::Io(io)) => is_stale_io(io.kind()),
+                (ConnectStep::Transport, Error::Timeout { .. } | Error::Unauthorized { .. }) => {
+                    true
+                }
+                (ConnectStep::Handshake, Error::Timeout { .. } | Error::Protocol { .. }) => true,
+                _ => false,
+            },
+            Error::Io(io) => is_stale_io(io.kind()),
+            e => e.is_stale_refusal(),
+        }
+    }
+
+    fn is_stale_refusal(&self) -> bool {
+        match self {
+            Error::Refused { code, .. } => code.is_stale(),
+            Error::WrongPeer { .. } => true,
+            _ => false,
+        }
+    }
+
     /// True for failures that are expected to go away on their own (backend
     /// down, timeouts, connection-level I/O errors): worth a retry with backoff.
     pub fn is_transient(&self) -> bool {
@@ -472,6 +514,25 @@ impl Error {
             _ => false,
         }
     }
+}
+
+/// I/O error kinds that say nobody (or nobody masse) answers at an address:
+/// refused, unreachable, reset or aborted, timed out, closed early.
+pub fn is_stale_io(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        kind,
+        K::ConnectionRefused
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::HostUnreachable
+            | K::NetworkUnreachable
+            | K::AddrNotAvailable
+            | K::TimedOut
+            | K::UnexpectedEof
+            | K::BrokenPipe
+            | K::NotConnected
+    )
 }
 
 /// Truncates user input embedded in an error message.

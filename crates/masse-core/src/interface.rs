@@ -146,7 +146,29 @@ pub trait Interface: Send + Sync + 'static {
     /// Starts listening.
     async fn bind(&self, ctx: &BindContext) -> Result<Box<dyn Listener>>;
 
-    /// Opens a stream to `endpoint`, which `peer` advertised.
+    /// Opens a stream to `endpoint`, which `peer` advertised, within
+    /// [`ConnectContext::connect_timeout`] (the node's own timer is only a
+    /// backstop a second later).
+    ///
+    /// # Errors
+    ///
+    /// The node looks the name up again when a failure says the address may
+    /// no longer be the peer's ([`Error::is_stale_address`](crate::Error::is_stale_address)),
+    /// so fail with one of these when it is so:
+    ///
+    /// - [`Error::Io`](crate::Error::Io) of a kind [`is_stale_io`](crate::is_stale_io)
+    ///   accepts: refused, unreachable, reset, aborted, timed out, closed
+    ///   early (a pooled connection found dead after the peer moved: drop it
+    ///   from the pool and fail so);
+    /// - [`Error::Timeout`](crate::Error::Timeout) when the connect timeout
+    ///   passes (nobody answers: a silent address);
+    /// - [`Error::Unauthorized`](crate::Error::Unauthorized) when the peer's
+    ///   certificate is not the one `peer` pins (a squatter on an address
+    ///   the peer left; refused for good only if the fresh record says the
+    ///   same).
+    ///
+    /// Anything else ([`Error::Config`](crate::Error::Config),
+    /// [`Error::Unsupported`](crate::Error::Unsupported), ...) is final.
     async fn connect(
         &self,
         endpoint: &Endpoint,

@@ -28,7 +28,7 @@ pub mod wrappers;
 
 pub use caching::{CacheStats, CachedLookup, CachingConfig, CachingRegistry, Freshness};
 pub use endpoint::{Endpoint, Protocol};
-pub use error::{BoxError, ConnectStep, Error, RefuseCode, Result};
+pub use error::{BoxError, ConnectStep, Error, RefuseCode, Result, is_stale_io};
 #[cfg(feature = "rustls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
 pub use identity::tls;

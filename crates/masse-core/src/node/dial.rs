@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::stream::{BoxStream, FuturesUnordered};
 use futures::{Stream, StreamExt};
@@ -26,6 +27,10 @@ use crate::pattern::Pattern;
 use crate::record::PeerRecord;
 use crate::registry::RegistryEvent;
 use crate::wrapper::{Direction, StreamContext};
+
+/// How long past the connect timeout the node waits for an interface that
+/// does not keep it.
+const CONNECT_BACKSTOP: Duration = Duration::from_secs(1);
 
 impl Core {
     /// Dials `name`: cached lookup, then [`dial_with_recovery`](Self::dial_with_recovery).
@@ -66,7 +71,7 @@ impl Core {
         let first = self.dial_record(&record, service).await;
         let err = match first {
             Ok(s) => return self.count(Ok(s)),
-            Err(e) if looks_stale(e.root()) => e,
+            Err(e) if e.is_stale_address() => e,
             Err(e) => return self.count(Err(e)),
         };
         tracing::debug!(peer = %record.name, error = %err, "cached address looks stale; looking the name up again");
@@ -129,7 +134,7 @@ impl Core {
             {
                 match self.dial_endpoint(iface, ep, record, service).await {
                     Ok(s) => return Ok(s),
-                    Err(e) if next_endpoint_may_help(e.root()) => {
+                    Err(e) if e.is_stale_address() => {
                         tracing::debug!(peer = %record.name, endpoint = %ep, error = %e, "endpoint failed; trying the next");
                         last = Some(e);
                     }
@@ -241,13 +246,18 @@ impl Core {
         let ctx = ConnectContext::new(self.namespace.clone(), self.name.clone(), self.instance)
             .with_connect_timeout(self.config.connect_timeout)
             .with_identity(self.identity.clone());
-        let connect = iface.connect(ep, record, &ctx);
-        match tokio::time::timeout(self.config.connect_timeout, connect).await {
+        // The interface keeps the connect timeout itself; this is a backstop
+        // for one that does not, not a second timer racing the first.
+        let backstop = self.config.connect_timeout + CONNECT_BACKSTOP;
+        match tokio::time::timeout(backstop, iface.connect(ep, record, &ctx)).await {
             Ok(r) => r,
-            Err(_) => Err(Error::Timeout {
-                what: "connect",
-                after: self.config.connect_timeout,
-            }),
+            Err(_) => {
+                tracing::warn!(protocol = %iface.protocol(), endpoint = %ep, "interface ignored its connect timeout");
+                Err(Error::Timeout {
+                    what: "connect",
+                    after: backstop,
+                })
+            }
         }
     }
 
@@ -329,7 +339,7 @@ impl Core {
                         let ep = *ep;
                         return Ok(Some((io, dialer, hello, fresh, ep)));
                     }
-                    Err(e) if next_endpoint_may_help(e.root()) => last = Some(e),
+                    Err(e) if e.is_stale_address() => last = Some(e),
                     Err(e) => return Err(e),
                 }
             }
@@ -339,36 +349,6 @@ impl Core {
             None => Ok(None),
         }
     }
-}
-
-/// Failures that mean "this address is not (or no longer) the peer's".
-fn looks_stale(e: &Error) -> bool {
-    match e {
-        Error::Refused { code, .. } => code.is_stale(),
-        Error::WrongPeer { .. }
-        | Error::Timeout {
-            what: "connect", ..
-        } => true,
-        Error::Io(io) => matches!(
-            io.kind(),
-            std::io::ErrorKind::ConnectionRefused
-                | std::io::ErrorKind::ConnectionReset
-                | std::io::ErrorKind::HostUnreachable
-                | std::io::ErrorKind::NetworkUnreachable
-                | std::io::ErrorKind::AddrNotAvailable
-        ),
-        // The peer closed during the handshake: a dying or foreign process on the port.
-        Error::Protocol { .. } => true,
-        _ => false,
-    }
-}
-
-/// Failures after which another endpoint of the same record may still work.
-fn next_endpoint_may_help(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::Io(_) | Error::Timeout { .. } | Error::WrongPeer { .. } | Error::Protocol { .. }
-    )
 }
 
 /// Streams to every peer matching a pattern; made by [`Node::to`](crate::Node::to).

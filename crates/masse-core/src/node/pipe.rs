@@ -605,21 +605,19 @@ impl Shared {
                             a.reached.lock().unwrap_or_else(|p| p.into_inner()).instance = instance;
                             State::Open
                         }
-                        DialerStep::Fail(e) => {
-                            let stale = match &e {
-                                Error::Refused { code, .. } => code.is_stale(),
-                                Error::WrongPeer { .. } => true,
-                                _ => false,
-                            };
-                            match (stale, a.redial.take(), a.kept.is_some()) {
-                                (true, Some(redial), true) => {
-                                    tracing::debug!(error = %e, "stale record; dialing the name's fresh record");
-                                    a.refusal = Some(e);
-                                    State::Redialing(redial())
+                        DialerStep::Fail(e) => match a.fail(e) {
+                            State::Failed(e) if e.is_stale_address() && a.kept.is_some() => {
+                                match a.redial.take() {
+                                    Some(redial) => {
+                                        tracing::debug!(error = %e, "stale record; dialing the name's fresh record");
+                                        a.refusal = Some(e);
+                                        State::Redialing(redial())
+                                    }
+                                    None => State::Failed(e),
                                 }
-                                _ => a.fail(e),
                             }
-                        }
+                            failed => failed,
+                        },
                         DialerStep::Send(m) => a.fail(Error::protocol(format!(
                             "handshake: {} to send after the data began",
                             m.kind()

@@ -1,0 +1,224 @@
+//! Stale addresses on real loopback sockets: a dialer whose cache still holds
+//! an address the peer left (silent, squatted by another TLS key, or held by
+//! a program that accepts and never answers) looks the name up once more and
+//! reaches the peer where it is now, with the data it had written.
+//!
+//! Each test prints the measured time to recover; the bounds asserted are the
+//! issue's (connect or handshake timeout plus one lookup), with slack for a
+//! loaded machine.
+
+#![allow(clippy::print_stderr)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use masse::{
+    Endpoint, InstanceId, MemoryRegistry, NamePolicy, Node, NodeBuilder, PeerRecord, Protocol,
+    Registry, TcpInterface, TlsInterface,
+};
+use masse_integration_tests::{DeafWatch, echo_forever, init_tracing, node};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::time::timeout;
+
+const T: Duration = Duration::from_secs(20);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A loopback address where new connections go unanswered, like a host that
+/// left the network: a listener with a backlog of 1 whose accept queue is
+/// filled and never drained, so the kernel drops further SYNs. Keep the
+/// returned values alive.
+async fn silent_address() -> (SocketAddr, TcpListener, Vec<TcpStream>) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        match timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => held.push(s),
+            Ok(Err(e)) => panic!("filling the accept queue: {e}"),
+            // Unanswered: the queue is full, the address is silent.
+            Err(_) => return (addr, listener, held),
+        }
+    }
+    panic!("the accept queue of {addr} never filled");
+}
+
+/// A dialer on `reg` that does not follow the registry's events, so its
+/// cache keeps whatever it looked up, with a short connect timeout.
+fn deaf(name: &str, ns: &str, reg: &MemoryRegistry) -> NodeBuilder {
+    init_tracing();
+    Node::builder(name)
+        .namespace(ns)
+        .registry(DeafWatch(reg.clone()))
+        .ttl(Duration::from_secs(3))
+        .connect_timeout(CONNECT_TIMEOUT)
+        .handshake_timeout(CONNECT_TIMEOUT)
+}
+
+/// Makes `dialer` cache `stale` for its name, then puts `fresh` back in the
+/// registry: the dialer's next connect starts from the stale address.
+async fn cache_stale(reg: &MemoryRegistry, dialer: &Node, stale: &PeerRecord, fresh: &PeerRecord) {
+    let ttl = Duration::from_secs(30);
+    reg.publish(stale, ttl, NamePolicy::Takeover).await.unwrap();
+    let seen = dialer.peers(stale.name.as_str()).await.unwrap();
+    assert_eq!(
+        seen[0].endpoints, stale.endpoints,
+        "the dialer cached the stale record"
+    );
+    reg.publish(fresh, ttl, NamePolicy::Takeover).await.unwrap();
+}
+
+/// Connects, writes right away, reads the echo: the instance reached and the
+/// time it all took.
+async fn echo_timed(from: &Node, to: &str) -> (InstanceId, Duration) {
+    let t0 = Instant::now();
+    let mut s = timeout(T, from.connect(to)).await.unwrap().unwrap();
+    s.write_all(b"where are you").await.unwrap();
+    let mut back = [0u8; 13];
+    timeout(T, s.read_exact(&mut back)).await.unwrap().unwrap();
+    assert_eq!(&back, b"where are you");
+    (s.peer_instance(), t0.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_old_address_costs_one_connect_timeout() {
+    let reg = MemoryRegistry::new();
+    let (silent, _listener, _held) = silent_address().await;
+    let peer = node("mover", "df-silent", &reg).start().await.unwrap();
+    echo_forever(&peer).await;
+    let dialer = deaf("dialer", "df-silent", &reg)
+        .interface(TcpInterface::new("127.0.0.1:0"))
+        .start()
+        .await
+        .unwrap();
+    let mut stale = peer.record();
+    stale.endpoints = vec![Endpoint::new(Protocol::Tcp, silent)];
+    cache_stale(&reg, &dialer, &stale, &peer.record()).await;
+
+    let (reached, took) = echo_timed(&dialer, "mover").await;
+    eprintln!(
+        "silent old address: reached the new one in {took:?} (connect timeout {CONNECT_TIMEOUT:?})"
+    );
+    assert_eq!(reached, peer.instance());
+    assert!(
+        took >= CONNECT_TIMEOUT,
+        "the silent address was tried first"
+    );
+    assert!(took < CONNECT_TIMEOUT + Duration::from_secs(2), "{took:?}");
+    assert_eq!(dialer.stats().stale_retries, 1);
+
+    // The fresh record is cached now: the next dial goes straight there.
+    let (reached, took) = echo_timed(&dialer, "mover").await;
+    eprintln!("silent old address, next dial: {took:?}");
+    assert_eq!(reached, peer.instance());
+    assert_eq!(dialer.stats().stale_retries, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_that_accepts_and_never_answers_costs_one_handshake_timeout() {
+    // The old address now belongs to something that takes the connection
+    // and says nothing: the dialer's data is already written when the
+    // handshake times out, and is replayed to the peer's new address.
+    let reg = MemoryRegistry::new();
+    let mute = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mute_addr = mute.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((s, _)) = mute.accept().await {
+            kept.push(s);
+        }
+    });
+    let peer = node("mover", "df-mute", &reg).start().await.unwrap();
+    echo_forever(&peer).await;
+    let dialer = deaf("dialer", "df-mute", &reg)
+        .interface(TcpInterface::new("127.0.0.1:0"))
+        .start()
+        .await
+        .unwrap();
+    let mut stale = peer.record();
+    stale.endpoints = vec![Endpoint::new(Protocol::Tcp, mute_addr)];
+    cache_stale(&reg, &dialer, &stale, &peer.record()).await;
+
+    let (reached, took) = echo_timed(&dialer, "mover").await;
+    eprintln!(
+        "mute old address: reached the new one in {took:?} (handshake timeout {CONNECT_TIMEOUT:?})"
+    );
+    assert_eq!(reached, peer.instance());
+    assert!(took >= CONNECT_TIMEOUT, "the mute address was tried first");
+    assert!(took < CONNECT_TIMEOUT + Duration::from_secs(2), "{took:?}");
+    assert_eq!(dialer.stats().stale_retries, 1);
+    holder.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_squatter_with_another_key_on_the_old_tls_address_is_passed_by() {
+    let reg = MemoryRegistry::new();
+    let tls = |name: &str| {
+        init_tracing();
+        Node::builder(name)
+            .namespace("df-squat")
+            .registry(reg.clone())
+            .interface(TlsInterface::new("127.0.0.1:0"))
+            .ttl(Duration::from_secs(3))
+    };
+    let squatter = tls("squatter").start().await.unwrap();
+    echo_forever(&squatter).await;
+    let peer = tls("mover").start().await.unwrap();
+    echo_forever(&peer).await;
+    let dialer = deaf("dialer", "df-squat", &reg)
+        .interface(TlsInterface::new("127.0.0.1:0"))
+        .start()
+        .await
+        .unwrap();
+    // The cached record pins the peer's key, at the squatter's address.
+    let mut stale = peer.record();
+    stale.endpoints = squatter.record().endpoints;
+    cache_stale(&reg, &dialer, &stale, &peer.record()).await;
+
+    let (reached, took) = echo_timed(&dialer, "mover").await;
+    eprintln!("squatted old TLS address: reached the peer in {took:?}");
+    assert_eq!(reached, peer.instance());
+    assert_eq!(dialer.stats().stale_retries, 1);
+
+    // If the registry itself says the squatter's address, it stays refused.
+    reg.publish(&stale, Duration::from_secs(30), NamePolicy::Takeover)
+        .await
+        .unwrap();
+    let fresh_dialer = deaf("dialer-2", "df-squat", &reg)
+        .interface(TlsInterface::new("127.0.0.1:0"))
+        .start()
+        .await
+        .unwrap();
+    match timeout(T, fresh_dialer.connect("mover")).await.unwrap() {
+        Err(e) => assert!(
+            matches!(e.root(), masse::Error::Unauthorized { .. }),
+            "{e:?}"
+        ),
+        Ok(_) => panic!("dialed a squatter whose key is not the record's"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_old_address_recovers_at_once() {
+    // Nobody listens on the old port any more (RST): no timeout to wait for.
+    let reg = MemoryRegistry::new();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap();
+    drop(closed);
+    let peer = node("mover", "df-rst", &reg).start().await.unwrap();
+    echo_forever(&peer).await;
+    let dialer = deaf("dialer", "df-rst", &reg)
+        .interface(TcpInterface::new("127.0.0.1:0"))
+        .start()
+        .await
+        .unwrap();
+    let mut stale = peer.record();
+    stale.endpoints = vec![Endpoint::new(Protocol::Tcp, closed_addr)];
+    cache_stale(&reg, &dialer, &stale, &peer.record()).await;
+    let (reached, took) = echo_timed(&dialer, "mover").await;
+    eprintln!("refused old address: reached the new one in {took:?}");
+    assert_eq!(reached, peer.instance());
+    assert!(took < CONNECT_TIMEOUT, "{took:?}");
+}
