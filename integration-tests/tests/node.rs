@@ -897,3 +897,33 @@ async fn registry_outage_serves_from_cache_and_recovers() {
         .collect();
     assert_eq!(names, ["cli", "srv"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_service_queues_streams_from_start() {
+    // Start, then serve: a stream for the service that arrives before the
+    // application asks for the service waits in the service's own queue.
+    let reg = MemoryRegistry::new();
+    let server = node("early", "t-early", &reg)
+        .service("rpc")
+        .start()
+        .await
+        .unwrap();
+    let client = node("client", "t-early", &reg).start().await.unwrap();
+    let mut s = client.connect_service("early", "rpc").await.unwrap();
+    s.write_all(b"call").await.unwrap();
+    // Answered (admitted to a queue) before anyone asked for the service.
+    timeout(T, s.established()).await.unwrap().unwrap();
+    let mut rpc = server.incoming_service("rpc");
+    let mut got = timeout(T, rpc.accept()).await.unwrap().unwrap();
+    assert_eq!(got.service(), Some("rpc"));
+    let mut buf = [0u8; 4];
+    timeout(T, got.read_exact(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf, b"call");
+    // A plain stream still goes to incoming().
+    let _plain = client.connect("early").await.unwrap();
+    let plain = timeout(T, server.incoming().accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(plain.service(), None);
+}

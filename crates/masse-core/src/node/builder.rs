@@ -1,6 +1,5 @@
 //! [`NodeBuilder`]: configures and starts a [`Node`].
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -160,7 +159,12 @@ impl NodeBuilder {
 
     /// A service this node accepts (listed in its record). A stream that asks
     /// for a service the node does not list is refused with `NoSuchService`;
-    /// streams without a service are always accepted.
+    /// streams without a service are always accepted. The service's queue
+    /// exists from [`start`](Self::start): a stream for it that arrives
+    /// before the application calls
+    /// [`Node::incoming_service`](crate::Node::incoming_service) waits there
+    /// (up to `incoming_capacity`, then it is refused as `Busy`), never in
+    /// [`Node::incoming`](crate::Node::incoming).
     pub fn service(mut self, service: impl Into<String>) -> Self {
         self.services.push(service.into());
         self
@@ -321,6 +325,13 @@ impl NodeBuilder {
         let (events, _) = broadcast::channel(1024);
         let (registry_events, _) = broadcast::channel(1024);
         let (stopping, _) = watch::channel(false);
+        // Each declared service has its queue from the start: a stream for it
+        // waits there until the application asks for it.
+        let service_routes = self
+            .services
+            .iter()
+            .map(|s| (s.clone(), Route::new(config.incoming_capacity)))
+            .collect();
         let local = Arc::new(
             Local::new(namespace.clone(), name.clone(), instance)
                 .with_services(self.services)
@@ -342,7 +353,7 @@ impl NodeBuilder {
             listener_endpoints: Mutex::new(listener_endpoints),
             events,
             registry_events,
-            service_routes: Mutex::new(HashMap::new()),
+            service_routes: Mutex::new(service_routes),
             stopping,
             accepting: AtomicBool::new(true),
             counters: Default::default(),

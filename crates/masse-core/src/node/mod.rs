@@ -149,8 +149,10 @@ impl Node {
         Incoming::new(self.core.clone(), self.core.default_route.rx.clone())
     }
 
-    /// Accepted streams that asked for `service`. From the first call on,
-    /// such streams no longer go to [`incoming`](Self::incoming).
+    /// Accepted streams that asked for `service`, including those that
+    /// arrived since [`start`](NodeBuilder::start) (a service declared with
+    /// [`NodeBuilder::service`] has its queue from then on). They never go to
+    /// [`incoming`](Self::incoming).
     pub fn incoming_service(&self, service: &str) -> Incoming {
         let mut routes = self
             .core
