@@ -12,6 +12,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use masse::{
     Endpoint, InstanceId, MemoryRegistry, NamePolicy, Node, NodeBuilder, PeerRecord, Protocol,
     Registry, TcpInterface, TlsInterface,
@@ -221,4 +222,75 @@ async fn a_refused_old_address_recovers_at_once() {
     eprintln!("refused old address: reached the new one in {took:?}");
     assert_eq!(reached, peer.instance());
     assert!(took < CONNECT_TIMEOUT, "{took:?}");
+}
+
+/// Starts a node on a fixed port, reaches it, shuts it down, and at once
+/// starts the next on the same port: 20 times, with no retry of the bind.
+async fn restart_on_a_fixed_port(tls: bool) {
+    let reg = MemoryRegistry::new();
+    let ns = if tls {
+        "df-restart-tls"
+    } else {
+        "df-restart-tcp"
+    };
+    let port = masse_integration_tests::server::free_port();
+    let at = format!("127.0.0.1:{port}");
+    let client = if tls {
+        Node::builder("client").interface(TlsInterface::new("127.0.0.1:0"))
+    } else {
+        Node::builder("client").interface(TcpInterface::new("127.0.0.1:0"))
+    }
+    .namespace(ns)
+    .registry(reg.clone())
+    .ttl(Duration::from_secs(3))
+    .start()
+    .await
+    .unwrap();
+    let mut events = client.events();
+    for round in 0..20 {
+        let builder = Node::builder("fixed")
+            .namespace(ns)
+            .registry(reg.clone())
+            .ttl(Duration::from_secs(3))
+            .shutdown_grace(Duration::from_millis(100));
+        let builder = if tls {
+            builder.interface(TlsInterface::new(at.as_str()))
+        } else {
+            builder.interface(TcpInterface::new(at.as_str()))
+        };
+        let server = match builder.start().await {
+            Ok(n) => n,
+            Err(e) => panic!("round {round}: the port is still taken after shutdown: {e}"),
+        };
+        echo_forever(&server).await;
+        // The client learns of the new instance from the registry's events.
+        timeout(T, async {
+            while let Some(ev) = events.next().await {
+                if matches!(ev, masse::NodeEvent::PeerJoined(ref r) if r.instance == server.instance()) {
+                    return;
+                }
+            }
+        })
+        .await
+        .unwrap();
+        let (reached, _) = echo_timed(&client, "fixed").await;
+        assert_eq!(reached, server.instance(), "round {round}");
+        server.shutdown().await.unwrap();
+        match server.connect("client").await {
+            Err(masse::Error::Closed(_)) => {}
+            other => panic!("connect after shutdown: {:?}", other.map(|_| ())),
+        }
+    }
+}
+
+#[tokio::test]
+async fn shutdown_frees_the_port_at_once_on_a_current_thread_runtime() {
+    restart_on_a_fixed_port(false).await;
+    restart_on_a_fixed_port(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_frees_the_port_at_once_on_a_multi_thread_runtime() {
+    restart_on_a_fixed_port(false).await;
+    restart_on_a_fixed_port(true).await;
 }

@@ -130,28 +130,15 @@ async fn a_peer_restarted_on_the_same_address_is_reached_on_the_first_try() {
         first.instance()
     );
     first.shutdown().await.unwrap();
-    // `shutdown` may return before the listener's socket is closed (the
-    // accept task ends on its own): retry the bind until the port is free.
-    let second = timeout(T, async {
-        loop {
-            let started = Node::builder("svc")
-                .namespace("hs-restart")
-                .registry(reg.clone())
-                .interface(TcpInterface::new(addr.to_string()))
-                .ttl(Duration::from_secs(2))
-                .start()
-                .await;
-            match started {
-                Ok(node) => return node,
-                Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("restart on the same port: {e:?}"),
-            }
-        }
-    })
-    .await
-    .expect("the port is free again");
+    // `shutdown` returns once the listener's socket is closed.
+    let second = Node::builder("svc")
+        .namespace("hs-restart")
+        .registry(reg.clone())
+        .interface(TcpInterface::new(addr.to_string()))
+        .ttl(Duration::from_secs(2))
+        .start()
+        .await
+        .expect("the port is free again");
     echo_forever(&second).await;
     // The cached record has the right address and the wrong instance: the
     // new one refuses (WrongInstance), the dialer looks again and replays.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use masse::handshake::{self, Hello, Message};
 use masse::{
-    BoxIo, ConnectStep, Direction, Error, InstanceId, MemoryRegistry, NamePolicy, Namespace,
+    BoxIo, ConnectStep, Direction, Error, InstanceId, MemoryRegistry, NamePolicy, Namespace, Node,
     NodeEvent, PeerName, PeerRecord, RefuseCode, Registry, StreamContext,
 };
 use masse_integration_tests::{echo_forever, fnv1a, node, payload};
@@ -926,4 +926,96 @@ async fn a_declared_service_queues_streams_from_start() {
         .unwrap()
         .unwrap();
     assert_eq!(plain.service(), None);
+}
+
+/// Counts the backend watches opened through it.
+#[derive(Debug, Clone)]
+struct CountWatches {
+    inner: MemoryRegistry,
+    watches: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[masse::async_trait]
+impl Registry for CountWatches {
+    async fn publish(
+        &self,
+        record: &PeerRecord,
+        ttl: Duration,
+        policy: NamePolicy,
+    ) -> masse::Result<()> {
+        self.inner.publish(record, ttl, policy).await
+    }
+    async fn refresh(
+        &self,
+        ns: &Namespace,
+        name: &PeerName,
+        instance: InstanceId,
+        ttl: Duration,
+    ) -> masse::Result<()> {
+        self.inner.refresh(ns, name, instance, ttl).await
+    }
+    async fn unpublish(
+        &self,
+        ns: &Namespace,
+        name: &PeerName,
+        instance: InstanceId,
+    ) -> masse::Result<()> {
+        self.inner.unpublish(ns, name, instance).await
+    }
+    async fn lookup(
+        &self,
+        ns: &Namespace,
+        pattern: &masse::Pattern,
+    ) -> masse::Result<Vec<PeerRecord>> {
+        self.inner.lookup(ns, pattern).await
+    }
+    async fn watch(
+        &self,
+        ns: &Namespace,
+    ) -> masse::Result<futures::stream::BoxStream<'static, masse::Result<masse::RegistryEvent>>>
+    {
+        self.watches
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.watch(ns).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_opens_one_registry_watch_for_its_cache_and_its_events() {
+    let reg = MemoryRegistry::new();
+    let watches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = CountWatches {
+        inner: reg.clone(),
+        watches: watches.clone(),
+    };
+    let a = Node::builder("a")
+        .namespace("t-one-watch")
+        .registry(counted)
+        .interface(masse::TcpInterface::new("127.0.0.1:0"))
+        .ttl(Duration::from_secs(2))
+        .start()
+        .await
+        .unwrap();
+    let mut events = a.events();
+    let b = node("b", "t-one-watch", &reg).start().await.unwrap();
+    // The join reaches the node's events, and the dial is a cache hit.
+    timeout(T, async {
+        while let Some(ev) = events.next().await {
+            if matches!(ev, NodeEvent::PeerJoined(ref r) if r.instance == b.instance()) {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let misses = a.stats().cache.misses;
+    let s = a.connect("b").await.unwrap();
+    s.established().await.unwrap();
+    a.connect("b").await.unwrap().established().await.unwrap();
+    assert!(
+        a.stats().cache.misses <= misses + 1,
+        "{:?}",
+        a.stats().cache
+    );
+    assert_eq!(watches.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{BoxStream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -190,6 +190,8 @@ struct NsCache {
     recent: VecDeque<(u64, RegistryEvent)>,
     /// Set after a backend failure: serve stale entries without asking until then.
     down_until: Option<Instant>,
+    /// Where every applied event goes, once someone [subscribed](CachingRegistry::subscribe).
+    subscribers: Option<broadcast::Sender<RegistryEvent>>,
 }
 
 struct Entry {
@@ -234,6 +236,10 @@ impl NsCache {
     fn apply(&mut self, event: RegistryEvent, config: &CachingConfig, now: Instant) {
         for entry in self.entries.values_mut() {
             entry.apply(&event, config, now);
+        }
+        if let Some(tx) = &self.subscribers {
+            // No receiver left is fine; a lagging one is told by its channel.
+            let _ = tx.send(event.clone());
         }
         self.seq += 1;
         if self.recent.len() == RECENT_EVENTS {
@@ -431,6 +437,36 @@ impl<R: Registry> CachingRegistry<R> {
                 }
             }
         }
+    }
+
+    /// The events of `ns` as this cache applies them, reconciled like
+    /// [`watch`](Registry::watch) (never `Resync`; a name the backend lost is
+    /// `Expired` once, after the grace, if its owner does not re-publish it).
+    /// An event reaches the receiver after the cache has it, so a lookup made
+    /// on it already sees the change. One backend watch serves the cache and
+    /// every subscriber; it is started here if it is not running, and this
+    /// waits (up to the lookup timeout) for its first attempt, so that no
+    /// change after the return is missed when the backend is reachable.
+    ///
+    /// A receiver that falls more than 4096 events behind gets
+    /// [`RecvError::Lagged`](broadcast::error::RecvError::Lagged): list the
+    /// namespace again to catch up.
+    pub async fn subscribe(&self, ns: &Namespace) -> broadcast::Receiver<RegistryEvent> {
+        let rx = {
+            let mut cache = write(&self.shared.cache);
+            let nsc = cache.entry(ns.clone()).or_default();
+            nsc.subscribers
+                .get_or_insert_with(|| broadcast::channel(RECENT_EVENTS).0)
+                .subscribe()
+        };
+        if let Some(mut state) = self.ensure_watch(ns) {
+            let _ = tokio::time::timeout(
+                self.shared.config.lookup_timeout,
+                state.wait_for(|s| *s != WatchState::Connecting),
+            )
+            .await;
+        }
+        rx
     }
 
     /// Stops serving every cached result in `ns` that could hold `name` as a

@@ -133,6 +133,14 @@ pub trait Listener: Send + Sync + 'static {
     /// reported and the listener stays usable; [`Error::Closed`](crate::Error::Closed)
     /// means it is done.
     async fn accept(&mut self) -> Result<Accepted>;
+
+    /// Stops listening. When it returns, every socket the listener owns is
+    /// closed (its address can be bound again at once) and every task it
+    /// started has ended. The node calls it once, on shutdown, before
+    /// dropping the listener. The default does nothing, which is right for a
+    /// listener that owns its socket directly (dropping it closes the socket);
+    /// one that runs a task must end it here.
+    async fn close(&mut self) {}
 }
 
 /// How bytes get to a peer: a transport (TCP, TLS, QUIC, ...).
@@ -209,6 +217,9 @@ impl<T: Listener + ?Sized> Listener for Box<T> {
     }
     async fn accept(&mut self) -> Result<Accepted> {
         (**self).accept().await
+    }
+    async fn close(&mut self) {
+        (**self).close().await
     }
 }
 

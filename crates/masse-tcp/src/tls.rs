@@ -387,6 +387,13 @@ impl Listener for TlsListener {
             None => Err(Error::Closed("tls listener")),
         }
     }
+
+    async fn close(&mut self) {
+        // The task owns the socket: it is closed once the task has ended.
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        self.rx.close();
+    }
 }
 
 #[cfg(test)]

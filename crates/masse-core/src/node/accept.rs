@@ -80,7 +80,10 @@ pub(crate) async fn accept_loop(
                     super::lifecycle::republish_endpoints(&core).await;
                 }
             }
-            _ = core.stopped() => return,
+            _ = core.stopped() => {
+                listener.close().await;
+                return;
+            }
         }
     }
 }

@@ -367,14 +367,11 @@ impl NodeBuilder {
             .endpoints = core.compute_endpoints();
         drop(_enter);
 
-        // Watch before publishing, so no event after start is missed.
-        let watch = match core.registry.watch(&core.namespace).await {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(parent: &span, error = %e, "cannot watch the registry yet; retrying in the background");
-                None
-            }
-        };
+        // Subscribe before publishing, so no event after start is missed.
+        let events = core.registry.subscribe(&core.namespace).await;
+        if !core.registry.is_synced(&core.namespace) {
+            tracing::warn!(parent: &span, "cannot watch the registry yet; retrying in the background");
+        }
         let record = core.record();
         core.registry
             .publish(&record, core.config.ttl, core.config.policy)
@@ -395,7 +392,7 @@ impl NodeBuilder {
             )));
         }
         tasks.push(tokio::spawn(lifecycle::heartbeat(core.clone())));
-        tasks.push(tokio::spawn(lifecycle::watch_loop(core.clone(), watch)));
+        tasks.push(tokio::spawn(lifecycle::watch_loop(core.clone(), events)));
         Ok(Node {
             core,
             tasks: Mutex::new(tasks),

@@ -99,6 +99,14 @@ impl Core {
         *self.stopping.borrow()
     }
 
+    /// `Err(Closed)` once the node has shut down (or was dropped).
+    pub(crate) fn check_running(&self) -> Result<(), crate::Error> {
+        if self.is_stopping() {
+            return Err(crate::Error::Closed("node"));
+        }
+        Ok(())
+    }
+
     /// Resolves once shutdown has begun.
     pub(crate) async fn stopped(&self) {
         let mut rx = self.stopping.subscribe();

@@ -39,6 +39,7 @@ impl Core {
         name: &PeerName,
         service: Option<&str>,
     ) -> Result<PeerStream> {
+        self.check_running()?;
         let pattern = Pattern::from(name);
         let found = self.registry.lookup_cached(&self.namespace, &pattern).await;
         let record = match found {
@@ -410,6 +411,9 @@ impl Reach {
     }
 
     fn start(&mut self) -> BoxStream<'static, Result<PeerStream>> {
+        if let Err(e) = self.core.check_running() {
+            return futures::stream::once(futures::future::ready(Err(e))).boxed();
+        }
         let pattern = match &self.pattern {
             Ok(p) => p.clone(),
             Err(e) => return futures::stream::once(futures::future::ready(Err(e.clone()))).boxed(),

@@ -4,8 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures::StreamExt;
-use futures::stream::BoxStream;
+use tokio::sync::broadcast;
 
 use super::core::Core;
 use super::event::NodeEvent;
@@ -112,45 +111,25 @@ pub(crate) async fn republish_endpoints(core: &Arc<Core>) {
     }
 }
 
-/// Turns the registry's events into node events and feeds `follow()`
-/// subscribers, re-establishing the watch whenever it breaks.
-pub(crate) async fn watch_loop(
-    core: Arc<Core>,
-    first: Option<BoxStream<'static, Result<RegistryEvent>>>,
-) {
-    let mut stream = first;
-    let mut backoff = Duration::from_millis(100);
+/// Turns the events the registry cache applies into node events and feeds
+/// `follow()` subscribers: one backend watch serves the cache and the node,
+/// and the cache's watch task re-establishes it whenever it breaks.
+pub(crate) async fn watch_loop(core: Arc<Core>, mut events: broadcast::Receiver<RegistryEvent>) {
     loop {
-        if let Some(mut events) = stream.take() {
-            backoff = Duration::from_millis(100);
-            loop {
-                let next = tokio::select! {
-                    n = events.next() => n,
-                    _ = core.stopped() => return,
-                };
-                match next {
-                    Some(Ok(ev)) => dispatch(&core, ev),
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "registry watch failed; re-establishing");
-                        break;
-                    }
-                    None => {
-                        tracing::debug!("registry watch ended; re-establishing");
-                        break;
-                    }
-                }
-            }
-            // Events may have been lost while the watch was down.
-            let _ = core.registry_events.send(RegistryEvent::Resync);
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+        let next = tokio::select! {
+            n = events.recv() => n,
             _ = core.stopped() => return,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-        match core.registry.watch(&core.namespace).await {
-            Ok(s) => stream = Some(s),
-            Err(e) => tracing::debug!(error = %e, "cannot watch the registry yet"),
+        };
+        match next {
+            Ok(ev) => dispatch(&core, ev),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "node fell behind the registry's events; followers list again"
+                );
+                let _ = core.registry_events.send(RegistryEvent::Resync);
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
         }
     }
 }

@@ -33,6 +33,10 @@ use crate::name::{Namespace, PeerName};
 use crate::pattern::Pattern;
 use crate::record::{InstanceId, PeerRecord};
 
+/// How long [`Node::shutdown`] lets its tasks end on their own before it
+/// aborts them.
+const TASK_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A named participant in a namespace: it publishes where it can be reached,
 /// dials other nodes by name, and accepts their streams.
 ///
@@ -191,19 +195,31 @@ impl Node {
     }
 
     /// Stops accepting, unpublishes, and waits up to the shutdown grace for
-    /// open streams to close. Idempotent. An unreachable registry is reported
-    /// after the rest of the shutdown is done.
+    /// open streams to close; then stops the node's tasks and returns once
+    /// they have ended and every listener is closed, so the same port can be
+    /// bound again at once. Idempotent. An unreachable registry is reported
+    /// after the rest of the shutdown is done. Afterwards
+    /// [`connect`](Self::connect) and [`to`](Self::to) fail with
+    /// [`Error::Closed`].
     pub async fn shutdown(&self) -> Result<()> {
         let result = lifecycle::shutdown(&self.core)
             .instrument(self.span.clone())
             .await;
-        for t in self
+        let tasks: Vec<JoinHandle<()>> = self
             .tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .drain(..)
-        {
-            t.abort();
+            .collect();
+        // Every task ends on its own once the node is stopping (an accept
+        // loop closes its listener first); one stuck in a backend call is
+        // aborted after a short wait. Either way it has ended on return.
+        let deadline = tokio::time::Instant::now() + TASK_STOP_WAIT;
+        for mut t in tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                t.abort();
+                let _ = t.await;
+            }
         }
         result
     }
