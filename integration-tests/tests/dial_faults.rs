@@ -294,3 +294,51 @@ async fn shutdown_frees_the_port_at_once_on_a_multi_thread_runtime() {
     restart_on_a_fixed_port(false).await;
     restart_on_a_fixed_port(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_quic_endpoint_beside_a_working_tcp_one_is_raced_then_remembered() {
+    // The record lists a QUIC endpoint nobody answers (a UDP socket that
+    // never reads) before a working TCP one; the dialer speaks both, QUIC
+    // first.
+    let reg = MemoryRegistry::new();
+    let silent_udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let peer = node("both", "df-race", &reg).start().await.unwrap();
+    echo_forever(&peer).await;
+    let mut record = peer.record();
+    record.endpoints.insert(
+        0,
+        Endpoint::new(Protocol::Quic, silent_udp.local_addr().unwrap()),
+    );
+    reg.publish(&record, Duration::from_secs(30), NamePolicy::Takeover)
+        .await
+        .unwrap();
+    let dialer = Node::builder("dialer")
+        .namespace("df-race")
+        .registry(reg.clone())
+        .interface(masse::QuicInterface::new("127.0.0.1:0"))
+        .interface(TcpInterface::new("127.0.0.1:0"))
+        .ttl(Duration::from_secs(3))
+        .start()
+        .await
+        .unwrap();
+
+    let (reached, first) = echo_timed(&dialer, "both").await;
+    eprintln!("unanswered QUIC endpoint: first dial {first:?}");
+    assert_eq!(reached, peer.instance());
+    assert!(
+        first >= Duration::from_millis(250),
+        "{first:?}: TCP waited for the race delay"
+    );
+    assert!(
+        first < Duration::from_millis(300) + Duration::from_millis(700),
+        "{first:?}"
+    );
+    assert_eq!(dialer.stats().raced_endpoints, 1);
+
+    // The overtaken QUIC endpoint is tried last now: no delay.
+    let (reached, next) = echo_timed(&dialer, "both").await;
+    eprintln!("unanswered QUIC endpoint: next dial {next:?}");
+    assert_eq!(reached, peer.instance());
+    assert!(next < Duration::from_millis(250), "{next:?}");
+    assert_eq!(dialer.stats().raced_endpoints, 1);
+}

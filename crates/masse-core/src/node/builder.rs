@@ -72,6 +72,7 @@ impl NodeBuilder {
                 policy: NamePolicy::Takeover,
                 handshake_timeout: Duration::from_secs(5),
                 connect_timeout: Duration::from_secs(5),
+                race_delay: Duration::from_millis(250),
                 concurrency: 32,
                 shutdown_grace: Duration::from_secs(5),
                 incoming_capacity: 1024,
@@ -199,6 +200,16 @@ impl NodeBuilder {
     /// Deadline for each transport connect (default 5 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// When a peer has several endpoints (several interfaces or addresses),
+    /// how long a dial waits for one before it starts the next in parallel,
+    /// happy-eyeballs style (default 250 ms; RFC 8305 recommends 250 ms).
+    /// The first to connect wins; endpoints that failed or were overtaken
+    /// recently are tried last for 30 s.
+    pub fn race_delay(mut self, delay: Duration) -> Self {
+        self.config.race_delay = delay;
         self
     }
 
@@ -360,6 +371,7 @@ impl NodeBuilder {
             meter: Default::default(),
             stream_closed: Notify::new(),
             hold_back: Arc::default(),
+            endpoint_memory: Default::default(),
         });
         core.record
             .write()

@@ -29,6 +29,7 @@ pub(crate) struct NodeConfig {
     pub(crate) policy: NamePolicy,
     pub(crate) handshake_timeout: Duration,
     pub(crate) connect_timeout: Duration,
+    pub(crate) race_delay: Duration,
     pub(crate) concurrency: usize,
     pub(crate) shutdown_grace: Duration,
     pub(crate) incoming_capacity: usize,
@@ -87,6 +88,8 @@ pub(crate) struct Core {
     /// Sends the handshake messages that streams hold back, if their
     /// applications take their time.
     pub(crate) hold_back: Arc<super::pipe::HoldBack>,
+    /// Endpoints that failed recently, tried last.
+    pub(crate) endpoint_memory: super::dial::EndpointMemory,
 }
 
 impl Core {

@@ -1,7 +1,7 @@
 //! The dial path: cached lookup, endpoint choice, handshake, wrappers; and
 //! [`Reach`], the stream of streams behind [`Node::to`](crate::Node::to).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -27,6 +27,60 @@ use crate::pattern::Pattern;
 use crate::record::PeerRecord;
 use crate::registry::RegistryEvent;
 use crate::wrapper::{Direction, StreamContext};
+
+/// A connection opened by [`Core::race`], its `Hello` prepared.
+struct Opened {
+    ep: Endpoint,
+    io: BoxIo,
+    dialer: Dialer,
+    /// The held-back `Hello` (empty if sent).
+    hello: Vec<u8>,
+}
+
+/// Endpoints that failed (or lost a race) recently, per node: tried last
+/// for a while. Bounded; entries age out.
+#[derive(Debug, Default)]
+pub(crate) struct EndpointMemory {
+    failed: Mutex<HashMap<Endpoint, tokio::time::Instant>>,
+}
+
+impl EndpointMemory {
+    /// How long a failure is remembered.
+    const TTL: Duration = Duration::from_secs(30);
+    /// At most this many endpoints are remembered.
+    const MAX: usize = 1024;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Endpoint, tokio::time::Instant>> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn failed_recently(&self, ep: &Endpoint) -> bool {
+        self.lock()
+            .get(ep)
+            .is_some_and(|at| at.elapsed() < Self::TTL)
+    }
+
+    fn failed(&self, ep: Endpoint) {
+        let mut failed = self.lock();
+        if failed.len() >= Self::MAX {
+            failed.retain(|_, at| at.elapsed() < Self::TTL);
+            if failed.len() >= Self::MAX {
+                // Still full of fresh failures: forget the oldest.
+                if let Some(oldest) = failed.iter().min_by_key(|(_, at)| **at).map(|(e, _)| *e) {
+                    failed.remove(&oldest);
+                }
+            }
+        }
+        failed.insert(ep, tokio::time::Instant::now());
+    }
+
+    fn succeeded(&self, ep: &Endpoint) {
+        let mut failed = self.lock();
+        if !failed.is_empty() {
+            failed.remove(ep);
+        }
+    }
+}
 
 /// How long past the connect timeout the node waits for an interface that
 /// does not keep it.
@@ -119,58 +173,135 @@ impl Core {
         result
     }
 
-    /// Tries the record's endpoints that our interfaces speak, in interface
-    /// order; a transport failure or a wrong peer moves on to the next one.
+    /// Opens the record's endpoints (see [`race`](Self::race)) and builds
+    /// the stream on the one that wins.
     async fn dial_record(
         self: &Arc<Self>,
         record: &PeerRecord,
         service: Option<&str>,
     ) -> Result<PeerStream> {
-        let mut last: Option<Error> = None;
-        for iface in &self.interfaces {
-            for ep in record
-                .endpoints
-                .iter()
-                .filter(|e| e.protocol == iface.protocol())
-            {
-                match self.dial_endpoint(iface, ep, record, service).await {
-                    Ok(s) => return Ok(s),
-                    Err(e) if e.is_stale_address() => {
-                        tracing::debug!(peer = %record.name, endpoint = %ep, error = %e, "endpoint failed; trying the next");
-                        last = Some(e);
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| {
-            let ours: Vec<String> = self
-                .interfaces
-                .iter()
-                .map(|i| i.protocol().to_string())
-                .collect();
-            Error::Unsupported(format!(
-                "{} advertises {:?}, none of which this node speaks ({})",
-                record.name,
+        let opened = self.race(record, service).await?;
+        self.dial_endpoint(opened, record, service).await
+    }
+
+    /// Opens a connection to one of the record's endpoints that this node's
+    /// interfaces speak, happy-eyeballs style (RFC 8305): the candidates in
+    /// interface order, those that failed recently last; the next attempt
+    /// starts when the previous one fails or after the race delay, whichever
+    /// is first; the first to connect wins and the others are dropped. A
+    /// failure that is not about the address (see
+    /// [`Error::is_stale_address`]) ends the race at once.
+    async fn race(self: &Arc<Self>, record: &PeerRecord, service: Option<&str>) -> Result<Opened> {
+        let mut candidates: Vec<(DynInterface, Endpoint)> = self
+            .interfaces
+            .iter()
+            .flat_map(|iface| {
                 record
                     .endpoints
                     .iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>(),
-                ours.join(", ")
-            ))
-            .in_connect(&record.name, None, ConnectStep::Transport)
-        }))
+                    .filter(|e| e.protocol == iface.protocol())
+                    .map(|e| (iface.clone(), *e))
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Err(self.no_common_protocol(record));
+        }
+        // Stable: among equals, interface order stands.
+        candidates.sort_by_key(|(_, ep)| self.endpoint_memory.failed_recently(ep));
+        let mut queue = candidates.into_iter();
+        let mut running = FuturesUnordered::new();
+        let mut started: Vec<Endpoint> = Vec::new();
+        let attempt = |iface: DynInterface, ep: Endpoint| {
+            let core = self.clone();
+            let record = record.clone();
+            let service = service.map(str::to_owned);
+            async move {
+                let r = core
+                    .open_endpoint(&iface, &ep, &record, service.as_deref())
+                    .await;
+                (ep, r)
+            }
+        };
+        if let Some((iface, ep)) = queue.next() {
+            started.push(ep);
+            running.push(attempt(iface, ep));
+        }
+        loop {
+            let more = queue.len() > 0;
+            let delay = tokio::time::sleep(self.config.race_delay);
+            tokio::pin!(delay);
+            tokio::select! {
+                Some((ep, result)) = running.next() => match result {
+                    Ok((io, dialer, hello)) => {
+                        self.endpoint_memory.succeeded(&ep);
+                        // Those still connecting, started before it, were overtaken.
+                        for slow in started.iter().take_while(|e| **e != ep) {
+                            self.endpoint_memory.failed(*slow);
+                        }
+                        return Ok(Opened { ep, io, dialer, hello });
+                    }
+                    Err(e) if e.is_stale_address() => {
+                        tracing::debug!(peer = %record.name, endpoint = %ep, error = %e, "endpoint failed; trying the next");
+                        self.endpoint_memory.failed(ep);
+                        started.retain(|s| *s != ep);
+                        match queue.next() {
+                            Some((iface, ep)) => {
+                                started.push(ep);
+                                running.push(attempt(iface, ep));
+                            }
+                            // The last one standing failed: its error stands.
+                            None if running.is_empty() => return Err(e),
+                            None => {}
+                        }
+                    }
+                    Err(e) => return Err(e),
+                },
+                _ = &mut delay, if more => {
+                    if let Some((iface, ep)) = queue.next() {
+                        tracing::debug!(peer = %record.name, endpoint = %ep, "previous endpoint slow; racing the next");
+                        self.counters.raced_endpoints.fetch_add(1, Ordering::Relaxed);
+                        started.push(ep);
+                        running.push(attempt(iface, ep));
+                    }
+                }
+            }
+        }
     }
 
+    fn no_common_protocol(&self, record: &PeerRecord) -> Error {
+        let ours: Vec<String> = self
+            .interfaces
+            .iter()
+            .map(|i| i.protocol().to_string())
+            .collect();
+        Error::Unsupported(format!(
+            "{} advertises {:?}, none of which this node speaks ({})",
+            record.name,
+            record
+                .endpoints
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>(),
+            ours.join(", ")
+        ))
+        .in_connect(&record.name, None, ConnectStep::Transport)
+    }
+
+    /// The dialed stream on an opened connection: the [`Verdict`] that
+    /// reads the answer, under the node's wrappers.
     async fn dial_endpoint(
         self: &Arc<Self>,
-        iface: &DynInterface,
-        ep: &Endpoint,
+        opened: Opened,
         record: &PeerRecord,
         service: Option<&str>,
     ) -> Result<PeerStream> {
-        let (io, dialer, hello) = self.open_endpoint(iface, ep, record, service).await?;
+        let Opened {
+            ep,
+            io,
+            dialer,
+            hello,
+        } = opened;
+        let ep = &ep;
         let reached = Arc::new(Mutex::new(Reached {
             instance: record.instance,
             record: record.clone(),
@@ -325,30 +456,8 @@ impl Core {
             return Ok(None);
         };
         self.counters.stale_retries.fetch_add(1, Ordering::Relaxed);
-        let mut last = None;
-        for iface in &self.interfaces {
-            for ep in fresh
-                .endpoints
-                .iter()
-                .filter(|e| e.protocol == iface.protocol())
-            {
-                match self
-                    .open_endpoint(iface, ep, &fresh, service.as_deref())
-                    .await
-                {
-                    Ok((io, dialer, hello)) => {
-                        let ep = *ep;
-                        return Ok(Some((io, dialer, hello, fresh, ep)));
-                    }
-                    Err(e) if e.is_stale_address() => last = Some(e),
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        match last {
-            Some(e) => Err(e),
-            None => Ok(None),
-        }
+        let o = self.race(&fresh, service.as_deref()).await?;
+        Ok(Some((o.io, o.dialer, o.hello, fresh, o.ep)))
     }
 }
 

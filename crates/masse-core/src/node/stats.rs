@@ -15,6 +15,7 @@ pub(crate) struct Counters {
     pub(crate) connect_refused: AtomicU64,
     pub(crate) connect_failed: AtomicU64,
     pub(crate) stale_retries: AtomicU64,
+    pub(crate) raced_endpoints: AtomicU64,
     pub(crate) handshakes_rejected: AtomicU64,
     /// Last successful heartbeat round trip to the registry, in µs (0: none yet).
     pub(crate) registry_rtt_last_us: AtomicU64,
@@ -47,6 +48,7 @@ impl Counters {
             connects_refused: l(&self.connect_refused),
             connects_failed: l(&self.connect_failed),
             stale_retries: l(&self.stale_retries),
+            raced_endpoints: l(&self.raced_endpoints),
             handshakes_rejected: l(&self.handshakes_rejected),
             registry_latency: micros(l(&self.registry_rtt_last_us)),
             registry_latency_avg: micros(l(&self.registry_rtt_avg_us)),
@@ -79,6 +81,9 @@ pub struct NodeStats {
     pub connects_failed: u64,
     /// Dials retried after a fresh lookup because the cached address was stale.
     pub stale_retries: u64,
+    /// Endpoint attempts started because the previous one was slow (see
+    /// [`NodeBuilder::race_delay`](crate::NodeBuilder::race_delay)).
+    pub raced_endpoints: u64,
     /// Inbound connections dropped or refused during the handshake.
     pub handshakes_rejected: u64,
     /// The last heartbeat's round trip to the registry (`None` before the first).
