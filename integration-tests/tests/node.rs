@@ -1019,3 +1019,44 @@ async fn a_node_opens_one_registry_watch_for_its_cache_and_its_events() {
     );
     assert_eq!(watches.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_a_handler_per_stream_and_serve_service_per_service() {
+    let reg = MemoryRegistry::new();
+    let server = node("served", "t-serve", &reg)
+        .service("upper")
+        .start()
+        .await
+        .unwrap();
+    server.serve(|mut s| async move {
+        let (mut r, mut w) = tokio::io::split(&mut s);
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    });
+    server.serve_service("upper", |mut s| async move {
+        let mut buf = [0u8; 5];
+        if s.read_exact(&mut buf).await.is_ok() {
+            buf.make_ascii_uppercase();
+            let _ = s.write_all(&buf).await;
+        }
+    });
+    let client = node("client", "t-serve", &reg).start().await.unwrap();
+    // Many at once: each on its own task.
+    let mut all = Vec::new();
+    for i in 0..50u8 {
+        let client = &client;
+        all.push(async move {
+            let mut s = client.connect("served").await.unwrap();
+            s.write_all(&[i; 3]).await.unwrap();
+            let mut back = [0u8; 3];
+            s.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, [i; 3]);
+        });
+    }
+    timeout(T, futures::future::join_all(all)).await.unwrap();
+    let mut s = client.connect_service("served", "upper").await.unwrap();
+    s.write_all(b"hello").await.unwrap();
+    let mut buf = [0u8; 5];
+    timeout(T, s.read_exact(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf, b"HELLO");
+    assert_eq!(server.stats().streams_inbound, 51);
+}

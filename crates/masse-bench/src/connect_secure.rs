@@ -4,7 +4,9 @@
 //! settings.
 //!
 //! One sample is the time from starting to connect until a 1-byte echo has
-//! come back; the stream is then dropped. masse: `client.connect("echo")`.
+//! come back; the stream is then dropped. masse: `client.connect("echo")`,
+//! the server echoing with `Node::serve` (a task per stream, as the raw
+//! servers spawn one per connection).
 //! Raw TLS: a tokio-rustls connect over a new loopback `TcpStream` through one
 //! `TlsConnector`, so that TLS 1.3 session resumption skips the certificates
 //! after the first connection, as it does for the `TlsInterface`. Raw QUIC:
@@ -18,11 +20,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use futures::FutureExt;
 use masse::{Identity, Interface, MemoryRegistry, Node, QuicInterface, TlsInterface};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 use tokio_rustls::rustls::HandshakeKind;
 
 use crate::latency::{
-    Samples, echo, echo_incoming, interleave, masse_connect_echo, note_misses, tcp_echo_server,
+    Samples, echo, echo_serve, interleave, masse_connect_echo, note_misses, tcp_echo_server,
     warm_cache,
 };
 use crate::secure::{Peers, echo_quinn, timed_echo};
@@ -74,7 +75,7 @@ async fn nodes<I: Interface>(
     peers: &Peers,
     server_iface: I,
     client_iface: I,
-) -> Result<(Node, Node, JoinHandle<()>), BoxError> {
+) -> Result<(Node, Node), BoxError> {
     let registry = MemoryRegistry::new();
     let node = |name: &str, identity: &Identity, iface: I| {
         Node::builder(name)
@@ -85,10 +86,10 @@ async fn nodes<I: Interface>(
             .start()
     };
     let server = node("echo", &peers.server, server_iface).await?;
-    let echo_task = echo_incoming(&server);
+    echo_serve(&server);
     let client = node("client", &peers.client, client_iface).await?;
     warm_cache(&client, bench).await?;
-    Ok((server, client, echo_task))
+    Ok((server, client))
 }
 
 async fn tls(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError> {
@@ -126,7 +127,7 @@ async fn tls(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError> 
     };
 
     let (rtt_addr, rtt_task) = tcp_echo_server().await?;
-    let (server, client, masse_task) = nodes(
+    let (server, client) = nodes(
         "connect_tls",
         &peers,
         TlsInterface::new("127.0.0.1:0"),
@@ -153,7 +154,6 @@ async fn tls(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError> 
     server.shutdown().await?;
     raw_task.abort();
     rtt_task.abort();
-    masse_task.abort();
     Ok(figures("connect_tls", samples))
 }
 
@@ -177,7 +177,7 @@ async fn quic(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError>
     // A clone shares the dialer's connection pool.
     let client_quic = QuicInterface::new("127.0.0.1:0");
     let (rtt_addr, rtt_task) = tcp_echo_server().await?;
-    let (server, client, masse_task) = nodes(
+    let (server, client) = nodes(
         "connect_quic",
         &peers,
         QuicInterface::new("127.0.0.1:0"),
@@ -205,7 +205,6 @@ async fn quic(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError>
     server.shutdown().await?;
     raw_task.abort();
     rtt_task.abort();
-    masse_task.abort();
     Ok(figures("connect_quic", samples))
 }
 

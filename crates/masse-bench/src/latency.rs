@@ -5,7 +5,13 @@
 //! lookup, TCP connect, handshake) against a raw `TcpStream::connect`. Each
 //! iteration takes one sample of each, alternating which goes first, plus one
 //! 1-byte ping-pong on an already open raw connection: the loopback round
-//! trip that the masse handshake adds once.
+//! trip, the unit of the overhead figures.
+//!
+//! The masse echo server runs its echo with `Node::serve` (a task per stream,
+//! as the raw server spawns one per connection). A second pass dials a node
+//! that echoes through the `incoming()` queue instead, whose hand-off from
+//! the handshake's task to the application's costs a task switch more:
+//! `connect_incoming_*`.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -57,7 +63,9 @@ async fn bench(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError
             .start()
     };
     let server = node("echo").await?;
-    let masse_server = echo_incoming(&server);
+    echo_serve(&server);
+    let queued = node("echo-queue").await?;
+    let queue_task = echo_incoming(&queued);
     let client = node("client").await?;
     warm_cache(&client, "connect_latency").await?;
 
@@ -74,19 +82,39 @@ async fn bench(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError
         || masse_connect_echo(&client).boxed(),
     )
     .await?;
+    let queue_samples = interleave(
+        warmup,
+        iterations,
+        &mut open,
+        || raw_connect_echo(addr).boxed(),
+        || connect_echo(&client, "echo-queue").boxed(),
+    )
+    .await?;
     note_misses(&client, misses_before, "connect_latency");
 
     drop(open);
     client.shutdown().await?;
     server.shutdown().await?;
+    queued.shutdown().await?;
     raw_server.abort();
-    masse_server.abort();
+    queue_task.abort();
 
     let Samples { raw, masse, rtt } = samples;
     let raw_p50 = percentile(&raw, 50.0);
     let masse_p50 = percentile(&masse, 50.0);
     let rtt_p50 = percentile(&rtt, 50.0);
+    let q_raw = percentile(&queue_samples.raw, 50.0);
+    let q_masse = percentile(&queue_samples.masse, 50.0);
+    let q_rtt = percentile(&queue_samples.rtt, 50.0);
     Ok(vec![
+        Figure::new("connect_incoming_masse_p50", q_masse, 1, "us"),
+        Figure::new("connect_incoming_raw_p50", q_raw, 1, "us"),
+        Figure::new(
+            "connect_incoming_overhead_rtts",
+            (q_masse - q_raw) / q_rtt,
+            2,
+            "rtt",
+        ),
         Figure::new("connect_raw_p50", raw_p50, 1, "us"),
         Figure::new("connect_raw_p99", percentile(&raw, 99.0), 1, "us"),
         Figure::new("connect_masse_p50", masse_p50, 1, "us"),
@@ -116,7 +144,12 @@ pub(crate) async fn tcp_echo_server() -> Result<(SocketAddr, JoinHandle<()>), Bo
     Ok((addr, task))
 }
 
-/// Runs an echo on every stream `node` accepts.
+/// Runs an echo on every stream `node` accepts, each on its stream's task.
+pub(crate) fn echo_serve(node: &Node) {
+    node.serve(echo);
+}
+
+/// Runs an echo on every stream `node` accepts, taken from `incoming()`.
 pub(crate) fn echo_incoming(node: &Node) -> JoinHandle<()> {
     let mut incoming = node.incoming();
     tokio::spawn(async move {
@@ -202,8 +235,12 @@ pub(crate) async fn raw_connect_echo(addr: SocketAddr) -> Result<Duration, BoxEr
 }
 
 pub(crate) async fn masse_connect_echo(client: &Node) -> Result<Duration, BoxError> {
+    connect_echo(client, "echo").await
+}
+
+async fn connect_echo(client: &Node, name: &str) -> Result<Duration, BoxError> {
     let start = Instant::now();
-    let mut s = client.connect("echo").await?;
+    let mut s = client.connect(name).await?;
     let elapsed = one_byte_echo(&mut s, start).await?;
     drop(s);
     Ok(elapsed)

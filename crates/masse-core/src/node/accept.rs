@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
-use super::core::Core;
+use super::core::{Core, Destination, Handler};
 use super::pipe::{FrameBuf, Gate};
 use super::stream::{PeerStream, StreamInfo};
 use crate::endpoint::Protocol;
@@ -40,10 +40,7 @@ pub(crate) async fn accept_loop(
                     Ok(permit) => {
                         let core = core.clone();
                         let span = tracing::debug_span!("stream", direction = "inbound", remote = ?acc.remote_addr);
-                        let mut handshake = Box::pin(async move {
-                            inbound(core, acc, protocol).await;
-                            drop(permit);
-                        }.instrument(span));
+                        let mut handshake = Box::pin(inbound(core, acc, protocol, permit).instrument(span));
                         // The Hello is usually here already: run the handshake
                         // right away, and give it a task only if it must wait.
                         if poll_once(handshake.as_mut()).await.is_pending() {
@@ -96,12 +93,21 @@ async fn poll_once<F: std::future::Future + Unpin>(mut fut: F) -> std::task::Pol
 
 /// Reads the Hello, checks it, answers, wraps and routes the stream. Any
 /// failure closes this stream only, with a debug log.
-async fn inbound(core: Arc<Core>, acc: Accepted, protocol: Protocol) {
+async fn inbound(
+    core: Arc<Core>,
+    acc: Accepted,
+    protocol: Protocol,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
     // Everything, wrappers included, under one deadline: a stalled peer costs
     // one permit for a bounded time.
     let deadline = core.config.handshake_timeout * 2;
-    match tokio::time::timeout(deadline, handshake_inbound(&core, acc, protocol)).await {
-        Ok(Ok(())) => {}
+    let result = tokio::time::timeout(deadline, handshake_inbound(&core, acc, protocol)).await;
+    drop(permit);
+    match result {
+        Ok(Ok(None)) => {}
+        // `Node::serve`: the handler runs here, on the stream's own task.
+        Ok(Ok(Some((handler, stream)))) => handler(stream).await,
         Ok(Err(e)) => {
             core.counters
                 .handshakes_rejected
@@ -119,7 +125,11 @@ async fn inbound(core: Arc<Core>, acc: Accepted, protocol: Protocol) {
 
 /// Runs the [`Acceptor`] over the connection: reads frames, answers the
 /// identity check and admission it asks for, writes what it says.
-async fn handshake_inbound(core: &Arc<Core>, acc: Accepted, protocol: Protocol) -> Result<()> {
+async fn handshake_inbound(
+    core: &Arc<Core>,
+    acc: Accepted,
+    protocol: Protocol,
+) -> Result<Option<(Handler, PeerStream)>> {
     let mut io = acc.io;
     let mut frames = FrameBuf::default();
     let deadline = core.config.handshake_timeout;
@@ -143,7 +153,7 @@ async fn handshake_inbound(core: &Arc<Core>, acc: Accepted, protocol: Protocol) 
                 let Some(hello) = acceptor.hello().cloned() else {
                     return Err(Error::protocol("admitted without a Hello"));
                 };
-                let Ok(slot) = core.route_for(hello.service.as_deref()).try_reserve_owned() else {
+                let Some(destination) = core.admit(hello.service.as_deref()) else {
                     step = acceptor.admitted(Err(Rejection::Busy("incoming queue is full".into())));
                     continue;
                 };
@@ -188,10 +198,16 @@ async fn handshake_inbound(core: &Arc<Core>, acc: Accepted, protocol: Protocol) 
                     service: hello.service,
                     protocol,
                 };
-                slot.send(PeerStream::new(core.clone(), wrapped, info));
-                return Ok(());
+                let stream = PeerStream::new(core.clone(), wrapped, info);
+                return Ok(match destination {
+                    Destination::Queue(slot) => {
+                        slot.send(stream);
+                        None
+                    }
+                    Destination::Handler(handler) => Some((handler, stream)),
+                });
             }
-            AcceptorStep::Open => return Ok(()),
+            AcceptorStep::Open => return Ok(None),
             AcceptorStep::Refuse { refuse, error } => {
                 let from = acceptor.hello().map(|h| h.from.to_string());
                 match refuse.code {

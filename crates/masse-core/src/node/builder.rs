@@ -372,6 +372,7 @@ impl NodeBuilder {
             stream_closed: Notify::new(),
             hold_back: Arc::default(),
             endpoint_memory: Default::default(),
+            handlers: Default::default(),
         });
         core.record
             .write()

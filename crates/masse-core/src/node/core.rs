@@ -38,6 +38,18 @@ pub(crate) struct NodeConfig {
     pub(crate) secret: Option<Secret>,
 }
 
+/// What [`Node::serve`](super::Node::serve) runs on each accepted stream.
+pub(crate) type Handler =
+    Arc<dyn Fn(PeerStream) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// Where an admitted stream goes.
+pub(crate) enum Destination {
+    /// A reserved slot in an `incoming` queue.
+    Queue(mpsc::OwnedPermit<PeerStream>),
+    /// A handler, run on the stream's own task.
+    Handler(Handler),
+}
+
 /// A queue of accepted streams and its receiving end, shared by every
 /// [`Incoming`](super::Incoming) on it.
 pub(crate) struct Route {
@@ -88,6 +100,8 @@ pub(crate) struct Core {
     /// Sends the handshake messages that streams hold back, if their
     /// applications take their time.
     pub(crate) hold_back: Arc<super::pipe::HoldBack>,
+    /// Handlers set with `serve` (key `None`) and `serve_service`.
+    pub(crate) handlers: RwLock<HashMap<Option<String>, Handler>>,
     /// Endpoints that failed recently, tried last.
     pub(crate) endpoint_memory: super::dial::EndpointMemory,
 }
@@ -133,6 +147,39 @@ impl Core {
     }
 
     /// Which route a stream for `service` goes to.
+    /// Where an accepted stream for `service` goes: the handler set with
+    /// [`Node::serve`](super::Node::serve) / `serve_service`, else a slot in
+    /// the queue of `incoming_service` / `incoming`; `None` if that queue is
+    /// full.
+    pub(crate) fn admit(&self, service: Option<&str>) -> Option<Destination> {
+        let handler = {
+            let handlers = self.handlers.read().unwrap_or_else(|p| p.into_inner());
+            if handlers.is_empty() {
+                None
+            } else {
+                let key = service.map(str::to_owned);
+                handlers.get(&key).cloned().or_else(|| {
+                    let queued = service.is_some_and(|s| {
+                        self.service_routes
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .contains_key(s)
+                    });
+                    // A service without a handler but with a queue keeps its queue.
+                    (!queued).then(|| handlers.get(&None).cloned()).flatten()
+                })
+            }
+        };
+        match handler {
+            Some(h) => Some(Destination::Handler(h)),
+            None => self
+                .route_for(service)
+                .try_reserve_owned()
+                .ok()
+                .map(Destination::Queue),
+        }
+    }
+
     pub(crate) fn route_for(&self, service: Option<&str>) -> mpsc::Sender<PeerStream> {
         if let Some(s) = service {
             let routes = self

@@ -206,6 +206,16 @@ impl Core {
         if candidates.is_empty() {
             return Err(self.no_common_protocol(record));
         }
+        if let [(iface, ep)] = candidates.as_slice() {
+            // Nothing to race.
+            let (io, dialer, hello) = self.open_endpoint(iface, ep, record, service).await?;
+            return Ok(Opened {
+                ep: *ep,
+                io,
+                dialer,
+                hello,
+            });
+        }
         // Stable: among equals, interface order stands.
         candidates.sort_by_key(|(_, ep)| self.endpoint_memory.failed_recently(ep));
         let mut queue = candidates.into_iter();

@@ -169,6 +169,53 @@ impl Node {
         Incoming::new(self.core.clone(), route.rx.clone())
     }
 
+    /// Runs `handler` on every accepted stream that [`incoming`](Self::incoming)
+    /// would get, from now on: each stream on a task of its own (the one that
+    /// ran its handshake), without a queue, the way a raw server spawns a
+    /// task per connection. It is the fastest way to serve: no hand-off
+    /// between the handshake and the application. Streams queued before the
+    /// call stay for `incoming`. Calling it again replaces the handler.
+    ///
+    /// ```
+    /// # async fn demo(node: masse_core::Node) {
+    /// use tokio::io::AsyncWriteExt;
+    /// node.serve(|mut stream| async move {
+    ///     let _ = stream.write_all(b"hello\n").await;
+    /// });
+    /// # }
+    /// ```
+    pub fn serve<F, Fut>(&self, handler: F)
+    where
+        F: Fn(PeerStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.set_handler(None, handler);
+    }
+
+    /// [`serve`](Self::serve) for the streams that asked for `service`
+    /// (declared with [`NodeBuilder::service`]); they no longer go to
+    /// [`incoming_service`](Self::incoming_service).
+    pub fn serve_service<F, Fut>(&self, service: &str, handler: F)
+    where
+        F: Fn(PeerStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.set_handler(Some(service.to_owned()), handler);
+    }
+
+    fn set_handler<F, Fut>(&self, service: Option<String>, handler: F)
+    where
+        F: Fn(PeerStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let handler: core::Handler = Arc::new(move |s| Box::pin(handler(s)));
+        self.core
+            .handlers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(service, handler);
+    }
+
     /// A receiver of this node's [`NodeEvent`]s from now on.
     pub fn events(&self) -> Events {
         Events {
