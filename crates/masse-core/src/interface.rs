@@ -28,6 +28,17 @@ pub struct BindContext {
     /// authenticate at the transport layer (`tls`, `quic`); they present it
     /// to peers that connect.
     pub identity: Option<Arc<Identity>>,
+    /// The node's budget of inbound handshakes in progress. A listener that
+    /// runs a handshake of its own (TLS) takes a [`Ticket`](crate::Ticket)
+    /// from it before starting, gives up when the ticket is
+    /// [evicted](crate::Ticket::evicted), and passes the ticket on in
+    /// [`Accepted::ticket`]: then no socket can hold the node's handshakes
+    /// hostage, whichever layer it idles in.
+    pub handshake_budget: Option<Arc<crate::HandshakeBudget>>,
+    /// How long a handshake of the listener's own may take, at most (the
+    /// node passes its handshake timeout, shorter than a dialer's connect
+    /// timeout by default).
+    pub handshake_timeout: Option<Duration>,
 }
 
 impl BindContext {
@@ -38,7 +49,21 @@ impl BindContext {
             name,
             instance,
             identity: None,
+            handshake_budget: None,
+            handshake_timeout: None,
         }
+    }
+
+    /// Sets [`handshake_budget`](Self::handshake_budget) and
+    /// [`handshake_timeout`](Self::handshake_timeout).
+    pub fn with_handshake_budget(
+        mut self,
+        budget: Arc<crate::HandshakeBudget>,
+        timeout: Duration,
+    ) -> Self {
+        self.handshake_budget = Some(budget);
+        self.handshake_timeout = Some(timeout);
+        self
     }
 
     /// Sets the identity the listener presents to peers that connect.
@@ -101,6 +126,10 @@ pub struct Accepted {
     /// The remote's authenticated certificate fingerprint, on interfaces that
     /// authenticate at the transport layer.
     pub peer_identity: Option<Fingerprint>,
+    /// The handshake budget's ticket the listener took for its own
+    /// handshake, if it did (see [`BindContext::handshake_budget`]): the
+    /// node's handshake continues under it.
+    pub ticket: Option<crate::Ticket>,
 }
 
 impl Accepted {
@@ -110,6 +139,7 @@ impl Accepted {
             io,
             remote_addr,
             peer_identity: None,
+            ticket: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod budget;
 mod endpoint;
 mod error;
 mod identity;
@@ -26,6 +27,7 @@ mod node;
 pub mod testkit;
 pub mod wrappers;
 
+pub use budget::{HandshakeBudget, Ticket};
 pub use caching::{CacheStats, CachedLookup, CachingConfig, CachingRegistry, Freshness};
 pub use endpoint::{Endpoint, Protocol};
 pub use error::{BoxError, ConnectStep, Error, RefuseCode, Result, is_stale_io};

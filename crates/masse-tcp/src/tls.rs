@@ -10,11 +10,11 @@ use masse_core::tls::{
     ClientConfigs, handshake_error, peer_fingerprint, server_config, server_name,
 };
 use masse_core::{
-    Accepted, BindContext, BoxIo, ConnectContext, Endpoint, Error, Identity, Interface, Listener,
-    PeerRecord, Protocol, Result, async_trait,
+    Accepted, BindContext, BoxIo, ConnectContext, Endpoint, Error, HandshakeBudget, Identity,
+    Interface, Listener, PeerRecord, Protocol, Result, async_trait,
 };
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -47,12 +47,17 @@ use crate::listener::{Advertised, TcpListener};
 ///
 /// Accepting never stalls on a slow or silent client: the listener accepts
 /// TCP connections in a background task and runs each TLS handshake in its
-/// own task under [`handshake_timeout`](Self::handshake_timeout), at most
-/// [`max_concurrent_handshakes`](Self::max_concurrent_handshakes) at a time
-/// (more connections wait in the kernel's backlog). [`Listener::accept`]
-/// yields streams whose handshake is complete, in completion order. A failed
-/// handshake is logged at `debug` and never reaches `accept`. Streams that
-/// nobody accepts queue up to a small bound, after which handshaking pauses.
+/// own task under [`handshake_timeout`](Self::handshake_timeout) (or the
+/// node's handshake timeout, if shorter), counted in the node's
+/// [`HandshakeBudget`] (or, bound without one, a budget of
+/// [`max_concurrent_handshakes`](Self::max_concurrent_handshakes)): a
+/// connection that has not sent its `ClientHello` yet is silent and may be
+/// evicted for newer ones, one that has waits for a place, so idle sockets
+/// cannot keep dialers out. [`Listener::accept`] yields streams
+/// whose handshake is complete, in completion order, with their budget
+/// ticket. A failed handshake is logged at `debug` and never reaches
+/// `accept`. Streams that nobody accepts queue up to a small bound, after
+/// which handshaking pauses.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -150,8 +155,9 @@ impl TlsInterface {
     }
 
     /// How many accepted connections may be in their TLS handshake at once
-    /// (default [`DEFAULT_MAX_HANDSHAKES`](Self::DEFAULT_MAX_HANDSHAKES), at
-    /// least 1).
+    /// when the listener is bound without a node's
+    /// [`HandshakeBudget`] (default
+    /// [`DEFAULT_MAX_HANDSHAKES`](Self::DEFAULT_MAX_HANDSHAKES), at least 1).
     pub fn max_concurrent_handshakes(mut self, n: usize) -> Self {
         self.max_handshakes = n.max(1);
         self
@@ -205,13 +211,16 @@ impl Interface for TlsInterface {
         // that, handshake tasks wait (holding their permits), so accepting
         // pauses and the kernel backlog absorbs the rest.
         let (tx, rx) = mpsc::channel(64);
-        let task = tokio::spawn(accept_loop(
-            tcp,
-            acceptor,
-            tx,
-            Arc::new(Semaphore::new(self.max_handshakes)),
-            self.handshake_timeout,
-        ));
+        // The node's budget and deadline when bound by a node: the TLS
+        // handshake counts with the masse handshake after it.
+        let budget = ctx
+            .handshake_budget
+            .clone()
+            .unwrap_or_else(|| HandshakeBudget::new(self.max_handshakes));
+        let limit = ctx
+            .handshake_timeout
+            .map_or(self.handshake_timeout, |t| t.min(self.handshake_timeout));
+        let task = tokio::spawn(accept_loop(tcp, acceptor, tx, budget, limit));
         let listener = TlsListener {
             advertised,
             rx,
@@ -280,22 +289,21 @@ fn dial_error(endpoint: &Endpoint, e: std::io::Error) -> Error {
     }
 }
 
-/// Accepts TCP connections and runs their handshakes, each in its own task,
-/// at most `permits` at once, each within `limit`; sends finished streams.
+/// Accepts TCP connections and runs their handshakes, each in its own task
+/// within `limit`, each counted in `budget` (a full budget evicts the
+/// oldest handshake: idle sockets cannot keep new dialers out); sends
+/// finished streams with their budget ticket.
 async fn accept_loop(
     mut tcp: TcpListener,
     acceptor: TlsAcceptor,
     tx: mpsc::Sender<Result<Accepted>>,
-    permits: Arc<Semaphore>,
+    budget: Arc<HandshakeBudget>,
     limit: Duration,
 ) {
     let local = tcp.local_addr();
     let mut handshakes = JoinSet::new();
     loop {
         while handshakes.try_join_next().is_some() {}
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
         let (stream, remote) = match tcp.accept_tcp().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -304,10 +312,26 @@ async fn accept_loop(
                 return;
             }
         };
+        let ticket = budget.admit();
         let (acceptor, tx) = (acceptor.clone(), tx.clone());
         handshakes.spawn(async move {
-            let _permit = permit;
-            if let Some(accepted) = handshake(&acceptor, stream, remote, local, limit).await {
+            // Silent until the ClientHello: a newer connection may take the
+            // place meanwhile if the budget is full.
+            let mut first = [0u8; 1];
+            let spoke = tokio::select! {
+                r = tokio::time::timeout(limit, stream.peek(&mut first)) => matches!(r, Ok(Ok(n)) if n > 0),
+                () = ticket.evicted() => {
+                    tracing::debug!(%local, %remote, "silent tls client evicted by a newer connection; closed");
+                    false
+                }
+            };
+            if !spoke {
+                return;
+            }
+            // A place among the handshakes going on (crypto costs CPU).
+            ticket.heard().await;
+            if let Some(mut accepted) = handshake(&acceptor, stream, remote, local, limit).await {
+                accepted.ticket = Some(ticket);
                 // Fails only when the listener is gone.
                 let _ = tx.send(Ok(accepted)).await;
             }

@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use super::core::{Core, Destination, Handler};
@@ -28,7 +27,6 @@ pub(crate) async fn accept_loop(
     index: usize,
     protocol: Protocol,
 ) {
-    let pending = Arc::new(Semaphore::new(core.config.max_pending_handshakes.max(1)));
     let check_every = (core.config.ttl / 3).max(Duration::from_millis(500));
     let mut check = tokio::time::interval(check_every);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -36,22 +34,19 @@ pub(crate) async fn accept_loop(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(acc) => match pending.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let core = core.clone();
-                        let span = tracing::debug_span!("stream", direction = "inbound", remote = ?acc.remote_addr);
-                        let mut handshake = Box::pin(inbound(core, acc, protocol, permit).instrument(span));
-                        // The Hello is usually here already: run the handshake
-                        // right away, and give it a task only if it must wait.
-                        if poll_once(handshake.as_mut()).await.is_pending() {
-                            tokio::spawn(handshake);
-                        }
+                Ok(mut acc) => {
+                    // Continues the listener's own handshake's ticket, if any.
+                    // The listener's own handshake's ticket, if it ran one.
+                    let ticket = acc.ticket.take().unwrap_or_else(|| core.handshake_budget.admit());
+                    let core = core.clone();
+                    let span = tracing::debug_span!("stream", direction = "inbound", remote = ?acc.remote_addr);
+                    let mut handshake = Box::pin(inbound(core, acc, protocol, ticket).instrument(span));
+                    // The Hello is usually here already: run the handshake
+                    // right away, and give it a task only if it must wait.
+                    if poll_once(handshake.as_mut()).await.is_pending() {
+                        tokio::spawn(handshake);
                     }
-                    Err(_) => {
-                        core.counters.handshakes_rejected.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(remote = ?acc.remote_addr, "too many handshakes in progress; dropping connection");
-                    }
-                },
+                }
                 Err(Error::Closed(_)) => {
                     tracing::debug!(%protocol, "listener closed");
                     return;
@@ -93,17 +88,14 @@ async fn poll_once<F: std::future::Future + Unpin>(mut fut: F) -> std::task::Pol
 
 /// Reads the Hello, checks it, answers, wraps and routes the stream. Any
 /// failure closes this stream only, with a debug log.
-async fn inbound(
-    core: Arc<Core>,
-    acc: Accepted,
-    protocol: Protocol,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) {
-    // Everything, wrappers included, under one deadline: a stalled peer costs
-    // one permit for a bounded time.
-    let deadline = core.config.handshake_timeout * 2;
-    let result = tokio::time::timeout(deadline, handshake_inbound(&core, acc, protocol)).await;
-    drop(permit);
+async fn inbound(core: Arc<Core>, acc: Accepted, protocol: Protocol, ticket: crate::Ticket) {
+    // Everything, wrappers included, under one deadline: a stalled peer holds
+    // its place in the budget for a bounded time (and gives it up to a newer
+    // connection if the budget is full).
+    let deadline = core.config.handshake_timeout;
+    let result =
+        tokio::time::timeout(deadline, handshake_inbound(&core, acc, protocol, &ticket)).await;
+    drop(ticket);
     match result {
         Ok(Ok(None)) => {}
         // `Node::serve`: the handler runs here, on the stream's own task.
@@ -129,22 +121,22 @@ async fn handshake_inbound(
     core: &Arc<Core>,
     acc: Accepted,
     protocol: Protocol,
+    ticket: &crate::Ticket,
 ) -> Result<Option<(Handler, PeerStream)>> {
     let mut io = acc.io;
     let mut frames = FrameBuf::default();
-    let deadline = core.config.handshake_timeout;
     // A nonce only matters to the namespace secret's proofs.
     let nonce = match &core.config.secret {
         Some(_) => handshake::nonce(),
         None => [0; handshake::NONCE_LEN],
     };
     let mut acceptor = Acceptor::new(core.local.clone(), core.status(), acc.peer_identity, nonce);
-    let mut step = acceptor.message(frames.read(&mut io, deadline).await?);
+    let mut step = acceptor.message(read_frame(core, &mut io, &mut frames, ticket).await?);
     loop {
         step = match step {
             AcceptorStep::Send(msg) => {
                 handshake::write_message(&mut io, &msg).await?;
-                acceptor.message(frames.read(&mut io, deadline).await?)
+                acceptor.message(read_frame(core, &mut io, &mut frames, ticket).await?)
             }
             AcceptorStep::CheckIdentity { name, fingerprint } => {
                 acceptor.identity_checked(check_identity(core, &name, fingerprint).await)
@@ -154,6 +146,7 @@ async fn handshake_inbound(
                     return Err(Error::protocol("admitted without a Hello"));
                 };
                 let Some(destination) = core.admit(hello.service.as_deref()) else {
+                    core.counters.busy_refusals.fetch_add(1, Ordering::Relaxed);
                     step = acceptor.admitted(Err(Rejection::Busy("incoming queue is full".into())));
                     continue;
                 };
@@ -225,6 +218,40 @@ async fn handshake_inbound(
         };
     }
 }
+
+/// Reads the next handshake frame (silent in the handshake budget until it
+/// comes, then waiting for a place to go on), unless a newer connection
+/// evicts this one from the budget's silent pool first: then the dialer is
+/// told `Busy`, not left to guess from a closed socket.
+async fn read_frame(
+    core: &Core,
+    io: &mut BoxIo,
+    frames: &mut FrameBuf,
+    ticket: &crate::Ticket,
+) -> Result<Message> {
+    ticket.waiting();
+    tokio::select! {
+        m = frames.read(io, core.config.handshake_timeout) => {
+            ticket.heard().await;
+            return m;
+        }
+        () = ticket.evicted() => {}
+    }
+    core.counters.busy_refusals.fetch_add(1, Ordering::Relaxed);
+    let refuse = Message::Refuse(handshake::Refuse::new(
+        RefuseCode::Busy,
+        "too many handshakes in progress",
+    ));
+    // The socket is idle or slow: do not wait on it.
+    let _ = tokio::time::timeout(EVICTED_WRITE, handshake::write_message(io, &refuse)).await;
+    Err(Error::Refused {
+        code: RefuseCode::Busy,
+        reason: "evicted by a newer handshake".into(),
+    })
+}
+
+/// How long an evicted handshake may take to write its `Busy` refusal.
+const EVICTED_WRITE: Duration = Duration::from_millis(50);
 
 /// Runs the node's wrapper chain, outermost last.
 async fn wrap_all(core: &Core, mut io: BoxIo, ctx: &StreamContext) -> Result<BoxIo> {

@@ -232,8 +232,12 @@ impl NodeBuilder {
         self
     }
 
-    /// Inbound handshakes in progress at once before new connections are
-    /// dropped (default 1024): a bound on slow or idle dialers.
+    /// Inbound handshakes in progress at once, on all listeners together,
+    /// transport handshakes (TLS) included (default 1024): the node's
+    /// [`HandshakeBudget`](crate::HandshakeBudget); four times as many
+    /// connections may sit silent (nothing sent yet), and when those are too
+    /// many the one silent the longest is refused as `Busy` to make room, so
+    /// idle sockets cannot keep dialers out.
     pub fn max_pending_handshakes(mut self, n: usize) -> Self {
         self.config.max_pending_handshakes = n;
         self
@@ -321,8 +325,10 @@ impl NodeBuilder {
 
         let mut listeners = Vec::new();
         let mut listener_endpoints = Vec::new();
+        let handshake_budget = crate::HandshakeBudget::new(config.max_pending_handshakes);
         let bind_ctx = BindContext::new(namespace.clone(), name.clone(), instance)
-            .with_identity(identity.clone());
+            .with_identity(identity.clone())
+            .with_handshake_budget(handshake_budget.clone(), config.handshake_timeout);
         for iface in &self.interfaces {
             let l = iface.bind(&bind_ctx).await?;
             listener_endpoints.push(l.endpoints());
@@ -373,6 +379,7 @@ impl NodeBuilder {
             hold_back: Arc::default(),
             endpoint_memory: Default::default(),
             handlers: Default::default(),
+            handshake_budget,
         });
         core.record
             .write()

@@ -102,6 +102,8 @@ pub(crate) struct Core {
     pub(crate) hold_back: Arc<super::pipe::HoldBack>,
     /// Handlers set with `serve` (key `None`) and `serve_service`.
     pub(crate) handlers: RwLock<HashMap<Option<String>, Handler>>,
+    /// Inbound handshakes in progress, on every listener (see `HandshakeBudget`).
+    pub(crate) handshake_budget: Arc<crate::HandshakeBudget>,
     /// Endpoints that failed recently, tried last.
     pub(crate) endpoint_memory: super::dial::EndpointMemory,
 }

@@ -236,9 +236,12 @@ impl Node {
 
     /// Counters: streams, bytes, dials by outcome, cache hit rate.
     pub fn stats(&self) -> NodeStats {
-        self.core
+        let mut stats = self
+            .core
             .counters
-            .snapshot(self.core.meter.snapshot(), self.core.registry.stats())
+            .snapshot(self.core.meter.snapshot(), self.core.registry.stats());
+        stats.silent_evictions = self.core.handshake_budget.evictions();
+        stats
     }
 
     /// Stops accepting, unpublishes, and waits up to the shutdown grace for

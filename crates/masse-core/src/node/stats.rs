@@ -16,6 +16,7 @@ pub(crate) struct Counters {
     pub(crate) connect_failed: AtomicU64,
     pub(crate) stale_retries: AtomicU64,
     pub(crate) raced_endpoints: AtomicU64,
+    pub(crate) busy_refusals: AtomicU64,
     pub(crate) handshakes_rejected: AtomicU64,
     /// Last successful heartbeat round trip to the registry, in µs (0: none yet).
     pub(crate) registry_rtt_last_us: AtomicU64,
@@ -49,6 +50,8 @@ impl Counters {
             connects_failed: l(&self.connect_failed),
             stale_retries: l(&self.stale_retries),
             raced_endpoints: l(&self.raced_endpoints),
+            busy_refusals: l(&self.busy_refusals),
+            silent_evictions: 0,
             handshakes_rejected: l(&self.handshakes_rejected),
             registry_latency: micros(l(&self.registry_rtt_last_us)),
             registry_latency_avg: micros(l(&self.registry_rtt_avg_us)),
@@ -84,6 +87,15 @@ pub struct NodeStats {
     /// Endpoint attempts started because the previous one was slow (see
     /// [`NodeBuilder::race_delay`](crate::NodeBuilder::race_delay)).
     pub raced_endpoints: u64,
+    /// Inbound handshakes refused as `Busy`: evicted from the handshake
+    /// budget's silent pool by newer ones (see
+    /// [`HandshakeBudget`](crate::HandshakeBudget)), or their queue was full.
+    pub busy_refusals: u64,
+    /// Silent inbound connections (nothing sent yet) evicted from the
+    /// handshake budget for newer ones, on every listener: those on plain
+    /// TCP were told `Busy` (and are in `busy_refusals` too), those waiting
+    /// for a TLS `ClientHello` were closed.
+    pub silent_evictions: u64,
     /// Inbound connections dropped or refused during the handshake.
     pub handshakes_rejected: u64,
     /// The last heartbeat's round trip to the registry (`None` before the first).

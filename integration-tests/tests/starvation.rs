@@ -1,0 +1,156 @@
+//! Idle sockets cannot starve a node: with two thousand connections that say
+//! nothing open on its TCP and TLS ports (more than its handshake budget's
+//! silent pool holds), a dialer by name still gets in at once, the longest
+//! silent are refused as `Busy` (TCP) or closed (TLS) to make room, and
+//! every idle socket is released at its handshake deadline.
+//!
+//! One test in its own binary, the interfaces one after the other: it counts
+//! the process's open file descriptors. The real-time wait here is the thing
+//! under test (the handshake deadline).
+
+#![allow(clippy::print_stderr)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use masse::handshake::{self, Message};
+use masse::{MemoryRegistry, Node, Protocol, RefuseCode, TcpInterface, TlsInterface};
+use masse_integration_tests::init_tracing;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+const IDLE: usize = 2000;
+const DEADLINE: Duration = Duration::from_secs(4);
+
+/// Open file descriptors of this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// The soft limit on open files, from /proc/self/limits.
+fn fd_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
+        })
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1024)
+}
+
+async fn echo_by_name(client: &Node, to: &str) -> Duration {
+    let t0 = Instant::now();
+    let mut s = client.connect(to).await.expect("connect by name");
+    s.write_all(b"hi").await.unwrap();
+    let mut back = [0u8; 2];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"hi");
+    t0.elapsed()
+}
+
+async fn idle_sockets_cannot_keep_a_dialer_out(protocol: Protocol, idle: usize) {
+    let reg = MemoryRegistry::new();
+    let ns = format!("starve-{protocol}");
+    let build = |name: &str| {
+        let b = Node::builder(name)
+            .namespace(&ns)
+            .registry(reg.clone())
+            .ttl(Duration::from_secs(10))
+            .handshake_timeout(DEADLINE)
+            // A silent pool (four times this, stretching to eight) of
+            // half the idle sockets, whatever the open-file limit.
+            .max_pending_handshakes((idle / 16).max(1));
+        match protocol {
+            Protocol::Tls => b.interface(TlsInterface::new("127.0.0.1:0")),
+            _ => b.interface(TcpInterface::new("127.0.0.1:0")),
+        }
+    };
+    let server = build("server").start().await.unwrap();
+    server.serve(|mut s| async move {
+        let (mut r, mut w) = tokio::io::split(&mut s);
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    });
+    let client = build("client").start().await.unwrap();
+    echo_by_name(&client, "server").await;
+    let addr: SocketAddr = server.record().endpoints[0].addr;
+    let baseline = open_fds();
+
+    let mut sockets = Vec::with_capacity(idle);
+    for _ in 0..idle {
+        sockets.push(TcpStream::connect(addr).await.unwrap());
+    }
+    eprintln!(
+        "{protocol}: {idle} idle sockets open, {} descriptors more",
+        open_fds() - baseline
+    );
+
+    eprintln!(
+        "{protocol}: before the dial: {} busy refusals, {} descriptors more",
+        server.stats().busy_refusals,
+        open_fds() - baseline
+    );
+    let took = timeout(Duration::from_secs(10), echo_by_name(&client, "server"))
+        .await
+        .expect("a dialer gets in past the idle sockets");
+    eprintln!("{protocol}: connect by name + echo past {idle} idle sockets: {took:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let stats = server.stats();
+    eprintln!(
+        "{protocol}: {} silent sockets evicted for newer ones, {} told Busy",
+        stats.silent_evictions, stats.busy_refusals
+    );
+    assert!(stats.silent_evictions >= (idle / 2) as u64, "{stats:?}");
+
+    // The oldest idle socket was evicted: on TCP it is told `Busy`.
+    if protocol == Protocol::Tcp {
+        assert!(stats.busy_refusals > 0);
+        match timeout(
+            Duration::from_secs(5),
+            handshake::read_message(&mut sockets[0], DEADLINE),
+        )
+        .await
+        .expect("the evicted socket hears back")
+        {
+            Ok(Message::Refuse(r)) => assert_eq!(r.code, RefuseCode::Busy),
+            other => panic!("expected a Busy refusal, got {other:?}"),
+        }
+    }
+
+    // Every idle socket is released by the server at its deadline: only
+    // our own ends stay open.
+    let released_by = Instant::now() + DEADLINE + Duration::from_secs(3);
+    loop {
+        let extra = open_fds().saturating_sub(baseline);
+        if extra <= idle + 16 {
+            eprintln!(
+                "{protocol}: server released the idle sockets ({extra} descriptors above baseline, our {idle} ends included)"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < released_by,
+            "{protocol}: {extra} descriptors above baseline long after the deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And the node still serves.
+    echo_by_name(&client, "server").await;
+    drop(sockets);
+    client.shutdown().await.unwrap();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_on_tcp_and_tls_ports_cannot_starve_a_node() {
+    init_tracing();
+    // Two descriptors per idle socket (both ends live in this process).
+    let idle = IDLE.min(fd_limit().saturating_sub(512) / 2);
+    if idle < IDLE {
+        eprintln!("open-file limit {}: using {idle} idle sockets", fd_limit());
+    }
+    idle_sockets_cannot_keep_a_dialer_out(Protocol::Tcp, idle).await;
+    idle_sockets_cannot_keep_a_dialer_out(Protocol::Tls, idle).await;
+}
