@@ -1060,3 +1060,50 @@ async fn serve_runs_a_handler_per_stream_and_serve_service_per_service() {
     assert_eq!(&buf, b"HELLO");
     assert_eq!(server.stats().streams_inbound, 51);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_open_after_the_grace_are_closed_with_a_reason() {
+    let reg = MemoryRegistry::new();
+    let server = node("lingering", "t-grace", &reg)
+        .shutdown_grace(Duration::from_millis(200))
+        .start()
+        .await
+        .unwrap();
+    let mut incoming = server.incoming();
+    let client = node("client", "t-grace", &reg).start().await.unwrap();
+    let mut dialed = client.connect("lingering").await.unwrap();
+    dialed.write_all(b"x").await.unwrap();
+    let mut accepted = timeout(T, incoming.accept()).await.unwrap().unwrap();
+    let mut one = [0u8; 1];
+    accepted.read_exact(&mut one).await.unwrap();
+    // The server's application waits for more that never comes.
+    let reader = tokio::spawn(async move {
+        let mut buf = [0u8; 8];
+        let r = accepted.read(&mut buf).await;
+        drop(accepted);
+        r
+    });
+    timeout(T, server.shutdown()).await.unwrap().unwrap();
+    let err = timeout(T, reader)
+        .await
+        .expect("the waiting read ends at the grace")
+        .unwrap()
+        .expect_err("the read fails");
+    assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe, "{err}");
+    assert!(
+        matches!(
+            err.get_ref().and_then(|e| e.downcast_ref::<Error>()),
+            Some(Error::Closed(_))
+        ),
+        "{err:?}"
+    );
+    // The other end sees the stream end.
+    let mut rest = Vec::new();
+    assert_eq!(
+        timeout(T, dialed.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap(),
+        0
+    );
+}

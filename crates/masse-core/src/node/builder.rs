@@ -220,6 +220,8 @@ impl NodeBuilder {
     }
 
     /// How long [`Node::shutdown`] waits for open streams (default 5 s).
+    /// Streams still open then are closed: their next read or write (or one
+    /// waiting) fails with [`Error::Closed`](crate::Error::Closed).
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.config.shutdown_grace = grace;
         self
@@ -380,6 +382,7 @@ impl NodeBuilder {
             endpoint_memory: Default::default(),
             handlers: Default::default(),
             handshake_budget,
+            streams: Default::default(),
         });
         core.record
             .write()

@@ -104,6 +104,8 @@ pub(crate) struct Core {
     pub(crate) handlers: RwLock<HashMap<Option<String>, Handler>>,
     /// Inbound handshakes in progress, on every listener (see `HandshakeBudget`).
     pub(crate) handshake_budget: Arc<crate::HandshakeBudget>,
+    /// Every stream opened, to close those still open after the shutdown grace.
+    pub(crate) streams: Mutex<Vec<std::sync::Weak<super::stream::Closer>>>,
     /// Endpoints that failed recently, tried last.
     pub(crate) endpoint_memory: super::dial::EndpointMemory,
 }
@@ -116,6 +118,28 @@ impl Core {
 
     pub(crate) fn is_stopping(&self) -> bool {
         *self.stopping.borrow()
+    }
+
+    /// Remembers a new stream's closer (and forgets those of closed streams
+    /// now and then).
+    pub(crate) fn track_stream(&self, closer: &Arc<super::stream::Closer>) {
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if streams.len() >= 64 && streams.len().is_power_of_two() {
+            streams.retain(|w| w.strong_count() > 0);
+        }
+        streams.push(Arc::downgrade(closer));
+    }
+
+    /// Closes every stream still open: their next (or pending) read or
+    /// write fails with `Closed`.
+    pub(crate) fn close_streams(&self) -> usize {
+        let streams = std::mem::take(&mut *self.streams.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut closed = 0;
+        for c in streams.iter().filter_map(std::sync::Weak::upgrade) {
+            c.close();
+            closed += 1;
+        }
+        closed
     }
 
     /// `Err(Closed)` once the node has shut down (or was dropped).

@@ -189,7 +189,8 @@ pub(crate) async fn shutdown(core: &Arc<Core>) -> Result<()> {
             _ = notified => {}
             _ = &mut grace => {
                 let open = core.streams_open();
-                tracing::warn!(open, "shutdown grace over with streams still open");
+                tracing::warn!(open, "shutdown grace over with streams still open; closing them");
+                core.close_streams();
                 break;
             }
         }

@@ -3,10 +3,11 @@
 use std::fmt;
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::core::Core;
@@ -43,6 +44,50 @@ pub(crate) struct StreamInfo {
 pub struct PeerStream {
     io: MeteredIo<BoxIo>,
     info: StreamInfo,
+    closer: Arc<Closer>,
+}
+
+/// Closes a stream from outside when its node's shutdown grace is over: the
+/// next read or write (or one waiting now) fails with
+/// [`Error::Closed`](crate::Error::Closed).
+#[derive(Default)]
+pub(crate) struct Closer {
+    closed: AtomicBool,
+    read: AtomicWaker,
+    write: AtomicWaker,
+}
+
+impl Closer {
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.read.wake();
+        self.write.wake();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn error() -> std::io::Error {
+        crate::Error::Closed("node").into()
+    }
+
+    /// `Some(error)` if closed; else registers `waker` to be told.
+    fn check<T>(
+        &self,
+        waiting: &AtomicWaker,
+        cx: &Context<'_>,
+        r: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if r.is_pending() {
+            waiting.register(cx.waker());
+            // Closed between the poll and the registration: not missed.
+            if self.is_closed() {
+                return Poll::Ready(Err(Self::error()));
+            }
+        }
+        r
+    }
 }
 
 impl PeerStream {
@@ -61,6 +106,8 @@ impl PeerStream {
         let (peer, direction, service) = (info.peer.clone(), info.direction, info.service.clone());
         // The meter feeds the node's totals while the stream lives, and reports
         // the stream's own counts once it is dropped (after the totals count it closed).
+        let closer = Arc::new(Closer::default());
+        core.track_stream(&closer);
         let io = MeteredIo::new(io, core.meter.clone()).on_close(move |m| {
             tracing::debug!(%peer, bytes_in = m.bytes_in(), bytes_out = m.bytes_out(), "stream closed");
             core.emit(NodeEvent::StreamClosed {
@@ -72,7 +119,7 @@ impl PeerStream {
             });
             core.stream_closed.notify_waiters();
         });
-        PeerStream { io, info }
+        PeerStream { io, info, closer }
     }
 
     /// Waits for the acceptor's answer to a dialed stream: `Ok` once it
@@ -146,7 +193,12 @@ impl AsyncRead for PeerStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let this = &mut *self;
+        if this.closer.is_closed() {
+            return Poll::Ready(Err(Closer::error()));
+        }
+        let r = Pin::new(&mut this.io).poll_read(cx, buf);
+        this.closer.check(&this.closer.read, cx, r)
     }
 }
 
@@ -156,7 +208,12 @@ impl AsyncWrite for PeerStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let this = &mut *self;
+        if this.closer.is_closed() {
+            return Poll::Ready(Err(Closer::error()));
+        }
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.closer.check(&this.closer.write, cx, r)
     }
 
     fn poll_write_vectored(
@@ -164,7 +221,12 @@ impl AsyncWrite for PeerStream {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        if this.closer.is_closed() {
+            return Poll::Ready(Err(Closer::error()));
+        }
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.closer.check(&this.closer.write, cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -172,7 +234,12 @@ impl AsyncWrite for PeerStream {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let this = &mut *self;
+        if this.closer.is_closed() {
+            return Poll::Ready(Err(Closer::error()));
+        }
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        this.closer.check(&this.closer.write, cx, r)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -1,0 +1,163 @@
+//! Accepting through a registry outage: a TLS acceptor checks a dialer's
+//! certificate against what its cache already knows before asking the
+//! registry, so a known dialer still gets in while the registry is down; an
+//! unknown one is refused with `RegistryUnavailable`, which its dialer
+//! reports as such (not an EOF or a truncated handshake).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use masse::{
+    Error, InstanceId, MemoryRegistry, NamePolicy, Namespace, Node, PeerName, PeerRecord,
+    RefuseCode, Registry, RegistryEvent, TlsInterface, async_trait,
+};
+use masse_integration_tests::{echo_forever, init_tracing};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+
+const T: Duration = Duration::from_secs(10);
+
+/// A registry that can be made unreachable: every call fails and the watch
+/// goes quiet (its events are lost, as over a broken connection).
+#[derive(Debug, Clone)]
+struct Outage {
+    inner: MemoryRegistry,
+    down: Arc<AtomicBool>,
+}
+
+impl Outage {
+    fn check(&self) -> masse::Result<()> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(Error::unavailable(
+                "memory",
+                std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Registry for Outage {
+    async fn publish(
+        &self,
+        record: &PeerRecord,
+        ttl: Duration,
+        policy: NamePolicy,
+    ) -> masse::Result<()> {
+        self.check()?;
+        self.inner.publish(record, ttl, policy).await
+    }
+    async fn refresh(
+        &self,
+        ns: &Namespace,
+        name: &PeerName,
+        instance: InstanceId,
+        ttl: Duration,
+    ) -> masse::Result<()> {
+        self.check()?;
+        self.inner.refresh(ns, name, instance, ttl).await
+    }
+    async fn unpublish(
+        &self,
+        ns: &Namespace,
+        name: &PeerName,
+        instance: InstanceId,
+    ) -> masse::Result<()> {
+        self.check()?;
+        self.inner.unpublish(ns, name, instance).await
+    }
+    async fn lookup(
+        &self,
+        ns: &Namespace,
+        pattern: &masse::Pattern,
+    ) -> masse::Result<Vec<PeerRecord>> {
+        self.check()?;
+        self.inner.lookup(ns, pattern).await
+    }
+    async fn watch(
+        &self,
+        ns: &Namespace,
+    ) -> masse::Result<BoxStream<'static, masse::Result<RegistryEvent>>> {
+        self.check()?;
+        let down = self.down.clone();
+        let events = self.inner.watch(ns).await?;
+        Ok(events
+            .filter(move |_| futures::future::ready(!down.load(Ordering::SeqCst)))
+            .boxed())
+    }
+}
+
+fn tls(name: &str, registry: impl Registry) -> masse::NodeBuilder {
+    init_tracing();
+    Node::builder(name)
+        .namespace("outage-accept")
+        .registry(registry)
+        .interface(TlsInterface::new("127.0.0.1:0"))
+        .ttl(Duration::from_secs(5))
+}
+
+async fn echo(from: &Node, to: &str) -> masse::Result<()> {
+    let mut s = from.connect(to).await?;
+    s.write_all(b"ok").await?;
+    let mut b = [0u8; 2];
+    s.read_exact(&mut b).await?;
+    assert_eq!(&b, b"ok");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_dialer_gets_in_during_an_outage_and_a_stranger_is_told_why() {
+    let reg = MemoryRegistry::new();
+    let down = Arc::new(AtomicBool::new(false));
+    let server = tls(
+        "server",
+        Outage {
+            inner: reg.clone(),
+            down: down.clone(),
+        },
+    )
+    .start()
+    .await
+    .unwrap();
+    echo_forever(&server).await;
+    let known = tls("known", reg.clone()).start().await.unwrap();
+    // The server checks (and caches) the known dialer's certificate.
+    timeout(T, echo(&known, "server")).await.unwrap().unwrap();
+
+    down.store(true, Ordering::SeqCst);
+    // Known from the cache: still accepted.
+    timeout(T, echo(&known, "server")).await.unwrap().unwrap();
+
+    // A dialer the server has never seen, while it cannot ask the registry.
+    let stranger = tls("stranger", reg.clone()).start().await.unwrap();
+    let s = timeout(T, stranger.connect("server"))
+        .await
+        .unwrap()
+        .unwrap();
+    match timeout(T, s.established()).await.unwrap() {
+        Err(e) => assert_eq!(
+            e.refuse_code(),
+            Some(RefuseCode::RegistryUnavailable),
+            "{e}"
+        ),
+        Ok(()) => panic!("accepted a certificate nobody could check"),
+    }
+
+    // The registry is back: the stranger gets in (retried: the server's
+    // cache may hold the failed lookup until its retry interval passes).
+    down.store(false, Ordering::SeqCst);
+    timeout(T, async {
+        loop {
+            if echo(&stranger, "server").await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("accepted once the registry is back");
+}
