@@ -342,3 +342,40 @@ async fn an_unanswered_quic_endpoint_beside_a_working_tcp_one_is_raced_then_reme
     assert!(next < Duration::from_millis(250), "{next:?}");
     assert_eq!(dialer.stats().raced_endpoints, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_quic_connection_to_a_peer_that_moved_is_left_for_its_new_address() {
+    // The dialer holds a pooled QUIC connection to the peer; the peer's
+    // process goes away without a word (dropped, not shut down) and comes
+    // back elsewhere as a new instance. The dialer's cache still says the
+    // old address.
+    let reg = MemoryRegistry::new();
+    let quic = |name: &str| {
+        init_tracing();
+        Node::builder(name)
+            .namespace("df-quic-move")
+            .registry(reg.clone())
+            .interface(masse::QuicInterface::new("127.0.0.1:0"))
+            .ttl(Duration::from_secs(3))
+    };
+    let old = quic("mover").start().await.unwrap();
+    echo_forever(&old).await;
+    let dialer = deaf("dialer", "df-quic-move", &reg)
+        .interface(masse::QuicInterface::new("127.0.0.1:0"))
+        .start()
+        .await
+        .unwrap();
+    let (reached, _) = echo_timed(&dialer, "mover").await;
+    assert_eq!(reached, old.instance());
+    let stale = old.record();
+    drop(old);
+    let new = quic("mover").start().await.unwrap();
+    echo_forever(&new).await;
+    assert_ne!(new.record().endpoints, stale.endpoints);
+
+    let (reached, took) = echo_timed(&dialer, "mover").await;
+    eprintln!("pooled QUIC connection to a moved peer: reached the new address in {took:?}");
+    assert_eq!(reached, new.instance());
+    assert!(took < CONNECT_TIMEOUT + Duration::from_secs(2), "{took:?}");
+    assert_eq!(dialer.stats().stale_retries, 1);
+}
