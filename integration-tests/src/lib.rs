@@ -6,7 +6,8 @@ pub mod postgres;
 pub mod redis;
 pub mod server;
 
-use std::sync::Once;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -76,20 +77,69 @@ pub async fn echo_forever(node: &Node) {
     });
 }
 
-/// A registry whose watch never says anything: a dialer on it keeps the
-/// records it looked up, like one whose watch lags behind.
-#[derive(Debug, Clone)]
-pub struct DeafWatch(pub MemoryRegistry);
+/// A [`MemoryRegistry`] with faults to switch on, for nodes under test:
+///
+/// - [`deaf`](Self::deaf): its watch never says anything, so a node on it
+///   keeps the records it looked up, like one whose watch lags behind;
+/// - [`set_down`](Self::set_down): every call fails as unreachable and the
+///   events of an open watch are lost, as over a broken connection;
+/// - [`watches`](Self::watches): how many watches were opened through it.
+#[derive(Debug, Clone, Default)]
+pub struct FaultyRegistry {
+    inner: MemoryRegistry,
+    deaf: bool,
+    down: Arc<AtomicBool>,
+    watches: Arc<AtomicUsize>,
+}
+
+impl FaultyRegistry {
+    /// `inner`, with no fault on yet.
+    pub fn new(inner: MemoryRegistry) -> Self {
+        FaultyRegistry {
+            inner,
+            ..Self::default()
+        }
+    }
+
+    /// `inner`, seen through a watch that never says anything.
+    pub fn deaf(inner: MemoryRegistry) -> Self {
+        FaultyRegistry {
+            deaf: true,
+            ..Self::new(inner)
+        }
+    }
+
+    /// Makes the registry unreachable (`true`) or reachable again.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// Watches opened through this registry (and its clones) so far.
+    pub fn watches(&self) -> usize {
+        self.watches.load(Ordering::SeqCst)
+    }
+
+    fn check(&self) -> masse::Result<()> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(masse::Error::unavailable(
+                "memory",
+                std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+            ));
+        }
+        Ok(())
+    }
+}
 
 #[async_trait]
-impl Registry for DeafWatch {
+impl Registry for FaultyRegistry {
     async fn publish(
         &self,
         record: &PeerRecord,
         ttl: Duration,
         policy: NamePolicy,
     ) -> masse::Result<()> {
-        self.0.publish(record, ttl, policy).await
+        self.check()?;
+        self.inner.publish(record, ttl, policy).await
     }
 
     async fn refresh(
@@ -99,7 +149,8 @@ impl Registry for DeafWatch {
         instance: InstanceId,
         ttl: Duration,
     ) -> masse::Result<()> {
-        self.0.refresh(ns, name, instance, ttl).await
+        self.check()?;
+        self.inner.refresh(ns, name, instance, ttl).await
     }
 
     async fn unpublish(
@@ -108,7 +159,8 @@ impl Registry for DeafWatch {
         name: &PeerName,
         instance: InstanceId,
     ) -> masse::Result<()> {
-        self.0.unpublish(ns, name, instance).await
+        self.check()?;
+        self.inner.unpublish(ns, name, instance).await
     }
 
     async fn lookup(
@@ -116,13 +168,23 @@ impl Registry for DeafWatch {
         ns: &Namespace,
         pattern: &masse::Pattern,
     ) -> masse::Result<Vec<PeerRecord>> {
-        self.0.lookup(ns, pattern).await
+        self.check()?;
+        self.inner.lookup(ns, pattern).await
     }
 
     async fn watch(
         &self,
-        _ns: &Namespace,
+        ns: &Namespace,
     ) -> masse::Result<BoxStream<'static, masse::Result<RegistryEvent>>> {
-        Ok(futures::stream::pending().boxed())
+        self.check()?;
+        self.watches.fetch_add(1, Ordering::SeqCst);
+        if self.deaf {
+            return Ok(futures::stream::pending().boxed());
+        }
+        let down = self.down.clone();
+        let events = self.inner.watch(ns).await?;
+        Ok(events
+            .filter(move |_| futures::future::ready(!down.load(Ordering::SeqCst)))
+            .boxed())
     }
 }

@@ -17,7 +17,7 @@ use masse::{
     Endpoint, InstanceId, MemoryRegistry, NamePolicy, Node, NodeBuilder, PeerRecord, Protocol,
     Registry, TcpInterface, TlsInterface,
 };
-use masse_integration_tests::{DeafWatch, echo_forever, init_tracing, node};
+use masse_integration_tests::{FaultyRegistry, echo_forever, init_tracing, node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::timeout;
@@ -52,7 +52,7 @@ fn deaf(name: &str, ns: &str, reg: &MemoryRegistry) -> NodeBuilder {
     init_tracing();
     Node::builder(name)
         .namespace(ns)
-        .registry(DeafWatch(reg.clone()))
+        .registry(FaultyRegistry::deaf(reg.clone()))
         .ttl(Duration::from_secs(3))
         .connect_timeout(CONNECT_TIMEOUT)
         .handshake_timeout(CONNECT_TIMEOUT)

@@ -15,7 +15,7 @@ use masse::handshake::{self, Hello, Message};
 use masse::{
     Error, InstanceId, MemoryRegistry, NamePolicy, Node, NodeEvent, RefuseCode, TcpInterface,
 };
-use masse_integration_tests::{DeafWatch, echo_forever, node};
+use masse_integration_tests::{FaultyRegistry, echo_forever, node};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -25,7 +25,7 @@ const T: Duration = Duration::from_secs(10);
 async fn deaf_dialer(namespace: &str, reg: &MemoryRegistry) -> Node {
     Node::builder("dialer")
         .namespace(namespace)
-        .registry(DeafWatch(reg.clone()))
+        .registry(FaultyRegistry::deaf(reg.clone()))
         .interface(TcpInterface::new("127.0.0.1:0"))
         .ttl(Duration::from_secs(2))
         .start()

@@ -10,7 +10,7 @@ use masse::{
     BoxIo, ConnectStep, Direction, Error, InstanceId, MemoryRegistry, NamePolicy, Namespace, Node,
     NodeEvent, PeerName, PeerRecord, RefuseCode, Registry, StreamContext,
 };
-use masse_integration_tests::{echo_forever, fnv1a, node, payload};
+use masse_integration_tests::{FaultyRegistry, echo_forever, fnv1a, node, payload};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
@@ -928,69 +928,13 @@ async fn a_declared_service_queues_streams_from_start() {
     assert_eq!(plain.service(), None);
 }
 
-/// Counts the backend watches opened through it.
-#[derive(Debug, Clone)]
-struct CountWatches {
-    inner: MemoryRegistry,
-    watches: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-#[masse::async_trait]
-impl Registry for CountWatches {
-    async fn publish(
-        &self,
-        record: &PeerRecord,
-        ttl: Duration,
-        policy: NamePolicy,
-    ) -> masse::Result<()> {
-        self.inner.publish(record, ttl, policy).await
-    }
-    async fn refresh(
-        &self,
-        ns: &Namespace,
-        name: &PeerName,
-        instance: InstanceId,
-        ttl: Duration,
-    ) -> masse::Result<()> {
-        self.inner.refresh(ns, name, instance, ttl).await
-    }
-    async fn unpublish(
-        &self,
-        ns: &Namespace,
-        name: &PeerName,
-        instance: InstanceId,
-    ) -> masse::Result<()> {
-        self.inner.unpublish(ns, name, instance).await
-    }
-    async fn lookup(
-        &self,
-        ns: &Namespace,
-        pattern: &masse::Pattern,
-    ) -> masse::Result<Vec<PeerRecord>> {
-        self.inner.lookup(ns, pattern).await
-    }
-    async fn watch(
-        &self,
-        ns: &Namespace,
-    ) -> masse::Result<futures::stream::BoxStream<'static, masse::Result<masse::RegistryEvent>>>
-    {
-        self.watches
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.watch(ns).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_opens_one_registry_watch_for_its_cache_and_its_events() {
     let reg = MemoryRegistry::new();
-    let watches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counted = CountWatches {
-        inner: reg.clone(),
-        watches: watches.clone(),
-    };
+    let counted = FaultyRegistry::new(reg.clone());
     let a = Node::builder("a")
         .namespace("t-one-watch")
-        .registry(counted)
+        .registry(counted.clone())
         .interface(masse::TcpInterface::new("127.0.0.1:0"))
         .ttl(Duration::from_secs(2))
         .start()
@@ -1017,7 +961,7 @@ async fn a_node_opens_one_registry_watch_for_its_cache_and_its_events() {
         "{:?}",
         a.stats().cache
     );
-    assert_eq!(watches.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(counted.watches(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

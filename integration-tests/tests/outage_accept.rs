@@ -4,92 +4,14 @@
 //! unknown one is refused with `RegistryUnavailable`, which its dialer
 //! reports as such (not an EOF or a truncated handshake).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
-use futures::stream::BoxStream;
-use masse::{
-    Error, InstanceId, MemoryRegistry, NamePolicy, Namespace, Node, PeerName, PeerRecord,
-    RefuseCode, Registry, RegistryEvent, TlsInterface, async_trait,
-};
-use masse_integration_tests::{echo_forever, init_tracing};
+use masse::{MemoryRegistry, Node, RefuseCode, Registry, TlsInterface};
+use masse_integration_tests::{FaultyRegistry, echo_forever, init_tracing};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
 const T: Duration = Duration::from_secs(10);
-
-/// A registry that can be made unreachable: every call fails and the watch
-/// goes quiet (its events are lost, as over a broken connection).
-#[derive(Debug, Clone)]
-struct Outage {
-    inner: MemoryRegistry,
-    down: Arc<AtomicBool>,
-}
-
-impl Outage {
-    fn check(&self) -> masse::Result<()> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(Error::unavailable(
-                "memory",
-                std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
-            ));
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Registry for Outage {
-    async fn publish(
-        &self,
-        record: &PeerRecord,
-        ttl: Duration,
-        policy: NamePolicy,
-    ) -> masse::Result<()> {
-        self.check()?;
-        self.inner.publish(record, ttl, policy).await
-    }
-    async fn refresh(
-        &self,
-        ns: &Namespace,
-        name: &PeerName,
-        instance: InstanceId,
-        ttl: Duration,
-    ) -> masse::Result<()> {
-        self.check()?;
-        self.inner.refresh(ns, name, instance, ttl).await
-    }
-    async fn unpublish(
-        &self,
-        ns: &Namespace,
-        name: &PeerName,
-        instance: InstanceId,
-    ) -> masse::Result<()> {
-        self.check()?;
-        self.inner.unpublish(ns, name, instance).await
-    }
-    async fn lookup(
-        &self,
-        ns: &Namespace,
-        pattern: &masse::Pattern,
-    ) -> masse::Result<Vec<PeerRecord>> {
-        self.check()?;
-        self.inner.lookup(ns, pattern).await
-    }
-    async fn watch(
-        &self,
-        ns: &Namespace,
-    ) -> masse::Result<BoxStream<'static, masse::Result<RegistryEvent>>> {
-        self.check()?;
-        let down = self.down.clone();
-        let events = self.inner.watch(ns).await?;
-        Ok(events
-            .filter(move |_| futures::future::ready(!down.load(Ordering::SeqCst)))
-            .boxed())
-    }
-}
 
 fn tls(name: &str, registry: impl Registry) -> masse::NodeBuilder {
     init_tracing();
@@ -112,23 +34,14 @@ async fn echo(from: &Node, to: &str) -> masse::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_known_dialer_gets_in_during_an_outage_and_a_stranger_is_told_why() {
     let reg = MemoryRegistry::new();
-    let down = Arc::new(AtomicBool::new(false));
-    let server = tls(
-        "server",
-        Outage {
-            inner: reg.clone(),
-            down: down.clone(),
-        },
-    )
-    .start()
-    .await
-    .unwrap();
+    let faulty = FaultyRegistry::new(reg.clone());
+    let server = tls("server", faulty.clone()).start().await.unwrap();
     echo_forever(&server).await;
     let known = tls("known", reg.clone()).start().await.unwrap();
     // The server checks (and caches) the known dialer's certificate.
     timeout(T, echo(&known, "server")).await.unwrap().unwrap();
 
-    down.store(true, Ordering::SeqCst);
+    faulty.set_down(true);
     // Known from the cache: still accepted.
     timeout(T, echo(&known, "server")).await.unwrap().unwrap();
 
@@ -149,7 +62,7 @@ async fn a_known_dialer_gets_in_during_an_outage_and_a_stranger_is_told_why() {
 
     // The registry is back: the stranger gets in (retried: the server's
     // cache may hold the failed lookup until its retry interval passes).
-    down.store(false, Ordering::SeqCst);
+    faulty.set_down(false);
     timeout(T, async {
         loop {
             if echo(&stranger, "server").await.is_ok() {
