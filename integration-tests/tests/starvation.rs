@@ -2,19 +2,26 @@
 //! nothing open on its TCP and TLS ports (more than its handshake budget's
 //! silent pool holds), a dialer by name still gets in at once, the longest
 //! silent are refused as `Busy` (TCP) or closed (TLS) to make room, and
-//! every idle socket is released at its handshake deadline.
+//! every idle socket is released at its handshake deadline. On QUIC, where
+//! the server holds no socket per client, the flood is of handshakes that
+//! stall after the client's first packet: the same budget evicts the
+//! longest stalled, and a dialer by name still gets in.
 //!
 //! One test in its own binary, the interfaces one after the other: it counts
-//! the process's open file descriptors. The real-time wait here is the thing
-//! under test (the handshake deadline).
+//! the process's open file descriptors. The real-time waits here are the
+//! thing under test (the handshake deadline, a flood reaching the server).
 
 #![allow(clippy::print_stderr)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use masse::handshake::{self, Message};
-use masse::{MemoryRegistry, Node, Protocol, RefuseCode, TcpInterface, TlsInterface};
+use masse::{
+    ConnectContext, Endpoint, Fingerprint, Identity, InstanceId, Interface, MemoryRegistry, Node,
+    PeerRecord, Protocol, QuicInterface, RefuseCode, TcpInterface, TlsInterface,
+};
 use masse_integration_tests::init_tracing;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -143,6 +150,117 @@ async fn idle_sockets_cannot_keep_a_dialer_out(protocol: Protocol, idle: usize) 
     server.shutdown().await.unwrap();
 }
 
+/// Starts `n` QUIC handshakes with `server` that stall after their first
+/// packet: each dialer goes through a relay of its own that passes client
+/// `Initial`s on and drops everything else, so the server waits for answers
+/// that never come. Returns the tasks to abort when done.
+async fn stalled_quic_handshakes(server: SocketAddr, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    let dialer = QuicInterface::new("127.0.0.1:0");
+    let id = Arc::new(Identity::generate("stalling").unwrap());
+    let ctx = ConnectContext::new(
+        "starve-quic".parse().unwrap(),
+        "stalling".parse().unwrap(),
+        InstanceId::random(),
+    )
+    .with_identity(id)
+    .with_connect_timeout(Duration::from_secs(30));
+    let mut tasks = Vec::with_capacity(2 * n);
+    for _ in 0..n {
+        let relay = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let ep = Endpoint::new(Protocol::Quic, relay.local_addr().unwrap());
+        tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok((len, from)) = relay.recv_from(&mut buf).await {
+                // Long header, packet type Initial: on to the server. The
+                // server's answers are dropped.
+                if from != server && len > 0 && buf[0] & 0xf0 == 0xc0 {
+                    let _ = relay.send_to(&buf[..len], server).await;
+                }
+            }
+        }));
+        // A relay address per dial: no pooled connection is shared.
+        let mut record = PeerRecord::new(
+            "starve-quic".parse().unwrap(),
+            "ghost".parse().unwrap(),
+            InstanceId::random(),
+        )
+        .with_endpoint(ep);
+        record.identity = Some(Fingerprint([7; 32]));
+        let (dialer, ctx) = (dialer.clone(), ctx.clone());
+        tasks.push(tokio::spawn(async move {
+            let _ = dialer.connect(&ep, &record, &ctx).await;
+        }));
+    }
+    tasks
+}
+
+async fn stalled_quic_handshakes_cannot_keep_a_dialer_out(stalled: usize) {
+    // QUIC handshakes cost CPU on both ends: on two cores the flood takes
+    // seconds, so the deadline is longer than the others', to let it finish
+    // before the first stalled handshake is released.
+    let deadline = Duration::from_secs(8);
+    let reg = MemoryRegistry::new();
+    let build = |name: &str| {
+        Node::builder(name)
+            .namespace("starve-quic")
+            .registry(reg.clone())
+            .ttl(Duration::from_secs(10))
+            .handshake_timeout(deadline)
+            .max_pending_handshakes((stalled / 16).max(1))
+            .interface(QuicInterface::new("127.0.0.1:0"))
+    };
+    let server = build("server").start().await.unwrap();
+    server.serve(|mut s| async move {
+        let (mut r, mut w) = tokio::io::split(&mut s);
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    });
+    let client = build("client").start().await.unwrap();
+    let addr = server.record().endpoints[0].addr;
+    let tasks = stalled_quic_handshakes(addr, stalled).await;
+    // Until the server has seen (nearly) every stalled handshake; none has
+    // reached its deadline yet.
+    let t0 = Instant::now();
+    loop {
+        let s = server.stats();
+        if s.handshakes_in_progress + s.silent_evictions >= (stalled * 9 / 10) as u64 {
+            break;
+        }
+        assert!(t0.elapsed() < deadline - Duration::from_secs(2), "{s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("quic: the flood reached the server in {:?}", t0.elapsed());
+    let before = server.stats();
+    eprintln!(
+        "quic: {stalled} stalled handshakes: {} in progress, {} evicted",
+        before.handshakes_in_progress, before.silent_evictions
+    );
+    let took = timeout(Duration::from_secs(10), echo_by_name(&client, "server"))
+        .await
+        .expect("a dialer gets in past the stalled handshakes");
+    eprintln!("quic: connect by name + echo past {stalled} stalled handshakes: {took:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert!(before.silent_evictions > 0, "{before:?}");
+    // The stalled dialers give up (until then they resend their `Initial`,
+    // which the server takes for a new handshake each time), and what they
+    // left in progress is released at its deadline.
+    for t in tasks {
+        t.abort();
+    }
+    let released_by = Instant::now() + deadline + Duration::from_secs(3);
+    loop {
+        let s = server.stats();
+        if s.handshakes_in_progress == 0 {
+            eprintln!("quic: every stalled handshake released");
+            break;
+        }
+        assert!(Instant::now() < released_by, "{s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    echo_by_name(&client, "server").await;
+    client.shutdown().await.unwrap();
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sockets_on_tcp_and_tls_ports_cannot_starve_a_node() {
     init_tracing();
@@ -153,4 +271,8 @@ async fn idle_sockets_on_tcp_and_tls_ports_cannot_starve_a_node() {
     }
     idle_sockets_cannot_keep_a_dialer_out(Protocol::Tcp, idle).await;
     idle_sockets_cannot_keep_a_dialer_out(Protocol::Tls, idle).await;
+    // A QUIC handshake costs the server a TLS handshake's CPU (in a debug
+    // build, milliseconds): 400 stalled ones overflow a budget of 25 (its
+    // silent pool holds 100, stretching to 200) in about two seconds.
+    stalled_quic_handshakes_cannot_keep_a_dialer_out(400).await;
 }

@@ -57,11 +57,14 @@ use crate::listener::{QuicListener, Sink, accept_loop};
 /// speaks first would wait forever. The masse handshake has the dialer speak
 /// first (`Hello`), so node streams always appear at once.
 ///
-/// **Accepting** runs in background tasks: connection handshakes (at most
-/// [`max_concurrent_handshakes`](Self::max_concurrent_handshakes) at once,
-/// each within [`handshake_timeout`](Self::handshake_timeout)) and every
-/// connection's incoming streams, which [`Listener::accept`] yields in
-/// arrival order. While no listener is bound, incoming connections are
+/// **Accepting** runs in background tasks: connection handshakes (each
+/// within [`handshake_timeout`](Self::handshake_timeout), or the node's
+/// handshake timeout if shorter, counted as silent in the node's
+/// [`HandshakeBudget`](masse_core::HandshakeBudget), or in one of
+/// [`max_concurrent_handshakes`](Self::max_concurrent_handshakes) if bound
+/// without a node: under a flood of stalled handshakes the one stalled the
+/// longest is dropped) and every connection's incoming streams, which
+/// [`Listener::accept`] yields in arrival order. While no listener is bound, incoming connections are
 /// refused and new streams on existing ones are reset.
 ///
 /// ```
@@ -208,9 +211,9 @@ impl QuicInterface {
         self
     }
 
-    /// How many incoming connections may be in their handshake at once
-    /// (default [`DEFAULT_MAX_HANDSHAKES`](Self::DEFAULT_MAX_HANDSHAKES), at
-    /// least 1); more wait in the endpoint's queue.
+    /// The handshake budget of a listener bound without a node's (default
+    /// [`DEFAULT_MAX_HANDSHAKES`](Self::DEFAULT_MAX_HANDSHAKES), at least 1;
+    /// see [`HandshakeBudget::new`](masse_core::HandshakeBudget::new)).
     pub fn max_concurrent_handshakes(mut self, n: usize) -> Self {
         self.settings.max_handshakes = n.max(1);
         self
@@ -444,7 +447,14 @@ impl Interface for QuicInterface {
         endpoint.set_server_config(Some(config));
         let generation = {
             let mut sink = lock(&state.sink);
-            sink.open(tx)
+            let budget = ctx.handshake_budget.clone().map(|b| {
+                (
+                    b,
+                    ctx.handshake_timeout
+                        .unwrap_or(self.settings.handshake_timeout),
+                )
+            });
+            sink.open(tx, budget)
         };
         if state.accept_task.is_none() {
             state.accept_task = Some(AbortOnDrop(tokio::spawn(accept_loop(

@@ -7,10 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use masse_core::tls::peer_fingerprint;
-use masse_core::{Accepted, Endpoint, Error, Fingerprint, Listener, Protocol, Result, async_trait};
+use masse_core::{
+    Accepted, Endpoint, Error, Fingerprint, HandshakeBudget, Listener, Protocol, Result, Ticket,
+    async_trait,
+};
 use quinn::VarInt;
 use quinn::rustls::pki_types::CertificateDer;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::interface::{Settings, Shared, lock};
@@ -25,13 +28,21 @@ const NO_IDENTITY: u32 = 2;
 pub(crate) struct Sink {
     generation: u64,
     tx: Option<mpsc::Sender<Accepted>>,
+    /// The bound node's handshake budget and deadline, if it gave them.
+    budget: Option<(Arc<HandshakeBudget>, Duration)>,
 }
 
 impl Sink {
-    /// Routes streams to `tx`; returns the generation that identifies it.
-    pub(crate) fn open(&mut self, tx: mpsc::Sender<Accepted>) -> u64 {
+    /// Routes streams to `tx`, counting connection handshakes in `budget`
+    /// (with its deadline) if given; returns the generation that identifies it.
+    pub(crate) fn open(
+        &mut self,
+        tx: mpsc::Sender<Accepted>,
+        budget: Option<(Arc<HandshakeBudget>, Duration)>,
+    ) -> u64 {
         self.generation += 1;
         self.tx = Some(tx);
+        self.budget = budget;
         self.generation
     }
 
@@ -60,24 +71,28 @@ pub(crate) async fn accept_loop(
     sink: Arc<Mutex<Sink>>,
     settings: Settings,
 ) {
-    let permits = Arc::new(Semaphore::new(settings.max_handshakes));
+    let own = HandshakeBudget::new(settings.max_handshakes);
     let mut connections = JoinSet::new();
     while let Some(incoming) = endpoint.accept().await {
         while connections.try_join_next().is_some() {}
-        if !lock(&sink).is_open() {
+        let (open, budget) = {
+            let sink = lock(&sink);
+            (sink.is_open(), sink.budget.clone())
+        };
+        if !open {
             tracing::debug!(remote = %incoming.remote_address(), "no quic listener bound; connection refused");
             incoming.refuse();
             continue;
         }
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
+        let (budget, limit) = match budget {
+            Some((b, t)) => (b, t.min(settings.handshake_timeout)),
+            None => (own.clone(), settings.handshake_timeout),
         };
-        connections.spawn(serve_connection(
-            incoming,
-            sink.clone(),
-            settings.handshake_timeout,
-            permit,
-        ));
+        // Silent for the whole QUIC handshake (quinn tells nothing of the
+        // peer's progress): under a flood of handshakes that stall, the one
+        // stalled the longest gives way.
+        let ticket = budget.admit();
+        connections.spawn(serve_connection(incoming, sink.clone(), limit, ticket));
     }
 }
 
@@ -87,7 +102,7 @@ async fn serve_connection(
     incoming: quinn::Incoming,
     sink: Arc<Mutex<Sink>>,
     limit: Duration,
-    permit: OwnedSemaphorePermit,
+    ticket: Ticket,
 ) {
     let remote = incoming.remote_address();
     let connecting = match incoming.accept() {
@@ -97,7 +112,14 @@ async fn serve_connection(
             return;
         }
     };
-    let conn = match tokio::time::timeout(limit, connecting).await {
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(limit, connecting) => r,
+        () = ticket.evicted() => {
+            tracing::debug!(%remote, "stalled quic handshake evicted by a newer one; connection dropped");
+            return;
+        }
+    };
+    let conn = match handshake {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => {
             tracing::debug!(%remote, error = %e, "quic handshake failed; connection dropped");
@@ -108,7 +130,8 @@ async fn serve_connection(
             return;
         }
     };
-    drop(permit);
+    // Each stream's masse handshake is counted on its own by the node.
+    drop(ticket);
     let Some(fingerprint) = client_fingerprint(&conn) else {
         // Client authentication is mandatory, so this does not happen.
         tracing::debug!(%remote, "quic client without a usable certificate; connection closed");

@@ -241,6 +241,7 @@ impl Node {
             .counters
             .snapshot(self.core.meter.snapshot(), self.core.registry.stats());
         stats.silent_evictions = self.core.handshake_budget.evictions();
+        stats.handshakes_in_progress = self.core.handshake_budget.in_progress() as u64;
         stats
     }
 

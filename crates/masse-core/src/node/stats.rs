@@ -52,6 +52,7 @@ impl Counters {
             raced_endpoints: l(&self.raced_endpoints),
             busy_refusals: l(&self.busy_refusals),
             silent_evictions: 0,
+            handshakes_in_progress: 0,
             handshakes_rejected: l(&self.handshakes_rejected),
             registry_latency: micros(l(&self.registry_rtt_last_us)),
             registry_latency_avg: micros(l(&self.registry_rtt_avg_us)),
@@ -96,6 +97,8 @@ pub struct NodeStats {
     /// TCP were told `Busy` (and are in `busy_refusals` too), those waiting
     /// for a TLS `ClientHello` were closed.
     pub silent_evictions: u64,
+    /// Inbound handshakes in progress now, on every listener, silent or not.
+    pub handshakes_in_progress: u64,
     /// Inbound connections dropped or refused during the handshake.
     pub handshakes_rejected: u64,
     /// The last heartbeat's round trip to the registry (`None` before the first).
