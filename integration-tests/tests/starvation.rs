@@ -217,15 +217,23 @@ async fn stalled_quic_handshakes_cannot_keep_a_dialer_out(stalled: usize) {
     let client = build("client").start().await.unwrap();
     let addr = server.record().endpoints[0].addr;
     let tasks = stalled_quic_handshakes(addr, stalled).await;
-    // Until the server has seen (nearly) every stalled handshake; none has
-    // reached its deadline yet.
+    // Until the flood has overflowed the budget's silent pool and most of it
+    // has reached the server (how fast depends on the machine's CPU), or
+    // until shortly before the first stalled handshake's deadline.
     let t0 = Instant::now();
     loop {
         let s = server.stats();
-        if s.handshakes_in_progress + s.silent_evictions >= (stalled * 9 / 10) as u64 {
+        let seen = s.handshakes_in_progress + s.silent_evictions;
+        if s.silent_evictions > 0 && seen >= (stalled / 2) as u64 {
             break;
         }
-        assert!(t0.elapsed() < deadline - Duration::from_secs(2), "{s:?}");
+        if t0.elapsed() > deadline - Duration::from_secs(2) {
+            assert!(
+                s.silent_evictions > 0,
+                "the flood never filled the budget: {s:?}"
+            );
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eprintln!("quic: the flood reached the server in {:?}", t0.elapsed());
