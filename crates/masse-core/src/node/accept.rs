@@ -40,11 +40,23 @@ pub(crate) async fn accept_loop(
                     let ticket = acc.ticket.take().unwrap_or_else(|| core.handshake_budget.admit());
                     let core = core.clone();
                     let span = tracing::debug_span!("stream", direction = "inbound", remote = ?acc.remote_addr);
-                    let mut handshake = Box::pin(inbound(core, acc, protocol, ticket).instrument(span));
+                    let mut handshake = Box::pin(inbound(core, acc, protocol, ticket).instrument(span.clone()));
                     // The Hello is usually here already: run the handshake
                     // right away, and give it a task only if it must wait.
-                    if poll_once(handshake.as_mut()).await.is_pending() {
-                        tokio::spawn(handshake);
+                    // A `serve` handler always runs on a task of its own,
+                    // never on this loop's.
+                    match poll_once(handshake.as_mut()).await {
+                        std::task::Poll::Ready(Some((handler, stream))) => {
+                            tokio::spawn(handler(stream).instrument(span));
+                        }
+                        std::task::Poll::Ready(None) => {}
+                        std::task::Poll::Pending => {
+                            tokio::spawn(async move {
+                                if let Some((handler, stream)) = handshake.await {
+                                    handler(stream).await;
+                                }
+                            }.instrument(span));
+                        }
                     }
                 }
                 Err(Error::Closed(_)) => {
@@ -86,9 +98,15 @@ async fn poll_once<F: std::future::Future + Unpin>(mut fut: F) -> std::task::Pol
     std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut fut).poll(cx))).await
 }
 
-/// Reads the Hello, checks it, answers, wraps and routes the stream. Any
+/// Reads the Hello, checks it, answers, wraps and routes the stream: the
+/// `serve` handler and the stream to run it on, if it goes to one. Any
 /// failure closes this stream only, with a debug log.
-async fn inbound(core: Arc<Core>, acc: Accepted, protocol: Protocol, ticket: crate::Ticket) {
+async fn inbound(
+    core: Arc<Core>,
+    acc: Accepted,
+    protocol: Protocol,
+    ticket: crate::Ticket,
+) -> Option<(Handler, PeerStream)> {
     // Everything, wrappers included, under one deadline: a stalled peer holds
     // its place in the budget for a bounded time (and gives it up to a newer
     // connection if the budget is full).
@@ -97,20 +115,20 @@ async fn inbound(core: Arc<Core>, acc: Accepted, protocol: Protocol, ticket: cra
         tokio::time::timeout(deadline, handshake_inbound(&core, acc, protocol, &ticket)).await;
     drop(ticket);
     match result {
-        Ok(Ok(None)) => {}
-        // `Node::serve`: the handler runs here, on the stream's own task.
-        Ok(Ok(Some((handler, stream)))) => handler(stream).await,
+        Ok(Ok(to_serve)) => to_serve,
         Ok(Err(e)) => {
             core.counters
                 .handshakes_rejected
                 .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(error = %e, "inbound stream rejected");
+            None
         }
         Err(_) => {
             core.counters
                 .handshakes_rejected
                 .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(after = ?deadline, "inbound handshake timed out");
+            None
         }
     }
 }

@@ -171,8 +171,9 @@ impl Node {
 
     /// Runs `handler` on every accepted stream that [`incoming`](Self::incoming)
     /// would get, from now on: each stream on a task of its own (the one that
-    /// ran its handshake), without a queue, the way a raw server spawns a
-    /// task per connection. It is the fastest way to serve: no hand-off
+    /// ran its handshake, or a new one if the handshake was done at once),
+    /// without a queue, the way a raw server spawns a task per connection;
+    /// never on the node's accept loop. It is the fastest way to serve: no hand-off
     /// between the handshake and the application. Streams queued before the
     /// call stay for `incoming`. Calling it again replaces the handler.
     ///
