@@ -71,6 +71,22 @@ async fn cache_stale(reg: &MemoryRegistry, dialer: &Node, stale: &PeerRecord, fr
     reg.publish(fresh, ttl, NamePolicy::Takeover).await.unwrap();
 }
 
+/// A TCP peer called "mover" that echoes, and a dialer (on a deaf watch)
+/// whose cache says the peer is still at `old`, its former TCP address.
+async fn moved_tcp_peer(ns: &str, reg: &MemoryRegistry, old: SocketAddr) -> (Node, Node) {
+    let peer = node("mover", ns, reg).start().await.unwrap();
+    echo_forever(&peer).await;
+    let dialer = deaf("dialer", ns, reg)
+        .interface(TcpInterface::new("127.0.0.1:0"))
+        .start()
+        .await
+        .unwrap();
+    let mut stale = peer.record();
+    stale.endpoints = vec![Endpoint::new(Protocol::Tcp, old)];
+    cache_stale(reg, &dialer, &stale, &peer.record()).await;
+    (peer, dialer)
+}
+
 /// Connects, writes right away, reads the echo: the instance reached and the
 /// time it all took.
 async fn echo_timed(from: &Node, to: &str) -> (InstanceId, Duration) {
@@ -87,16 +103,7 @@ async fn echo_timed(from: &Node, to: &str) -> (InstanceId, Duration) {
 async fn a_silent_old_address_costs_one_connect_timeout() {
     let reg = MemoryRegistry::new();
     let (silent, _listener, _held) = silent_address().await;
-    let peer = node("mover", "df-silent", &reg).start().await.unwrap();
-    echo_forever(&peer).await;
-    let dialer = deaf("dialer", "df-silent", &reg)
-        .interface(TcpInterface::new("127.0.0.1:0"))
-        .start()
-        .await
-        .unwrap();
-    let mut stale = peer.record();
-    stale.endpoints = vec![Endpoint::new(Protocol::Tcp, silent)];
-    cache_stale(&reg, &dialer, &stale, &peer.record()).await;
+    let (peer, dialer) = moved_tcp_peer("df-silent", &reg, silent).await;
 
     let (reached, took) = echo_timed(&dialer, "mover").await;
     eprintln!(
@@ -131,16 +138,7 @@ async fn a_program_that_accepts_and_never_answers_costs_one_handshake_timeout() 
             kept.push(s);
         }
     });
-    let peer = node("mover", "df-mute", &reg).start().await.unwrap();
-    echo_forever(&peer).await;
-    let dialer = deaf("dialer", "df-mute", &reg)
-        .interface(TcpInterface::new("127.0.0.1:0"))
-        .start()
-        .await
-        .unwrap();
-    let mut stale = peer.record();
-    stale.endpoints = vec![Endpoint::new(Protocol::Tcp, mute_addr)];
-    cache_stale(&reg, &dialer, &stale, &peer.record()).await;
+    let (peer, dialer) = moved_tcp_peer("df-mute", &reg, mute_addr).await;
 
     let (reached, took) = echo_timed(&dialer, "mover").await;
     eprintln!(
@@ -208,16 +206,7 @@ async fn a_refused_old_address_recovers_at_once() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_addr = closed.local_addr().unwrap();
     drop(closed);
-    let peer = node("mover", "df-rst", &reg).start().await.unwrap();
-    echo_forever(&peer).await;
-    let dialer = deaf("dialer", "df-rst", &reg)
-        .interface(TcpInterface::new("127.0.0.1:0"))
-        .start()
-        .await
-        .unwrap();
-    let mut stale = peer.record();
-    stale.endpoints = vec![Endpoint::new(Protocol::Tcp, closed_addr)];
-    cache_stale(&reg, &dialer, &stale, &peer.record()).await;
+    let (peer, dialer) = moved_tcp_peer("df-rst", &reg, closed_addr).await;
     let (reached, took) = echo_timed(&dialer, "mover").await;
     eprintln!("refused old address: reached the new one in {took:?}");
     assert_eq!(reached, peer.instance());
