@@ -82,7 +82,7 @@ async fn moved_tcp_peer(ns: &str, reg: &MemoryRegistry, old: SocketAddr) -> (Nod
         .await
         .unwrap();
     let mut stale = peer.record();
-    stale.endpoints = vec![Endpoint::new(Protocol::Tcp, old)];
+    stale.endpoints = vec![Endpoint::new(Protocol::TCP, old)];
     cache_stale(reg, &dialer, &stale, &peer.record()).await;
     (peer, dialer)
 }
@@ -296,7 +296,7 @@ async fn an_unanswered_quic_endpoint_beside_a_working_tcp_one_is_raced_then_reme
     let mut record = peer.record();
     record.endpoints.insert(
         0,
-        Endpoint::new(Protocol::Quic, silent_udp.local_addr().unwrap()),
+        Endpoint::new(Protocol::QUIC, silent_udp.local_addr().unwrap()),
     );
     reg.publish(&record, Duration::from_secs(30), NamePolicy::Takeover)
         .await

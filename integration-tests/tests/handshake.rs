@@ -99,7 +99,7 @@ async fn a_stale_cache_reaches_the_new_holder_after_a_takeover() {
         "the old instance refused the stream (NameLost)"
     );
     // What the old instance answers, byte for byte: NameLost.
-    let mut raw = tokio::net::TcpStream::connect(old.record().endpoints[0].addr)
+    let mut raw = tokio::net::TcpStream::connect(old.record().endpoints[0].socket_addr().unwrap())
         .await
         .unwrap();
     let hello = Hello::new(
@@ -123,7 +123,7 @@ async fn a_peer_restarted_on_the_same_address_is_reached_on_the_first_try() {
     let reg = MemoryRegistry::new();
     let first = node("svc", "hs-restart", &reg).start().await.unwrap();
     echo_forever(&first).await;
-    let addr = first.record().endpoints[0].addr;
+    let addr = first.record().endpoints[0].socket_addr().unwrap();
     let dialer = deaf_dialer("hs-restart", &reg).await;
     assert_eq!(
         echo_once(&dialer, "svc", b"one").await.unwrap(),

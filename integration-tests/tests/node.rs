@@ -338,7 +338,7 @@ async fn refusals_carry_their_codes() {
         .start()
         .await
         .unwrap();
-    let b_ep = b.record().endpoints[0].addr;
+    let b_ep = b.record().endpoints[0].socket_addr().unwrap();
 
     // Unknown service: the error names the peer, the endpoint and the step,
     // around the refusal.
@@ -391,7 +391,7 @@ async fn refusals_carry_their_codes() {
         "ghost".parse().unwrap(),
         InstanceId::random(),
     )
-    .with_endpoint(b.record().endpoints[0]);
+    .with_endpoint(b.record().endpoints[0].clone());
     reg.publish(&ghost, Duration::from_secs(5), NamePolicy::Takeover)
         .await
         .unwrap();
@@ -417,7 +417,7 @@ async fn refusals_carry_their_codes() {
         "dead".parse().unwrap(),
         InstanceId::random(),
     )
-    .with_endpoint(dead_ep);
+    .with_endpoint(dead_ep.clone());
     reg.publish(&dead, Duration::from_secs(5), NamePolicy::Takeover)
         .await
         .unwrap();
@@ -474,7 +474,7 @@ async fn malformed_handshakes_only_hurt_their_own_stream() {
         .unwrap();
     echo_forever(&srv).await;
     let cli = node("cli", "t-garbage", &reg).start().await.unwrap();
-    let ep = srv.record().endpoints[0].addr;
+    let ep = srv.record().endpoints[0].socket_addr().unwrap();
 
     // Slow-loris: a length prefix and then nothing.
     let mut loris = TcpStream::connect(ep).await.unwrap();

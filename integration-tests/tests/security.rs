@@ -41,11 +41,11 @@ async fn roundtrip(n: &Node, to: &str) -> masse::Result<masse::PeerStream> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_and_quic_streams_are_authenticated_both_ways() {
     let reg = MemoryRegistry::new();
-    for (ns, proto) in [("sec-tls", Protocol::Tls), ("sec-quic", Protocol::Quic)] {
+    for (ns, proto) in [("sec-tls", Protocol::TLS), ("sec-quic", Protocol::QUIC)] {
         let build = |name: &str| {
             let b = base(name, ns).registry(reg.clone());
             match proto {
-                Protocol::Tls => b.interface(TlsInterface::new("127.0.0.1:0")),
+                Protocol::TLS => b.interface(TlsInterface::new("127.0.0.1:0")),
                 _ => b.interface(QuicInterface::new("127.0.0.1:0")),
             }
         };
@@ -56,9 +56,9 @@ async fn tls_and_quic_streams_are_authenticated_both_ways() {
             a.record().identity.is_some(),
             "the record carries the fingerprint"
         );
-        assert_eq!(a.record().endpoints[0].protocol, proto);
+        assert_eq!(*a.record().endpoints[0].protocol(), proto);
         let s = timeout(T, roundtrip(&a, "b")).await.unwrap().unwrap();
-        assert_eq!(s.protocol(), proto);
+        assert_eq!(*s.protocol(), proto);
         assert_eq!(s.peer_instance(), b.instance());
     }
 }
@@ -134,7 +134,7 @@ async fn an_impostor_is_refused_by_dialers_holding_the_victims_record() {
         .unwrap();
     echo_forever(&victim).await;
     let victim_record = victim.record();
-    let victim_port = victim_record.endpoints[0].addr.port();
+    let victim_port = victim_record.endpoints[0].socket_addr().unwrap().port();
 
     // The dialer keeps seeing the victim's record (fingerprint and address),
     // as a cache that has not heard of the takeover yet would.
@@ -349,7 +349,7 @@ async fn a_relay_with_its_own_certificate_cannot_sit_in_the_middle() {
     )
     .with_identity(relay_identity.clone());
     let mut listener = relay_iface.bind(&ctx).await.unwrap();
-    let relay_ep = listener.endpoints()[0];
+    let relay_ep = listener.endpoints()[0].clone();
     let forwarded = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let count = forwarded.clone();
     let upstream = victim_record.clone();
@@ -382,7 +382,7 @@ async fn a_relay_with_its_own_certificate_cannot_sit_in_the_middle() {
         .registry(Rewrite {
             inner: reg.clone(),
             name: "victim",
-            rewrite: Arc::new(move |r| r.endpoints = vec![relay_ep]),
+            rewrite: Arc::new(move |r| r.endpoints = vec![relay_ep.clone()]),
         })
         .start()
         .await
@@ -418,11 +418,11 @@ async fn dialers_use_their_first_interface_the_peer_offers_and_fall_back() {
         .record()
         .endpoints
         .iter()
-        .map(|e| e.protocol)
+        .map(|e| e.protocol().clone())
         .collect();
     assert_eq!(
         protos,
-        [Protocol::Tls, Protocol::Tcp],
+        [Protocol::TLS, Protocol::TCP],
         "every endpoint is advertised, in interface order"
     );
 
@@ -437,7 +437,7 @@ async fn dialers_use_their_first_interface_the_peer_offers_and_fall_back() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(s.protocol(), Protocol::Tcp, "QUIC is not offered: TCP");
+    assert_eq!(*s.protocol(), Protocol::TCP, "QUIC is not offered: TCP");
 
     let tls_then_tcp = base("c2", ns)
         .registry(reg.clone())
@@ -451,8 +451,8 @@ async fn dialers_use_their_first_interface_the_peer_offers_and_fall_back() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        s.protocol(),
-        Protocol::Tls,
+        *s.protocol(),
+        Protocol::TLS,
         "the dialer's first interface wins"
     );
 
@@ -465,7 +465,7 @@ async fn dialers_use_their_first_interface_the_peer_offers_and_fall_back() {
         .registry(Rewrite {
             inner: reg.clone(),
             name: "server",
-            rewrite: Arc::new(move |r| r.endpoints[0].addr = dead),
+            rewrite: Arc::new(move |r| r.endpoints[0] = r.endpoints[0].with_socket_addr(dead)),
         })
         .interface(TlsInterface::new("127.0.0.1:0"))
         .interface(TcpInterface::new("127.0.0.1:0"))
@@ -476,5 +476,5 @@ async fn dialers_use_their_first_interface_the_peer_offers_and_fall_back() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(s.protocol(), Protocol::Tcp, "TLS refused, TCP next");
+    assert_eq!(*s.protocol(), Protocol::TCP, "TLS refused, TCP next");
 }

@@ -71,7 +71,7 @@ async fn idle_sockets_cannot_keep_a_dialer_out(protocol: Protocol, idle: usize) 
             // half the idle sockets, whatever the open-file limit.
             .max_pending_handshakes((idle / 16).max(1));
         match protocol {
-            Protocol::Tls => b.interface(TlsInterface::new("127.0.0.1:0")),
+            Protocol::TLS => b.interface(TlsInterface::new("127.0.0.1:0")),
             _ => b.interface(TcpInterface::new("127.0.0.1:0")),
         }
     };
@@ -82,7 +82,7 @@ async fn idle_sockets_cannot_keep_a_dialer_out(protocol: Protocol, idle: usize) 
     });
     let client = build("client").start().await.unwrap();
     echo_by_name(&client, "server").await;
-    let addr: SocketAddr = server.record().endpoints[0].addr;
+    let addr: SocketAddr = server.record().endpoints[0].socket_addr().unwrap();
     let baseline = open_fds();
 
     let mut sockets = Vec::with_capacity(idle);
@@ -112,7 +112,7 @@ async fn idle_sockets_cannot_keep_a_dialer_out(protocol: Protocol, idle: usize) 
     assert!(stats.silent_evictions >= (idle / 2) as u64, "{stats:?}");
 
     // The oldest idle socket was evicted: on TCP it is told `Busy`.
-    if protocol == Protocol::Tcp {
+    if protocol == Protocol::TCP {
         assert!(stats.busy_refusals > 0);
         match timeout(
             Duration::from_secs(5),
@@ -167,7 +167,7 @@ async fn stalled_quic_handshakes(server: SocketAddr, n: usize) -> Vec<tokio::tas
     let mut tasks = Vec::with_capacity(2 * n);
     for _ in 0..n {
         let relay = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let ep = Endpoint::new(Protocol::Quic, relay.local_addr().unwrap());
+        let ep = Endpoint::new(Protocol::QUIC, relay.local_addr().unwrap());
         tasks.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 2048];
             while let Ok((len, from)) = relay.recv_from(&mut buf).await {
@@ -184,7 +184,7 @@ async fn stalled_quic_handshakes(server: SocketAddr, n: usize) -> Vec<tokio::tas
             "ghost".parse().unwrap(),
             InstanceId::random(),
         )
-        .with_endpoint(ep);
+        .with_endpoint(ep.clone());
         record.identity = Some(Fingerprint([7; 32]));
         let (dialer, ctx) = (dialer.clone(), ctx.clone());
         tasks.push(tokio::spawn(async move {
@@ -215,7 +215,7 @@ async fn stalled_quic_handshakes_cannot_keep_a_dialer_out(stalled: usize) {
         let _ = tokio::io::copy(&mut r, &mut w).await;
     });
     let client = build("client").start().await.unwrap();
-    let addr = server.record().endpoints[0].addr;
+    let addr = server.record().endpoints[0].socket_addr().unwrap();
     let tasks = stalled_quic_handshakes(addr, stalled).await;
     // Until the flood has overflowed the budget's silent pool and most of it
     // has reached the server (how fast depends on the machine's CPU), or
@@ -277,8 +277,8 @@ async fn idle_sockets_on_tcp_and_tls_ports_cannot_starve_a_node() {
     if idle < IDLE {
         eprintln!("open-file limit {}: using {idle} idle sockets", fd_limit());
     }
-    idle_sockets_cannot_keep_a_dialer_out(Protocol::Tcp, idle).await;
-    idle_sockets_cannot_keep_a_dialer_out(Protocol::Tls, idle).await;
+    idle_sockets_cannot_keep_a_dialer_out(Protocol::TCP, idle).await;
+    idle_sockets_cannot_keep_a_dialer_out(Protocol::TLS, idle).await;
     // A QUIC handshake costs the server a TLS handshake's CPU (in a debug
     // build, milliseconds): 400 stalled ones overflow a budget of 25 (its
     // silent pool holds 100, stretching to 200) in about two seconds.

@@ -45,7 +45,7 @@ async fn bench(n: u32) -> Result<Vec<Figure>, BoxError> {
     let ns: Namespace = "bench-cache".parse()?;
     let name: PeerName = "svc".parse()?;
     let record = PeerRecord::new(ns.clone(), name.clone(), InstanceId::random())
-        .with_endpoint(Endpoint::new(Protocol::Tcp, "127.0.0.1:4100".parse()?));
+        .with_endpoint(Endpoint::new(Protocol::TCP, "127.0.0.1:4100".parse()?));
     let backend = MemoryRegistry::new();
     backend
         .publish(&record, Duration::from_secs(600), NamePolicy::Exclusive)

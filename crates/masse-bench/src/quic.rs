@@ -74,11 +74,11 @@ async fn throughput(per_round: u64) -> Result<Vec<Figure>, BoxError> {
     // masse: QuicInterface to QuicInterface.
     let server_quic = QuicInterface::new("127.0.0.1:0");
     let listener = server_quic.bind(&peers.bind_ctx()?).await?;
-    let record = peers.record(*listener.endpoints().first().ok_or("no endpoint")?)?;
+    let record = peers.record(listener.endpoints().first().cloned().ok_or("no endpoint")?)?;
     let (mut masse_counts, masse_task) = count_accepted(listener);
     let client_quic = QuicInterface::new("127.0.0.1:0");
     let ctx = peers.connect_ctx()?;
-    let ep = record.endpoints[0];
+    let ep = record.endpoints[0].clone();
     let masse_round = async |bytes: u64, counts: &mut _| -> Result<f64, BoxError> {
         let io = client_quic.connect(&ep, &record, &ctx).await?;
         send_counted(io, counts, bytes).await
@@ -129,11 +129,11 @@ async fn new_stream(warmup: usize, iterations: usize) -> Result<Vec<Figure>, Box
     // establishes the pooled connection.
     let server_quic = QuicInterface::new("127.0.0.1:0");
     let listener = server_quic.bind(&peers.bind_ctx()?).await?;
-    let record = peers.record(*listener.endpoints().first().ok_or("no endpoint")?)?;
+    let record = peers.record(listener.endpoints().first().cloned().ok_or("no endpoint")?)?;
     let masse_task = echo_accepted(listener);
     let client_quic = QuicInterface::new("127.0.0.1:0");
     let ctx = peers.connect_ctx()?;
-    let ep = record.endpoints[0];
+    let ep = record.endpoints[0].clone();
 
     let masse_sample =
         async || timed_echo(async { boxed(client_quic.connect(&ep, &record, &ctx).await) }).await;

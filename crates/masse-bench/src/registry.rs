@@ -313,7 +313,7 @@ async fn bench(backend: Backend, url: String, mode: Mode) -> Result<Vec<Figure>,
 fn record(ns: &Namespace, name: &str) -> Result<PeerRecord, BoxError> {
     let name: PeerName = name.parse()?;
     Ok(PeerRecord::new(ns.clone(), name, InstanceId::random())
-        .with_endpoint(Endpoint::new(Protocol::Tcp, "127.0.0.1:4100".parse()?)))
+        .with_endpoint(Endpoint::new(Protocol::TCP, "127.0.0.1:4100".parse()?)))
 }
 
 fn micros(d: Duration) -> f64 {

@@ -54,12 +54,12 @@ async fn bench(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError
 
     let tls_server = TlsInterface::new("127.0.0.1:0");
     let listener = tls_server.bind(&peers.bind_ctx()?).await?;
-    let tls_record = peers.record(*listener.endpoints().first().ok_or("no endpoint")?)?;
+    let tls_record = peers.record(listener.endpoints().first().cloned().ok_or("no endpoint")?)?;
     let tls_task = echo_accepted(listener);
 
     let quic_server = QuicInterface::new("127.0.0.1:0");
     let listener = quic_server.bind(&peers.bind_ctx()?).await?;
-    let quic_record = peers.record(*listener.endpoints().first().ok_or("no endpoint")?)?;
+    let quic_record = peers.record(listener.endpoints().first().cloned().ok_or("no endpoint")?)?;
     let quic_task = echo_accepted(listener);
 
     let quinn_server = peers.quinn_server()?;
@@ -72,16 +72,16 @@ async fn bench(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError
     let resumed = TlsInterface::new("127.0.0.1:0");
     let tls_full = async || {
         let tls = TlsInterface::new("127.0.0.1:0");
-        let ep = tls_record.endpoints[0];
+        let ep = tls_record.endpoints[0].clone();
         timed_echo(async { boxed(tls.connect(&ep, &tls_record, &ctx).await) }).await
     };
     let tls_resumed = async || {
-        let ep = tls_record.endpoints[0];
+        let ep = tls_record.endpoints[0].clone();
         timed_echo(async { boxed(resumed.connect(&ep, &tls_record, &ctx).await) }).await
     };
     let quic = async || {
         let quic = QuicInterface::new("127.0.0.1:0");
-        let ep = quic_record.endpoints[0];
+        let ep = quic_record.endpoints[0].clone();
         timed_echo(async { boxed(quic.connect(&ep, &quic_record, &ctx).await) }).await
     };
 

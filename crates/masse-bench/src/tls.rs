@@ -101,7 +101,7 @@ impl Masse {
     async fn bind(peers: &Peers) -> Result<Self, BoxError> {
         let tls = TlsInterface::new("127.0.0.1:0");
         let listener = tls.bind(&peers.bind_ctx()?).await?;
-        let ep = *listener.endpoints().first().ok_or("no endpoint")?;
+        let ep = listener.endpoints().first().cloned().ok_or("no endpoint")?;
         Ok(Masse {
             tls,
             listener,
@@ -111,7 +111,7 @@ impl Masse {
     }
 
     async fn round(&mut self, bytes: u64) -> Result<f64, BoxError> {
-        let ep = self.record.endpoints[0];
+        let ep = self.record.endpoints[0].clone();
         let client = self.tls.connect(&ep, &self.record, &self.ctx).await?;
         let server = self.listener.accept().await?;
         transfer(client, server.io, bytes).await

@@ -104,7 +104,7 @@ pub fn advertised_endpoints(
     };
     advertised_addrs(bound, overrides, &host, include_loopback)
         .into_iter()
-        .map(|addr| Endpoint::new(protocol, addr))
+        .map(|addr| Endpoint::new(protocol.clone(), addr))
         .collect()
 }
 

@@ -473,7 +473,7 @@ pub mod tls {
                 "peer {:?} publishes no identity in its record, so {endpoint} cannot be \
                  authenticated; {} needs the peer's certificate fingerprint",
                 peer.name.as_str(),
-                endpoint.protocol
+                endpoint.protocol()
             ),
         })
     }

@@ -130,6 +130,31 @@ pub struct Accepted {
     /// handshake, if it did (see [`BindContext::handshake_budget`]): the
     /// node's handshake continues under it.
     pub ticket: Option<crate::Ticket>,
+    /// The user and process at the other end, on transports whose operating
+    /// system tells (Unix domain sockets: `SO_PEERCRED`). Given to wrappers
+    /// in [`StreamContext::peer_credentials`](crate::StreamContext::peer_credentials).
+    pub peer_credentials: Option<PeerCredentials>,
+}
+
+/// Who is at the other end of a local stream, as the operating system
+/// vouches for it (`SO_PEERCRED` on a Unix domain socket): unlike a name in
+/// a handshake, it cannot be forged by the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct PeerCredentials {
+    /// The peer's effective user id.
+    pub uid: u32,
+    /// The peer's effective group id.
+    pub gid: u32,
+    /// The peer's process id, where the platform reports it.
+    pub pid: Option<i32>,
+}
+
+impl PeerCredentials {
+    /// Credentials of user `uid`, group `gid`, process `pid`.
+    pub fn new(uid: u32, gid: u32, pid: Option<i32>) -> Self {
+        PeerCredentials { uid, gid, pid }
+    }
 }
 
 impl Accepted {
@@ -140,7 +165,14 @@ impl Accepted {
             remote_addr,
             peer_identity: None,
             ticket: None,
+            peer_credentials: None,
         }
+    }
+
+    /// Sets [`peer_credentials`](Self::peer_credentials).
+    pub fn with_peer_credentials(mut self, credentials: PeerCredentials) -> Self {
+        self.peer_credentials = Some(credentials);
+        self
     }
 }
 
@@ -149,6 +181,7 @@ impl fmt::Debug for Accepted {
         f.debug_struct("Accepted")
             .field("remote_addr", &self.remote_addr)
             .field("peer_identity", &self.peer_identity)
+            .field("peer_credentials", &self.peer_credentials)
             .finish_non_exhaustive()
     }
 }
@@ -178,8 +211,17 @@ pub trait Listener: Send + Sync + 'static {
 /// Checked by `testkit::interface_conformance` with feature `testkit`.
 #[async_trait]
 pub trait Interface: Send + Sync + 'static {
-    /// The protocol of the endpoints this interface binds and dials.
+    /// The protocol (endpoint scheme) this interface's listeners advertise
+    /// and its streams report in [`StreamContext::protocol`](crate::StreamContext::protocol).
     fn protocol(&self) -> Protocol;
+
+    /// Whether this interface can dial endpoints of `protocol`. The node
+    /// offers [`connect`](Self::connect) only endpoints it speaks and skips
+    /// the others of a record (a peer may advertise transports this node
+    /// lacks). Default: `protocol` is [`self.protocol()`](Self::protocol).
+    fn speaks(&self, protocol: &Protocol) -> bool {
+        *protocol == self.protocol()
+    }
 
     /// Starts listening.
     async fn bind(&self, ctx: &BindContext) -> Result<Box<dyn Listener>>;
@@ -221,6 +263,9 @@ macro_rules! forward_interface {
         impl<T: Interface + ?Sized> Interface for $ptr<T> {
             fn protocol(&self) -> Protocol {
                 (**self).protocol()
+            }
+            fn speaks(&self, protocol: &Protocol) -> bool {
+                (**self).speaks(protocol)
             }
             async fn bind(&self, ctx: &BindContext) -> Result<Box<dyn Listener>> {
                 (**self).bind(ctx).await

@@ -35,7 +35,9 @@ pub use error::{BoxError, ConnectStep, Error, RefuseCode, Result, is_stale_io};
 #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
 pub use identity::tls;
 pub use identity::{Identity, fingerprint_of_cert};
-pub use interface::{Accepted, BindContext, ConnectContext, DynInterface, Interface, Listener};
+pub use interface::{
+    Accepted, BindContext, ConnectContext, DynInterface, Interface, Listener, PeerCredentials,
+};
 pub use io::{BoxIo, Io};
 pub use memory::MemoryRegistry;
 pub use name::{Namespace, PeerName, validate_service};

@@ -166,8 +166,10 @@ pub struct PeerRecord {
     pub name: PeerName,
     /// This run of the node.
     pub instance: InstanceId,
-    /// Where it accepts streams, in order of preference.
-    #[serde(default)]
+    /// Where it accepts streams, in order of preference. Every endpoint is
+    /// kept, whatever its scheme; an entry that is not an endpoint at all is
+    /// skipped when the record is read (with a warning), not the record.
+    #[serde(default, deserialize_with = "crate::endpoint::lenient_endpoints")]
     pub endpoints: Vec<Endpoint>,
     /// Fingerprint of its certificate, if it has an identity.
     #[serde(default)]

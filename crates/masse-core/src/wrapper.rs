@@ -7,6 +7,7 @@ use async_trait::async_trait;
 
 use crate::endpoint::Protocol;
 use crate::error::Result;
+use crate::interface::PeerCredentials;
 use crate::io::BoxIo;
 use crate::name::{Namespace, PeerName};
 use crate::record::InstanceId;
@@ -38,6 +39,11 @@ pub struct StreamContext {
     pub protocol: Protocol,
     /// The service requested by the dialer, if any.
     pub service: Option<String>,
+    /// On an inbound stream over a transport that knows it (`unix`): the
+    /// user and process at the other end, as the operating system vouches
+    /// for them. A wrapper can refuse a stream on it (the dialer then gets
+    /// a `WrapperFailed` refusal).
+    pub peer_credentials: Option<PeerCredentials>,
 }
 
 impl StreamContext {
@@ -59,7 +65,14 @@ impl StreamContext {
             direction,
             protocol,
             service,
+            peer_credentials: None,
         }
+    }
+
+    /// Sets [`peer_credentials`](Self::peer_credentials).
+    pub fn with_peer_credentials(mut self, credentials: Option<PeerCredentials>) -> Self {
+        self.peer_credentials = credentials;
+        self
     }
 }
 

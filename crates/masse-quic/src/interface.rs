@@ -78,7 +78,7 @@ use crate::listener::{QuicListener, Sink, accept_loop};
 ///     .idle_timeout(Duration::from_secs(20))
 ///     .keep_alive_interval(Some(Duration::from_secs(5)))
 ///     .max_concurrent_streams(256);
-/// assert_eq!(quic.protocol(), Protocol::Quic);
+/// assert_eq!(quic.protocol(), Protocol::QUIC);
 /// # Ok::<(), masse_core::Error>(())
 /// ```
 #[derive(Clone)]
@@ -238,7 +238,7 @@ impl QuicInterface {
         from_ctx: Option<&'a Arc<Identity>>,
         role: &str,
     ) -> Result<&'a Arc<Identity>> {
-        masse_core::tls::pick_identity(from_ctx, self.identity.as_ref(), Protocol::Quic, role)
+        masse_core::tls::pick_identity(from_ctx, self.identity.as_ref(), Protocol::QUIC, role)
     }
 
     /// The transport settings of connections we accept.
@@ -413,7 +413,7 @@ impl fmt::Debug for QuicInterface {
 #[async_trait]
 impl Interface for QuicInterface {
     fn protocol(&self) -> Protocol {
-        Protocol::Quic
+        Protocol::QUIC
     }
 
     async fn bind(&self, ctx: &BindContext) -> Result<Box<dyn Listener>> {
@@ -490,15 +490,18 @@ impl Interface for QuicInterface {
         peer: &PeerRecord,
         ctx: &ConnectContext,
     ) -> Result<BoxIo> {
-        if endpoint.protocol != Protocol::Quic {
-            return Err(Error::Unsupported(format!(
-                "the quic interface cannot dial {endpoint}"
-            )));
-        }
+        let addr = match endpoint.socket_addr() {
+            Some(addr) if *endpoint.protocol() == Protocol::QUIC => addr,
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "the quic interface cannot dial {endpoint}"
+                )));
+            }
+        };
         let expected = masse_core::tls::pinned_fingerprint(peer, endpoint)?;
         let identity = self.pick_identity(ctx.identity.as_ref(), "dial")?;
         let key = PoolKey {
-            addr: endpoint.addr,
+            addr,
             peer: expected,
             own: identity.fingerprint(),
         };

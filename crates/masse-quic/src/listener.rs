@@ -230,7 +230,7 @@ impl Drop for QuicListener {
 impl Listener for QuicListener {
     fn endpoints(&self) -> Vec<Endpoint> {
         masse_core::addr::advertised_endpoints(
-            Protocol::Quic,
+            Protocol::QUIC,
             self.local,
             &self.advertise,
             self.include_loopback,

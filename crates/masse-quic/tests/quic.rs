@@ -64,8 +64,8 @@ struct Server {
 async fn server(quic: QuicInterface) -> Server {
     let id = identity("server");
     let listener = quic.bind(&bind_ctx(&id)).await.unwrap();
-    let ep = listener.endpoints()[0];
-    assert_eq!(ep.protocol, Protocol::Quic);
+    let ep = listener.endpoints()[0].clone();
+    assert_eq!(*ep.protocol(), Protocol::QUIC);
     Server {
         quic,
         listener,
@@ -80,7 +80,7 @@ async fn accepted_streams_report_the_dialer_and_share_one_connection() {
     let mut s = server(QuicInterface::new("127.0.0.1:0")).await;
     let client_id = identity("client");
     let client = QuicInterface::new("127.0.0.1:0");
-    let rec = record(s.ep, Some(s.id.fingerprint()));
+    let rec = record(&s.ep, Some(s.id.fingerprint()));
     let mut remotes = Vec::new();
     for _ in 0..5 {
         let mut dialed = client
@@ -113,26 +113,26 @@ async fn a_node_dials_from_its_listening_socket() {
         .quic
         .connect(
             &b.ep,
-            &record(b.ep, Some(b.id.fingerprint())),
+            &record(&b.ep, Some(b.id.fingerprint())),
             &connect_ctx(&a.id),
         )
         .await
         .unwrap();
     let accepted = open_and_echo(&mut dialed, &mut b.listener).await;
-    assert_eq!(accepted.remote_addr, Some(a.ep.addr));
+    assert_eq!(accepted.remote_addr, Some(a.ep.socket_addr().unwrap()));
     assert_eq!(accepted.peer_identity, Some(a.id.fingerprint()));
     // And the other way round.
     let mut dialed = b
         .quic
         .connect(
             &a.ep,
-            &record(a.ep, Some(a.id.fingerprint())),
+            &record(&a.ep, Some(a.id.fingerprint())),
             &connect_ctx(&b.id),
         )
         .await
         .unwrap();
     let accepted = open_and_echo(&mut dialed, &mut a.listener).await;
-    assert_eq!(accepted.remote_addr, Some(b.ep.addr));
+    assert_eq!(accepted.remote_addr, Some(b.ep.socket_addr().unwrap()));
 }
 
 #[tokio::test]
@@ -142,7 +142,7 @@ async fn wrong_fingerprint_is_unauthorized_and_the_listener_keeps_working() {
     let (client_id, impostor) = (identity("client"), identity("impostor"));
     let client = QuicInterface::new("127.0.0.1:0");
     for _ in 0..3 {
-        let wrong = record(s.ep, Some(impostor.fingerprint()));
+        let wrong = record(&s.ep, Some(impostor.fingerprint()));
         match client
             .connect(&s.ep, &wrong, &connect_ctx(&client_id))
             .await
@@ -159,7 +159,7 @@ async fn wrong_fingerprint_is_unauthorized_and_the_listener_keeps_working() {
         }
     }
     assert_eq!(client.pooled_connections(), 0);
-    let right = record(s.ep, Some(s.id.fingerprint()));
+    let right = record(&s.ep, Some(s.id.fingerprint()));
     let mut dialed = client
         .connect(&s.ep, &right, &connect_ctx(&client_id))
         .await
@@ -173,7 +173,7 @@ async fn record_without_identity_cannot_be_dialed() {
     let s = server(QuicInterface::new("127.0.0.1:0")).await;
     let id = identity("client");
     match QuicInterface::new("127.0.0.1:0")
-        .connect(&s.ep, &record(s.ep, None), &connect_ctx(&id))
+        .connect(&s.ep, &record(&s.ep, None), &connect_ctx(&id))
         .await
     {
         Err(Error::Unauthorized { reason }) => assert!(reason.contains("no identity"), "{reason}"),
@@ -197,7 +197,7 @@ async fn missing_own_identity_is_a_config_error() {
         "d".parse().unwrap(),
         InstanceId::random(),
     );
-    let rec = record(s.ep, Some(s.id.fingerprint()));
+    let rec = record(&s.ep, Some(s.id.fingerprint()));
     match bare.connect(&s.ep, &rec, &ctx).await {
         Err(Error::Config(msg)) => assert!(msg.contains("identity"), "{msg}"),
         Err(other) => panic!("expected Config, got {other:?}"),
@@ -227,7 +227,7 @@ async fn client_without_certificate_is_refused() {
     let connecting = endpoint
         .connect_with(
             quinn::ClientConfig::new(Arc::new(crypto)),
-            s.ep.addr,
+            s.ep.socket_addr().unwrap(),
             "masse",
         )
         .unwrap();
@@ -259,7 +259,7 @@ async fn client_without_certificate_is_refused() {
     let mut dialed = QuicInterface::new("127.0.0.1:0")
         .connect(
             &s.ep,
-            &record(s.ep, Some(s.id.fingerprint())),
+            &record(&s.ep, Some(s.id.fingerprint())),
             &connect_ctx(&client_id),
         )
         .await
@@ -279,13 +279,15 @@ async fn garbage_datagrams_do_not_stall_the_listener() {
             // Looks like a QUIC v1 long header.
             junk[1..5].copy_from_slice(&1u32.to_be_bytes());
         }
-        udp.send_to(&junk, s.ep.addr).await.unwrap();
+        udp.send_to(&junk, s.ep.socket_addr().unwrap())
+            .await
+            .unwrap();
     }
     let client_id = identity("client");
     let mut dialed = QuicInterface::new("127.0.0.1:0")
         .connect(
             &s.ep,
-            &record(s.ep, Some(s.id.fingerprint())),
+            &record(&s.ep, Some(s.id.fingerprint())),
             &connect_ctx(&client_id),
         )
         .await
@@ -299,7 +301,7 @@ async fn stream_limit_is_enforced_and_bounded_by_the_connect_timeout() {
     let mut s = server(QuicInterface::new("127.0.0.1:0").max_concurrent_streams(2)).await;
     let client_id = identity("client");
     let client = QuicInterface::new("127.0.0.1:0");
-    let rec = record(s.ep, Some(s.id.fingerprint()));
+    let rec = record(&s.ep, Some(s.id.fingerprint()));
     let mut open = Vec::new();
     for _ in 0..2 {
         let mut d = client
@@ -336,7 +338,7 @@ async fn without_a_listener_connections_are_refused_and_streams_reset() {
     let s = server(QuicInterface::new("127.0.0.1:0")).await;
     let client_id = identity("client");
     let client = QuicInterface::new("127.0.0.1:0");
-    let rec = record(s.ep, Some(s.id.fingerprint()));
+    let rec = record(&s.ep, Some(s.id.fingerprint()));
     let mut listener = s.listener;
     let mut d = client
         .connect(&s.ep, &rec, &connect_ctx(&client_id))
@@ -388,10 +390,10 @@ async fn a_second_listener_on_one_interface_is_refused() {
 async fn a_restarted_peer_is_redialed() {
     init_tracing();
     let s = server(QuicInterface::new("127.0.0.1:0")).await;
-    let (addr, server_id) = (s.ep.addr, s.id.clone());
+    let (addr, server_id) = (s.ep.socket_addr().unwrap(), s.id.clone());
     let client_id = identity("client");
     let client = QuicInterface::new("127.0.0.1:0");
-    let rec = record(s.ep, Some(server_id.fingerprint()));
+    let rec = record(&s.ep, Some(server_id.fingerprint()));
     let mut listener = s.listener;
     let mut d = client
         .connect(&s.ep, &rec, &connect_ctx(&client_id))
@@ -442,9 +444,9 @@ async fn a_restarted_peer_is_redialed() {
 async fn wrong_protocol_and_bad_addresses() {
     let id = identity("x");
     let q = QuicInterface::new("127.0.0.1:0");
-    let ep = Endpoint::new(Protocol::Tcp, "127.0.0.1:1".parse().unwrap());
+    let ep = Endpoint::new(Protocol::TCP, "127.0.0.1:1".parse().unwrap());
     assert!(matches!(
-        q.connect(&ep, &record(ep, Some(id.fingerprint())), &connect_ctx(&id))
+        q.connect(&ep, &record(&ep, Some(id.fingerprint())), &connect_ctx(&id))
             .await,
         Err(Error::Unsupported(_))
     ));
@@ -480,7 +482,7 @@ async fn dialing_works_with_an_unparsable_bind_address() {
     let mut d = bad
         .connect(
             &s.ep,
-            &record(s.ep, Some(s.id.fingerprint())),
+            &record(&s.ep, Some(s.id.fingerprint())),
             &connect_ctx(&client_id),
         )
         .await

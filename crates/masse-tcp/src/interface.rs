@@ -27,7 +27,7 @@ use crate::listener::{Advertised, TcpListener};
 /// use masse_tcp::TcpInterface;
 ///
 /// let tcp = TcpInterface::new("127.0.0.1:0").nodelay(true).backlog(2048);
-/// assert_eq!(tcp.protocol(), Protocol::Tcp);
+/// assert_eq!(tcp.protocol(), Protocol::TCP);
 /// ```
 #[derive(Debug, Clone)]
 pub struct TcpInterface {
@@ -184,11 +184,11 @@ impl From<SocketAddr> for TcpInterface {
 #[async_trait]
 impl Interface for TcpInterface {
     fn protocol(&self) -> Protocol {
-        Protocol::Tcp
+        Protocol::TCP
     }
 
     async fn bind(&self, ctx: &BindContext) -> Result<Box<dyn Listener>> {
-        let listener = self.bind_tcp(Protocol::Tcp)?;
+        let listener = self.bind_tcp(Protocol::TCP)?;
         tracing::info!(
             namespace = %ctx.namespace,
             name = %ctx.name,
@@ -205,12 +205,15 @@ impl Interface for TcpInterface {
         peer: &PeerRecord,
         ctx: &ConnectContext,
     ) -> Result<BoxIo> {
-        if endpoint.protocol != Protocol::Tcp {
-            return Err(Error::Unsupported(format!(
-                "the tcp interface cannot dial {endpoint}"
-            )));
-        }
-        let stream = self.dial(endpoint.addr, ctx.connect_timeout).await?;
+        let addr = match endpoint.socket_addr() {
+            Some(addr) if *endpoint.protocol() == Protocol::TCP => addr,
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "the tcp interface cannot dial {endpoint}"
+                )));
+            }
+        };
+        let stream = self.dial(addr, ctx.connect_timeout).await?;
         tracing::debug!(peer = %peer.name, %endpoint, local = ?stream.local_addr().ok(), "tcp connected");
         Ok(Box::new(stream))
     }

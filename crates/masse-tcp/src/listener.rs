@@ -29,7 +29,7 @@ impl Advertised {
     /// wildcard bind).
     pub(crate) fn endpoints(&self) -> Vec<Endpoint> {
         advertised_endpoints(
-            self.protocol,
+            self.protocol.clone(),
             self.local,
             &self.advertise,
             self.include_loopback,
@@ -78,7 +78,7 @@ impl TcpListener {
     /// retried after a backoff; an error means the listener is broken for good.
     pub(crate) async fn accept_tcp(&mut self) -> Result<(tokio::net::TcpStream, SocketAddr)> {
         let local = self.advertised.local;
-        let protocol = self.advertised.protocol;
+        let protocol = self.advertised.protocol.clone();
         if self.failed {
             return Err(Error::Closed("tcp listener"));
         }

@@ -66,7 +66,7 @@ use crate::listener::{Advertised, TcpListener};
 ///
 /// let identity = Arc::new(Identity::generate("billing-7")?);
 /// let tls = TlsInterface::new("127.0.0.1:0").identity(identity);
-/// assert_eq!(tls.protocol(), Protocol::Tls);
+/// assert_eq!(tls.protocol(), Protocol::TLS);
 /// # Ok::<(), masse_core::Error>(())
 /// ```
 #[derive(Clone)]
@@ -168,7 +168,7 @@ impl TlsInterface {
         from_ctx: Option<&'a Arc<Identity>>,
         role: &str,
     ) -> Result<&'a Arc<Identity>> {
-        masse_core::tls::pick_identity(from_ctx, self.identity.as_ref(), Protocol::Tls, role)
+        masse_core::tls::pick_identity(from_ctx, self.identity.as_ref(), Protocol::TLS, role)
     }
 }
 
@@ -199,13 +199,13 @@ impl fmt::Debug for TlsInterface {
 #[async_trait]
 impl Interface for TlsInterface {
     fn protocol(&self) -> Protocol {
-        Protocol::Tls
+        Protocol::TLS
     }
 
     async fn bind(&self, ctx: &BindContext) -> Result<Box<dyn Listener>> {
         let identity = self.pick_identity(ctx.identity.as_ref(), "accept")?;
         let acceptor = TlsAcceptor::from(Arc::new(server_config(identity)?));
-        let tcp = self.tcp.bind_tcp(Protocol::Tls)?;
+        let tcp = self.tcp.bind_tcp(Protocol::TLS)?;
         let advertised = tcp.advertised().clone();
         // Room for a few finished handshakes nobody has accepted yet; past
         // that, handshake tasks wait (holding their permits), so accepting
@@ -243,17 +243,20 @@ impl Interface for TlsInterface {
         peer: &PeerRecord,
         ctx: &ConnectContext,
     ) -> Result<BoxIo> {
-        if endpoint.protocol != Protocol::Tls {
-            return Err(Error::Unsupported(format!(
-                "the tls interface cannot dial {endpoint}"
-            )));
-        }
+        let addr = match endpoint.socket_addr() {
+            Some(addr) if *endpoint.protocol() == Protocol::TLS => addr,
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "the tls interface cannot dial {endpoint}"
+                )));
+            }
+        };
         let expected = masse_core::tls::pinned_fingerprint(peer, endpoint)?;
         let identity = self.pick_identity(ctx.identity.as_ref(), "dial")?;
         let config = self.configs.get(identity, expected)?;
         let limit = ctx.connect_timeout;
         let deadline = Instant::now() + limit;
-        let stream = self.tcp.dial(endpoint.addr, limit).await?;
+        let stream = self.tcp.dial(addr, limit).await?;
         let handshake = TlsConnector::from(config).connect(server_name(), stream);
         let tls = match tokio::time::timeout_at(deadline, handshake).await {
             Ok(Ok(tls)) => tls,

@@ -27,13 +27,13 @@ fn connect_ctx() -> ConnectContext {
     )
 }
 
-fn peer(ep: Endpoint) -> PeerRecord {
+fn peer(ep: &Endpoint) -> PeerRecord {
     PeerRecord::new(
         "test".parse().unwrap(),
         "acceptor".parse().unwrap(),
         InstanceId::random(),
     )
-    .with_endpoint(ep)
+    .with_endpoint(ep.clone())
 }
 
 /// Dials `ep`, sends a line, and expects the acceptor (`listener`) to see it
@@ -45,7 +45,7 @@ async fn round_trip(
 ) {
     let mut dialed = timeout(
         Duration::from_secs(10),
-        tcp.connect(&ep, &peer(ep), &connect_ctx()),
+        tcp.connect(&ep, &peer(&ep), &connect_ctx()),
     )
     .await
     .expect("connect hung")
@@ -68,10 +68,10 @@ async fn loopback_bind_advertises_exactly_that_address() {
     let mut listener = tcp.bind(&bind_ctx()).await.unwrap();
     let eps = listener.endpoints();
     assert_eq!(eps.len(), 1, "{eps:?}");
-    assert_eq!(eps[0].protocol, Protocol::Tcp);
-    assert_eq!(eps[0].addr.ip().to_string(), "127.0.0.1");
-    assert_ne!(eps[0].addr.port(), 0);
-    round_trip(&tcp, &mut listener, eps[0]).await;
+    assert_eq!(*eps[0].protocol(), Protocol::TCP);
+    assert_eq!(eps[0].socket_addr().unwrap().ip().to_string(), "127.0.0.1");
+    assert_ne!(eps[0].socket_addr().unwrap().port(), 0);
+    round_trip(&tcp, &mut listener, eps[0].clone()).await;
 }
 
 #[tokio::test]
@@ -80,14 +80,17 @@ async fn wildcard_bind_advertises_reachable_host_addresses() {
     let mut listener = tcp.bind(&bind_ctx()).await.unwrap();
     let eps = listener.endpoints();
     assert!(!eps.is_empty());
-    let port = eps[0].addr.port();
+    let port = eps[0].socket_addr().unwrap().port();
     assert_ne!(port, 0);
     for ep in &eps {
-        assert!(ep.addr.is_ipv4(), "{ep}");
-        assert!(!ep.addr.ip().is_unspecified(), "{ep}");
-        assert_eq!(ep.addr.port(), port, "{ep}");
+        assert!(ep.socket_addr().unwrap().is_ipv4(), "{ep}");
+        assert!(!ep.socket_addr().unwrap().ip().is_unspecified(), "{ep}");
+        assert_eq!(ep.socket_addr().unwrap().port(), port, "{ep}");
     }
-    let non_loopback = eps.iter().filter(|e| !e.addr.ip().is_loopback()).count();
+    let non_loopback = eps
+        .iter()
+        .filter(|e| !e.socket_addr().unwrap().ip().is_loopback())
+        .count();
     assert!(
         non_loopback == eps.len() || eps.len() == 1,
         "loopback is advertised only when nothing else is: {eps:?}"
@@ -104,7 +107,7 @@ async fn wildcard_with_include_loopback_lists_loopback_last() {
     let listener = tcp.bind(&bind_ctx()).await.unwrap();
     let eps = listener.endpoints();
     let last = eps.last().expect("endpoints");
-    assert!(last.addr.ip().is_loopback(), "{eps:?}");
+    assert!(last.socket_addr().unwrap().ip().is_loopback(), "{eps:?}");
 }
 
 #[tokio::test]
@@ -117,16 +120,16 @@ async fn advertise_overrides_and_fills_the_port() {
     let listener = tcp.bind(&bind_ctx()).await.unwrap();
     let eps = listener.endpoints();
     assert_eq!(eps.len(), 2, "{eps:?}");
-    assert_eq!(eps[0].addr.ip(), public.ip());
-    assert_ne!(eps[0].addr.port(), 0);
-    assert_eq!(eps[1], Endpoint::new(Protocol::Tcp, fixed));
+    assert_eq!(eps[0].socket_addr().unwrap().ip(), public.ip());
+    assert_ne!(eps[0].socket_addr().unwrap().port(), 0);
+    assert_eq!(eps[1], Endpoint::new(Protocol::TCP, fixed));
 }
 
 #[tokio::test]
 async fn bind_in_use_is_an_io_error() {
     let tcp = TcpInterface::new("127.0.0.1:0");
     let listener = tcp.bind(&bind_ctx()).await.unwrap();
-    let taken = listener.endpoints()[0].addr;
+    let taken = listener.endpoints()[0].socket_addr().unwrap();
     let again = TcpInterface::from_addr(taken);
     match again.bind(&bind_ctx()).await {
         Err(Error::Io(e)) => {
@@ -159,9 +162,9 @@ async fn invalid_address_is_reported_by_bind() {
 async fn refused_connect_is_a_transient_io_error() {
     let tcp = TcpInterface::new("127.0.0.1:0");
     let listener = tcp.bind(&bind_ctx()).await.unwrap();
-    let ep = listener.endpoints()[0];
+    let ep = listener.endpoints()[0].clone();
     drop(listener);
-    let err = match tcp.connect(&ep, &peer(ep), &connect_ctx()).await {
+    let err = match tcp.connect(&ep, &peer(&ep), &connect_ctx()).await {
         Err(e) => e,
         Ok(_) => panic!("connected to a closed port"),
     };
@@ -175,7 +178,7 @@ async fn other_protocols_are_unsupported() {
     let tcp = TcpInterface::new("127.0.0.1:0");
     let ep: Endpoint = "quic://127.0.0.1:4433".parse().unwrap();
     assert!(matches!(
-        tcp.connect(&ep, &peer(ep), &connect_ctx()).await,
+        tcp.connect(&ep, &peer(&ep), &connect_ctx()).await,
         Err(Error::Unsupported(_))
     ));
 }
@@ -188,14 +191,14 @@ async fn connect_timeout_is_honoured() {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let stuck = socket.listen(1).unwrap();
-    let ep = Endpoint::new(Protocol::Tcp, stuck.local_addr().unwrap());
+    let ep = Endpoint::new(Protocol::TCP, stuck.local_addr().unwrap());
     let tcp = TcpInterface::new("127.0.0.1:0");
     let limit = Duration::from_millis(300);
     let ctx = connect_ctx().with_connect_timeout(limit);
     let mut held = Vec::new();
     for _ in 0..16 {
         let started = std::time::Instant::now();
-        match timeout(Duration::from_secs(5), tcp.connect(&ep, &peer(ep), &ctx))
+        match timeout(Duration::from_secs(5), tcp.connect(&ep, &peer(&ep), &ctx))
             .await
             .expect("connect ignored its timeout")
         {

@@ -91,12 +91,12 @@ async fn accepted_stream_reports_the_dialer_fingerprint() {
     let (server_id, client_id) = (identity("server"), identity("client"));
     let tls = TlsInterface::new("127.0.0.1:0");
     let mut listener = tls.bind(&bind_ctx(&server_id)).await.unwrap();
-    let ep = listener.endpoints()[0];
-    assert_eq!(ep.protocol, Protocol::Tls);
+    let ep = listener.endpoints()[0].clone();
+    assert_eq!(*ep.protocol(), Protocol::TLS);
     let mut dialed = tls
         .connect(
             &ep,
-            &record(ep, Some(server_id.fingerprint())),
+            &record(&ep, Some(server_id.fingerprint())),
             &connect_ctx(&client_id),
         )
         .await
@@ -110,7 +110,7 @@ async fn accepted_stream_reports_the_dialer_fingerprint() {
     let mut dialed = tls
         .connect(
             &ep,
-            &record(ep, Some(server_id.fingerprint())),
+            &record(&ep, Some(server_id.fingerprint())),
             &connect_ctx(&client_id),
         )
         .await
@@ -127,10 +127,10 @@ async fn wrong_fingerprint_is_unauthorized_and_the_listener_keeps_working() {
         (identity("server"), identity("client"), identity("impostor"));
     let tls = TlsInterface::new("127.0.0.1:0");
     let mut listener = tls.bind(&bind_ctx(&server_id)).await.unwrap();
-    let ep = listener.endpoints()[0];
+    let ep = listener.endpoints()[0].clone();
 
     for _ in 0..3 {
-        let wrong = record(ep, Some(impostor.fingerprint()));
+        let wrong = record(&ep, Some(impostor.fingerprint()));
         match tls.connect(&ep, &wrong, &connect_ctx(&client_id)).await {
             Err(Error::Unauthorized { reason }) => {
                 assert!(
@@ -148,7 +148,7 @@ async fn wrong_fingerprint_is_unauthorized_and_the_listener_keeps_working() {
     }
 
     // Nothing was accepted, and a correct dial still works.
-    let right = record(ep, Some(server_id.fingerprint()));
+    let right = record(&ep, Some(server_id.fingerprint()));
     let mut dialed = tls
         .connect(&ep, &right, &connect_ctx(&client_id))
         .await
@@ -163,8 +163,11 @@ async fn record_without_identity_cannot_be_dialed() {
     let id = identity("any");
     let tls = TlsInterface::new("127.0.0.1:0");
     let listener = tls.bind(&bind_ctx(&id)).await.unwrap();
-    let ep = listener.endpoints()[0];
-    match tls.connect(&ep, &record(ep, None), &connect_ctx(&id)).await {
+    let ep = listener.endpoints()[0].clone();
+    match tls
+        .connect(&ep, &record(&ep, None), &connect_ctx(&id))
+        .await
+    {
         Err(Error::Unauthorized { reason }) => assert!(reason.contains("no identity"), "{reason}"),
         Err(other) => panic!("expected Unauthorized, got {other:?}"),
         Ok(_) => panic!("dialed a record without identity"),
@@ -176,7 +179,7 @@ async fn dialing_without_our_identity_is_a_config_error() {
     let id = identity("server");
     let tls = TlsInterface::new("127.0.0.1:0").identity(id.clone());
     let listener = tls.bind(&bind_ctx(&id)).await.unwrap();
-    let ep = listener.endpoints()[0];
+    let ep = listener.endpoints()[0].clone();
     let bare = TlsInterface::new("127.0.0.1:0");
     let ctx = ConnectContext::new(
         "test".parse().unwrap(),
@@ -184,7 +187,7 @@ async fn dialing_without_our_identity_is_a_config_error() {
         InstanceId::random(),
     );
     match bare
-        .connect(&ep, &record(ep, Some(id.fingerprint())), &ctx)
+        .connect(&ep, &record(&ep, Some(id.fingerprint())), &ctx)
         .await
     {
         Err(Error::Config(msg)) => assert!(msg.contains("identity"), "{msg}"),
@@ -193,7 +196,7 @@ async fn dialing_without_our_identity_is_a_config_error() {
     }
     // The interface's own identity stands in for a context without one.
     assert!(
-        tls.connect(&ep, &record(ep, Some(id.fingerprint())), &ctx)
+        tls.connect(&ep, &record(&ep, Some(id.fingerprint())), &ctx)
             .await
             .is_ok()
     );
@@ -203,9 +206,9 @@ async fn dialing_without_our_identity_is_a_config_error() {
 async fn wrong_protocol_is_unsupported() {
     let id = identity("x");
     let tls = TlsInterface::new("127.0.0.1:0");
-    let ep = Endpoint::new(Protocol::Tcp, "127.0.0.1:1".parse().unwrap());
+    let ep = Endpoint::new(Protocol::TCP, "127.0.0.1:1".parse().unwrap());
     assert!(matches!(
-        tls.connect(&ep, &record(ep, Some(id.fingerprint())), &connect_ctx(&id))
+        tls.connect(&ep, &record(&ep, Some(id.fingerprint())), &connect_ctx(&id))
             .await,
         Err(Error::Unsupported(_))
     ));
@@ -255,9 +258,9 @@ async fn client_without_certificate_is_refused() {
     let (server_id, client_id) = (identity("server"), identity("client"));
     let tls = TlsInterface::new("127.0.0.1:0");
     let mut listener = tls.bind(&bind_ctx(&server_id)).await.unwrap();
-    let ep = listener.endpoints()[0];
+    let ep = listener.endpoints()[0].clone();
 
-    let tcp = TcpStream::connect(ep.addr).await.unwrap();
+    let tcp = TcpStream::connect(ep.socket_addr().unwrap()).await.unwrap();
     // In TLS 1.3 the client finishes its side first; the refusal comes as an
     // alert on the first read.
     let outcome = match raw_client(&server_id, None, false)
@@ -290,7 +293,7 @@ async fn client_without_certificate_is_refused() {
         "a client without a certificate was accepted"
     );
     // ... and a client with a certificate is accepted, reporting its fingerprint.
-    let tcp = TcpStream::connect(ep.addr).await.unwrap();
+    let tcp = TcpStream::connect(ep.socket_addr().unwrap()).await.unwrap();
     let mut s = raw_client(&server_id, Some(&client_id), false)
         .connect(server_name(), tcp)
         .await
@@ -310,8 +313,8 @@ async fn tls12_is_refused() {
     let (server_id, client_id) = (identity("server"), identity("client"));
     let tls = TlsInterface::new("127.0.0.1:0");
     let mut listener = tls.bind(&bind_ctx(&server_id)).await.unwrap();
-    let ep = listener.endpoints()[0];
-    let tcp = TcpStream::connect(ep.addr).await.unwrap();
+    let ep = listener.endpoints()[0].clone();
+    let tcp = TcpStream::connect(ep.socket_addr().unwrap()).await.unwrap();
     let result = raw_client(&server_id, Some(&client_id), true)
         .connect(server_name(), tcp)
         .await;
@@ -329,14 +332,14 @@ async fn silent_clients_do_not_stall_accept_and_time_out() {
     let (server_id, client_id) = (identity("server"), identity("client"));
     let tls = TlsInterface::new("127.0.0.1:0").handshake_timeout(Duration::from_millis(300));
     let mut listener = tls.bind(&bind_ctx(&server_id)).await.unwrap();
-    let ep = listener.endpoints()[0];
+    let ep = listener.endpoints()[0].clone();
 
     // Connections that never send a ClientHello, and one that sends half of one.
     let mut silent = Vec::new();
     for _ in 0..20 {
-        silent.push(TcpStream::connect(ep.addr).await.unwrap());
+        silent.push(TcpStream::connect(ep.socket_addr().unwrap()).await.unwrap());
     }
-    let mut partial = TcpStream::connect(ep.addr).await.unwrap();
+    let mut partial = TcpStream::connect(ep.socket_addr().unwrap()).await.unwrap();
     partial
         .write_all(b"\x16\x03\x01\x02\x00\x01")
         .await
@@ -347,7 +350,7 @@ async fn silent_clients_do_not_stall_accept_and_time_out() {
     let mut dialed = tls
         .connect(
             &ep,
-            &record(ep, Some(server_id.fingerprint())),
+            &record(&ep, Some(server_id.fingerprint())),
             &connect_ctx(&client_id),
         )
         .await
@@ -376,7 +379,7 @@ async fn limited_handshakes_still_serve_everyone() {
     let (server_id, client_id) = (identity("server"), identity("client"));
     let tls = TlsInterface::new("127.0.0.1:0").max_concurrent_handshakes(2);
     let listener = tls.bind(&bind_ctx(&server_id)).await.unwrap();
-    let ep = listener.endpoints()[0];
+    let ep = listener.endpoints()[0].clone();
     let server = tokio::spawn(async move {
         let mut listener = listener;
         for _ in 0..20 {
@@ -391,8 +394,8 @@ async fn limited_handshakes_still_serve_everyone() {
     });
     let mut dials = tokio::task::JoinSet::new();
     for _ in 0..20 {
-        let (tls, client_id) = (tls.clone(), client_id.clone());
-        let rec = record(ep, Some(server_id.fingerprint()));
+        let (tls, client_id, ep) = (tls.clone(), client_id.clone(), ep.clone());
+        let rec = record(&ep, Some(server_id.fingerprint()));
         dials.spawn(async move {
             let mut s = tls
                 .connect(&ep, &rec, &connect_ctx(&client_id))
@@ -416,9 +419,9 @@ async fn dropped_listener_refuses() {
     let id = identity("x");
     let tls = TlsInterface::new("127.0.0.1:0");
     let listener = tls.bind(&bind_ctx(&id)).await.unwrap();
-    let ep = listener.endpoints()[0];
+    let ep = listener.endpoints()[0].clone();
     drop(listener);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let addr: SocketAddr = ep.addr;
+    let addr: SocketAddr = ep.socket_addr().unwrap();
     assert!(TcpStream::connect(addr).await.is_err());
 }

@@ -35,12 +35,11 @@ pub(crate) async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(mut acc) => {
-                    // Continues the listener's own handshake's ticket, if any.
                     // The listener's own handshake's ticket, if it ran one.
                     let ticket = acc.ticket.take().unwrap_or_else(|| core.handshake_budget.admit());
                     let core = core.clone();
                     let span = tracing::debug_span!("stream", direction = "inbound", remote = ?acc.remote_addr);
-                    let mut handshake = Box::pin(inbound(core, acc, protocol, ticket).instrument(span.clone()));
+                    let mut handshake = Box::pin(inbound(core, acc, protocol.clone(), ticket).instrument(span.clone()));
                     // The Hello is usually here already: run the handshake
                     // right away, and give it a task only if it must wait.
                     // A `serve` handler always runs on a task of its own,
@@ -142,6 +141,7 @@ async fn handshake_inbound(
     ticket: &crate::Ticket,
 ) -> Result<Option<(Handler, PeerStream)>> {
     let mut io = acc.io;
+    let credentials = acc.peer_credentials;
     let mut frames = FrameBuf::default();
     // A nonce only matters to the namespace secret's proofs.
     let nonce = match &core.config.secret {
@@ -176,9 +176,10 @@ async fn handshake_inbound(
                     hello.from.clone(),
                     hello.from_instance,
                     Direction::Inbound,
-                    protocol,
+                    protocol.clone(),
                     hello.service.clone(),
-                );
+                )
+                .with_peer_credentials(credentials);
                 let wrapped = match wrap_all(core, Box::new(gate), &ctx).await {
                     Ok(io) => io,
                     Err(e) => {
@@ -208,6 +209,7 @@ async fn handshake_inbound(
                     direction: Direction::Inbound,
                     service: hello.service,
                     protocol,
+                    peer_credentials: credentials,
                 };
                 let stream = PeerStream::new(core.clone(), wrapped, info);
                 return Ok(match destination {

@@ -14,6 +14,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use super::core::{Core, NodeConfig, Route};
 use super::{Node, accept, lifecycle};
 use crate::caching::{CachingConfig, CachingRegistry};
+use crate::endpoint::Protocol;
 use crate::error::{Error, Result};
 use crate::handshake::{Local, Secret};
 use crate::identity::Identity;
@@ -177,10 +178,29 @@ impl NodeBuilder {
         self
     }
 
-    /// Publishes `addr` instead of the bound addresses (repeatable). A port of
-    /// 0 keeps each listener's bound port.
+    /// Publishes `addr` instead of the bound addresses of the `tcp`, `tls`
+    /// and `quic` listeners (repeatable). A port of 0 keeps each listener's
+    /// bound port. Other interfaces' endpoints (`unix://`, a third-party
+    /// scheme) are published as their interface reports them; see
+    /// [`advertise_for`](Self::advertise_for).
     pub fn advertise(mut self, addr: SocketAddr) -> Self {
-        self.config.advertise.push(addr);
+        self.config
+            .advertise
+            .push(super::core::Advertise { scheme: None, addr });
+        self
+    }
+
+    /// Publishes `addr` instead of the bound addresses of the listeners of
+    /// `protocol` only (repeatable; port 0 keeps the bound port). For a
+    /// third-party transport at socket addresses, or to give one of the
+    /// workspace's transports addresses of its own: these replace the
+    /// general [`advertise`](Self::advertise) ones for that scheme. An
+    /// interface whose endpoints are not socket addresses is left alone.
+    pub fn advertise_for(mut self, protocol: Protocol, addr: SocketAddr) -> Self {
+        self.config.advertise.push(super::core::Advertise {
+            scheme: Some(protocol),
+            addr,
+        });
         self
     }
 

@@ -12,7 +12,7 @@ use super::event::NodeEvent;
 use super::stats::Counters;
 use super::stream::PeerStream;
 use crate::caching::CachingRegistry;
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, Protocol};
 use crate::handshake::{Local, Secret, Status};
 use crate::identity::Identity;
 use crate::interface::DynInterface;
@@ -34,7 +34,7 @@ pub(crate) struct NodeConfig {
     pub(crate) shutdown_grace: Duration,
     pub(crate) incoming_capacity: usize,
     pub(crate) max_pending_handshakes: usize,
-    pub(crate) advertise: Vec<SocketAddr>,
+    pub(crate) advertise: Vec<Advertise>,
     pub(crate) secret: Option<Secret>,
 }
 
@@ -243,29 +243,63 @@ impl Core {
     }
 }
 
+/// An address to publish instead of the bound ones (see
+/// [`NodeBuilder::advertise`](super::NodeBuilder::advertise)): for the
+/// workspace's IP transports (`scheme` `None`), or for one scheme.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Advertise {
+    pub(crate) scheme: Option<Protocol>,
+    pub(crate) addr: SocketAddr,
+}
+
 /// Replaces the IPs of bound endpoints with the advertised addresses. An
-/// advertised port of 0 keeps each listener's bound port.
+/// advertised port of 0 keeps each listener's bound port. A listener whose
+/// scheme has addresses of its own (`advertise_for`) takes those; one of
+/// `tcp`, `tls` or `quic` takes the general ones; any other, and any
+/// endpoint that is not at a socket address, is published as its
+/// interface reports it.
 pub(crate) fn apply_advertise(
     listeners: &[Vec<Endpoint>],
-    advertise: &[SocketAddr],
+    advertise: &[Advertise],
 ) -> Vec<Endpoint> {
-    let mut out = Vec::new();
-    for eps in listeners {
-        if advertise.is_empty() {
-            out.extend(eps.iter().copied());
-            continue;
+    let mut out: Vec<Endpoint> = Vec::new();
+    let mut push = |ep: Endpoint| {
+        if !out.contains(&ep) {
+            out.push(ep);
         }
+    };
+    for eps in listeners {
         let Some(first) = eps.first() else { continue };
-        for adv in advertise {
-            let port = if adv.port() == 0 {
-                first.addr.port()
-            } else {
-                adv.port()
-            };
-            let ep = Endpoint::new(first.protocol, SocketAddr::new(adv.ip(), port));
-            if !out.contains(&ep) {
-                out.push(ep);
+        let scheme = first.protocol();
+        let own: Vec<SocketAddr> = advertise
+            .iter()
+            .filter(|a| a.scheme.as_ref() == Some(scheme))
+            .map(|a| a.addr)
+            .collect();
+        let addrs = if !own.is_empty() {
+            own
+        } else if scheme.is_ip() {
+            advertise
+                .iter()
+                .filter(|a| a.scheme.is_none())
+                .map(|a| a.addr)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let bound_port = first.socket_addr().map(|a| a.port());
+        match bound_port {
+            Some(bound_port) if !addrs.is_empty() => {
+                for adv in addrs {
+                    let port = if adv.port() == 0 {
+                        bound_port
+                    } else {
+                        adv.port()
+                    };
+                    push(first.with_socket_addr(SocketAddr::new(adv.ip(), port)));
+                }
             }
+            _ => eps.iter().cloned().for_each(&mut push),
         }
     }
     out
@@ -274,34 +308,87 @@ pub(crate) fn apply_advertise(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::endpoint::Protocol;
+
+    fn all(addr: &str) -> Advertise {
+        Advertise {
+            scheme: None,
+            addr: addr.parse().unwrap(),
+        }
+    }
 
     #[test]
     fn advertise_replaces_ips_and_keeps_ports() {
         let tcp = vec![Endpoint::new(
-            Protocol::Tcp,
+            Protocol::TCP,
             "0.0.0.0:4100".parse().unwrap(),
         )];
         let quic = vec![Endpoint::new(
-            Protocol::Quic,
+            Protocol::QUIC,
             "0.0.0.0:4433".parse().unwrap(),
         )];
         let listeners = vec![tcp.clone(), quic];
         assert_eq!(
             apply_advertise(&listeners, &[]),
-            vec![tcp[0], listeners[1][0]]
+            vec![tcp[0].clone(), listeners[1][0].clone()]
         );
-        let adv = ["10.1.2.3:0".parse().unwrap()];
+        let adv = [all("10.1.2.3:0")];
         let got: Vec<String> = apply_advertise(&listeners, &adv)
             .iter()
             .map(|e| e.to_string())
             .collect();
         assert_eq!(got, ["tcp://10.1.2.3:4100", "quic://10.1.2.3:4433"]);
-        let adv = ["10.1.2.3:9000".parse().unwrap()];
+        let adv = [all("10.1.2.3:9000")];
         let got: Vec<String> = apply_advertise(&listeners[..1], &adv)
             .iter()
             .map(|e| e.to_string())
             .collect();
         assert_eq!(got, ["tcp://10.1.2.3:9000"]);
+    }
+
+    #[test]
+    fn advertise_leaves_other_transports_alone_unless_named() {
+        let unix = vec![Endpoint::unix("/run/app.sock").unwrap()];
+        let ws = vec!["ws://0.0.0.0:80".parse::<Endpoint>().unwrap()];
+        let tcp = vec!["tcp://0.0.0.0:4100".parse::<Endpoint>().unwrap()];
+        let listeners = vec![unix, ws, tcp];
+        let show = |adv: &[Advertise]| -> Vec<String> {
+            apply_advertise(&listeners, adv)
+                .iter()
+                .map(|e| e.to_string())
+                .collect()
+        };
+        assert_eq!(
+            show(&[all("10.1.2.3:0")]),
+            [
+                "unix:///run/app.sock",
+                "ws://0.0.0.0:80",
+                "tcp://10.1.2.3:4100"
+            ]
+        );
+        let ws_only = Advertise {
+            scheme: Some(Protocol::new("ws").unwrap()),
+            addr: "10.9.9.9:0".parse().unwrap(),
+        };
+        assert_eq!(
+            show(&[all("10.1.2.3:0"), ws_only.clone()]),
+            [
+                "unix:///run/app.sock",
+                "ws://10.9.9.9:80",
+                "tcp://10.1.2.3:4100"
+            ]
+        );
+        // An address for a scheme without socket addresses changes nothing.
+        let unix_adv = Advertise {
+            scheme: Some(Protocol::UNIX),
+            addr: "10.9.9.9:1".parse().unwrap(),
+        };
+        assert_eq!(
+            show(&[unix_adv]),
+            [
+                "unix:///run/app.sock",
+                "ws://0.0.0.0:80",
+                "tcp://0.0.0.0:4100"
+            ]
+        );
     }
 }

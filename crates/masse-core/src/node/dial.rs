@@ -66,7 +66,11 @@ impl EndpointMemory {
             failed.retain(|_, at| at.elapsed() < Self::TTL);
             if failed.len() >= Self::MAX {
                 // Still full of fresh failures: forget the oldest.
-                if let Some(oldest) = failed.iter().min_by_key(|(_, at)| **at).map(|(e, _)| *e) {
+                if let Some(oldest) = failed
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(e, _)| e.clone())
+                {
                     failed.remove(&oldest);
                 }
             }
@@ -192,17 +196,7 @@ impl Core {
     /// failure that is not about the address (see
     /// [`Error::is_stale_address`]) ends the race at once.
     async fn race(self: &Arc<Self>, record: &PeerRecord, service: Option<&str>) -> Result<Opened> {
-        let mut candidates: Vec<(DynInterface, Endpoint)> = self
-            .interfaces
-            .iter()
-            .flat_map(|iface| {
-                record
-                    .endpoints
-                    .iter()
-                    .filter(|e| e.protocol == iface.protocol())
-                    .map(|e| (iface.clone(), *e))
-            })
-            .collect();
+        let mut candidates = self.candidates(record);
         if candidates.is_empty() {
             return Err(self.no_common_protocol(record));
         }
@@ -210,7 +204,7 @@ impl Core {
             // Nothing to race.
             let (io, dialer, hello) = self.open_endpoint(iface, ep, record, service).await?;
             return Ok(Opened {
-                ep: *ep,
+                ep: ep.clone(),
                 io,
                 dialer,
                 hello,
@@ -233,7 +227,7 @@ impl Core {
             }
         };
         if let Some((iface, ep)) = queue.next() {
-            started.push(ep);
+            started.push(ep.clone());
             running.push(attempt(iface, ep));
         }
         loop {
@@ -246,17 +240,17 @@ impl Core {
                         self.endpoint_memory.succeeded(&ep);
                         // Those still connecting, started before it, were overtaken.
                         for slow in started.iter().take_while(|e| **e != ep) {
-                            self.endpoint_memory.failed(*slow);
+                            self.endpoint_memory.failed(slow.clone());
                         }
                         return Ok(Opened { ep, io, dialer, hello });
                     }
                     Err(e) if e.is_stale_address() => {
                         tracing::debug!(peer = %record.name, endpoint = %ep, error = %e, "endpoint failed; trying the next");
-                        self.endpoint_memory.failed(ep);
                         started.retain(|s| *s != ep);
+                        self.endpoint_memory.failed(ep);
                         match queue.next() {
                             Some((iface, ep)) => {
-                                started.push(ep);
+                                started.push(ep.clone());
                                 running.push(attempt(iface, ep));
                             }
                             // The last one standing failed: its error stands.
@@ -270,12 +264,36 @@ impl Core {
                     if let Some((iface, ep)) = queue.next() {
                         tracing::debug!(peer = %record.name, endpoint = %ep, "previous endpoint slow; racing the next");
                         self.counters.raced_endpoints.fetch_add(1, Ordering::Relaxed);
-                        started.push(ep);
+                        started.push(ep.clone());
                         running.push(attempt(iface, ep));
                     }
                 }
             }
         }
+    }
+
+    /// The record's endpoints this node can dial, each with the first of its
+    /// interfaces (in the order added) that speaks it, in interface order.
+    /// The others are skipped: a peer may offer transports this node lacks.
+    fn candidates(&self, record: &PeerRecord) -> Vec<(DynInterface, Endpoint)> {
+        let mut out: Vec<(DynInterface, Endpoint)> = Vec::with_capacity(record.endpoints.len());
+        for iface in &self.interfaces {
+            for ep in &record.endpoints {
+                if iface.speaks(ep.protocol()) && !out.iter().any(|(_, e)| e == ep) {
+                    out.push((iface.clone(), ep.clone()));
+                }
+            }
+        }
+        if out.len() < record.endpoints.len() {
+            for ep in record
+                .endpoints
+                .iter()
+                .filter(|e| !out.iter().any(|(_, o)| o == *e))
+            {
+                tracing::debug!(peer = %record.name, endpoint = %ep, "skipping an endpoint no interface of this node speaks");
+            }
+        }
+        out
     }
 
     fn no_common_protocol(&self, record: &PeerRecord) -> Error {
@@ -315,7 +333,7 @@ impl Core {
         let reached = Arc::new(Mutex::new(Reached {
             instance: record.instance,
             record: record.clone(),
-            endpoint: *ep,
+            endpoint: ep.clone(),
         }));
         let redial: Redial = {
             let core = self.clone();
@@ -338,7 +356,7 @@ impl Core {
             record.name.clone(),
             record.instance,
             Direction::Outbound,
-            ep.protocol,
+            ep.protocol().clone(),
             service.map(str::to_owned),
         );
         for w in &self.wrappers {
@@ -354,7 +372,8 @@ impl Core {
             established: Some(established),
             direction: Direction::Outbound,
             service: ctx.service,
-            protocol: ep.protocol,
+            protocol: ep.protocol().clone(),
+            peer_credentials: None,
         };
         Ok(PeerStream::new(self.clone(), io, info))
     }

@@ -33,6 +33,8 @@ pub(crate) struct StreamInfo {
     pub(crate) direction: Direction,
     pub(crate) service: Option<String>,
     pub(crate) protocol: Protocol,
+    /// For accepted streams on transports that tell: who is at the other end.
+    pub(crate) peer_credentials: Option<crate::PeerCredentials>,
 }
 
 /// A full-duplex byte stream to a named peer, after the masse handshake and
@@ -100,7 +102,7 @@ impl PeerStream {
             peer: info.peer.clone(),
             direction: info.direction,
             service: info.service.clone(),
-            protocol: info.protocol,
+            protocol: info.protocol.clone(),
         });
         tracing::debug!(peer = %info.peer, direction = ?info.direction, service = ?info.service, "stream opened");
         let (peer, direction, service) = (info.peer.clone(), info.direction, info.service.clone());
@@ -172,8 +174,15 @@ impl PeerStream {
     }
 
     /// The transport the stream runs on.
-    pub fn protocol(&self) -> Protocol {
-        self.info.protocol
+    pub fn protocol(&self) -> &Protocol {
+        &self.info.protocol
+    }
+
+    /// On an accepted stream over a transport that knows it (`unix`): the
+    /// user and process at the other end, as the operating system vouches
+    /// for them.
+    pub fn peer_credentials(&self) -> Option<crate::PeerCredentials> {
+        self.info.peer_credentials
     }
 
     /// Bytes read from the stream so far.

@@ -32,13 +32,13 @@ pub fn connect_ctx(id: &Arc<Identity>) -> ConnectContext {
 }
 
 /// The record of `acceptor` at `ep`, listing `fingerprint` if given.
-pub fn record(ep: Endpoint, fingerprint: Option<Fingerprint>) -> PeerRecord {
+pub fn record(ep: &Endpoint, fingerprint: Option<Fingerprint>) -> PeerRecord {
     let r = PeerRecord::new(
         test_ns(),
         "acceptor".parse().expect("valid name"),
         InstanceId::random(),
     )
-    .with_endpoint(ep);
+    .with_endpoint(ep.clone());
     match fingerprint {
         Some(f) => r.with_identity(f),
         None => r,

@@ -219,7 +219,7 @@ fn record(ns: &Namespace, name: &str, port: u16) -> PeerRecord {
         InstanceId::random(),
     )
     .with_endpoint(Endpoint::new(
-        crate::Protocol::Tcp,
+        crate::Protocol::TCP,
         ([127, 0, 0, 1], port).into(),
     ))
 }
@@ -291,7 +291,7 @@ pub async fn republish_updates(c: &RegistryConformance) {
     publish(&reg, &r1, c.long_ttl(), NamePolicy::Takeover, case).await;
     let mut r2 = r1.clone();
     r2.endpoints = vec![Endpoint::new(
-        crate::Protocol::Tcp,
+        crate::Protocol::TCP,
         ([127, 0, 0, 2], 2).into(),
     )];
     publish(&reg, &r2, c.long_ttl(), NamePolicy::Exclusive, case).await;

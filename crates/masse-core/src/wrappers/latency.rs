@@ -781,7 +781,7 @@ mod tests {
             "you".parse().unwrap(),
             crate::record::InstanceId::from_u128(1),
             crate::wrapper::Direction::Outbound,
-            crate::endpoint::Protocol::Tcp,
+            crate::endpoint::Protocol::TCP,
             None,
         );
         let (a, mut b) = duplex(1024);

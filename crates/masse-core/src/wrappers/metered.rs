@@ -305,7 +305,7 @@ mod tests {
             "you".parse().unwrap(),
             InstanceId::from_u128(1),
             Direction::Inbound,
-            Protocol::Tcp,
+            Protocol::TCP,
             Some("rpc".into()),
         )
     }
