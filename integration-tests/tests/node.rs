@@ -1051,3 +1051,73 @@ async fn streams_open_after_the_grace_are_closed_with_a_reason() {
         0
     );
 }
+
+/// A peer that also advertises transports this node lacks (a newer node,
+/// or one with a Unix socket) stays visible and reachable through the
+/// endpoint it shares; the others are kept in the record, not dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_mixing_unknown_and_known_schemes_is_reachable() {
+    let reg = MemoryRegistry::new();
+    let a = node("a", "t-mixed", &reg).start().await.unwrap();
+    let b = node("b", "t-mixed", &reg).start().await.unwrap();
+    echo_forever(&b).await;
+    let mut events = a.events();
+
+    // b's record, as a newer b would publish it: two endpoints a cannot
+    // dial first, its TCP one last.
+    let mut mixed = b.record();
+    let tcp = mixed.endpoints.clone();
+    mixed.endpoints = vec![
+        "vsock+masse://3:4100".parse().unwrap(),
+        "unix:///run/masse/t-mixed.b.sock".parse().unwrap(),
+    ];
+    mixed.endpoints.extend(tcp.iter().cloned());
+    reg.publish(&mixed, Duration::from_secs(10), NamePolicy::Takeover)
+        .await
+        .unwrap();
+    let seen = timeout(T, async {
+        loop {
+            match events.recv().await {
+                Some(NodeEvent::PeerUpdated(r)) if r.name.as_str() == "b" => return r,
+                Some(_) => {}
+                None => panic!("events ended"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen.endpoints, mixed.endpoints, "every endpoint is kept");
+
+    let listed = a.peers("b").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].endpoints, mixed.endpoints);
+
+    let mut s = timeout(T, a.connect("b")).await.unwrap().unwrap();
+    s.write_all(b"mixed").await.unwrap();
+    let mut back = [0u8; 5];
+    timeout(T, s.read_exact(&mut back)).await.unwrap().unwrap();
+    assert_eq!(&back, b"mixed");
+    assert_eq!(*s.protocol(), masse::Protocol::TCP);
+    assert_eq!(s.peer_instance(), b.instance());
+    drop(s);
+
+    // Nothing it speaks at all: a clear error, not a hang or a panic.
+    let mut alien = PeerRecord::new(
+        "t-mixed".parse().unwrap(),
+        "alien".parse().unwrap(),
+        InstanceId::random(),
+    );
+    alien.endpoints = vec!["vsock+masse://3:1".parse().unwrap()];
+    reg.publish(&alien, Duration::from_secs(10), NamePolicy::Takeover)
+        .await
+        .unwrap();
+    match timeout(T, a.connect("alien")).await.unwrap() {
+        Err(e) => assert!(
+            matches!(e.root(), Error::Unsupported(m) if m.contains("vsock+masse://3:1")),
+            "{e:?}"
+        ),
+        Ok(_) => panic!("dialed an endpoint no interface speaks"),
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

@@ -293,6 +293,37 @@ mod tests {
         assert_eq!(back.name, r.name);
     }
 
+    /// A record as the previous release wrote it (only tcp/tls/quic), and
+    /// one from a newer node with a transport this build does not know.
+    #[test]
+    fn records_of_other_releases_keep_their_endpoints() {
+        let old = br#"{"version":1,"namespace":"prod","name":"billing-7","instance":"000000000000000000000000000000ab","endpoints":["tcp://10.0.0.7:4100","quic://[::1]:4433"],"identity":null,"services":["rpc"],"metadata":{"zone":"b"},"started_at":1764078000000}"#;
+        let r = PeerRecord::from_json(old).unwrap();
+        let eps: Vec<String> = r.endpoints.iter().map(ToString::to_string).collect();
+        assert_eq!(eps, ["tcp://10.0.0.7:4100", "quic://[::1]:4433"]);
+        assert_eq!(r.endpoints[0].protocol(), &crate::Protocol::TCP);
+        // Written back byte for byte the same way.
+        assert!(
+            r.to_json()
+                .contains(r#""endpoints":["tcp://10.0.0.7:4100","quic://[::1]:4433"]"#)
+        );
+
+        let newer = br#"{"version":2,"namespace":"prod","name":"billing-7","instance":"000000000000000000000000000000ab","endpoints":["vsock+masse://3:4100","unix:///run/b.sock","not an endpoint","tcp://10.0.0.7:4100"]}"#;
+        let r = PeerRecord::from_json(newer).unwrap();
+        let eps: Vec<String> = r.endpoints.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            eps,
+            [
+                "vsock+masse://3:4100",
+                "unix:///run/b.sock",
+                "tcp://10.0.0.7:4100"
+            ]
+        );
+        // And kept when written again (a cache or a relay re-serialises it).
+        let again = PeerRecord::from_json(r.to_json().as_bytes()).unwrap();
+        assert_eq!(again.endpoints, r.endpoints);
+    }
+
     #[test]
     fn garbage_is_an_error() {
         for bad in [&b"not json"[..], b"{}", b"{\"namespace\":\"a b\",\"name\":\"x\",\"instance\":\"00000000000000000000000000000001\"}", b"\xff\xfe"] {
