@@ -1,6 +1,8 @@
-//! Shared helpers for the masse examples, and `tenant`, a registry written
-//! against masse's public traits the way a third-party crate would.
+//! Shared helpers for the masse examples, and backends written against
+//! masse's public traits the way a third-party crate would: `tenant` (a
+//! registry) and `pipe` (a transport with a scheme of its own).
 
+pub mod pipe;
 pub mod tenant;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `warn`).
