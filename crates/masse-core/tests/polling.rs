@@ -603,3 +603,31 @@ async fn an_emptied_namespace_is_settled_after_the_grace() {
         vec![b]
     );
 }
+
+/// The conformance suite accepts a registry declared without watch, and
+/// runs its polling case against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_without_watch_passes_the_conformance_suite() {
+    let shared = NoWatch::default();
+    masse_core::testkit::RegistryConformance::new(move || {
+        let handle = shared.clone();
+        async move { Arc::new(handle) as masse_core::DynRegistry }
+    })
+    .without_watch()
+    .run()
+    .await;
+}
+
+/// A registry that can watch may not hide behind `without_watch`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "declared without watch, but watch succeeded")]
+async fn the_suite_refuses_a_watching_registry_declared_without_watch() {
+    let shared = MemoryRegistry::new();
+    masse_core::testkit::RegistryConformance::new(move || {
+        let handle = shared.clone();
+        async move { Arc::new(handle) as masse_core::DynRegistry }
+    })
+    .without_watch()
+    .run()
+    .await;
+}
