@@ -1,6 +1,14 @@
-//! Shared helpers for the masse examples, and `tenant`, a registry written
-//! against masse's public traits the way a third-party crate would.
+//! Shared helpers for the masse examples, and two registries written
+//! against masse's public traits the way a third-party crate would:
+//!
+//! - [`tenant`]: `TenantRegistry`, several tenants on one shared backend
+//!   (example `custom_registry`, test `tests/tenant.rs`);
+//! - [`json_registry`]: `JsonFileRegistry`, a registry in one JSON file,
+//!   which cannot watch (masse polls it) and is registered under the
+//!   `json://` URL scheme (example `json_registry`, test
+//!   `tests/json_registry.rs`).
 
+pub mod json_registry;
 pub mod tenant;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `warn`).
