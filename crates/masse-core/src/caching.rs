@@ -50,8 +50,8 @@ pub struct CachingConfig {
     /// ttl/3 + 2 s if that is longer; with peers on longer ttls, set it.
     pub resync_grace: Duration,
     /// How often a namespace is listed when the backend cannot watch (its
-    /// [`watch`](Registry::watch) fails with [`Error::Unsupported`]). Each listing is
-    /// diffed with the last one into the same events a watch gives, so a
+    /// [`watch`](Registry::watch) fails with [`Error::Unsupported`]). Each
+    /// listing is diffed with the last one into the same events a watch gives, so a
     /// change shows in cached lookups, [`subscribe`](CachingRegistry::subscribe)
     /// and [`watch`](Registry::watch) streams at most this long after it
     /// happened (see [`CachingRegistry`] for the details). Default 1 s: one
@@ -146,9 +146,9 @@ pub struct CacheStats {
 ///   name) `Updated`;
 /// - a name missing from a listing is `Expired`, once: a listing cannot tell
 ///   an unpublish from an expiry. (An unpublish through this very cache is
-///   `Left` for the cache and its subscribers, as it knows.) A listing that is empty while names were known
-///   looks like a registry that lost its data, and is treated like a
-///   [`RegistryEvent::Resync`]: the names are kept for
+///   `Left` for the cache and its subscribers, as it knows.) A listing that
+///   is empty while names were known looks like a registry that lost its
+///   data, and is treated like a [`RegistryEvent::Resync`]: the names are kept for
 ///   [`CachingConfig::resync_grace`] and reported `Expired` only if they do
 ///   not come back by then;
 /// - the events reach cached entries, [subscribers](Self::subscribe) (the
