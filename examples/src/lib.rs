@@ -1,7 +1,17 @@
 //! Shared helpers for the masse examples, and backends written against
-//! masse's public traits the way a third-party crate would: `tenant` (a
-//! registry) and `pipe` (a transport with a scheme of its own).
+//! masse's public traits the way a third-party crate would:
+//!
+//! - [`tenant`]: `TenantRegistry`, several tenants on one shared backend
+//!   (example `custom_registry`, test `tests/tenant.rs`);
+//! - [`json_registry`]: `JsonFileRegistry`, a registry in one JSON file,
+//!   which cannot watch (masse polls it) and is registered under the
+//!   `json://` URL scheme (example `json_registry`, test
+//!   `tests/json_registry.rs`);
+//! - [`pipe`]: `PipeInterface`, a transport with a scheme of its own
+//!   (`pipe://name`, in-memory streams between the nodes of one process;
+//!   example `custom_transport`, test `tests/pipe.rs`).
 
+pub mod json_registry;
 pub mod pipe;
 pub mod tenant;
 

@@ -49,7 +49,20 @@ pub struct CachingConfig {
     /// a margin (default 5 s: ttls up to 9 s). A node raises it to its own
     /// ttl/3 + 2 s if that is longer; with peers on longer ttls, set it.
     pub resync_grace: Duration,
+    /// How often a namespace is listed when the backend cannot watch (its
+    /// [`watch`](Registry::watch) fails with [`Error::Unsupported`]). Each
+    /// listing is diffed with the last one into the same events a watch gives, so a
+    /// change shows in cached lookups, [`subscribe`](CachingRegistry::subscribe)
+    /// and [`watch`](Registry::watch) streams at most this long after it
+    /// happened (see [`CachingRegistry`] for the details). Default 1 s: one
+    /// listing per second per namespace and process is cheap for any store,
+    /// and it adds at most a second to an `Expired`, which comes a whole ttl
+    /// (10 s by default) after a crash anyway. Values under 10 ms count as 10 ms.
+    pub poll_interval: Duration,
 }
+
+/// The shortest [`CachingConfig::poll_interval`] honoured.
+const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 impl Default for CachingConfig {
     fn default() -> Self {
@@ -61,6 +74,7 @@ impl Default for CachingConfig {
             max_backoff: Duration::from_secs(5),
             max_entries: 10_000,
             resync_grace: Duration::from_secs(5),
+            poll_interval: Duration::from_secs(1),
         }
     }
 }
@@ -69,7 +83,8 @@ impl Default for CachingConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Freshness {
-    /// Served from a cache entry kept current by the backend's watch.
+    /// Served from a cache entry kept current by the backend's watch (or,
+    /// for a backend that cannot watch, by its polls).
     Cached,
     /// Fetched from the backend just now (possibly shared with concurrent callers).
     Fetched,
@@ -109,6 +124,8 @@ pub struct CacheStats {
 /// - A repeated lookup is answered from memory, without a backend round trip.
 /// - Each namespace looked up gets one watch; its events update every cached
 ///   result they touch, so entries stay exact while the watch is healthy.
+/// - A backend that cannot watch (its `watch` fails with
+///   [`Error::Unsupported`]) is polled instead, see below.
 /// - Concurrent lookups of the same namespace and pattern share one backend call.
 /// - Misses are cached for [`CachingConfig::negative_ttl`].
 /// - While the backend fails, the last known answer is served and marked
@@ -116,7 +133,37 @@ pub struct CacheStats {
 /// - [`invalidate`](Self::invalidate) drops what is known about a name, for a
 ///   caller that found a cached address stale.
 ///
-/// Writes and [`watch`](Registry::watch) go straight to the backend.
+/// Writes go straight to the backend.
+///
+/// # Registries without watch
+///
+/// When the backend's [`watch`](Registry::watch) fails with
+/// [`Error::Unsupported`], the namespace is listed (`lookup(ns, "*")`) every
+/// [`CachingConfig::poll_interval`] instead, and each listing is diffed with
+/// what the cache knew into the same events a watch would give:
+///
+/// - a new name is `Joined`, a changed record (or another instance of the
+///   name) `Updated`;
+/// - a name missing from a listing is `Expired`, once: a listing cannot tell
+///   an unpublish from an expiry. (An unpublish through this very cache is
+///   `Left` for the cache and its subscribers, as it knows.) A listing that
+///   is empty while names were known looks like a registry that lost its
+///   data, and is treated like a [`RegistryEvent::Resync`]: the names are kept for
+///   [`CachingConfig::resync_grace`] and reported `Expired` only if they do
+///   not come back by then;
+/// - the events reach cached entries, [subscribers](Self::subscribe) (the
+///   node's `PeerJoined`, `PeerLeft`, … events) and
+///   [`watch`](Registry::watch) streams, like a watch's; each stream
+///   returned by `watch` polls on its own.
+///
+/// A cached lookup is then served from the last poll: it may miss a change
+/// made since, for at most one interval (plus the time the listing takes).
+/// A lookup that misses the cache still asks the backend. A poll that fails
+/// is handled like a broken watch: cached answers stop being hits, a lookup
+/// that then fails serves the last known answer flagged
+/// [`Freshness::Stale`], polls are retried with backoff (at once when the
+/// backend answers another call), and the first poll that succeeds again is
+/// diffed like a listing after a `Resync`.
 pub struct CachingRegistry<R> {
     shared: Arc<SharedState<R>>,
 }
@@ -156,10 +203,9 @@ enum WatchState {
     Connecting,
     /// Events are flowing.
     Synced,
-    /// The watch broke (or could not be established); retrying in the background.
+    /// The watch broke (or could not be established), or a poll failed;
+    /// retrying in the background.
     Broken,
-    /// The backend cannot watch at all.
-    Unsupported,
 }
 
 struct WatchTask {
@@ -199,6 +245,9 @@ struct Entry {
     records: Arc<Vec<PeerRecord>>,
     valid_until: Instant,
     inserted: Instant,
+    /// When the backend was asked for `records` (the start of the lookup,
+    /// or of the poll they were last taken from).
+    as_of: Instant,
 }
 
 impl Entry {
@@ -246,6 +295,30 @@ impl NsCache {
             self.recent.pop_front();
         }
         self.recent.push_back((self.seq, event));
+    }
+
+    /// In a polled namespace: every entry older than the listing taken at
+    /// `taken` becomes the view's answer for its pattern. (Events keep
+    /// entries in step with the view, but an entry fetched between two polls
+    /// may hold a change the view has not seen, or miss one it will never
+    /// see as a change; the next poll makes it the view's again.)
+    fn rebase_entries(&mut self, taken: Instant, config: &CachingConfig, now: Instant) {
+        let Some(view) = self.view.as_ref() else {
+            return;
+        };
+        for entry in self.entries.values_mut() {
+            if entry.as_of >= taken {
+                continue;
+            }
+            entry.as_of = taken;
+            let records = view.matching(&entry.pattern);
+            if *entry.records != records {
+                if entry.records.is_empty() {
+                    entry.valid_until = now + config.max_age;
+                }
+                entry.records = Arc::new(records);
+            }
+        }
     }
 
     /// Starts a new epoch: fetches under way can no longer be cached as hits.
@@ -443,10 +516,12 @@ impl<R: Registry> CachingRegistry<R> {
     /// [`watch`](Registry::watch) (never `Resync`; a name the backend lost is
     /// `Expired` once, after the grace, if its owner does not re-publish it).
     /// An event reaches the receiver after the cache has it, so a lookup made
-    /// on it already sees the change. One backend watch serves the cache and
-    /// every subscriber; it is started here if it is not running, and this
-    /// waits (up to the lookup timeout) for its first attempt, so that no
-    /// change after the return is missed when the backend is reachable.
+    /// on it already sees the change. One backend watch (or, for a backend
+    /// that cannot watch, one poll every [`CachingConfig::poll_interval`])
+    /// serves the cache and every subscriber; it is started here if it is
+    /// not running, and this waits (up to the lookup timeout) for its first
+    /// attempt, so that no change after the return is missed when the
+    /// backend is reachable.
     ///
     /// A receiver that falls more than 4096 events behind gets
     /// [`RecvError::Lagged`](broadcast::error::RecvError::Lagged): list the
@@ -493,7 +568,9 @@ impl<R: Registry> CachingRegistry<R> {
         }
     }
 
-    /// True while the watch on `ns` is delivering events (cached answers are exact).
+    /// True while the watch on `ns` is delivering events (cached answers are
+    /// exact), or, for a backend that cannot watch, while its polls succeed
+    /// (cached answers are at most one poll interval old).
     pub fn is_synced(&self, ns: &Namespace) -> bool {
         read(&self.shared.cache).get(ns).is_some_and(|n| n.synced)
     }
@@ -580,6 +657,7 @@ async fn fetch_and_store<R: Registry>(
         .filter(|n| n.synced)
         .map(|n| (n.epoch, n.seq));
     shared.backend_lookups.fetch_add(1, Ordering::Relaxed);
+    let asked = Instant::now();
     let result = match tokio::time::timeout(
         shared.config.lookup_timeout,
         shared.backend.lookup(ns, &pattern),
@@ -601,6 +679,7 @@ async fn fetch_and_store<R: Registry>(
             records: Arc::new(records),
             valid_until: now,
             inserted: now,
+            as_of: asked,
         };
         let mut cache = write(&shared.cache);
         let nsc = cache.entry(ns.clone()).or_default();
@@ -658,6 +737,18 @@ trait Target<R>: Send + 'static {
     fn resync(&mut self, shared: &SharedState<R>, ns: &Namespace, listing: Vec<PeerRecord>);
     /// A suspect's grace is over; `listing` decides.
     fn recheck(&mut self, shared: &SharedState<R>, ns: &Namespace, listing: Vec<PeerRecord>);
+    /// A poll of a backend that cannot watch listed `listing`, asked at
+    /// `taken`; the first poll (and the first after a failed one) is a
+    /// [`rebase`](Self::rebase) instead.
+    fn poll(
+        &mut self,
+        shared: &SharedState<R>,
+        ns: &Namespace,
+        listing: Vec<PeerRecord>,
+        taken: Instant,
+    );
+    /// The backend cannot watch (`why`): the namespace is polled every `interval`.
+    fn polling(&mut self, ns: &Namespace, interval: Duration, why: &str);
     /// An ordinary backend event.
     fn deliver(&mut self, shared: &SharedState<R>, ns: &Namespace, event: RegistryEvent);
     /// When the earliest suspect's grace ends.
@@ -670,7 +761,8 @@ trait Target<R>: Send + 'static {
 }
 
 /// Runs one namespace's reconciled watch into `target`, re-establishing the
-/// backend's watch with backoff whenever it breaks.
+/// backend's watch with backoff whenever it breaks, or polling the namespace
+/// if the backend cannot watch.
 ///
 /// Every (re)established watch and every [`RegistryEvent::Resync`] is
 /// followed by a listing of the namespace, which the [`Reconciler`] diffs
@@ -693,6 +785,13 @@ async fn reconciled_watch<R: Registry, T: Target<R>>(
             _ = stop.changed() => return,
             _ = target.closed() => return,
         };
+        if let Err(Error::Unsupported(why)) = &attempt {
+            let interval = shared.config.poll_interval.max(MIN_POLL_INTERVAL);
+            target.polling(&ns, interval, why);
+            drop(shared);
+            poll_namespace(&weak, &ns, &mut stop, &mut target).await;
+            return;
+        }
         let established = match attempt {
             Ok(stream) => match shared.list(&ns).await {
                 Ok(listing) => {
@@ -737,6 +836,76 @@ async fn reconciled_watch<R: Registry, T: Target<R>>(
             _ = target.closed() => return,
         }
         backoff = (backoff * 2).min(max_backoff);
+    }
+}
+
+/// Lists `ns` every poll interval and feeds the diffs into `target`, for a
+/// backend that cannot watch. A failed poll is a broken watch: the target is
+/// told it is down, polls are retried with backoff (cut short when the
+/// backend answers another call), and the first one that succeeds again is a
+/// rebase. Returns when stopped, when nobody wants the output, or when the
+/// target gives up (a [`watch`](Registry::watch) stream whose first poll failed).
+async fn poll_namespace<R: Registry, T: Target<R>>(
+    weak: &Weak<SharedState<R>>,
+    ns: &Namespace,
+    stop: &mut tokio::sync::watch::Receiver<()>,
+    target: &mut T,
+) {
+    let initial_backoff = Duration::from_millis(50);
+    let mut backoff = initial_backoff;
+    // Whether the last poll succeeded; `None` before the first one.
+    let mut healthy: Option<bool> = None;
+    loop {
+        let Some(shared) = weak.upgrade() else { return };
+        let interval = shared.config.poll_interval.max(MIN_POLL_INTERVAL);
+        let taken = Instant::now();
+        let listing = tokio::select! {
+            r = shared.list(ns) => r,
+            _ = stop.changed() => return,
+            _ = target.closed() => return,
+        };
+        shared.answered(&listing);
+        let wait = match listing {
+            Ok(listing) => {
+                match healthy {
+                    Some(true) => target.poll(&shared, ns, listing, taken),
+                    Some(false) => {
+                        tracing::info!(namespace = %ns, "registry reachable again; namespace listed and reconciled");
+                        target.rebase(&shared, ns, listing);
+                    }
+                    None => target.rebase(&shared, ns, listing),
+                }
+                healthy = Some(true);
+                backoff = initial_backoff;
+                interval
+            }
+            Err(e) => {
+                if !target.down(&shared, ns, Some(&e)) {
+                    return;
+                }
+                if healthy == Some(false) {
+                    tracing::debug!(namespace = %ns, error = %e, retry_in = ?backoff, "registry poll failed again");
+                } else {
+                    tracing::warn!(namespace = %ns, error = %e, retry_in = ?backoff, "registry poll failed; serving cached answers and retrying");
+                }
+                healthy = Some(false);
+                let wait = backoff;
+                backoff = (backoff * 2).min(shared.config.max_backoff.max(initial_backoff));
+                wait
+            }
+        };
+        let reachable = shared.reachable.clone().notified_owned();
+        drop(shared);
+        tokio::pin!(reachable);
+        reachable.as_mut().enable();
+        let after_failure = healthy == Some(false);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            // The backend answered a call: no need to wait out the backoff.
+            _ = &mut reachable, if after_failure => {}
+            _ = stop.changed() => return,
+            _ = target.closed() => return,
+        }
     }
 }
 
@@ -878,6 +1047,31 @@ impl<R: Registry> Target<R> for CacheTarget {
         Self::apply_all(shared, nsc, events, now);
     }
 
+    fn poll(
+        &mut self,
+        shared: &SharedState<R>,
+        ns: &Namespace,
+        listing: Vec<PeerRecord>,
+        taken: Instant,
+    ) {
+        let now = Instant::now();
+        let mut cache = write(&shared.cache);
+        let nsc = cache.entry(ns.clone()).or_default();
+        let events = match nsc.view.as_mut() {
+            Some(view) => view.poll(listing, now),
+            None => {
+                nsc.view = Some(Reconciler::new(listing, shared.config.resync_grace));
+                Vec::new()
+            }
+        };
+        Self::apply_all(shared, nsc, events, now);
+        nsc.rebase_entries(taken, &shared.config, now);
+    }
+
+    fn polling(&mut self, ns: &Namespace, interval: Duration, why: &str) {
+        tracing::info!(namespace = %ns, ?interval, reason = %why, "registry cannot watch; polling the namespace");
+    }
+
     fn deliver(&mut self, shared: &SharedState<R>, ns: &Namespace, event: RegistryEvent) {
         let now = Instant::now();
         let mut cache = write(&shared.cache);
@@ -898,12 +1092,7 @@ impl<R: Registry> Target<R> for CacheTarget {
             .and_then(Reconciler::next_deadline)
     }
 
-    fn down(&mut self, shared: &SharedState<R>, ns: &Namespace, error: Option<&Error>) -> bool {
-        if let Some(Error::Unsupported(what)) = error {
-            self.state.send_replace(WatchState::Unsupported);
-            tracing::info!(namespace = %ns, %what, "registry has no watch; cache entries are not kept coherent");
-            return false;
-        }
+    fn down(&mut self, shared: &SharedState<R>, ns: &Namespace, _: Option<&Error>) -> bool {
         if let Some(nsc) = write(&shared.cache).get_mut(ns) {
             nsc.synced = false;
         }
@@ -961,6 +1150,17 @@ impl<R: Registry> Target<R> for StreamTarget {
             log_settled(ns, &events);
             self.send(events);
         }
+    }
+
+    fn poll(&mut self, _: &SharedState<R>, _: &Namespace, listing: Vec<PeerRecord>, _: Instant) {
+        if let Some(view) = self.view.as_mut() {
+            let events = view.poll(listing, Instant::now());
+            self.send(events);
+        }
+    }
+
+    fn polling(&mut self, ns: &Namespace, interval: Duration, why: &str) {
+        tracing::debug!(namespace = %ns, ?interval, reason = %why, "registry cannot watch; polling the namespace for a watch stream");
     }
 
     fn deliver(&mut self, _: &SharedState<R>, _: &Namespace, event: RegistryEvent) {
@@ -1091,8 +1291,14 @@ impl<R: Registry> Registry for CachingRegistry<R> {
     /// not re-publish it within [`CachingConfig::resync_grace`]. The stream
     /// never yields `Resync` and never fails once returned: while the
     /// backend is unreachable it pauses, and it ends when this cache (every
-    /// clone of it) is dropped. Failing to watch at first (backend down, or
-    /// no watch at all) is the backend's error.
+    /// clone of it) is dropped. Failing to watch at first (backend down) is
+    /// the backend's error.
+    ///
+    /// On a backend that cannot watch, the stream is fed by polls of the
+    /// namespace (see [Registries without watch](CachingRegistry#registries-without-watch)):
+    /// changes arrive up to one [`CachingConfig::poll_interval`] late, a
+    /// departure is `Expired` (a listing cannot tell it from an unpublish),
+    /// and several changes of one name between two polls are one event.
     async fn watch(&self, ns: &Namespace) -> Result<BoxStream<'static, Result<RegistryEvent>>> {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return self.shared.backend.watch(ns).await;

@@ -20,6 +20,14 @@
 //!   Suspects stay in the view (a dialer keeps using their last record); when
 //!   the grace is over, a second listing decides: still absent → exactly one
 //!   `Expired` for the instance the watcher knew.
+//! - A registry that cannot watch is polled: each listing is diffed against
+//!   the view ([`Reconciler::poll`]). New names give `Joined`, changed ones
+//!   `Updated`, and a name missing from a listing that is not empty is gone
+//!   at once: one `Expired` (a listing cannot tell an unpublish from an
+//!   expiry, and `Expired` claims no more than what is known). An *empty*
+//!   listing while the view holds names is what a registry that lost its
+//!   data lists (a node's own record is in every listing of its namespace):
+//!   its names become suspects, settled as after a resync.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -98,6 +106,60 @@ impl Reconciler {
         }
         self.take_listed(listed, &mut out);
         out
+    }
+
+    /// Diffs a listing taken by a poll against the view (see the [module
+    /// docs](self)): names that appeared or changed give `Joined`/`Updated`;
+    /// names absent from a non-empty listing give one `Expired` each, unless
+    /// they are suspects whose grace is not over yet; an empty listing makes
+    /// every name of the view a suspect (a suspect already keeps its
+    /// deadline). Suspects whose grace is over and that are still absent
+    /// give `Expired`. Events for vanished names come first, then the others
+    /// in name order.
+    pub(crate) fn poll(&mut self, listing: Vec<PeerRecord>, now: Instant) -> Vec<RegistryEvent> {
+        if listing.is_empty() {
+            let out = self.recheck(Vec::new(), now);
+            let more = self.resync(Vec::new(), now);
+            debug_assert!(more.is_empty(), "an empty listing adds nothing");
+            return out;
+        }
+        let listed: BTreeMap<PeerName, PeerRecord> =
+            listing.into_iter().map(|r| (r.name.clone(), r)).collect();
+        let gone: Vec<PeerName> = self
+            .known
+            .keys()
+            .filter(|name| {
+                !listed.contains_key(*name)
+                    && self.suspects.get(*name).is_none_or(|until| *until <= now)
+            })
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for name in gone {
+            self.suspects.remove(&name);
+            if let Some(record) = self.known.remove(&name) {
+                out.push(RegistryEvent::Expired {
+                    name,
+                    instance: record.instance,
+                });
+            }
+        }
+        self.take_listed(listed, &mut out);
+        out
+    }
+
+    /// The records of the view that `pattern` matches, suspects included,
+    /// sorted by name.
+    pub(crate) fn matching(&self, pattern: &Pattern) -> Vec<PeerRecord> {
+        match pattern.as_exact() {
+            Some(name) => self.known.get(name).cloned().into_iter().collect(),
+            None => self
+                .known
+                .values()
+                .filter(|r| pattern.matches(r.name.as_str()))
+                .cloned()
+                .collect(),
+        }
     }
 
     /// Names of the view that `pattern` matches but `answer` (a lookup made
@@ -355,6 +417,94 @@ mod tests {
                 instance: b.instance
             }]
         );
+    }
+
+    fn expired(r: &PeerRecord) -> RegistryEvent {
+        RegistryEvent::Expired {
+            name: r.name.clone(),
+            instance: r.instance,
+        }
+    }
+
+    #[test]
+    fn a_poll_reports_what_changed_since_the_last_one_once() {
+        let (a, b, c) = (rec("a"), rec("b"), rec("c"));
+        let mut r = Reconciler::new(vec![a.clone(), b.clone()], GRACE);
+        let t0 = Instant::now();
+        // The same listing again: nothing.
+        assert!(r.poll(vec![a.clone(), b.clone()], t0).is_empty());
+        // c joins, b changes.
+        let mut b2 = b.clone();
+        b2.metadata.insert("k".into(), "v".into());
+        let out = r.poll(vec![a.clone(), b2.clone(), c.clone()], t0);
+        assert_eq!(
+            out,
+            vec![
+                RegistryEvent::Updated(b2.clone()),
+                RegistryEvent::Joined(c.clone())
+            ]
+        );
+        assert!(
+            r.poll(vec![a.clone(), b2.clone(), c.clone()], t0)
+                .is_empty()
+        );
+        // a vanishes from a listing that still holds others: gone at once.
+        let out = r.poll(vec![b2.clone(), c.clone()], t0);
+        assert_eq!(out, vec![expired(&a)]);
+        assert!(!r.has_suspects());
+        assert!(r.poll(vec![b2.clone(), c.clone()], t0).is_empty());
+        // A takeover is an update of the new instance, not a departure.
+        let c2 = rec("c");
+        assert_eq!(
+            r.poll(vec![b2.clone(), c2.clone()], t0),
+            vec![RegistryEvent::Updated(c2.clone())]
+        );
+        // The backend-less way to learn of a departure of our own (the
+        // cache's unpublish) is an event; the next poll does not repeat it.
+        let left = RegistryEvent::Left {
+            name: b2.name.clone(),
+            instance: b2.instance,
+        };
+        assert_eq!(r.event(left.clone()), Some(left));
+        assert!(r.poll(vec![c2.clone()], t0).is_empty());
+        assert_eq!(r.known(), ["c"]);
+    }
+
+    #[test]
+    fn an_empty_poll_is_a_possible_loss_of_data_settled_after_the_grace() {
+        let (a, b) = (rec("a"), rec("b"));
+        let mut r = Reconciler::new(vec![a.clone(), b.clone()], GRACE);
+        let t0 = Instant::now();
+        assert!(r.poll(vec![], t0).is_empty());
+        assert!(r.is_suspect(&a) && r.is_suspect(&b));
+        // a re-publishes; b's grace is not over: a listing with a only
+        // does not report b yet.
+        assert!(r.poll(vec![a.clone()], t0 + GRACE / 2).is_empty());
+        assert!(!r.is_suspect(&a) && r.is_suspect(&b));
+        // Another empty listing does not push b's deadline back.
+        assert!(r.poll(vec![], t0 + GRACE / 2).is_empty());
+        assert!(r.poll(vec![a.clone()], t0 + GRACE / 2).is_empty());
+        // Grace over, still absent: one Expired, then nothing more.
+        assert_eq!(r.poll(vec![a.clone()], t0 + GRACE), vec![expired(&b)]);
+        assert!(r.poll(vec![a.clone()], t0 + GRACE * 2).is_empty());
+        assert_eq!(r.known(), ["a"]);
+        // Settled on an empty listing as well.
+        let mut r = Reconciler::new(vec![a.clone()], GRACE);
+        assert!(r.poll(vec![], t0).is_empty());
+        assert_eq!(r.poll(vec![], t0 + GRACE), vec![expired(&a)]);
+        assert!(r.poll(vec![], t0 + GRACE * 2).is_empty());
+    }
+
+    #[test]
+    fn matching_serves_the_view_suspects_included() {
+        let (a, b, w) = (rec("a"), rec("b"), rec("w-1"));
+        let mut r = Reconciler::new(vec![a.clone(), b.clone(), w.clone()], GRACE);
+        r.resync(vec![a.clone(), w.clone()], Instant::now());
+        let p = |s: &str| Pattern::new(s).unwrap();
+        assert_eq!(r.matching(&p("*")), vec![a.clone(), b.clone(), w.clone()]);
+        assert_eq!(r.matching(&p("b")), vec![b]);
+        assert_eq!(r.matching(&p("w-*")), vec![w]);
+        assert!(r.matching(&p("z")).is_empty());
     }
 
     #[test]

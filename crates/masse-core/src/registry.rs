@@ -1,4 +1,5 @@
-//! The [`Registry`] trait: where peers are.
+//! The [`Registry`] trait: where peers are. A registry may be unable to
+//! watch; see [Registries that cannot watch](Registry#registries-that-cannot-watch).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,8 +93,27 @@ impl RegistryEvent {
 ///   number of watchers and of handles on the same backend.
 /// - [`watch`](Registry::watch) delivers every event that happens after it returns,
 ///   in order per name; after a reconnect it resumes without loss or yields
-///   [`RegistryEvent::Resync`].
+///   [`RegistryEvent::Resync`]. A registry that cannot watch returns
+///   [`Error::Unsupported`](crate::Error::Unsupported) instead, and is polled
+///   (see [below](Registry#registries-that-cannot-watch)).
 /// - A stored record that cannot be parsed is skipped with a `tracing::warn!`.
+///
+/// # Registries that cannot watch
+///
+/// Watching is optional. A store with no change feed (a file, a key-value
+/// store without notifications, an HTTP API) implements
+/// [`Registry::watch`] by returning
+/// [`Error::Unsupported`](crate::Error::Unsupported), and nothing else:
+/// [`CachingRegistry`](crate::CachingRegistry), which every node puts in
+/// front of its registry, then lists the namespace every
+/// [`CachingConfig::poll_interval`](crate::CachingConfig::poll_interval)
+/// (1 s by default) and diffs the listings into the same
+/// [`RegistryEvent`]s, so nodes still get `PeerJoined`, `PeerUpdated`,
+/// `PeerExpired`, … within about one interval, and cached lookups are at
+/// most one interval old. What a polled namespace cannot tell: an unpublish
+/// from an expiry (a name that vanished is `Expired`), and several changes
+/// of one name between two polls (they are one event). The other rules
+/// above hold for such a registry all the same.
 #[async_trait]
 pub trait Registry: Send + Sync + 'static {
     /// Inserts or replaces `record` under its namespace and name, expiring after `ttl`.
@@ -115,6 +135,13 @@ pub trait Registry: Send + Sync + 'static {
     async fn lookup(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<PeerRecord>>;
 
     /// The changes in `ns` from now on.
+    ///
+    /// A registry that has no change feed returns
+    /// [`Error::Unsupported`](crate::Error::Unsupported), always (not after a
+    /// failure: an outage is [`Error::RegistryUnavailable`](crate::Error::RegistryUnavailable));
+    /// [`CachingRegistry`](crate::CachingRegistry) then polls the namespace
+    /// with [`lookup`](Registry::lookup) (see
+    /// [Registries that cannot watch](Registry#registries-that-cannot-watch)).
     async fn watch(&self, ns: &Namespace) -> Result<BoxStream<'static, Result<RegistryEvent>>>;
 }
 

@@ -68,7 +68,10 @@ mod registry;
 #[doc(inline)]
 pub use defaults::NodeBuilderExt;
 #[doc(inline)]
-pub use registry::{REGISTRY_ENV, default_registry_path, registry_from_env, registry_from_url};
+pub use registry::{
+    REGISTRY_ENV, default_registry_path, register_scheme, registered_schemes, registry_from_env,
+    registry_from_url,
+};
 
 /// The traits to import for the facade's conveniences: `use masse::prelude::*;`.
 pub mod prelude {

@@ -1,26 +1,198 @@
-//! Choosing a registry at run time: [`registry_from_url`], [`registry_from_env`].
+//! Choosing a registry at run time: [`registry_from_url`],
+//! [`registry_from_env`], and the table of URL schemes behind them
+//! ([`register_scheme`]).
 
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use masse_core::{DynRegistry, Error, MemoryRegistry, Result};
 
 /// The environment variable [`registry_from_env`] reads.
 pub const REGISTRY_ENV: &str = "MASSE_REGISTRY";
 
-/// Connects to the registry a URL names, with the backend its scheme selects
-/// among the enabled Cargo features:
+/// What the scheme table holds for one scheme.
+type Connect =
+    Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = Result<DynRegistry>> + Send>> + Send + Sync>;
+
+#[derive(Clone)]
+enum Scheme {
+    /// A backend that can connect.
+    Ready(Connect),
+    /// A backend of this workspace whose Cargo feature is off.
+    #[cfg_attr(
+        all(
+            feature = "sqlite",
+            feature = "postgres",
+            feature = "mysql",
+            feature = "redis"
+        ),
+        allow(dead_code)
+    )]
+    Disabled {
+        /// The feature of the masse crate that enables it.
+        feature: &'static str,
+    },
+}
+
+/// The longest scheme name [`register_scheme`] accepts.
+const MAX_SCHEME_LEN: usize = 32;
+
+fn table() -> &'static RwLock<BTreeMap<String, Scheme>> {
+    static TABLE: OnceLock<RwLock<BTreeMap<String, Scheme>>> = OnceLock::new();
+    TABLE.get_or_init(|| RwLock::new(builtin_schemes()))
+}
+
+/// The schemes of this workspace's registries, each either ready or
+/// disabled with the feature that enables it.
+fn builtin_schemes() -> BTreeMap<String, Scheme> {
+    fn ready<F, Fut>(f: F) -> Scheme
+    where
+        F: Fn(String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<DynRegistry>> + Send + 'static,
+    {
+        Scheme::Ready(Arc::new(move |url| Box::pin(f(url))))
+    }
+    #[allow(unused_macros)]
+    macro_rules! backend {
+        ($feature:literal, $connect:expr) => {{
+            #[cfg(feature = $feature)]
+            let scheme = ready($connect);
+            #[cfg(not(feature = $feature))]
+            let scheme = Scheme::Disabled { feature: $feature };
+            scheme
+        }};
+    }
+    let mut t = BTreeMap::new();
+    t.insert(
+        "memory".to_owned(),
+        ready(|_| async { Ok(Arc::new(MemoryRegistry::global()) as DynRegistry) }),
+    );
+    let sqlite = backend!("sqlite", |url: String| async move { sql(&url).await });
+    let postgres = backend!("postgres", |url: String| async move { sql(&url).await });
+    let mysql = backend!("mysql", |url: String| async move { sql(&url).await });
+    let redis = backend!("redis", |url: String| async move { redis(&url).await });
+    t.insert("sqlite".to_owned(), sqlite);
+    for s in ["postgres", "postgresql"] {
+        t.insert(s.to_owned(), postgres.clone());
+    }
+    for s in ["mysql", "mariadb"] {
+        t.insert(s.to_owned(), mysql.clone());
+    }
+    for s in ["redis", "rediss", "redis+cluster", "rediss+cluster"] {
+        t.insert(s.to_owned(), redis.clone());
+    }
+    t
+}
+
+/// Makes [`registry_from_url`] (and so [`registry_from_env`],
+/// `NodeBuilderExt::registry_from_url` and the CLI's `--registry`) connect
+/// URLs of `scheme` with `connect`, which gets the whole URL.
+///
+/// The table is process-wide. It starts with this workspace's own schemes
+/// (see [`registry_from_url`]); registering a scheme that is already there
+/// replaces it, so the last registration wins: an application can put its
+/// own factory behind a built-in scheme (a Redis registry with settings of
+/// its own, say). Register at start-up, before anything connects.
+///
+/// `scheme` is case-insensitive (stored lowercased) and follows RFC 3986: a
+/// letter, then letters, digits, `+`, `-` or `.`, at most 32 in all; anything
+/// else is an [`Error::InvalidAddress`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> masse::Result<()> {
+/// use std::sync::Arc;
+/// use masse::{DynRegistry, MemoryRegistry};
+///
+/// // `shared://<anything>`: one in-process registry per URL would go here;
+/// // this one always hands out the same store.
+/// let store = MemoryRegistry::new();
+/// masse::register_scheme("shared", move |_url| {
+///     let store = store.clone();
+///     async move { Ok(Arc::new(store) as DynRegistry) }
+/// })?;
+/// let registry = masse::registry_from_url("shared://prod").await?;
+/// assert!(masse::registered_schemes().contains(&"shared".to_owned()));
+/// # Ok(()) }
+/// ```
+pub fn register_scheme<F, Fut>(scheme: &str, connect: F) -> Result<()>
+where
+    F: Fn(String) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<DynRegistry>> + Send + 'static,
+{
+    let scheme = validate_scheme(scheme)?;
+    let connect: Connect = Arc::new(move |url| Box::pin(connect(url)));
+    let before = table()
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(scheme.clone(), Scheme::Ready(connect));
+    match before {
+        Some(Scheme::Ready(_)) => {
+            tracing::debug!(%scheme, "registry scheme registered again; the new factory replaces the old one")
+        }
+        _ => tracing::debug!(%scheme, "registry scheme registered"),
+    }
+    Ok(())
+}
+
+/// The schemes [`registry_from_url`] can connect now, sorted: this build's
+/// own (by Cargo feature) and every one [registered](register_scheme).
+pub fn registered_schemes() -> Vec<String> {
+    table()
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|(_, s)| matches!(s, Scheme::Ready(_)))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// Checks a scheme name and lowercases it.
+fn validate_scheme(scheme: &str) -> Result<String> {
+    let bad = |reason: &str| Error::InvalidAddress {
+        kind: "registry url scheme",
+        input: scheme.chars().take(200).collect(),
+        reason: reason.to_owned(),
+    };
+    if scheme.is_empty() || scheme.len() > MAX_SCHEME_LEN {
+        return Err(bad("must be 1 to 32 characters"));
+    }
+    if !scheme.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return Err(bad("must start with a letter"));
+    }
+    if let Some((i, c)) = scheme
+        .char_indices()
+        .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+    {
+        return Err(bad(&format!(
+            "character {c:?} at byte {i}: only letters, digits, '+', '-' and '.' are allowed"
+        )));
+    }
+    Ok(scheme.to_ascii_lowercase())
+}
+
+/// Connects to the registry a URL names, with the factory its scheme has in
+/// the process-wide scheme table. The table starts with this workspace's
+/// registries, as far as the enabled Cargo features go:
 ///
 /// | URL | backend | feature |
 /// |---|---|---|
 /// | `memory://` | the process-wide [`MemoryRegistry`] | always |
 /// | `sqlite://path/to/file.db`, `sqlite::memory:` | `SqlRegistry` | `sqlite` (default) |
-/// | `postgres://user:pass@host/db` | `SqlRegistry` | `postgres` |
+/// | `postgres://user:pass@host/db`, `postgresql://…` | `SqlRegistry` | `postgres` |
 /// | `mysql://user:pass@host/db`, `mariadb://…` | `SqlRegistry` | `mysql` |
 /// | `redis://…`, `rediss://…`, `redis+cluster://h1,h2`, `rediss+cluster://h1,h2` | `RedisRegistry` | `redis` |
 ///
-/// A scheme whose feature is off is an [`Error::InvalidAddress`] that names
-/// the feature to enable.
+/// and [`register_scheme`] adds any other (a third-party registry crate, or
+/// the application's own). The scheme is what precedes the first `:`,
+/// case-insensitive.
+///
+/// A built-in scheme whose feature is off is an [`Error::InvalidAddress`]
+/// that names the feature to enable; an unknown scheme is one that lists the
+/// registered schemes.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -34,19 +206,39 @@ pub async fn registry_from_url(url: &str) -> Result<DynRegistry> {
         .split_once(':')
         .map_or("", |(s, _)| s)
         .to_ascii_lowercase();
-    match scheme.as_str() {
-        "memory" => Ok(Arc::new(MemoryRegistry::global())),
-        "sqlite" => sql(url, "sqlite").await,
-        "postgres" | "postgresql" => sql(url, "postgres").await,
-        "mysql" | "mariadb" => sql(url, "mysql").await,
-        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => redis(url).await,
-        _ => Err(Error::InvalidAddress {
-            kind: "registry url",
-            input: redact(url),
-            reason: "unknown scheme; expected memory://, sqlite://, postgres://, mysql://, redis://, rediss://, \
-                     redis+cluster:// or rediss+cluster://"
-                .into(),
-        }),
+    let found = table()
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&scheme)
+        .cloned();
+    match found {
+        Some(Scheme::Ready(connect)) => connect(url.to_owned()).await,
+        Some(Scheme::Disabled { feature }) => Err(feature_off(url, feature)),
+        None => Err(unknown_scheme(url)),
+    }
+}
+
+fn unknown_scheme(url: &str) -> Error {
+    let (ready, disabled): (Vec<_>, Vec<_>) = {
+        let table = table().read().unwrap_or_else(|p| p.into_inner());
+        table
+            .iter()
+            .map(|(name, s)| (format!("{name}://"), matches!(s, Scheme::Ready(_))))
+            .partition(|(_, ready)| *ready)
+    };
+    let names =
+        |v: Vec<(String, bool)>| v.into_iter().map(|(n, _)| n).collect::<Vec<_>>().join(", ");
+    let mut reason = format!("unknown scheme; registered schemes: {}", names(ready));
+    if !disabled.is_empty() {
+        reason.push_str(&format!(
+            " (with more features of the masse crate: {})",
+            names(disabled)
+        ));
+    }
+    Error::InvalidAddress {
+        kind: "registry url",
+        input: redact(url),
+        reason,
     }
 }
 
@@ -124,34 +316,16 @@ fn no_default_registry() -> Error {
     ))
 }
 
-#[allow(unused_variables)]
-async fn sql(url: &str, feature: &'static str) -> Result<DynRegistry> {
-    let enabled = match feature {
-        "sqlite" => cfg!(feature = "sqlite"),
-        "postgres" => cfg!(feature = "postgres"),
-        _ => cfg!(feature = "mysql"),
-    };
-    if !enabled {
-        return Err(feature_off(url, feature));
-    }
-    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-    {
-        let r = masse_sql::SqlRegistry::connect(url).await?;
-        Ok(Arc::new(r))
-    }
-    #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
-    unreachable!("checked above")
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+async fn sql(url: &str) -> Result<DynRegistry> {
+    let r = masse_sql::SqlRegistry::connect(url).await?;
+    Ok(Arc::new(r))
 }
 
-#[allow(unused_variables)]
+#[cfg(feature = "redis")]
 async fn redis(url: &str) -> Result<DynRegistry> {
-    #[cfg(feature = "redis")]
-    {
-        let r = masse_redis::RedisRegistry::connect(url).await?;
-        Ok(Arc::new(r))
-    }
-    #[cfg(not(feature = "redis"))]
-    Err(feature_off(url, "redis"))
+    let r = masse_redis::RedisRegistry::connect(url).await?;
+    Ok(Arc::new(r))
 }
 
 fn feature_off(url: &str, feature: &str) -> Error {
@@ -220,6 +394,20 @@ mod tests {
     async fn unknown_and_disabled_schemes_are_clear_errors() {
         let e = error_of("gopher://x").await;
         assert!(e.contains("unknown scheme"), "{e}");
+        assert!(e.contains("memory://"), "lists the registered schemes: {e}");
+        #[cfg(feature = "sqlite")]
+        assert!(e.contains("sqlite://"), "{e}");
+        #[cfg(not(feature = "redis"))]
+        assert!(
+            e.contains("with more features of the masse crate: ") && e.contains("redis://"),
+            "{e}"
+        );
+        #[cfg(feature = "redis")]
+        assert!(!e.contains("more features"), "{e}");
+        let e = error_of("no-scheme-at-all").await;
+        assert!(e.contains("unknown scheme"), "{e}");
+        let e = error_of("gopher://u:secret@x").await;
+        assert!(!e.contains("secret"), "{e}");
         #[cfg(not(feature = "redis"))]
         {
             let e = error_of("redis://127.0.0.1:1").await;
@@ -235,5 +423,124 @@ mod tests {
             assert!(!e.contains("unknown scheme"), "{e}");
             assert!(e.contains("redis"), "{e}");
         }
+    }
+
+    /// A factory that counts its calls and hands out one shared store.
+    fn counting(
+        calls: Arc<std::sync::atomic::AtomicUsize>,
+        store: MemoryRegistry,
+    ) -> impl Fn(String) -> std::future::Ready<Result<DynRegistry>> + Send + Sync + 'static {
+        move |url| {
+            assert!(url.contains("://"), "the factory gets the whole URL: {url}");
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::ready(Ok(Arc::new(store.clone()) as DynRegistry))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_registered_scheme_connects_case_insensitively() {
+        use masse_core::{InstanceId, NamePolicy, PeerRecord, Registry};
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let store = MemoryRegistry::new();
+        register_scheme("Test-Reg.v1", counting(calls.clone(), store.clone())).unwrap();
+        assert!(registered_schemes().contains(&"test-reg.v1".to_owned()));
+        let reg = registry_from_url("TEST-reg.V1://anything").await.unwrap();
+        let r = PeerRecord::new(
+            "ns".parse().unwrap(),
+            "a".parse().unwrap(),
+            InstanceId::random(),
+        );
+        reg.publish(&r, std::time::Duration::from_secs(5), NamePolicy::Takeover)
+            .await
+            .unwrap();
+        assert_eq!(store.len(&"ns".parse().unwrap()), 1, "the factory's store");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let e = error_of("unregistered-x://").await;
+        assert!(e.contains("test-reg.v1://"), "listed once registered: {e}");
+    }
+
+    #[tokio::test]
+    async fn registering_again_replaces_the_factory() {
+        let first = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let second = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        register_scheme("replaced", counting(first.clone(), MemoryRegistry::new())).unwrap();
+        register_scheme("replaced", counting(second.clone(), MemoryRegistry::new())).unwrap();
+        registry_from_url("replaced://x").await.unwrap();
+        assert_eq!(first.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!(second.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // A factory's error is the caller's error.
+        register_scheme("refusing", |url: String| async move {
+            Err::<DynRegistry, _>(Error::Config(format!("{url} refused")))
+        })
+        .unwrap();
+        match registry_from_url("refusing://x").await {
+            Err(Error::Config(text)) => assert_eq!(text, "refusing://x refused"),
+            Err(e) => panic!("expected the factory's error, got {e:?}"),
+            Ok(_) => panic!("expected the factory's error"),
+        }
+    }
+
+    #[test]
+    fn scheme_names_are_checked() {
+        for bad in [
+            "",
+            "1json",
+            "+x",
+            "js on",
+            "json:",
+            "json/",
+            "é",
+            &"x".repeat(33),
+        ] {
+            match register_scheme(bad, counting(Arc::default(), MemoryRegistry::new())) {
+                Err(Error::InvalidAddress { kind, .. }) => assert_eq!(kind, "registry url scheme"),
+                other => panic!("{bad:?} should be refused, got {other:?}"),
+            }
+        }
+        assert_eq!(validate_scheme("Redis+Cluster").unwrap(), "redis+cluster");
+        assert_eq!(validate_scheme(&"x".repeat(32)).unwrap(), "x".repeat(32));
+    }
+
+    #[test]
+    fn the_builtin_schemes_are_in_the_table() {
+        let table = builtin_schemes();
+        for s in [
+            "memory",
+            "sqlite",
+            "postgres",
+            "postgresql",
+            "mysql",
+            "mariadb",
+            "redis",
+            "rediss",
+            "redis+cluster",
+            "rediss+cluster",
+        ] {
+            assert!(table.contains_key(s), "{s}");
+            assert_eq!(validate_scheme(s).unwrap(), s, "a valid scheme name");
+        }
+        let ready = registered_schemes();
+        assert!(ready.contains(&"memory".to_owned()));
+        assert_eq!(
+            ready.contains(&"sqlite".to_owned()),
+            cfg!(feature = "sqlite")
+        );
+        assert_eq!(ready.contains(&"redis".to_owned()), cfg!(feature = "redis"));
+        assert_eq!(
+            ready.contains(&"mariadb".to_owned()),
+            cfg!(feature = "mysql")
+        );
+    }
+
+    /// A scheme whose feature is off can be given a factory of one's own.
+    #[cfg(not(feature = "postgres"))]
+    #[tokio::test]
+    async fn a_disabled_builtin_scheme_can_be_registered() {
+        let e = error_of("postgresql://h/db").await;
+        assert!(e.contains("enable the `postgres` feature"), "{e}");
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        register_scheme("postgresql", counting(calls.clone(), MemoryRegistry::new())).unwrap();
+        registry_from_url("postgresql://h/db").await.unwrap();
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -15,6 +15,12 @@
 //! .await;
 //! # }
 //! ```
+//!
+//! A registry that cannot watch (its `watch` returns
+//! [`Error::Unsupported`](crate::Error::Unsupported)) declares it with
+//! [`RegistryConformance::without_watch`]: the suite then checks everything
+//! but the events, and that a polling [`CachingRegistry`](crate::CachingRegistry)
+//! over it reports changes.
 
 pub mod fixtures;
 mod interface;

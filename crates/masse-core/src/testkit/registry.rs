@@ -47,6 +47,8 @@ pub struct RegistryConformance {
     ttl: Duration,
     slack: Duration,
     prefix: String,
+    /// False for a backend declared unable to watch.
+    watches: bool,
 }
 
 impl fmt::Debug for RegistryConformance {
@@ -56,6 +58,7 @@ impl fmt::Debug for RegistryConformance {
             .field("slack", &self.slack)
             .field("injector", &self.injector.is_some())
             .field("resync_trigger", &self.resync.is_some())
+            .field("watches", &self.watches)
             .finish_non_exhaustive()
     }
 }
@@ -74,7 +77,23 @@ impl RegistryConformance {
             ttl: Duration::from_millis(600),
             slack: Duration::from_secs(2),
             prefix: format!("conf-{:08x}", InstanceId::random().as_u128() as u32),
+            watches: true,
         }
+    }
+
+    /// Declares a backend that cannot watch: its [`watch`](crate::Registry::watch)
+    /// returns [`Error::Unsupported`] (see
+    /// [Registries that cannot watch](crate::Registry#registries-that-cannot-watch)),
+    /// which the suite checks instead of the events. The cases that are only
+    /// about events (watch order, a dropped watcher, resync) are left out;
+    /// every other case still checks lookups, expiry, ownership and policies;
+    /// and one more case checks that a [`CachingRegistry`](crate::CachingRegistry)
+    /// over the backend, which polls it, reports joins, updates and
+    /// departures. Backends that can watch must not use this: their events
+    /// are part of the contract.
+    pub fn without_watch(mut self) -> Self {
+        self.watches = false;
+        self
     }
 
     /// The short ttl used by expiry cases (default 600 ms). Backends whose
@@ -138,13 +157,21 @@ impl RegistryConformance {
         case!(refresh_keeps_alive_and_checks_ownership);
         case!(unpublish_removes_only_own_instance);
         case!(expiry_is_immediate_and_reported_once);
-        case!(watch_orders_events_per_name);
+        if ctx.watches {
+            case!(watch_orders_events_per_name);
+        }
         case!(glob_lookups);
         case!(namespaces_are_isolated);
         case!(many_concurrent_publishers);
         case!(zero_ttl_is_rejected);
-        case!(dropped_watcher_does_not_disturb_others);
+        if ctx.watches {
+            case!(dropped_watcher_does_not_disturb_others);
+        }
         case!(refresh_after_expiry_is_name_lost);
+        if !ctx.watches {
+            tracing::info!("registry conformance: backend without watch, event-only cases skipped");
+            case!(a_cache_polls_a_registry_without_watch);
+        }
         if ctx.injector.is_some() {
             case!(malformed_records_are_skipped);
         } else {
@@ -152,7 +179,7 @@ impl RegistryConformance {
                 "registry conformance: no raw writer given, malformed-record case skipped"
             );
         }
-        if ctx.resync.is_some() {
+        if ctx.resync.is_some() && ctx.watches {
             case!(resync_then_listing_matches);
         } else {
             tracing::info!("registry conformance: no resync trigger given, resync case skipped");
@@ -179,6 +206,42 @@ impl RegistryConformance {
         reg.watch(ns)
             .await
             .unwrap_or_else(|e| panic!("[{case}] watch failed: {e}"))
+    }
+
+    /// A watch, or `None` for a backend declared [without
+    /// watch](Self::without_watch), after checking that its `watch` says so.
+    async fn watcher(&self, reg: &DynRegistry, ns: &Namespace, case: &str) -> Option<Events> {
+        if self.watches {
+            return Some(self.watch(reg, ns, case).await);
+        }
+        match reg.watch(ns).await {
+            Err(Error::Unsupported(_)) => None,
+            Err(e) => panic!(
+                "[{case}] a backend without watch must answer watch with Unsupported, got {e}"
+            ),
+            Ok(_) => panic!("[{case}] the backend was declared without watch, but watch succeeded"),
+        }
+    }
+
+    /// Asserts that the next event (within the slack) is `want`; nothing to
+    /// check without a watch.
+    async fn expect(
+        &self,
+        events: &mut Option<Events>,
+        want: RegistryEvent,
+        what: &str,
+        case: &str,
+    ) {
+        if let Some(events) = events {
+            assert_eq!(self.next(events, case).await, want, "[{case}] {what}");
+        }
+    }
+
+    /// [`quiet`](Self::quiet), if there is a watch.
+    async fn quiet_opt(&self, events: &mut Option<Events>, wait: Duration, case: &str) {
+        if let Some(events) = events {
+            self.quiet(events, wait, case).await;
+        }
     }
 
     /// The next event, within the slack.
@@ -249,16 +312,18 @@ pub async fn publish_then_lookup(c: &RegistryConformance) {
     let case = "publish_then_lookup";
     let reg = c.handle().await;
     let ns = c.ns("pub");
-    let mut events = c.watch(&reg, &ns, case).await;
+    let mut events = c.watcher(&reg, &ns, case).await;
     let r = record(&ns, "db-1", 4100)
         .with_service("rpc")
         .with_metadata("zone", "b");
     publish(&reg, &r, c.long_ttl(), NamePolicy::Takeover, case).await;
-    assert_eq!(
-        c.next(&mut events, case).await,
+    c.expect(
+        &mut events,
         RegistryEvent::Joined(r.clone()),
-        "[{case}] Joined"
-    );
+        "Joined",
+        case,
+    )
+    .await;
     assert_eq!(
         lookup(&reg, &ns, "db-1", case).await,
         vec![r.clone()],
@@ -286,7 +351,7 @@ pub async fn republish_updates(c: &RegistryConformance) {
     let case = "republish_updates";
     let reg = c.handle().await;
     let ns = c.ns("upd");
-    let mut events = c.watch(&reg, &ns, case).await;
+    let mut events = c.watcher(&reg, &ns, case).await;
     let r1 = record(&ns, "svc", 1);
     publish(&reg, &r1, c.long_ttl(), NamePolicy::Takeover, case).await;
     let mut r2 = r1.clone();
@@ -295,16 +360,20 @@ pub async fn republish_updates(c: &RegistryConformance) {
         ([127, 0, 0, 2], 2).into(),
     )];
     publish(&reg, &r2, c.long_ttl(), NamePolicy::Exclusive, case).await;
-    assert_eq!(
-        c.next(&mut events, case).await,
+    c.expect(
+        &mut events,
         RegistryEvent::Joined(r1),
-        "[{case}] first publish joins"
-    );
-    assert_eq!(
-        c.next(&mut events, case).await,
+        "first publish joins",
+        case,
+    )
+    .await;
+    c.expect(
+        &mut events,
         RegistryEvent::Updated(r2.clone()),
-        "[{case}] same instance re-publish updates (exclusive allows it)"
-    );
+        "same instance re-publish updates (exclusive allows it)",
+        case,
+    )
+    .await;
     assert_eq!(
         lookup(&reg, &ns, "svc", case).await,
         vec![r2],
@@ -317,21 +386,25 @@ pub async fn takeover_replaces_and_fences_the_old_instance(c: &RegistryConforman
     let case = "takeover";
     let reg = c.handle().await;
     let ns = c.ns("take");
-    let mut events = c.watch(&reg, &ns, case).await;
+    let mut events = c.watcher(&reg, &ns, case).await;
     let old = record(&ns, "leader", 1);
     let new = record(&ns, "leader", 2);
     publish(&reg, &old, c.long_ttl(), NamePolicy::Takeover, case).await;
     publish(&reg, &new, c.long_ttl(), NamePolicy::Takeover, case).await;
-    assert_eq!(
-        c.next(&mut events, case).await,
+    c.expect(
+        &mut events,
         RegistryEvent::Joined(old.clone()),
-        "[{case}] Joined"
-    );
-    assert_eq!(
-        c.next(&mut events, case).await,
+        "Joined",
+        case,
+    )
+    .await;
+    c.expect(
+        &mut events,
         RegistryEvent::Updated(new.clone()),
-        "[{case}] takeover emits Updated"
-    );
+        "takeover emits Updated",
+        case,
+    )
+    .await;
     assert_eq!(
         lookup(&reg, &ns, "leader", case).await,
         vec![new.clone()],
@@ -356,7 +429,8 @@ pub async fn takeover_replaces_and_fences_the_old_instance(c: &RegistryConforman
         vec![new],
         "[{case}] the old instance cannot remove the new one"
     );
-    c.quiet(&mut events, Duration::from_millis(200), case).await;
+    c.quiet_opt(&mut events, Duration::from_millis(200), case)
+        .await;
 }
 
 /// `Exclusive` fails with `NameTaken` while another live instance holds the name, and succeeds once it expired.
@@ -449,7 +523,7 @@ pub async fn unpublish_removes_only_own_instance(c: &RegistryConformance) {
     let ns = c.ns("unpub");
     let r = record(&ns, "leaving", 1);
     publish(&reg, &r, c.long_ttl(), NamePolicy::Takeover, case).await;
-    let mut events = c.watch(&reg, &ns, case).await;
+    let mut events = c.watcher(&reg, &ns, case).await;
     reg.unpublish(&ns, &r.name, InstanceId::random())
         .await
         .expect("stranger unpublish is a no-op");
@@ -461,14 +535,16 @@ pub async fn unpublish_removes_only_own_instance(c: &RegistryConformance) {
     reg.unpublish(&ns, &r.name, r.instance)
         .await
         .expect("own unpublish");
-    assert_eq!(
-        c.next(&mut events, case).await,
+    c.expect(
+        &mut events,
         RegistryEvent::Left {
             name: r.name.clone(),
-            instance: r.instance
+            instance: r.instance,
         },
-        "[{case}] Left"
-    );
+        "Left",
+        case,
+    )
+    .await;
     assert!(
         lookup(&reg, &ns, "leaving", case).await.is_empty(),
         "[{case}] gone after unpublish"
@@ -476,7 +552,8 @@ pub async fn unpublish_removes_only_own_instance(c: &RegistryConformance) {
     reg.unpublish(&ns, &r.name, r.instance)
         .await
         .expect("second unpublish is a no-op");
-    c.quiet(&mut events, Duration::from_millis(200), case).await;
+    c.quiet_opt(&mut events, Duration::from_millis(200), case)
+        .await;
 }
 
 /// An expired record is invisible at once and reported `Expired` exactly once, whatever the number of handles and watchers.
@@ -492,7 +569,7 @@ pub async fn expiry_is_immediate_and_reported_once(c: &RegistryConformance) {
     let mut watchers = Vec::new();
     for h in &handles {
         for _ in 0..2 {
-            watchers.push(c.watch(h, &ns, case).await);
+            watchers.extend(c.watcher(h, &ns, case).await);
         }
     }
     let doomed = record(&ns, "doomed", 1);
@@ -659,7 +736,7 @@ pub async fn namespaces_are_isolated(c: &RegistryConformance) {
     let reg = c.handle().await;
     let ns1 = c.ns("iso1");
     let ns2 = c.ns("iso2");
-    let mut w1 = c.watch(&reg, &ns1, case).await;
+    let mut w1 = c.watcher(&reg, &ns1, case).await;
     let r1 = record(&ns1, "same", 1);
     let r2 = record(&ns2, "same", 2);
     publish(&reg, &r1, c.long_ttl(), NamePolicy::Exclusive, case).await;
@@ -674,12 +751,9 @@ pub async fn namespaces_are_isolated(c: &RegistryConformance) {
         vec![r2],
         "[{case}] ns2 sees only its own"
     );
-    assert_eq!(
-        c.next(&mut w1, case).await,
-        RegistryEvent::Joined(r1),
-        "[{case}] ns1 watcher"
-    );
-    c.quiet(&mut w1, Duration::from_millis(200), case).await;
+    c.expect(&mut w1, RegistryEvent::Joined(r1), "ns1 watcher", case)
+        .await;
+    c.quiet_opt(&mut w1, Duration::from_millis(200), case).await;
 }
 
 /// Many concurrent publishers on many handles all land; exactly one exclusive publisher wins a contended name.
@@ -812,14 +886,29 @@ pub async fn malformed_records_are_skipped(c: &RegistryConformance) {
     );
     // The garbage does not stop the machine: a good record next to it still
     // expires, with its one event, and '*' still lists the good ones.
-    let mut events = c.watch(&reg, &ns, case).await;
+    let mut events = c.watcher(&reg, &ns, case).await;
     let short = record(&ns, "good-2", 2);
     publish(&reg, &short, c.ttl, NamePolicy::Takeover, case).await;
-    assert_eq!(
-        c.next(&mut events, case).await,
+    c.expect(
+        &mut events,
         RegistryEvent::Joined(short.clone()),
-        "[{case}] Joined next to garbage"
-    );
+        "Joined next to garbage",
+        case,
+    )
+    .await;
+    let Some(events) = events.as_mut() else {
+        sleep(c.ttl + Duration::from_millis(50)).await;
+        assert!(
+            lookup(&reg, &ns, "good-2", case).await.is_empty(),
+            "[{case}] a good record next to unreadable ones expires"
+        );
+        assert_eq!(
+            lookup(&reg, &ns, "*", case).await,
+            vec![good],
+            "[{case}] '*' lists the good records only"
+        );
+        return;
+    };
     match timeout(c.ttl + c.slack, events.next()).await {
         Ok(Some(Ok(RegistryEvent::Expired { name, instance }))) => assert_eq!(
             (name, instance),
@@ -846,14 +935,16 @@ pub async fn refresh_after_expiry_is_name_lost(c: &RegistryConformance) {
     let case = "refresh_after_expiry";
     let reg = c.handle().await;
     let ns = c.ns("relost");
-    let mut events = c.watch(&reg, &ns, case).await;
+    let mut events = c.watcher(&reg, &ns, case).await;
     let r = record(&ns, "late", 1);
     publish(&reg, &r, c.ttl, NamePolicy::Takeover, case).await;
-    assert_eq!(
-        c.next(&mut events, case).await,
+    c.expect(
+        &mut events,
         RegistryEvent::Joined(r.clone()),
-        "[{case}] Joined"
-    );
+        "Joined",
+        case,
+    )
+    .await;
     sleep(c.ttl + Duration::from_millis(50)).await;
     match reg.refresh(&ns, &r.name, r.instance, c.long_ttl()).await {
         Err(Error::NameLost { instance, .. }) => assert_eq!(instance, r.instance),
@@ -863,26 +954,31 @@ pub async fn refresh_after_expiry_is_name_lost(c: &RegistryConformance) {
         lookup(&reg, &ns, "late", case).await.is_empty(),
         "[{case}] the refresh did not revive the record"
     );
-    assert_eq!(
-        c.next(&mut events, case).await,
+    c.expect(
+        &mut events,
         RegistryEvent::Expired {
             name: r.name.clone(),
-            instance: r.instance
+            instance: r.instance,
         },
-        "[{case}] one Expired"
-    );
-    c.quiet(&mut events, Duration::from_millis(300), case).await;
+        "one Expired",
+        case,
+    )
+    .await;
+    c.quiet_opt(&mut events, Duration::from_millis(300), case)
+        .await;
     assert!(
         lookup(&reg, &ns, "*", case).await.is_empty(),
         "[{case}] still gone"
     );
     // The owner's way back is to publish again.
     publish(&reg, &r, c.long_ttl(), NamePolicy::Exclusive, case).await;
-    assert_eq!(
-        c.next(&mut events, case).await,
+    c.expect(
+        &mut events,
         RegistryEvent::Joined(r.clone()),
-        "[{case}] Joined again after publishing anew"
-    );
+        "Joined again after publishing anew",
+        case,
+    )
+    .await;
 }
 
 /// After the backend lost a namespace's event history (needs
@@ -1019,6 +1115,82 @@ pub async fn resync_then_listing_matches(c: &RegistryConformance) {
             .await
             .unwrap_or_else(|e| panic!("[{case}] cached lookup failed: {e}")),
         vec![b, cc],
+        "[{case}] the cache agrees with the backend"
+    );
+}
+
+/// For a backend [without watch](RegistryConformance::without_watch): a
+/// [`CachingRegistry`](crate::CachingRegistry) over it polls the namespace,
+/// and its watch stream reports a join, an update and a departure made
+/// through another handle (the departure as `Expired`: a listing cannot tell
+/// it from an expiry), an expiry, each once.
+pub async fn a_cache_polls_a_registry_without_watch(c: &RegistryConformance) {
+    let case = "polled";
+    let reg = c.handle().await;
+    let ns = c.ns("polled");
+    let config = crate::CachingConfig {
+        poll_interval: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let cached = crate::CachingRegistry::with_config(c.handle().await, config);
+    // A name that stays, so that departures leave a non-empty namespace.
+    let stays = record(&ns, "stays", 1);
+    publish(&reg, &stays, c.long_ttl(), NamePolicy::Takeover, case).await;
+    let mut events = cached
+        .watch(&ns)
+        .await
+        .unwrap_or_else(|e| panic!("[{case}] a cache over a backend without watch polls it: {e}"));
+    let a = record(&ns, "a", 2);
+    publish(&reg, &a, c.long_ttl(), NamePolicy::Takeover, case).await;
+    assert_eq!(
+        c.next(&mut events, case).await,
+        RegistryEvent::Joined(a.clone()),
+        "[{case}] Joined"
+    );
+    let a2 = a.clone().with_metadata("round", "2");
+    publish(&reg, &a2, c.long_ttl(), NamePolicy::Takeover, case).await;
+    assert_eq!(
+        c.next(&mut events, case).await,
+        RegistryEvent::Updated(a2.clone()),
+        "[{case}] Updated"
+    );
+    reg.unpublish(&ns, &a2.name, a2.instance)
+        .await
+        .unwrap_or_else(|e| panic!("[{case}] unpublish failed: {e}"));
+    let gone = RegistryEvent::Expired {
+        name: a2.name.clone(),
+        instance: a2.instance,
+    };
+    assert_eq!(
+        c.next(&mut events, case).await,
+        gone,
+        "[{case}] a departure is Expired"
+    );
+    let short = record(&ns, "short", 3);
+    publish(&reg, &short, c.ttl, NamePolicy::Takeover, case).await;
+    assert_eq!(
+        c.next(&mut events, case).await,
+        RegistryEvent::Joined(short.clone()),
+        "[{case}] Joined"
+    );
+    match timeout(c.ttl + c.slack, events.next()).await {
+        Ok(Some(Ok(ev))) => assert_eq!(
+            ev,
+            RegistryEvent::Expired {
+                name: short.name.clone(),
+                instance: short.instance
+            },
+            "[{case}] Expired"
+        ),
+        other => panic!("[{case}] expected Expired within ttl + slack, got {other:?}"),
+    }
+    c.quiet(&mut events, Duration::from_millis(500), case).await;
+    assert_eq!(
+        cached
+            .lookup(&ns, &pat("*"))
+            .await
+            .unwrap_or_else(|e| panic!("[{case}] cached lookup failed: {e}")),
+        vec![stays],
         "[{case}] the cache agrees with the backend"
     );
 }
