@@ -6,6 +6,10 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::error::EXIT_CODES_HELP;
 
+/// `--bind` when not given: every address, an ephemeral port (for `--interface
+/// unix`: the default socket path).
+pub(crate) const DEFAULT_BIND: &str = "0.0.0.0:0";
+
 /// Full-duplex streams to named peers: list and watch the peers a registry
 /// knows, listen under a name, connect to a name, and ping it.
 #[derive(Debug, Parser)]
@@ -40,13 +44,15 @@ pub(crate) struct Global {
     #[arg(long, global = true, value_name = "NAME")]
     pub(crate) name: Option<String>,
 
-    /// Transport for commands that join (tls and quic need a build with those features)
+    /// Transport for commands that join (tls and quic need a build with those
+    /// features; unix is built in on Unix systems)
     #[arg(long, global = true, value_enum, default_value_t = InterfaceKind::Tcp)]
     pub(crate) interface: InterfaceKind,
 
     /// Address to bind for commands that join; 0.0.0.0 advertises this host's
-    /// non-loopback addresses, 127.0.0.1 only loopback
-    #[arg(long, global = true, default_value = "0.0.0.0:0", value_name = "ADDR")]
+    /// non-loopback addresses, 127.0.0.1 only loopback. With --interface unix:
+    /// a socket path (default: one named after the node in $XDG_RUNTIME_DIR/masse)
+    #[arg(long, global = true, default_value = DEFAULT_BIND, value_name = "ADDR")]
     pub(crate) bind: String,
 
     /// How long a joined node's record lives without a heartbeat (it refreshes every ttl/3)
@@ -71,6 +77,8 @@ pub(crate) enum InterfaceKind {
     Tls,
     /// QUIC.
     Quic,
+    /// Unix domain sockets (peers on this host).
+    Unix,
 }
 
 /// The subcommands.

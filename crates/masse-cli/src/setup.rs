@@ -73,6 +73,7 @@ impl Global {
             InterfaceKind::Tcp => Ok(Arc::new(masse::TcpInterface::try_new(&self.bind)?)),
             InterfaceKind::Tls => tls(&self.bind, name),
             InterfaceKind::Quic => quic(&self.bind, name),
+            InterfaceKind::Unix => unix(&self.bind),
         }
     }
 
@@ -147,6 +148,26 @@ fn quic(bind: &str, name: &PeerName) -> Result<DynInterface, CliError> {
 #[cfg(not(feature = "quic"))]
 fn quic(_bind: &str, _name: &PeerName) -> Result<DynInterface, CliError> {
     Err(not_in_build("quic"))
+}
+
+/// `--bind` for `--interface unix`: a socket path, or the default address
+/// meaning the default path.
+#[cfg(unix)]
+fn unix(bind: &str) -> Result<DynInterface, CliError> {
+    if bind == crate::cli::DEFAULT_BIND {
+        return Ok(Arc::new(masse::UnixInterface::new()));
+    }
+    if bind.starts_with('/') || bind.starts_with('.') {
+        return Ok(Arc::new(masse::UnixInterface::at(bind)));
+    }
+    Err(CliError::usage(format!(
+        "--interface unix binds a socket path (such as /run/app/me.sock or ./me.sock), not {bind:?}"
+    )))
+}
+
+#[cfg(not(unix))]
+fn unix(_bind: &str) -> Result<DynInterface, CliError> {
+    Err(CliError::usage("--interface unix needs a Unix system"))
 }
 
 #[cfg(not(all(feature = "tls", feature = "quic")))]

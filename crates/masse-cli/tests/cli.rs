@@ -581,3 +581,47 @@ fn peers_skips_malformed_sqlite_rows() {
     assert_eq!(records[0]["name"], "srv");
     drop(server);
 }
+
+/// `--interface unix`: a listener at a socket path of its own, a connect
+/// that reaches it by name through its `unix://` endpoint.
+#[cfg(unix)]
+#[test]
+fn listen_and_connect_over_unix_sockets() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/reg.db?mode=rwc", dir.path().display());
+    let ns = namespace("unix");
+    let socket = dir.path().join("srv.sock");
+    let over_unix = |bind: &str, args: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--registry", &url, "--namespace", &ns])
+            .args(["--interface", "unix", "--bind", bind])
+            .args(["--timeout", "5s", "--ttl", "3s"])
+            .args(args)
+            .env_remove("MASSE_REGISTRY")
+            .env_remove("MASSE_NAMESPACE")
+            .env_remove("RUST_LOG");
+        cmd
+    };
+    let server = Proc::spawn(
+        over_unix(socket.to_str().unwrap(), &["listen", "srv"]),
+        Some(b"hello over unix\n"),
+    );
+    let endpoint = format!("unix://{}", socket.display());
+    server.wait_for("the listener to start", |_, err| {
+        err.contains(&format!("listening as srv at {endpoint}"))
+    });
+    // The dialer takes the default path for its own socket.
+    let client = run(
+        over_unix("0.0.0.0:0", &["connect", "srv"]),
+        b"hello from client\n",
+    );
+    assert_eq!(client.code, 0, "{client:#?}");
+    assert_eq!(client.stdout, "hello over unix\n");
+    let server = server.finish();
+    assert_eq!(server.code, 0, "{server:#?}");
+    assert_eq!(server.stdout, "hello from client\n");
+    assert!(!socket.exists(), "the listener removed its socket file");
+
+    let bad = run(over_unix("127.0.0.1:0", &["connect", "srv"]), b"");
+    bad.assert_one_error_line(2, "socket path");
+}

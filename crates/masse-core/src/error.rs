@@ -517,12 +517,14 @@ impl Error {
 }
 
 /// I/O error kinds that say nobody (or nobody masse) answers at an address:
-/// refused, unreachable, reset or aborted, timed out, closed early.
+/// refused, unreachable, reset or aborted, timed out, closed early, or no
+/// such address at all (`NotFound`: a Unix socket file that is gone).
 pub fn is_stale_io(kind: std::io::ErrorKind) -> bool {
     use std::io::ErrorKind as K;
     matches!(
         kind,
         K::ConnectionRefused
+            | K::NotFound
             | K::ConnectionReset
             | K::ConnectionAborted
             | K::HostUnreachable
@@ -546,4 +548,30 @@ pub(crate) fn clip(input: &str) -> String {
         end -= 1;
     }
     format!("{}…", &input[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::ErrorKind as K;
+
+    #[test]
+    fn stale_io_kinds() {
+        for k in [
+            K::ConnectionRefused,
+            K::NotFound,
+            K::ConnectionReset,
+            K::TimedOut,
+            K::UnexpectedEof,
+        ] {
+            assert!(is_stale_io(k), "{k:?}");
+            assert!(
+                Error::from(std::io::Error::from(k)).is_stale_address(),
+                "{k:?}"
+            );
+        }
+        for k in [K::PermissionDenied, K::InvalidInput, K::AddrInUse, K::Other] {
+            assert!(!is_stale_io(k), "{k:?}");
+        }
+    }
 }

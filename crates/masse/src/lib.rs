@@ -50,6 +50,11 @@ pub use masse_tcp::TlsInterface;
 #[doc(inline)]
 pub use masse_quic::QuicInterface;
 
+#[cfg(all(unix, feature = "unix"))]
+#[cfg_attr(docsrs, doc(cfg(all(unix, feature = "unix"))))]
+#[doc(inline)]
+pub use masse_unix::UnixInterface;
+
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 #[doc(inline)]

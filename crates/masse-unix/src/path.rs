@@ -1,0 +1,210 @@
+//! Where a Unix listener's socket file goes, and what may be done to a file
+//! already there.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::ErrorKind;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use masse_core::{BindContext, Error, Result};
+
+/// The longest socket path the kernel takes: `sun_path` is 108 bytes on
+/// Linux, with a terminating NUL (104 on the BSDs and macOS).
+#[cfg(target_os = "linux")]
+pub(crate) const MAX_PATH: usize = 107;
+#[cfg(not(target_os = "linux"))]
+pub(crate) const MAX_PATH: usize = 103;
+
+/// The default directory: `$XDG_RUNTIME_DIR/masse` if that variable names a
+/// directory, else `<temp dir>/masse-<uid>`. Created (mode 0700) if missing;
+/// one another user owns, or others may write to, is refused.
+pub(crate) fn default_dir(uid: u32) -> Result<PathBuf> {
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(runtime) if runtime.is_absolute() && runtime.is_dir() => runtime.join("masse"),
+        _ => std::env::temp_dir().join(format!("masse-{uid}")),
+    };
+    private_dir(&dir, uid)?;
+    Ok(dir)
+}
+
+/// Creates `dir` (mode 0700) or checks that the existing one is `uid`'s and
+/// writable by nobody else.
+fn private_dir(dir: &Path, uid: u32) -> Result<()> {
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(context(e, format!("create {}", dir.display()))),
+    }
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| context(e, format!("stat {}", dir.display())))?;
+    if !meta.is_dir() {
+        return Err(Error::Config(format!(
+            "{} is not a directory; cannot put unix sockets there",
+            dir.display()
+        )));
+    }
+    if meta.uid() != uid || meta.permissions().mode() & 0o022 != 0 {
+        return Err(Error::Config(format!(
+            "{} belongs to another user or others may write to it; refusing to put unix sockets \
+             there (remove it, or choose a path with UnixInterface::at)",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// `<namespace>.<name>.<16 hex of the instance>.sock` in `dir`, or
+/// `<32 hex>.sock` (a hash of the same) if that is too long for a socket
+/// address.
+pub(crate) fn default_path(dir: &Path, ctx: &BindContext) -> PathBuf {
+    let instance = ctx.instance.to_string();
+    let short = &instance[..instance.len().min(16)];
+    let named = dir.join(format!("{}.{}.{short}.sock", ctx.namespace, ctx.name));
+    if named.as_os_str().len() <= MAX_PATH {
+        return named;
+    }
+    let mut digest = String::with_capacity(32);
+    for salt in [0_u8, 1] {
+        let mut h = DefaultHasher::new();
+        (salt, ctx.namespace.as_str(), ctx.name.as_str(), &instance).hash(&mut h);
+        digest.push_str(&format!("{:016x}", h.finish()));
+    }
+    dir.join(format!("{digest}.sock"))
+}
+
+/// What is at a socket path before binding it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Existing {
+    /// Nothing: bind.
+    Nothing,
+    /// A socket file nobody accepts on (its process died): remove, then bind.
+    Stale,
+}
+
+/// Looks at `path` before binding: nothing, a stale socket (removable), or
+/// an error for a live socket (`AddrInUse`) and for anything that is not a
+/// socket (never removed).
+pub(crate) async fn inspect(path: &Path) -> Result<Existing> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Existing::Nothing),
+        Err(e) => return Err(context(e, format!("stat {}", path.display()))),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(context(
+            std::io::Error::new(
+                ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way; not removing it",
+            ),
+            format!("bind unix://{}", path.display()),
+        ));
+    }
+    match tokio::net::UnixStream::connect(path).await {
+        Ok(_) => Err(context(
+            std::io::Error::new(
+                ErrorKind::AddrInUse,
+                "another process accepts on this socket",
+            ),
+            format!("bind unix://{}", path.display()),
+        )),
+        // A full backlog: someone is there.
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Err(context(
+            std::io::Error::new(
+                ErrorKind::AddrInUse,
+                "another process listens on this socket",
+            ),
+            format!("bind unix://{}", path.display()),
+        )),
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(Existing::Stale),
+        Err(e) => Err(context(e, format!("probe {}", path.display()))),
+    }
+}
+
+/// The device and inode of the file at `path`, if any.
+pub(crate) fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// An I/O error that says what was being done; keeps the original's kind
+/// (so [`masse_core::is_stale_io`] still sees it) and the original as source.
+pub(crate) fn context(e: std::io::Error, what: String) -> Error {
+    Error::from(std::io::Error::new(e.kind(), Context { what, source: e }))
+}
+
+#[derive(Debug)]
+struct Context {
+    what: String,
+    source: std::io::Error,
+}
+
+impl std::fmt::Display for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.what, self.source)
+    }
+}
+
+impl std::error::Error for Context {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use masse_core::InstanceId;
+
+    fn ctx(ns: &str, name: &str) -> BindContext {
+        BindContext::new(
+            ns.parse().unwrap(),
+            name.parse().unwrap(),
+            InstanceId::random(),
+        )
+    }
+
+    #[test]
+    fn default_names_carry_namespace_name_and_instance() {
+        let c = ctx("prod", "billing-7");
+        let p = default_path(Path::new("/run/user/1000/masse"), &c);
+        let file = p.file_name().unwrap().to_str().unwrap();
+        let instance = c.instance.to_string();
+        assert_eq!(file, format!("prod.billing-7.{}.sock", &instance[..16]));
+    }
+
+    #[test]
+    fn names_too_long_for_a_socket_address_are_hashed() {
+        let long = "n".repeat(100);
+        let c = ctx("prod", &long);
+        let dir = Path::new("/run/user/1000/masse");
+        let p = default_path(dir, &c);
+        assert!(p.as_os_str().len() <= MAX_PATH, "{}", p.display());
+        assert_eq!(p.parent(), Some(dir));
+        let file = p.file_name().unwrap().to_str().unwrap();
+        assert_eq!(file.len(), 32 + ".sock".len(), "{file}");
+        // Same node, same path; another instance, another path.
+        assert_eq!(default_path(dir, &c), p);
+        assert_ne!(default_path(dir, &ctx("prod", &long)), p);
+    }
+
+    #[test]
+    fn a_shared_or_foreign_directory_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("d");
+        let uid = std::fs::metadata(tmp.path()).unwrap().uid();
+        private_dir(&dir, uid).unwrap();
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        private_dir(&dir, uid).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(private_dir(&dir, uid), Err(Error::Config(_))));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(matches!(private_dir(&dir, uid + 1), Err(Error::Config(_))));
+        let file = tmp.path().join("f");
+        std::fs::write(&file, b"").unwrap();
+        assert!(matches!(private_dir(&file, uid), Err(Error::Config(_))));
+    }
+}

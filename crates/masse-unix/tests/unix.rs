@@ -1,0 +1,224 @@
+//! `UnixInterface` against real Unix domain sockets: the interface
+//! conformance suite, and what it does with the socket file.
+#![cfg(unix)]
+
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use masse_core::testkit::InterfaceConformance;
+use masse_core::{
+    BindContext, ConnectContext, DynInterface, Endpoint, Error, InstanceId, Interface, PeerRecord,
+    Protocol,
+};
+use masse_unix::UnixInterface;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+
+const T: Duration = Duration::from_secs(10);
+
+fn bind_ctx() -> BindContext {
+    BindContext::new(
+        "unix-test".parse().unwrap(),
+        "acceptor".parse().unwrap(),
+        InstanceId::random(),
+    )
+}
+
+fn connect_ctx() -> ConnectContext {
+    ConnectContext::new(
+        "unix-test".parse().unwrap(),
+        "dialer".parse().unwrap(),
+        InstanceId::random(),
+    )
+}
+
+fn peer(ep: &Endpoint) -> PeerRecord {
+    PeerRecord::new(
+        "unix-test".parse().unwrap(),
+        "acceptor".parse().unwrap(),
+        InstanceId::random(),
+    )
+    .with_endpoint(ep.clone())
+}
+
+fn is_socket(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_interface_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().to_owned();
+    let n = Arc::new(AtomicUsize::new(0));
+    // 1000 concurrent streams need 2000 descriptors: scripts/test raises the limit.
+    InterfaceConformance::new(move || {
+        let path = base.join(format!("c{}.sock", n.fetch_add(1, Ordering::Relaxed)));
+        async move { Arc::new(UnixInterface::at(path)) as DynInterface }
+    })
+    .run()
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_carry_the_peers_credentials_and_the_file_goes_on_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.sock");
+    let unix = UnixInterface::at(&path);
+    let mut listener = unix.bind(&bind_ctx()).await.unwrap();
+    let ep = listener.endpoints()[0].clone();
+    assert_eq!(ep.protocol(), &Protocol::UNIX);
+    assert_eq!(ep.unix_path(), Some(path.as_path()));
+    assert_eq!(ep.to_string(), format!("unix://{}", path.display()));
+    assert!(is_socket(&path));
+
+    let mut dialed = unix.connect(&ep, &peer(&ep), &connect_ctx()).await.unwrap();
+    let accepted = timeout(T, listener.accept()).await.unwrap().unwrap();
+    assert_eq!(accepted.remote_addr, None);
+    let creds = accepted.peer_credentials.expect("SO_PEERCRED");
+    let own = std::fs::metadata(dir.path()).unwrap();
+    assert_eq!(creds.uid, std::os::unix::fs::MetadataExt::uid(&own));
+    assert_eq!(creds.pid, Some(std::process::id() as i32));
+    let mut io = accepted.io;
+    dialed.write_all(b"hi").await.unwrap();
+    let mut b = [0u8; 2];
+    io.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"hi");
+
+    listener.close().await;
+    assert!(!path.exists(), "the socket file is removed on close");
+    // Dropped without close: removed too.
+    let listener = unix.bind(&bind_ctx()).await.unwrap();
+    assert!(is_socket(&path));
+    drop(listener);
+    assert!(!path.exists(), "the socket file is removed on drop");
+}
+
+#[tokio::test]
+async fn a_stale_socket_is_replaced_and_a_live_one_is_not_stolen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    // A leftover of a process that died: a socket file nobody accepts on.
+    let std_listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    drop(std_listener);
+    assert!(is_socket(&path));
+    let unix = UnixInterface::at(&path);
+    let live = unix.bind(&bind_ctx()).await.expect("stale socket replaced");
+
+    // Someone accepts there now: a second bind must not take it.
+    match unix.bind(&bind_ctx()).await {
+        Err(Error::Io(e)) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+            assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        }
+        Err(e) => panic!("expected AddrInUse, got {e:?}"),
+        Ok(_) => panic!("stole a live socket"),
+    }
+    assert!(is_socket(&path), "the live socket is still there");
+    drop(live);
+
+    // Not a socket: refused, and left alone.
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, b"keep me").unwrap();
+    match UnixInterface::at(&file).bind(&bind_ctx()).await {
+        Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}"),
+        Err(e) => panic!("expected AlreadyExists, got {e:?}"),
+        Ok(_) => panic!("bound over a regular file"),
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+}
+
+#[tokio::test]
+async fn a_vanished_or_dead_socket_is_a_stale_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let unix = UnixInterface::new();
+    let gone = Endpoint::unix(dir.path().join("gone.sock")).unwrap();
+    let err = match unix.connect(&gone, &peer(&gone), &connect_ctx()).await {
+        Err(e) => e,
+        Ok(_) => panic!("connected to nothing"),
+    };
+    assert!(err.is_stale_address(), "{err:?}");
+    assert!(err.to_string().contains("gone.sock"), "{err}");
+
+    let dead_path = dir.path().join("dead.sock");
+    drop(std::os::unix::net::UnixListener::bind(&dead_path).unwrap());
+    let dead = Endpoint::unix(&dead_path).unwrap();
+    let err = match unix.connect(&dead, &peer(&dead), &connect_ctx()).await {
+        Err(e) => e,
+        Ok(_) => panic!("connected to a dead socket"),
+    };
+    assert!(err.is_stale_address(), "{err:?}");
+
+    let tcp: Endpoint = "tcp://127.0.0.1:1".parse().unwrap();
+    assert!(matches!(
+        unix.connect(&tcp, &peer(&tcp), &connect_ctx()).await,
+        Err(Error::Unsupported(_))
+    ));
+}
+
+/// The default path: in a private directory, named after the node.
+#[tokio::test]
+async fn the_default_path_is_private_and_named_after_the_node() {
+    let ctx = bind_ctx();
+    let mut listener = UnixInterface::new().bind(&ctx).await.unwrap();
+    let path: PathBuf = listener.endpoints()[0].unix_path().unwrap().to_owned();
+    let dir = path.parent().unwrap().to_owned();
+    let expected = match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(r) if r.is_absolute() && r.is_dir() => r.join("masse"),
+        _ => std::env::temp_dir().join(format!(
+            "masse-{}",
+            std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&dir).unwrap())
+        )),
+    };
+    assert_eq!(dir, expected);
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&dir).unwrap().permissions());
+    assert_eq!(mode & 0o077, 0, "{}: {mode:o}", dir.display());
+    let file = path.file_name().unwrap().to_str().unwrap();
+    let instance = ctx.instance.to_string();
+    assert_eq!(file, format!("unix-test.acceptor.{}.sock", &instance[..16]));
+    listener.close().await;
+    assert!(!path.exists());
+
+    // The same name in a directory of one's choice; a name too long for a
+    // socket address there gets a hashed file name.
+    let chosen = tempfile::tempdir().unwrap();
+    let listener = UnixInterface::in_dir(chosen.path())
+        .bind(&ctx)
+        .await
+        .unwrap();
+    assert_eq!(
+        listener.endpoints()[0].unix_path().unwrap(),
+        chosen.path().join(file)
+    );
+    drop(listener);
+    let long = BindContext::new(
+        "unix-test".parse().unwrap(),
+        "n".repeat(120).parse().unwrap(),
+        InstanceId::random(),
+    );
+    let listener = UnixInterface::in_dir(chosen.path())
+        .bind(&long)
+        .await
+        .unwrap();
+    let long_path = listener.endpoints()[0].unix_path().unwrap().to_owned();
+    assert!(
+        long_path.as_os_str().len() <= 107,
+        "{}",
+        long_path.display()
+    );
+    assert_eq!(long_path.parent().unwrap(), chosen.path());
+    assert!(is_socket(&long_path));
+}
+
+/// A path too long for a socket address is a clear error, not a truncation.
+#[tokio::test]
+async fn an_explicit_path_too_long_is_an_error() {
+    let long = PathBuf::from(format!("/tmp/{}.sock", "x".repeat(200)));
+    assert!(matches!(
+        UnixInterface::at(long).bind(&bind_ctx()).await,
+        Err(Error::InvalidAddress { .. })
+    ));
+}
