@@ -275,6 +275,22 @@ impl Endpoint {
         }
     }
 
+    /// The socket address of an endpoint of `protocol`: what an IP
+    /// interface's `connect` checks first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] for an endpoint of another scheme (or, for a
+    /// third-party scheme, one whose address is not an `ip:port`).
+    pub fn socket_addr_for(&self, protocol: &Protocol) -> Result<SocketAddr> {
+        match self.socket_addr() {
+            Some(addr) if self.protocol == *protocol => Ok(addr),
+            _ => Err(Error::Unsupported(format!(
+                "the {protocol} interface cannot dial {self}"
+            ))),
+        }
+    }
+
     /// The socket path of a `unix://` endpoint.
     pub fn unix_path(&self) -> Option<&Path> {
         match &self.address {

@@ -1,6 +1,7 @@
 //! The error type shared by every masse crate.
 
 use std::error::Error as StdError;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -365,6 +366,21 @@ impl From<Error> for std::io::Error {
 }
 
 impl Error {
+    /// An [`Error::Io`] that says what was being done (`"connect to
+    /// unix:///run/a.sock"`), keeping `e`'s kind (so
+    /// [`is_stale_address`](Self::is_stale_address) and
+    /// [`is_transient`](Self::is_transient) still see it) and `e` itself as
+    /// its source. For interfaces and registries to report I/O failures.
+    pub fn io_context(e: std::io::Error, doing: impl Into<String>) -> Error {
+        Error::from(std::io::Error::new(
+            e.kind(),
+            IoContext {
+                doing: doing.into(),
+                source: e,
+            },
+        ))
+    }
+
     /// The error under any [`Error::Connect`] context: the one to branch on.
     pub fn root(&self) -> &Error {
         match self {
@@ -516,6 +532,24 @@ impl Error {
     }
 }
 
+#[derive(Debug)]
+struct IoContext {
+    doing: String,
+    source: std::io::Error,
+}
+
+impl fmt::Display for IoContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.doing, self.source)
+    }
+}
+
+impl std::error::Error for IoContext {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
+
 /// I/O error kinds that say nobody (or nobody masse) answers at an address:
 /// refused, unreachable, reset or aborted, timed out, closed early, or no
 /// such address at all (`NotFound`: a Unix socket file that is gone).
@@ -554,6 +588,22 @@ pub(crate) fn clip(input: &str) -> String {
 mod tests {
     use super::*;
     use std::io::ErrorKind as K;
+
+    #[test]
+    fn io_context_keeps_kind_and_source() {
+        let e = Error::io_context(
+            std::io::Error::from(K::ConnectionRefused),
+            "connect to tcp://127.0.0.1:1",
+        );
+        assert!(e.is_transient());
+        assert!(
+            e.to_string().contains("connect to tcp://127.0.0.1:1"),
+            "{e}"
+        );
+        let Error::Io(io) = &e else { panic!("{e:?}") };
+        assert_eq!(io.kind(), K::ConnectionRefused);
+        assert!(std::error::Error::source(&**io).is_some());
+    }
 
     #[test]
     fn stale_io_kinds() {

@@ -490,14 +490,7 @@ impl Interface for QuicInterface {
         peer: &PeerRecord,
         ctx: &ConnectContext,
     ) -> Result<BoxIo> {
-        let addr = match endpoint.socket_addr() {
-            Some(addr) if *endpoint.protocol() == Protocol::QUIC => addr,
-            _ => {
-                return Err(Error::Unsupported(format!(
-                    "the quic interface cannot dial {endpoint}"
-                )));
-            }
-        };
+        let addr = endpoint.socket_addr_for(&Protocol::QUIC)?;
         let expected = masse_core::tls::pinned_fingerprint(peer, endpoint)?;
         let identity = self.pick_identity(ctx.identity.as_ref(), "dial")?;
         let key = PoolKey {

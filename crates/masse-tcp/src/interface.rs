@@ -1,6 +1,5 @@
 //! [`TcpInterface`]: its configuration and the dialing side.
 
-use std::fmt;
 use std::net::SocketAddr;
 
 use masse_core::addr::parse_socket_addr;
@@ -205,14 +204,7 @@ impl Interface for TcpInterface {
         peer: &PeerRecord,
         ctx: &ConnectContext,
     ) -> Result<BoxIo> {
-        let addr = match endpoint.socket_addr() {
-            Some(addr) if *endpoint.protocol() == Protocol::TCP => addr,
-            _ => {
-                return Err(Error::Unsupported(format!(
-                    "the tcp interface cannot dial {endpoint}"
-                )));
-            }
-        };
+        let addr = endpoint.socket_addr_for(&Protocol::TCP)?;
         let stream = self.dial(addr, ctx.connect_timeout).await?;
         tracing::debug!(peer = %peer.name, %endpoint, local = ?stream.local_addr().ok(), "tcp connected");
         Ok(Box::new(stream))
@@ -236,28 +228,9 @@ fn parse_addr(input: &str) -> Result<SocketAddr> {
     parse_socket_addr("tcp socket address", input)
 }
 
-/// An I/O error that says what was being done; keeps the original as its
-/// source and its kind, so [`Error::is_transient`] still works.
+/// An I/O error that says what was being done (see [`Error::io_context`]).
 pub(crate) fn io_context(e: std::io::Error, what: String) -> Error {
-    Error::from(std::io::Error::new(e.kind(), IoContext { what, source: e }))
-}
-
-#[derive(Debug)]
-struct IoContext {
-    what: String,
-    source: std::io::Error,
-}
-
-impl fmt::Display for IoContext {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.what, self.source)
-    }
-}
-
-impl std::error::Error for IoContext {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
+    Error::io_context(e, what)
 }
 
 #[cfg(test)]
@@ -332,21 +305,5 @@ mod tests {
                 ..
             })
         ));
-    }
-
-    #[test]
-    fn io_context_keeps_kind_and_source() {
-        let e = io_context(
-            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
-            "connect to tcp://127.0.0.1:1".into(),
-        );
-        assert!(e.is_transient());
-        assert!(
-            e.to_string().contains("connect to tcp://127.0.0.1:1"),
-            "{e}"
-        );
-        let Error::Io(io) = &e else { panic!("{e:?}") };
-        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
-        assert!(std::error::Error::source(&**io).is_some());
     }
 }

@@ -243,14 +243,7 @@ impl Interface for TlsInterface {
         peer: &PeerRecord,
         ctx: &ConnectContext,
     ) -> Result<BoxIo> {
-        let addr = match endpoint.socket_addr() {
-            Some(addr) if *endpoint.protocol() == Protocol::TLS => addr,
-            _ => {
-                return Err(Error::Unsupported(format!(
-                    "the tls interface cannot dial {endpoint}"
-                )));
-            }
-        };
+        let addr = endpoint.socket_addr_for(&Protocol::TLS)?;
         let expected = masse_core::tls::pinned_fingerprint(peer, endpoint)?;
         let identity = self.pick_identity(ctx.identity.as_ref(), "dial")?;
         let config = self.configs.get(identity, expected)?;

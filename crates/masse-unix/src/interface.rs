@@ -116,14 +116,9 @@ impl Interface for UnixInterface {
         peer: &PeerRecord,
         ctx: &ConnectContext,
     ) -> Result<BoxIo> {
-        let path = match endpoint.unix_path() {
-            Some(p) if *endpoint.protocol() == Protocol::UNIX => p,
-            _ => {
-                return Err(Error::Unsupported(format!(
-                    "the unix interface cannot dial {endpoint}"
-                )));
-            }
-        };
+        let path = endpoint.unix_path().ok_or_else(|| {
+            Error::Unsupported(format!("the unix interface cannot dial {endpoint}"))
+        })?;
         let limit = ctx.connect_timeout;
         let dial = async {
             let mut pause = BACKLOG_RETRY_MIN;

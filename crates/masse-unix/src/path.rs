@@ -127,28 +127,9 @@ pub(crate) fn file_id(path: &Path) -> Option<(u64, u64)> {
         .map(|m| (m.dev(), m.ino()))
 }
 
-/// An I/O error that says what was being done; keeps the original's kind
-/// (so [`masse_core::is_stale_io`] still sees it) and the original as source.
+/// An I/O error that says what was being done (see [`Error::io_context`]).
 pub(crate) fn context(e: std::io::Error, what: String) -> Error {
-    Error::from(std::io::Error::new(e.kind(), Context { what, source: e }))
-}
-
-#[derive(Debug)]
-struct Context {
-    what: String,
-    source: std::io::Error,
-}
-
-impl std::fmt::Display for Context {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.what, self.source)
-    }
-}
-
-impl std::error::Error for Context {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
+    Error::io_context(e, what)
 }
 
 #[cfg(test)]
