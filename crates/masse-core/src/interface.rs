@@ -239,7 +239,7 @@ pub trait Interface: Send + Sync + 'static {
     /// - [`Error::Io`](crate::Error::Io) of a kind [`is_stale_io`](crate::is_stale_io)
     ///   accepts: refused, unreachable, reset, aborted, timed out, closed
     ///   early (a pooled connection found dead after the peer moved: drop it
-    ///   from the pool and fail so);
+    ///   from the pool and fail so), not found (a Unix socket file gone);
     /// - [`Error::Timeout`](crate::Error::Timeout) when the connect timeout
     ///   passes (nobody answers: a silent address);
     /// - [`Error::Unauthorized`](crate::Error::Unauthorized) when the peer's
