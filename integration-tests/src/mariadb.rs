@@ -36,6 +36,8 @@ pub struct MariaDbServer {
     dir: TempDir,
     port: u16,
     process: Option<KillOnDrop>,
+    /// MariaDB's default durability (the redo log flushed at every commit).
+    durable: bool,
 }
 
 impl MariaDbServer {
@@ -43,6 +45,17 @@ impl MariaDbServer {
     /// database and user. `None` (after a loud notice) if the binaries are
     /// missing and not under CI; panics, with the server's log, if it cannot start.
     pub fn start() -> Option<MariaDbServer> {
+        Self::start_with(false)
+    }
+
+    /// Like [`start`](Self::start), but with MariaDB's default durability
+    /// (`innodb_flush_log_at_trx_commit=1`: every commit flushed to the
+    /// disk), as in production. For benches that quote write rates.
+    pub fn start_durable() -> Option<MariaDbServer> {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Option<MariaDbServer> {
         let mariadbd = binary("mariadbd")?;
         let install = binary("mariadb-install-db")?;
         let client = binary("mariadb")?;
@@ -82,6 +95,7 @@ impl MariaDbServer {
             dir,
             port: 0,
             process: None,
+            durable,
         };
         let mut last = String::new();
         for _ in 0..3 {
@@ -191,6 +205,10 @@ impl MariaDbServer {
         if is_root() {
             cmd.arg("--user=root");
         }
+        if !self.durable {
+            // The redo log is written at each commit, flushed once a second.
+            cmd.arg("--innodb-flush-log-at-trx-commit=2");
+        }
         let child = cmd
             .arg(format!("--datadir={}", d.join("data").display()))
             .arg(format!("--tmpdir={}", d.join("tmp").display()))
@@ -202,7 +220,6 @@ impl MariaDbServer {
                 "--bind-address=127.0.0.1",
                 "--skip-log-bin",
                 "--skip-name-resolve",
-                "--innodb-flush-log-at-trx-commit=2",
                 "--innodb-buffer-pool-size=64M",
             ])
             .current_dir(d)

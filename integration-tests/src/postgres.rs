@@ -36,6 +36,8 @@ pub struct PostgresServer {
     run_as: Option<String>,
     /// TCP clients must use TLS (a self-signed certificate in the directory).
     tls: bool,
+    /// The server's default durability (`fsync` on), not `fsync=off`.
+    durable: bool,
     running: bool,
 }
 
@@ -44,7 +46,15 @@ impl PostgresServer {
     /// the binaries are missing and not under CI; panics, with the server's
     /// log, if it cannot start.
     pub fn start() -> Option<PostgresServer> {
-        Self::start_with(false)
+        Self::start_with(false, false)
+    }
+
+    /// Like [`start`](Self::start), but with PostgreSQL's default
+    /// durability: every commit waits for `fsync`, as in production (the
+    /// other servers run with `fsync=off`, which only skips flushing to the
+    /// disk). For benches that quote write rates.
+    pub fn start_durable() -> Option<PostgresServer> {
+        Self::start_with(false, true)
     }
 
     /// Like [`start`](Self::start), but TCP clients must use TLS (the
@@ -52,10 +62,10 @@ impl PostgresServer {
     /// works, `sslmode=disable` is refused). Needs `openssl`.
     pub fn start_tls() -> Option<PostgresServer> {
         require_binary("openssl", "openssl")?;
-        Self::start_with(true)
+        Self::start_with(true, false)
     }
 
-    fn start_with(tls: bool) -> Option<PostgresServer> {
+    fn start_with(tls: bool, durable: bool) -> Option<PostgresServer> {
         let bin = std::env::var_os("MASSE_PG_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_BIN_DIR));
@@ -84,6 +94,7 @@ impl PostgresServer {
             port: 0,
             run_as,
             tls,
+            durable,
             running: false,
         };
         let data = server.data_dir();
@@ -313,12 +324,15 @@ impl PostgresServer {
         let data = self.data_dir();
         let log = self.dir.path().join("log");
         let mut options = format!(
-            // fsync=off only skips flushing to the disk: a killed server
-            // (kill, restart) still finds every commit in the OS page cache.
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            "-p {} -c listen_addresses=127.0.0.1 -k {}",
             self.port,
             self.dir.path().display()
         );
+        if !self.durable {
+            // fsync=off only skips flushing to the disk: a killed server
+            // (kill, restart) still finds every commit in the OS page cache.
+            options.push_str(" -c fsync=off");
+        }
         if self.tls {
             let d = self.dir.path().display();
             options.push_str(&format!(

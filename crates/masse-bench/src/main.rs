@@ -9,6 +9,7 @@ mod connect_secure;
 mod latency;
 mod quic;
 mod registry;
+mod scale;
 mod secure;
 mod setup;
 mod stats;
@@ -124,6 +125,11 @@ const BENCHES: &[Bench] = &[
         describe: registry::describe,
         run: registry::run,
     },
+    Bench {
+        name: "scale",
+        describe: scale::describe,
+        run: scale::run,
+    },
 ];
 
 /// Worker threads of the multi-thread runtime: the reference machine has 2 cores.
@@ -194,7 +200,9 @@ usage: cargo run --release -p masse-bench [-- [--quick] [FILTER]]
             tcp_throughput, connect_latency, cache_lookup, tls_throughput,
             quic_throughput, quic_new_stream_latency, connect_tls,
             connect_quic, setup_time,
-            registry (starts PostgreSQL, MariaDB and Redis servers)
+            registry (starts PostgreSQL, MariaDB and Redis servers),
+            scale (the same servers, durable; 100 000 names, 1 000 watchers,
+            fleets of nodes; a few minutes, needs ulimit -n 8192)
 
 Prints one `name value unit` line per figure; lines starting with # are comments.";
 
@@ -217,7 +225,18 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, St
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map(String::as_str) == Some(scale::CHILD_ARG) {
+        // A measuring child of the `scale` bench.
+        return match scale::lookup_all_child(&raw[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("masse-bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let args = match parse_args(raw) {
         Ok(Some(args)) => args,
         Ok(None) => {
             println!("{USAGE}");

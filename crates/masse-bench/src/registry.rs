@@ -60,7 +60,7 @@ const HEARTBEAT_HANDLES: usize = 200;
 /// The ttl of the heartbeating records; nodes refresh every ttl/3.
 const HEARTBEAT_TTL: Duration = Duration::from_secs(10);
 /// Long enough that nothing expires during the run.
-const LONG_TTL: Duration = Duration::from_secs(600);
+pub(crate) const LONG_TTL: Duration = Duration::from_secs(600);
 /// How long a propagation may take before the bench gives up on it.
 const ARRIVAL_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -120,7 +120,7 @@ pub(crate) fn describe(mode: Mode) -> String {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
+pub(crate) enum Backend {
     Sqlite,
     Postgres,
     Mariadb,
@@ -128,14 +128,14 @@ enum Backend {
 }
 
 impl Backend {
-    const ALL: [Backend; 4] = [
+    pub(crate) const ALL: [Backend; 4] = [
         Backend::Sqlite,
         Backend::Postgres,
         Backend::Mariadb,
         Backend::Redis,
     ];
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Backend::Sqlite => "sqlite",
             Backend::Postgres => "postgres",
@@ -145,15 +145,19 @@ impl Backend {
     }
 }
 
-pub(crate) fn run(mode: Mode) -> Result<Vec<Figure>, BoxError> {
-    // The server harnesses install a `tracing` subscriber that writes to
-    // stdout; one on stderr first keeps backend warnings out of the figures.
+/// The server harnesses install a `tracing` subscriber that writes to
+/// stdout; one on stderr first keeps backend warnings out of the figures.
+pub(crate) fn log_to_stderr() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+pub(crate) fn run(mode: Mode) -> Result<Vec<Figure>, BoxError> {
+    log_to_stderr();
 
     // The servers start side by side (initdb and mariadb-install-db take a
     // second or two each) before anything is measured; each is stopped once
@@ -249,7 +253,7 @@ fn start(backend: Backend) -> Result<Option<Server>, BoxError> {
 
 /// The first server binary of `backend` that is not installed, if any.
 /// Checked here, before the harness (which fails under `CI=true` instead).
-fn missing_binary(backend: Backend) -> Option<String> {
+pub(crate) fn missing_binary(backend: Backend) -> Option<String> {
     let absent = |p: &Path| find_binary(&p.to_string_lossy()).is_none();
     match backend {
         Backend::Sqlite => None,
@@ -310,17 +314,17 @@ async fn bench(backend: Backend, url: String, mode: Mode) -> Result<Vec<Figure>,
 }
 
 /// A record with one endpoint, the size of a typical node's.
-fn record(ns: &Namespace, name: &str) -> Result<PeerRecord, BoxError> {
+pub(crate) fn record(ns: &Namespace, name: &str) -> Result<PeerRecord, BoxError> {
     let name: PeerName = name.parse()?;
     Ok(PeerRecord::new(ns.clone(), name, InstanceId::random())
         .with_endpoint(Endpoint::new(Protocol::TCP, "127.0.0.1:4100".parse()?)))
 }
 
-fn micros(d: Duration) -> f64 {
+pub(crate) fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-fn millis(d: Duration) -> f64 {
+pub(crate) fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
@@ -646,15 +650,15 @@ async fn lookup_all(
 
 /// Redis counters from `INFO stats commandstats`.
 #[derive(Debug, Default)]
-struct Counters {
-    total: u64,
+pub(crate) struct Counters {
+    pub(crate) total: u64,
     /// Calls and microseconds per command (lower case); commands run by
     /// scripts count, and a script's time includes theirs.
     commands: HashMap<String, (u64, u64)>,
 }
 
 impl Counters {
-    async fn read(conn: &mut MultiplexedConnection) -> Result<Counters, BoxError> {
+    pub(crate) async fn read(conn: &mut MultiplexedConnection) -> Result<Counters, BoxError> {
         let text: String = redis::cmd("INFO")
             .arg("stats")
             .arg("commandstats")
@@ -798,15 +802,15 @@ async fn heartbeat(url: &str, periods: u32) -> Result<Figure, BoxError> {
 
 /// xorshift64: spacing that does not line up with any poller.
 #[derive(Debug)]
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Rng(InstanceId::random().as_u128() as u64 | 1)
     }
 
     /// Uniform in `0..n` (near enough for spacing).
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
