@@ -256,6 +256,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     s.write_all(&[0x2a]).await?;
+    s.flush().await?;
     let mut b = [0_u8; 1];
     s.read_exact(&mut b).await?;
     let elapsed = start.elapsed();
@@ -265,14 +266,15 @@ where
     Ok(elapsed)
 }
 
-/// Writes back whatever it reads, until end-of-stream or an error.
+/// Writes back whatever it reads (flushed), until end-of-stream or an error.
 pub(crate) async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
     let mut buf = [0_u8; 64];
     loop {
         match s.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
-                if s.write_all(&buf[..n]).await.is_err() {
+                // A TLS stream may hold written records until flushed.
+                if s.write_all(&buf[..n]).await.is_err() || s.flush().await.is_err() {
                     return;
                 }
             }

@@ -7,6 +7,7 @@
 mod cache;
 mod connect_secure;
 mod latency;
+mod memory;
 mod quic;
 mod registry;
 mod scale;
@@ -126,6 +127,11 @@ const BENCHES: &[Bench] = &[
         run: registry::run,
     },
     Bench {
+        name: "memory",
+        describe: memory::describe,
+        run: memory::run,
+    },
+    Bench {
         name: "scale",
         describe: scale::describe,
         run: scale::run,
@@ -200,11 +206,15 @@ usage: cargo run --release -p masse-bench [-- [--quick] [FILTER]]
             tcp_throughput, connect_latency, cache_lookup, tls_throughput,
             quic_throughput, quic_new_stream_latency, connect_tls,
             connect_quic, setup_time,
-            registry (starts PostgreSQL, MariaDB and Redis servers),
+            memory, registry (starts PostgreSQL, MariaDB and Redis servers),
             scale (the same servers, durable; 100 000 names, 1 000 watchers,
             fleets of nodes; a few minutes, needs ulimit -n 8192)
 
 Prints one `name value unit` line per figure; lines starting with # are comments.";
+
+/// The first argument of a copy of this program that a bench runs to
+/// measure something in a fresh process (`scale`, `memory`).
+const CHILD_ARG: &str = "--child";
 
 /// `Ok(None)` asks for the usage text.
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, String> {
@@ -226,9 +236,14 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Args>, St
 
 fn main() -> ExitCode {
     let raw: Vec<String> = std::env::args().skip(1).collect();
-    if raw.first().map(String::as_str) == Some(scale::CHILD_ARG) {
-        // A measuring child of the `scale` bench.
-        return match scale::lookup_all_child(&raw[1..]) {
+    if raw.first().map(String::as_str) == Some(CHILD_ARG) {
+        // A measuring child of the `scale` or `memory` bench.
+        let run = match raw.get(1).map(String::as_str) {
+            Some("lookup-all") => scale::lookup_all_child(&raw[2..]),
+            Some("memory") => memory::child(&raw[2..]),
+            other => Err(format!("no child {other:?}").into()),
+        };
+        return match run {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("masse-bench: {e}");

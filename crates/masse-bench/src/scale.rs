@@ -47,9 +47,9 @@ use crate::stats::percentile;
 use crate::{BoxError, Figure, Mode};
 
 /// Concurrent publishers filling the big namespace.
-const PUBLISHERS: usize = 64;
+const PUBLISHERS: usize = 128;
 /// The SQL pool of the filling handle.
-const FILL_POOL: u32 = 16;
+const FILL_POOL: u32 = 32;
 /// Names in the small namespace, the baseline of the exact lookups.
 const SMALL: usize = 100;
 /// Watch streams per handle in the watcher test.
@@ -194,9 +194,17 @@ pub(crate) fn run(mode: Mode) -> Result<Vec<Figure>, BoxError> {
                 Backend::Redis => sizes.redis_nodes,
                 _ => sizes.pg_nodes,
             };
-            let figures = crate::on_workers(fleet(backend, server.clone(), nodes, sizes.periods))?;
-            for f in figures {
-                println!("{}", f.line());
+            // A fleet the server cannot hold is a finding, not the end of the run.
+            match crate::on_workers(fleet(backend, server.clone(), nodes, sizes.periods)) {
+                Ok(figures) => {
+                    for f in figures {
+                        println!("{}", f.line());
+                    }
+                }
+                Err(e) => println!(
+                    "# scale {}: a fleet of {nodes} nodes failed: {e}",
+                    backend.name()
+                ),
             }
         }
         drop(server);
@@ -643,10 +651,6 @@ async fn psql_number(server: &Arc<Running>, sql: &'static str) -> Result<u64, Bo
         .map_err(|e| format!("psql answered {out:?} to {sql}: {e}").into())
 }
 
-/// The argument that makes this program the child of
-/// [`lookup_all_peak_in_child`].
-pub(crate) const CHILD_ARG: &str = "--scale-lookup-all-child";
-
 /// Runs `lookup(scale, "*")` in a fresh copy of this program and returns
 /// how far the child's peak resident size rose above its size just before.
 async fn lookup_all_peak_in_child(
@@ -656,7 +660,13 @@ async fn lookup_all_peak_in_child(
 ) -> Result<u64, BoxError> {
     let mut child = std::process::Command::new(std::env::current_exe()?);
     child
-        .args([CHILD_ARG, backend.name(), url, &names.to_string()])
+        .args([
+            crate::CHILD_ARG,
+            "lookup-all",
+            backend.name(),
+            url,
+            &names.to_string(),
+        ])
         .stdin(std::process::Stdio::null());
     let out = tokio::task::spawn_blocking(move || child.output()).await??;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -676,7 +686,7 @@ async fn lookup_all_peak_in_child(
 /// The child's side: `<backend> <url> <names>`; prints the peak growth in bytes.
 pub(crate) fn lookup_all_child(args: &[String]) -> Result<(), BoxError> {
     let [backend, url, names] = args else {
-        return Err(format!("{CHILD_ARG} <backend> <url> <names>").into());
+        return Err("lookup-all <backend> <url> <names>".into());
     };
     let backend = Backend::ALL
         .into_iter()
@@ -707,7 +717,7 @@ pub(crate) fn lookup_all_child(args: &[String]) -> Result<(), BoxError> {
 }
 
 /// This process's resident memory, from `/proc/self/status`.
-struct Memory;
+pub(crate) struct Memory;
 
 impl Memory {
     /// Resets the peak resident size (Linux: `5` into `/proc/self/clear_refs`)
@@ -717,7 +727,7 @@ impl Memory {
         Self::field("VmRSS:")
     }
 
-    fn resident() -> Option<u64> {
+    pub(crate) fn resident() -> Option<u64> {
         Self::field("VmRSS:")
     }
 
