@@ -9,7 +9,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, watch};
+
+/// Events a subscriber of a node's events (`Node::events`, a following
+/// `Reach`) may fall behind by before it is told it lagged.
+const EVENT_CAPACITY: usize = 1024;
 
 use super::core::{Core, NodeConfig, Route};
 use super::{Node, accept, lifecycle};
@@ -361,8 +365,8 @@ impl NodeBuilder {
         record.services = self.services.clone();
         record.metadata = self.metadata.into_iter().collect();
         record.identity = Some(identity.fingerprint());
-        let (events, _) = broadcast::channel(1024);
-        let (registry_events, _) = broadcast::channel(1024);
+        let events = super::core::LazyBroadcast::new(EVENT_CAPACITY);
+        let registry_events = super::core::LazyBroadcast::new(EVENT_CAPACITY);
         let (stopping, _) = watch::channel(false);
         // Each declared service has its queue from the start: a stream for it
         // waits there until the application asks for it.

@@ -84,8 +84,8 @@ pub(crate) struct Core {
     pub(crate) record: RwLock<PeerRecord>,
     /// The endpoints each listener advertises, in interface order.
     pub(crate) listener_endpoints: Mutex<Vec<Vec<Endpoint>>>,
-    pub(crate) events: broadcast::Sender<NodeEvent>,
-    pub(crate) registry_events: broadcast::Sender<RegistryEvent>,
+    pub(crate) events: LazyBroadcast<NodeEvent>,
+    pub(crate) registry_events: LazyBroadcast<RegistryEvent>,
     /// Accepted streams without a service (or whose service has no route of its own).
     pub(crate) default_route: Route,
     /// Accepted streams per service, for `incoming_service`.
@@ -110,10 +110,44 @@ pub(crate) struct Core {
     pub(crate) endpoint_memory: super::dial::EndpointMemory,
 }
 
+/// A broadcast channel whose buffer is allocated at the first
+/// subscription: a node nobody listens to does not carry one (each slot
+/// holds an event, so 1 024 of them are a good part of an idle node's
+/// memory). Sending before anyone subscribed drops the event, as a channel
+/// without receivers does.
+#[derive(Debug)]
+pub(crate) struct LazyBroadcast<T> {
+    capacity: usize,
+    tx: std::sync::OnceLock<broadcast::Sender<T>>,
+}
+
+impl<T: Clone> LazyBroadcast<T> {
+    pub(crate) fn new(capacity: usize) -> Self {
+        LazyBroadcast {
+            capacity,
+            tx: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<T> {
+        self.tx
+            .get_or_init(|| broadcast::channel(self.capacity).0)
+            .subscribe()
+    }
+
+    /// Sends to the current receivers, if any.
+    pub(crate) fn send(&self, value: T) {
+        if let Some(tx) = self.tx.get() {
+            // No receiver left is fine.
+            let _ = tx.send(value);
+        }
+    }
+}
+
 impl Core {
     pub(crate) fn emit(&self, event: NodeEvent) {
         // No receiver is fine: events are for whoever listens.
-        let _ = self.events.send(event);
+        self.events.send(event);
     }
 
     pub(crate) fn is_stopping(&self) -> bool {

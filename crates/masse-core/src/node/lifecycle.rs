@@ -127,7 +127,7 @@ pub(crate) async fn watch_loop(core: Arc<Core>, mut events: broadcast::Receiver<
                     missed,
                     "node fell behind the registry's events; followers list again"
                 );
-                let _ = core.registry_events.send(RegistryEvent::Resync);
+                core.registry_events.send(RegistryEvent::Resync);
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
@@ -162,7 +162,7 @@ fn dispatch(core: &Core, ev: RegistryEvent) {
             core.emit(e);
         }
     }
-    let _ = core.registry_events.send(ev);
+    core.registry_events.send(ev);
 }
 
 /// Stops accepting, unpublishes, waits for open streams (up to the grace),
