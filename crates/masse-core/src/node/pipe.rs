@@ -309,6 +309,10 @@ impl Gate {
             if !u.answered() {
                 return;
             }
+            // The Welcome is out: its bytes are not needed any more (an
+            // empty one is answered too).
+            u.welcome = Vec::new();
+            u.sent = 0;
             u.io.take()
         };
         if io.is_some() {
@@ -600,8 +604,12 @@ impl Shared {
                     };
                     a.state = match step {
                         DialerStep::Open { instance } => {
+                            // Nothing is replayed from here on; the Hello
+                            // is out (it went before the answer could come).
                             a.kept = None;
                             a.redial = None;
+                            a.hello = Vec::new();
+                            a.hello_sent = 0;
                             a.reached.lock().unwrap_or_else(|p| p.into_inner()).instance = instance;
                             State::Open
                         }
