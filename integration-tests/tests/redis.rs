@@ -742,9 +742,12 @@ async fn one_publishing_watching_handle_stays_within_its_command_budget() {
             (*n > before && c != "info").then(|| format!("{c} {}", n - before))
         })
         .collect();
-    eprintln!(
-        "one node over {periods} heartbeat periods ({elapsed:?}): {commands} commands: {}",
-        by_command.join(", ")
+    tracing::info!(
+        periods,
+        ?elapsed,
+        commands,
+        by_command = %by_command.join(", "),
+        "one node's commands"
     );
     // 2 commands/s over the window of whole heartbeat periods.
     let budget = (2.0 * (period * periods).as_secs_f64()).floor() as u64;

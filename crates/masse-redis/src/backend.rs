@@ -206,7 +206,7 @@ impl Inner {
         let clocks = self.clocks.lock().unwrap_or_else(|p| p.into_inner());
         let (ms, at) = clocks.get(ns)?;
         let age = at.elapsed();
-        (age < CLOCK_MAX_AGE).then(|| *ms as f64 + age.as_secs_f64() * 1e3)
+        (age < CLOCK_MAX_AGE).then_some(*ms as f64 + age.as_secs_f64() * 1e3)
     }
 
     /// The longest a command may take, reconnecting included.
