@@ -750,7 +750,7 @@ async fn one_publishing_watching_handle_stays_within_its_command_budget() {
         "one node's commands"
     );
     // 2 commands/s over the window of whole heartbeat periods.
-    let budget = (2.0 * (period * periods).as_secs_f64()).floor() as u64;
+    let budget = (2.0 * (period * periods).as_secs_f64()).round() as u64;
     assert!(
         commands <= budget,
         "{commands} commands in {periods} heartbeat periods, budget {budget}: {}",
