@@ -119,14 +119,14 @@ async fn start_node(url: &str, namespace: &str, name: &str) -> masse::Node {
         .unwrap_or_else(|e| panic!("start {name}: {e}"))
 }
 
-/// The namespace's keys: type and `DUMP` of each (the `sweepers` key, which
-/// every healthy sweep rewrites, only if `with_sweepers`).
+/// The namespace's keys: type and `DUMP` of each (the `sweeping` mark, which
+/// a sweep of due records sets for a moment, only if `with_sweepers`).
 async fn snapshot(send: &Raw, n: &Namespace, with_sweepers: bool) -> BTreeMap<Vec<u8>, Resp> {
     let pattern = format!("masse:{{{n}}}:*");
     let Resp::Array(Some(keys)) = raw(send, &[b"KEYS", pattern.as_bytes()]).await else {
         panic!("KEYS")
     };
-    let sweepers = format!("masse:{{{n}}}:sweepers");
+    let sweepers = format!("masse:{{{n}}}:sweeping");
     let mut out = BTreeMap::new();
     for k in keys {
         let Resp::Bulk(Some(k)) = k else {
@@ -647,7 +647,7 @@ async fn scripts_never_half_apply_and_writers_repair() {
     let events = format!("masse:{{{n}}}:events");
     let seq = format!("masse:{{{n}}}:seq");
     let peer_b = format!("masse:{{{n}}}:peer:b");
-    // Let the handle sweep once, so the namespace has its sweepers key.
+    // Let the handle look at the namespace once.
     sleep(Duration::from_millis(400)).await;
 
     // --- The index replaced by a string.

@@ -12,9 +12,11 @@
 //!   name on one handle until its `Joined` event comes out of the watch
 //!   stream of another handle (a separate `connect`, as another node has);
 //! - `lookup(ns, "*")` with 10 000 live records;
-//! - Redis only: the commands per second that 200 handles heartbeating every
-//!   ttl/3 cause (refreshes plus each handle's sweeper), from the server's own
-//!   `INFO` counters, scaled to 1000 nodes.
+//! - Redis only: the commands per second that 200 handles, each heartbeating
+//!   one name every ttl/3 and watching the namespace (as a started node
+//!   does), cause (refreshes, watch reads and each handle's sweeper), from
+//!   the server's own `INFO` counters (commands run inside scripts
+//!   included), scaled to 1000 nodes.
 //!
 //! A backend whose server binary is missing is skipped with a `# skipped`
 //! line. Each backend runs on its own runtime (2 workers) and prints its lines
@@ -30,8 +32,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use masse::{
     CachingRegistry, DynRegistry, Endpoint, Freshness, InstanceId, NamePolicy, Namespace, Pattern,
-    PeerName, PeerRecord, Protocol, RedisConfig, RedisRegistry, Registry, RegistryEvent, SqlConfig,
-    SqlRegistry,
+    PeerName, PeerRecord, Protocol, RedisRegistry, Registry, RegistryEvent, SqlConfig, SqlRegistry,
 };
 use masse_integration_tests::mariadb::MariaDbServer;
 use masse_integration_tests::postgres::{DEFAULT_BIN_DIR, PostgresServer};
@@ -95,11 +96,13 @@ fn propagation_span(backend: Backend, mode: Mode) -> Duration {
 }
 
 /// The heartbeat window in refresh periods (ttl/3 each): every handle then
-/// refreshes exactly this many times inside it.
+/// refreshes exactly this many times inside it, and, the window being a
+/// whole number of default `XREAD BLOCK` timeouts (10 s), each idle watch
+/// reads as many times in any window.
 fn heartbeat_periods(mode: Mode) -> u32 {
     match mode {
-        Mode::Full => 2,
-        Mode::Quick => 1,
+        Mode::Full => 6,
+        Mode::Quick => 3,
     }
 }
 
@@ -112,7 +115,7 @@ pub(crate) fn describe(mode: Mode) -> String {
     format!(
         "registry: sqlite postgres mariadb redis, {n} interleaved lookups after {} warm-up \
          ({LOOKUP_RECORDS} records), {} propagations, lookup \"*\" of {ALL_RECORDS} x {ALL_ROUNDS}, \
-         heartbeat {HEARTBEAT_HANDLES} handles x {:.1} s",
+         heartbeat {HEARTBEAT_HANDLES} handles (publish + watch) x {:.1} s",
         n / 10,
         propagations(mode),
         (refresh_period() * heartbeat_periods(mode)).as_secs_f64()
@@ -705,11 +708,11 @@ impl Counters {
     }
 }
 
-/// [`HEARTBEAT_HANDLES`] handles, each holding one name with a 10 s ttl and
-/// refreshing it every ttl/3, their refresh times spread evenly over the
-/// period; every handle's sweeper runs as it would in a node. The commands
-/// the server processed in a window of whole refresh periods, per second,
-/// scaled to 1000 nodes.
+/// [`HEARTBEAT_HANDLES`] handles, each holding one name with a 10 s ttl,
+/// refreshing it every ttl/3 (their refresh times spread evenly over the
+/// period) and watching the namespace, as a node does; every handle's
+/// sweeper runs as it would in a node. The commands the server processed in
+/// a window of whole refresh periods, per second, scaled to 1000 nodes.
 async fn heartbeat(url: &str, periods: u32) -> Result<Figure, BoxError> {
     let ns: Namespace = "bench-heartbeat".parse()?;
     let period = refresh_period();
@@ -723,28 +726,34 @@ async fn heartbeat(url: &str, periods: u32) -> Result<Figure, BoxError> {
             handle
                 .publish(&r, HEARTBEAT_TTL, NamePolicy::Takeover)
                 .await?;
-            Ok::<_, BoxError>((handle, r))
+            let mut events = handle.watch(&ns).await?;
+            let reader = tokio::spawn(async move {
+                while let Some(ev) = events.next().await {
+                    if ev.is_err() {
+                        return;
+                    }
+                }
+            });
+            Ok::<_, BoxError>((handle, r, reader))
         }));
     }
     let mut nodes = Vec::with_capacity(HEARTBEAT_HANDLES);
+    let mut readers = Vec::with_capacity(HEARTBEAT_HANDLES);
     for c in connecting {
-        nodes.push(c.await??);
+        let (handle, r, reader) = c.await??;
+        nodes.push((handle, r));
+        readers.push(reader);
     }
-    // Every handle swept once on connecting and then paces itself by the
-    // number of sweepers (RedisConfig::sweep_interval): wait out the longest
-    // first pause (1.5 x the default max_sweep_interval) so the window sees
-    // the steady state, not the start-up burst, refreshing every record each
-    // period meanwhile (which also loads the refresh script).
-    let warm_up = Instant::now() + RedisConfig::new().get_max_sweep_interval().mul_f64(1.5);
-    while Instant::now() < warm_up {
-        let refreshes = nodes
-            .iter()
-            .map(|(h, r)| h.refresh(&ns, &r.name, r.instance, HEARTBEAT_TTL));
-        for done in futures::future::join_all(refreshes).await {
-            done?;
-        }
-        tokio::time::sleep(period.min(warm_up.saturating_duration_since(Instant::now()))).await;
+    // A warm-up of one period, refreshing every record (which also loads
+    // the refresh script) and letting the start-up looks of the sweepers
+    // and the watches' first reads pass.
+    let refreshes = nodes
+        .iter()
+        .map(|(h, r)| h.refresh(&ns, &r.name, r.instance, HEARTBEAT_TTL));
+    for done in futures::future::join_all(refreshes).await {
+        done?;
     }
+    tokio::time::sleep(period).await;
 
     let mut info = redis::Client::open(url)?
         .get_multiplexed_async_connection()
@@ -773,24 +782,35 @@ async fn heartbeat(url: &str, periods: u32) -> Result<Figure, BoxError> {
     for t in tasks {
         t.await??;
     }
+    for r in readers {
+        r.abort();
+    }
     drop(nodes);
 
     // The first INFO is counted in `after` (a command counts once it is done).
     let commands = after.total.saturating_sub(before.total + 1);
     let per_sec = commands as f64 / elapsed;
     let scaled = per_sec * 1000.0 / HEARTBEAT_HANDLES as f64;
-    let evalsha = after.calls_since(&before, "evalsha");
-    let sweeps = after.calls_since(&before, "zrangebyscore");
-    // Each refresh and each sweep sets one PEXPIREAT; each sweep also runs
-    // one ZREMRANGEBYSCORE.
-    let refreshes = after
-        .calls_since(&before, "pexpireat")
-        .saturating_sub(after.calls_since(&before, "zremrangebyscore"));
+    let mut by_command: Vec<(String, u64)> = after
+        .commands
+        .keys()
+        .map(|c| (c.clone(), after.calls_since(&before, c)))
+        .filter(|(c, n)| *n > 0 && c != "info")
+        .collect();
+    by_command.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let breakdown: Vec<String> = by_command.iter().map(|(c, n)| format!("{c} {n}")).collect();
     println!(
-        "# registry redis heartbeat: {HEARTBEAT_HANDLES} handles for {elapsed:.2} s: \
-         {refreshes} refreshes, {sweeps} sweeps, {commands} commands of which {evalsha} EVALSHA \
-         (the rest run inside the scripts); {:.1} commands per handle per second",
-        per_sec / HEARTBEAT_HANDLES as f64
+        "# registry redis heartbeat: {HEARTBEAT_HANDLES} handles, each publishing one name \
+         (ttl {:.0} s, refreshed every {:.2} s) and watching the namespace, for a window of \
+         {elapsed:.2} s; commands = the server's total_commands_processed delta (commands run \
+         inside scripts included), per second, x 1000 / {HEARTBEAT_HANDLES}",
+        HEARTBEAT_TTL.as_secs_f64(),
+        period.as_secs_f64(),
+    );
+    println!(
+        "# registry redis heartbeat: {commands} commands ({:.2} per handle per second): {}",
+        per_sec / HEARTBEAT_HANDLES as f64,
+        breakdown.join(", ")
     );
     Ok(Figure::new(
         "redis_commands_per_sec_per_1000_nodes_ttl10s",

@@ -14,6 +14,7 @@ use masse_core::{
     RegistryEvent, Result,
 };
 use redis::{FromRedisValue, ScriptInvocation, Value};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -32,18 +33,22 @@ const FETCH_CHUNK: usize = 256;
 const SWEEP_LIMIT: usize = 256;
 /// The longest accepted ttl (a year): longer ones are almost surely a unit mistake.
 const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// How long the server time learnt from a script reply is trusted (advanced
+/// by the local clock) before the sweeper asks again.
+const CLOCK_MAX_AGE: Duration = Duration::from_secs(300);
 
 /// A [`Registry`] on Redis (a single server, TLS, or a Redis Cluster).
 ///
 /// Cloning is cheap and shares the connection; [`connect`](Self::connect)
 /// again for an independent handle (as another process would have).
 ///
-/// Each handle sweeps the namespaces it has used for expired records, pacing
-/// itself by the number of handles doing the same so that together they sweep
-/// a namespace about every [`sweep_interval`](RedisConfig::sweep_interval); the
-/// sweep that removes a record reports its `Expired` event, so the event comes
-/// once however many handles there are. Lookups decide expiry by the server
-/// clock, so an expired record is invisible at once, swept or not.
+/// Each handle sweeps the namespaces it has used for expired records: it
+/// looks at a namespace's earliest expiry (one `ZRANGE`) when that is due,
+/// or at the latest after [`max_sweep_interval`](RedisConfig::max_sweep_interval),
+/// and sweeps once something is due. The sweep that removes a record reports
+/// its `Expired` event, so the event comes once however many handles there
+/// are. Lookups decide expiry by the server clock, so an expired record is
+/// invisible at once, swept or not.
 ///
 /// ```no_run
 /// # async fn demo() -> masse_core::Result<()> {
@@ -71,7 +76,15 @@ pub(crate) struct Inner {
     display: String,
     /// The namespaces this handle sweeps.
     namespaces: Mutex<HashSet<Namespace>>,
-    /// This handle's entry in each namespace's `sweepers` set.
+    /// The server time (ms) per namespace, from the last script reply, and
+    /// when that reply came.
+    clocks: Mutex<HashMap<Namespace, (u64, Instant)>>,
+    /// Namespaces whose earliest expiry may have come closer (a publish of
+    /// this handle, a new namespace): the sweeper looks at them at once.
+    poked: Mutex<HashSet<Namespace>>,
+    /// Wakes the sweeper for `poked`.
+    wake: Arc<Notify>,
+    /// This handle's mark in a namespace's `sweeping` key while it sweeps.
     sweeper_id: String,
     sweeper: Mutex<Option<JoinHandle<()>>>,
     /// The malformed entries already logged.
@@ -124,11 +137,14 @@ impl RedisRegistry {
             config,
             display: address::redact(url),
             namespaces: Mutex::new(HashSet::new()),
+            clocks: Mutex::new(HashMap::new()),
+            poked: Mutex::new(HashSet::new()),
+            wake: Arc::new(Notify::new()),
             sweeper_id: InstanceId::random().to_string(),
             sweeper: Mutex::new(None),
             warned: masse_core::WarnOnce::new(),
         });
-        let task = tokio::spawn(sweeper(Arc::downgrade(&inner)));
+        let task = tokio::spawn(sweeper(Arc::downgrade(&inner), inner.wake.clone()));
         *inner.sweeper.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         tracing::debug!(url = %inner.display, "connected to the redis registry");
         Ok(RedisRegistry { inner })
@@ -152,8 +168,45 @@ impl Inner {
         let mut set = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
         if !set.contains(ns) {
             set.insert(ns.clone());
+            drop(set);
             tracing::debug!(namespace = %ns, "redis registry handle now sweeps this namespace");
+            self.poke(ns);
         }
+    }
+
+    /// Has the sweeper look at `ns` at once.
+    fn poke(&self, ns: &Namespace) {
+        self.poked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ns.clone());
+        self.wake.notify_one();
+    }
+
+    /// Notes the server time a script of `ns` replied with.
+    fn note_clock(&self, ns: &Namespace, now_ms: Option<&Vec<u8>>) {
+        let Some(ms) = now_ms
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            return;
+        };
+        let mut clocks = self.clocks.lock().unwrap_or_else(|p| p.into_inner());
+        match clocks.get_mut(ns) {
+            Some(c) => *c = (ms, Instant::now()),
+            None => {
+                clocks.insert(ns.clone(), (ms, Instant::now()));
+            }
+        }
+    }
+
+    /// The server time of `ns` now (ms), from the last reply advanced by the
+    /// local clock, if that reply is recent enough.
+    fn server_now(&self, ns: &Namespace) -> Option<f64> {
+        let clocks = self.clocks.lock().unwrap_or_else(|p| p.into_inner());
+        let (ms, at) = clocks.get(ns)?;
+        let age = at.elapsed();
+        (age < CLOCK_MAX_AGE).then_some(*ms as f64 + age.as_secs_f64() * 1e3)
     }
 
     /// The longest a command may take, reconnecting included.
@@ -175,40 +228,92 @@ impl Inner {
         }
     }
 
-    /// Removes every due record of `ns`, one `Expired` event each, and
-    /// notes this handle as one of the namespace's sweepers. Returns how many
-    /// records were due and how many handles sweep the namespace.
-    async fn sweep(&self, ns: &Namespace) -> Result<(usize, usize)> {
+    /// Looks at the earliest expiry of `ns` (one `ZRANGE`, compared with
+    /// the server time learnt from the last script reply) and sweeps if it
+    /// is due, or if that server time is unknown or old.
+    async fn look(&self, ns: &Namespace) -> Result<Look> {
         let keys = NsKeys::new(ns);
-        // An entry outlives the longest pause between two sweeps (1.5 x the
-        // cap), so a live handle is always counted; a gone one drops out.
-        let cap = self
-            .config
-            .max_sweep_interval
-            .max(self.config.sweep_interval);
-        let lease = u64::try_from((cap * 3).as_millis()).unwrap_or(u64::MAX);
+        if let Some(now) = self.server_now(ns) {
+            match self.earliest(&keys).await? {
+                None => {
+                    return Ok(Look {
+                        next_in: None,
+                        busy: false,
+                        expired: 0,
+                    });
+                }
+                // `+inf` is no expiry masse writes: a sweep removes it.
+                Some(at) if at.is_finite() && at > now => {
+                    return Ok(Look {
+                        next_in: Some(Duration::from_secs_f64((at - now) / 1e3)),
+                        busy: false,
+                        expired: 0,
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        self.sweep(ns, &keys).await
+    }
+
+    /// The lowest score in the index of `keys` (`None` if it is empty).
+    async fn earliest(&self, keys: &NsKeys) -> Result<Option<f64>> {
+        let mut conn = self.conn.clone();
+        let after = self.op_timeout();
+        let mut cmd = redis::cmd("ZRANGE");
+        cmd.arg(&keys.index).arg(0).arg(0).arg("WITHSCORES");
+        let reply: Value = match tokio::time::timeout(after, cmd.query_async(&mut conn)).await {
+            Ok(r) => r.map_err(error::map)?,
+            Err(_) => return Err(error::timed_out("a sweep", after)),
+        };
+        first_score(&reply).ok_or_else(|| error::unexpected("ZRANGE reply"))
+    }
+
+    /// Removes every due record of `ns`, one `Expired` event each, unless
+    /// another handle is doing so (`busy`).
+    async fn sweep(&self, ns: &Namespace, keys: &NsKeys) -> Result<Look> {
+        let hold = u64::try_from(self.config.sweep_interval.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let mut total = 0;
         loop {
             let mut inv = SCRIPTS.sweep.prepare_invoke();
             inv.key(&keys.index)
                 .key(&keys.events)
                 .key(&keys.seq)
-                .key(&keys.sweepers)
+                .key(&keys.sweeping)
                 .arg(self.config.stream_maxlen)
                 .arg(&keys.peer_prefix)
                 .arg(SWEEP_LIMIT)
                 .arg(&self.sweeper_id)
-                .arg(lease);
+                .arg(hold);
             let reply: Vec<Vec<u8>> = self.run("a sweep", &inv).await?;
-            let count = |i: usize| {
+            let field = |i: usize| {
                 reply
                     .get(i)
                     .and_then(|v| std::str::from_utf8(v).ok())
-                    .and_then(|v| v.parse::<usize>().ok())
                     .ok_or_else(|| error::unexpected("sweep script reply"))
             };
-            let (due, sweepers) = (count(0)?, count(1)?);
-            for name in reply.iter().skip(2) {
+            let busy = match field(0)? {
+                "swept" => false,
+                "busy" => true,
+                _ => return Err(error::unexpected("sweep script reply")),
+            };
+            let due: usize = field(1)?
+                .parse()
+                .map_err(|_| error::unexpected("sweep script reply"))?;
+            let now: f64 = field(2)?
+                .parse()
+                .map_err(|_| error::unexpected("sweep script reply"))?;
+            self.note_clock(ns, reply.get(2));
+            let next = match field(3)? {
+                "" => None,
+                v => Some(
+                    v.parse::<f64>()
+                        .map_err(|_| error::unexpected("sweep script reply"))?,
+                ),
+            };
+            for name in reply.iter().skip(4) {
                 let name = String::from_utf8_lossy(name);
                 let key = format!("{}{name}", keys.peer_prefix);
                 warn_once!(
@@ -220,10 +325,53 @@ impl Inner {
                 );
             }
             total += due;
-            if due < SWEEP_LIMIT {
-                return Ok((total, sweepers));
+            if busy || due < SWEEP_LIMIT {
+                let next_in = next
+                    .filter(|at| at.is_finite())
+                    .map(|at| Duration::from_secs_f64(((at - now) / 1e3).max(0.0)));
+                return Ok(Look {
+                    next_in,
+                    busy,
+                    expired: total,
+                });
             }
         }
+    }
+}
+
+/// What a sweeper's look at a namespace found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Look {
+    /// How long until the earliest expiry left (`None`: nothing indexed).
+    next_in: Option<Duration>,
+    /// Another handle was sweeping what is due.
+    busy: bool,
+    /// The records this look swept.
+    expired: usize,
+}
+
+/// The score of a `ZRANGE … 0 0 WITHSCORES` reply (RESP2 `[member, score]`
+/// or RESP3 `[[member, score]]`); `Some(None)` for an empty index.
+fn first_score(reply: &Value) -> Option<Option<f64>> {
+    let score = |v: &Value| match v {
+        Value::Double(d) => Some(*d),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse::<f64>().ok(),
+        Value::SimpleString(s) => s.parse::<f64>().ok(),
+        Value::Int(i) => Some(*i as f64),
+        _ => None,
+    };
+    match reply {
+        Value::Nil => Some(None),
+        Value::Array(items) => match items.as_slice() {
+            [] => Some(None),
+            [_, s] if !matches!(s, Value::Array(_)) => score(s).map(Some),
+            [Value::Array(pair)] => match pair.as_slice() {
+                [_, s] => score(s).map(Some),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -236,25 +384,45 @@ async fn ping(conn: &Conn, config: &RedisConfig) -> Result<()> {
     }
 }
 
-/// Sweeps the handle's namespaces, each when [`sweep_delay`] after its last
-/// sweep has passed; ends with the handle. A failed sweep is retried at the
-/// next tick.
-async fn sweeper(weak: Weak<Inner>) {
+/// Sweeps the handle's namespaces: looks at each when [`next_look`] after
+/// its last look has passed, or at once when poked; ends with the handle. A
+/// failed look is retried after a `sweep_interval`.
+async fn sweeper(weak: Weak<Inner>, wake: Arc<Notify>) {
     let Some((interval, max)) = weak
         .upgrade()
         .map(|i| (i.config.sweep_interval, i.config.max_sweep_interval))
     else {
         return;
     };
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let random = RandomState::new();
     let mut draws: u64 = 0;
+    // A uniform draw in [0, 1) from the top 53 bits.
+    let mut unit = || {
+        draws += 1;
+        (random.hash_one(draws) >> 11) as f64 / (1u64 << 53) as f64
+    };
     let mut next: HashMap<Namespace, Instant> = HashMap::new();
     let mut failing = false;
     loop {
-        tick.tick().await;
+        let until = next
+            .values()
+            .min()
+            .copied()
+            .unwrap_or_else(|| Instant::now() + max.max(interval));
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => {}
+            () = wake.notified() => {}
+        }
         let Some(inner) = weak.upgrade() else { return };
+        let poked: Vec<Namespace> = inner
+            .poked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        for ns in poked {
+            next.insert(ns, Instant::now());
+        }
         let namespaces: Vec<Namespace> = inner
             .namespaces
             .lock()
@@ -266,22 +434,16 @@ async fn sweeper(weak: Weak<Inner>) {
             if next.get(&ns).is_some_and(|due| *due > Instant::now()) {
                 continue;
             }
-            match inner.sweep(&ns).await {
-                Ok((expired, sweepers)) => {
+            let wait = match inner.look(&ns).await {
+                Ok(look) => {
                     if failing {
                         failing = false;
                         tracing::debug!("redis registry sweeps work again");
                     }
-                    if expired > 0 {
-                        tracing::debug!(namespace = %ns, expired, "swept expired records");
+                    if look.expired > 0 {
+                        tracing::debug!(namespace = %ns, expired = look.expired, "swept expired records");
                     }
-                    draws += 1;
-                    // A uniform draw in [0, 1) from the top 53 bits.
-                    let unit = (random.hash_one(draws) >> 11) as f64 / (1u64 << 53) as f64;
-                    next.insert(
-                        ns,
-                        Instant::now() + sweep_delay(interval, max, sweepers, unit),
-                    );
+                    next_look(interval, max, look, unit(), unit())
                 }
                 Err(e) => {
                     if !e.is_transient() {
@@ -299,27 +461,34 @@ async fn sweeper(weak: Weak<Inner>) {
                         failing = true;
                         tracing::debug!(namespace = %ns, error = %e, "redis registry sweep failed; will retry");
                     }
-                    break;
+                    interval
                 }
-            }
+            };
+            next.insert(ns, Instant::now() + wait);
         }
     }
 }
 
-/// How long one handle waits before sweeping a namespace again, when
-/// `sweepers` handles (itself included) sweep it: `sweepers` × `interval`, so
-/// that together they sweep it about every `interval`, at most `max` (never
-/// below `interval`), scaled by `0.5 + unit` for `unit` in [0, 1) so that
-/// handles started together drift apart.
-fn sweep_delay(interval: Duration, max: Duration, sweepers: usize, unit: f64) -> Duration {
-    let sweepers = u32::try_from(sweepers.max(1)).unwrap_or(u32::MAX);
-    let base = interval.saturating_mul(sweepers).min(max.max(interval));
-    let unit = if unit.is_nan() {
-        0.0
-    } else {
-        unit.clamp(0.0, 1.0)
+/// How long a handle waits before looking at a namespace again: until its
+/// earliest expiry plus up to one `interval` (`u` in [0, 1) picks where, so
+/// that the handles waking for the same expiry spread out and the first
+/// sweeps for all), at most `max` scaled by `0.75 + v/2` (never below
+/// `interval`), which bounds how late the `Expired` of a record published
+/// since the last look (by another handle) comes. After a `busy` look,
+/// another handle is sweeping: one `interval`.
+fn next_look(interval: Duration, max: Duration, look: Look, u: f64, v: f64) -> Duration {
+    let clamp = |x: f64| {
+        if x.is_nan() { 0.0 } else { x.clamp(0.0, 1.0) }
     };
-    base.mul_f64(0.5 + unit)
+    if look.busy {
+        return interval;
+    }
+    let cap = max.max(interval).mul_f64(0.75 + clamp(v) / 2.0);
+    let wait = match look.next_in {
+        Some(d) => d.saturating_add(interval.mul_f64(clamp(u))).min(cap),
+        None => cap,
+    };
+    wait.max(Duration::from_millis(1))
 }
 
 /// Milliseconds for Redis, at least 1.
@@ -378,7 +547,10 @@ impl Registry for RedisRegistry {
             .arg(exclusive)
             .arg(GRACE_MS);
         let reply: Vec<Vec<u8>> = inner.run("a publish", &inv).await?;
-        inner.log_repairs(ns, reply.iter().skip(2));
+        inner.note_clock(ns, reply.get(2));
+        inner.log_repairs(ns, reply.iter().skip(3));
+        // The new expiry may come before the earliest the sweeper knows.
+        inner.poke(ns);
         match reply.first().map(Vec::as_slice) {
             Some(b"ok") => Ok(()),
             Some(b"taken") => {
@@ -423,7 +595,8 @@ impl Registry for RedisRegistry {
             .arg(ttl)
             .arg(GRACE_MS);
         let reply: Vec<Vec<u8>> = inner.run("a refresh", &inv).await?;
-        inner.log_repairs(ns, reply.iter().skip(1));
+        inner.note_clock(ns, reply.get(1));
+        inner.log_repairs(ns, reply.iter().skip(2));
         if reply.first().map(Vec::as_slice) == Some(b"1") {
             Ok(())
         } else {
@@ -455,6 +628,12 @@ impl Registry for RedisRegistry {
         inner.track(ns);
         let keys = NsKeys::new(ns);
         let mut names: Vec<String> = match pattern.as_exact() {
+            // A single server: one round trip of plain commands. (In a
+            // cluster `TIME` could come from another node than the key's;
+            // there the `FETCH` script answers, also in one round trip.)
+            Some(name) if !inner.source.is_cluster() => {
+                return self.lookup_exact(ns, &keys, name.as_str()).await;
+            }
             Some(name) => vec![name.to_string()],
             None => {
                 let mut inv = SCRIPTS.names.prepare_invoke();
@@ -532,6 +711,93 @@ impl Registry for RedisRegistry {
     }
 }
 
+impl RedisRegistry {
+    /// The record of one name on a single server: `TIME` and an `HMGET` of
+    /// the record and its expiry, pipelined, with the same checks as the
+    /// `FETCH` script.
+    async fn lookup_exact(
+        &self,
+        ns: &Namespace,
+        keys: &NsKeys,
+        name: &str,
+    ) -> Result<Vec<PeerRecord>> {
+        let inner = &self.inner;
+        let key = format!("{}{name}", keys.peer_prefix);
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors()
+            .cmd("TIME")
+            .cmd("HMGET")
+            .arg(&key)
+            .arg("record")
+            .arg("expires");
+        let mut conn = inner.conn.clone();
+        let after = inner.op_timeout();
+        let mut reply: Vec<Value> =
+            match tokio::time::timeout(after, pipe.query_async(&mut conn)).await {
+                Ok(r) => r.map_err(error::map)?,
+                Err(_) => return Err(error::timed_out("a lookup", after)),
+            };
+        let (Some(fields), Some(time)) = (reply.pop(), reply.pop()) else {
+            return Err(error::unexpected("lookup reply"));
+        };
+        let now = server_time_ms(time).ok_or_else(|| error::unexpected("TIME reply"))?;
+        let problem = match fields {
+            Value::Array(mut f) if f.len() == 2 => {
+                let expires = f.pop().unwrap_or(Value::Nil);
+                let record = f.pop().unwrap_or(Value::Nil);
+                let expires = match expires {
+                    Value::Nil => None,
+                    Value::BulkString(b) => Some(
+                        std::str::from_utf8(&b)
+                            .ok()
+                            .and_then(|v| v.trim().parse::<f64>().ok()),
+                    ),
+                    _ => Some(None),
+                };
+                match (record, expires) {
+                    (Value::Nil, None) => return Ok(Vec::new()),
+                    (_, None | Some(None)) => "the hash's `expires` is not a number".to_owned(),
+                    (_, Some(Some(e))) if e <= now as f64 => return Ok(Vec::new()),
+                    (Value::BulkString(json), _) => match decode_record(ns, name, &json) {
+                        Ok(r) => return Ok(vec![r]),
+                        Err(why) => why,
+                    },
+                    _ => "the hash has no `record` field".to_owned(),
+                }
+            }
+            Value::ServerError(e) if e.code() == "WRONGTYPE" => "the key is not a hash".to_owned(),
+            Value::ServerError(e) => {
+                return Err(error::map(redis::RedisError::from(e)));
+            }
+            _ => return Err(error::unexpected("HMGET reply")),
+        };
+        warn_once!(
+            inner.warned,
+            &key,
+            &problem,
+            namespace = %ns,
+            "redis registry: unreadable entry skipped"
+        );
+        Ok(Vec::new())
+    }
+}
+
+/// Milliseconds from a `TIME` reply (`[seconds, microseconds]`).
+fn server_time_ms(time: Value) -> Option<u64> {
+    let Value::Array(parts) = time else {
+        return None;
+    };
+    let num = |v: &Value| match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse::<u64>().ok(),
+        Value::Int(i) => u64::try_from(*i).ok(),
+        _ => None,
+    };
+    match parts.as_slice() {
+        [s, us] => Some(num(s)?.checked_mul(1000)? + num(us)? / 1000),
+        _ => None,
+    }
+}
+
 impl fmt::Debug for RedisRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let namespaces = self
@@ -561,25 +827,68 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sweep_delay_spreads_handles_and_is_bounded() {
+    fn next_look_follows_the_earliest_expiry_and_is_bounded() {
         let ms = Duration::from_millis;
-        let (interval, max) = (ms(250), Duration::from_secs(5));
-        // Alone: every interval, ±50 %.
-        assert_eq!(sweep_delay(interval, max, 0, 0.5), ms(250));
-        assert_eq!(sweep_delay(interval, max, 1, 0.0), ms(125));
-        assert!(sweep_delay(interval, max, 1, 0.999_999) < ms(375));
-        // Ten handles share the namespace: each sweeps a tenth as often.
-        assert_eq!(sweep_delay(interval, max, 10, 0.5), ms(2500));
-        // Capped on average at `max`, however many handles.
-        assert_eq!(sweep_delay(interval, max, 1_000_000, 0.5), max);
+        let (interval, max) = (ms(250), Duration::from_secs(10));
+        let look = |next_in: Option<Duration>, busy: bool| Look {
+            next_in,
+            busy,
+            expired: 0,
+        };
+        // Until the earliest expiry, plus up to one interval.
+        let due = look(Some(ms(3000)), false);
+        assert_eq!(next_look(interval, max, due, 0.0, 0.5), ms(3000));
+        assert_eq!(next_look(interval, max, due, 0.5, 0.5), ms(3125));
+        // Capped at 0.75..1.25 x max, however far the expiry or if none.
+        let far = look(Some(Duration::from_secs(600)), false);
+        assert_eq!(next_look(interval, max, far, 0.5, 0.5), max);
         assert_eq!(
-            sweep_delay(interval, max, usize::MAX, 1.0),
-            max.mul_f64(1.5)
+            next_look(interval, max, look(None, false), 0.9, 0.0),
+            max.mul_f64(0.75)
         );
-        // A cap below the interval counts as the interval; out-of-range draws are clamped.
-        assert_eq!(sweep_delay(interval, ms(10), 100, 0.5), ms(250));
-        assert_eq!(sweep_delay(interval, max, 1, -3.0), ms(125));
-        assert_eq!(sweep_delay(interval, max, 1, f64::NAN), ms(125));
+        assert_eq!(
+            next_look(interval, max, look(None, false), 0.9, 1.0),
+            max.mul_f64(1.25)
+        );
+        // Another handle is sweeping: one interval.
+        assert_eq!(
+            next_look(interval, max, look(None, true), 0.5, 0.5),
+            interval
+        );
+        // Something due now: at once, but never zero; a cap below the
+        // interval counts as the interval; out-of-range draws are clamped.
+        assert_eq!(
+            next_look(interval, max, look(Some(Duration::ZERO), false), 0.0, 0.5),
+            ms(1)
+        );
+        assert_eq!(
+            next_look(interval, ms(10), look(None, false), 0.5, 0.5),
+            interval
+        );
+        assert_eq!(next_look(interval, max, due, -3.0, f64::NAN), ms(3000));
+    }
+
+    #[test]
+    fn first_scores_of_resp2_and_resp3_replies() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        assert_eq!(
+            first_score(&Value::Array(vec![bulk("a"), bulk("1500")])),
+            Some(Some(1500.0))
+        );
+        assert_eq!(
+            first_score(&Value::Array(vec![bulk("a"), bulk("inf")])),
+            Some(Some(f64::INFINITY))
+        );
+        assert_eq!(
+            first_score(&Value::Array(vec![Value::Array(vec![
+                bulk("a"),
+                Value::Double(2.5)
+            ])])),
+            Some(Some(2.5))
+        );
+        assert_eq!(first_score(&Value::Array(vec![])), Some(None));
+        assert_eq!(first_score(&Value::Array(vec![bulk("a")])), None);
+        assert_eq!(first_score(&Value::Int(3)), None);
     }
 
     #[test]

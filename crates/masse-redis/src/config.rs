@@ -36,9 +36,9 @@ impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             stream_maxlen: 10_000,
-            block_timeout: Duration::from_secs(2),
+            block_timeout: Duration::from_secs(10),
             sweep_interval: Duration::from_millis(250),
-            max_sweep_interval: Duration::from_secs(5),
+            max_sweep_interval: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(1),
             cluster_nodes: Vec::new(),
@@ -49,9 +49,10 @@ impl Default for RedisConfig {
 }
 
 impl RedisConfig {
-    /// The defaults: stream of about 10 000 events, `XREAD BLOCK` of 2 s,
-    /// each namespace swept about every 250 ms (by each handle at least every
-    /// 5 s on average), connect and response timeouts of 1 s.
+    /// The defaults: stream of about 10 000 events, `XREAD BLOCK` of 10 s,
+    /// expired records swept within about 250 ms of their expiry (a look at
+    /// each namespace's earliest expiry at least every 10 s on average),
+    /// connect and response timeouts of 1 s.
     pub fn new() -> Self {
         Self::default()
     }
@@ -65,34 +66,41 @@ impl RedisConfig {
     }
 
     /// How long one `XREAD BLOCK` waits for new events before asking again
-    /// (default 2 s). Shorter notices a silently dead connection sooner.
+    /// (default 10 s). A connection that breaks (the server restarts or
+    /// closes it) fails the read at once; one that goes silent (a lost
+    /// host) is given up after this plus
+    /// [`response_timeout`](Self::response_timeout), so shorter notices that
+    /// sooner, at the cost of one command per watch per timeout.
     pub fn block_timeout(mut self, timeout: Duration) -> Self {
         self.block_timeout = timeout;
         self
     }
 
-    /// How often a namespace is looked through for expired records, by all
-    /// the handles that use it together (default 250 ms). An expired record is
-    /// invisible at once either way; this sets how late its `Expired` event
-    /// comes.
+    /// How late after its expiry a record is swept and its `Expired` event
+    /// sent, at most, give or take (default 250 ms). An expired record is
+    /// invisible to lookups at once either way.
     ///
-    /// Each handle spreads the work: every sweep also notes the handle in
-    /// the namespace's set of sweepers and counts them; with `n` sweepers it
-    /// sweeps again after about `n` times this interval (randomised ±50 %, at
-    /// most [`max_sweep_interval`](Self::max_sweep_interval) on average). A
-    /// handle alone in its namespace sweeps every interval, however many
-    /// names it holds; a node among a thousand sweeps once per
-    /// `max_sweep_interval`.
+    /// Each handle looks at the earliest expiry of the namespaces it uses
+    /// (one `ZRANGE`, compared with the server time its scripts last
+    /// returned) and looks again when that is due, plus a random part of this
+    /// interval, so that the handles waking for the same expiry spread out
+    /// and the first one sweeps for all (it marks the namespace as being
+    /// swept for this long; the others then wait this long). While every
+    /// peer heartbeats, the earliest expiry keeps moving away, so a handle
+    /// looks once per `2/3 ttl` or so and sweeps nothing: the cost does not
+    /// grow with the number of handles beyond that one command each.
     pub fn sweep_interval(mut self, interval: Duration) -> Self {
         self.sweep_interval = interval;
         self
     }
 
-    /// The longest one handle waits between two sweeps of a namespace, on
-    /// average (default 5 s; a value below
-    /// [`sweep_interval`](Self::sweep_interval) counts as that). It bounds how late `Expired` events come when
-    /// most peers of a large namespace vanish at once; see
-    /// [`sweep_interval`](Self::sweep_interval).
+    /// The longest one handle goes without looking at a namespace's earliest
+    /// expiry, on average (default 10 s, randomised ±25 %; a value below
+    /// [`sweep_interval`](Self::sweep_interval) counts as that). It bounds
+    /// how late the `Expired` event of a record comes when it expires before
+    /// every record a handle saw at its last look (a short ttl published
+    /// since by another handle that then vanished); a handle's own publishes
+    /// make it look at once. See [`sweep_interval`](Self::sweep_interval).
     pub fn max_sweep_interval(mut self, interval: Duration) -> Self {
         self.max_sweep_interval = interval;
         self

@@ -3,14 +3,16 @@
 //!
 //! | key                        | type        | holds                                                    |
 //! |----------------------------|-------------|----------------------------------------------------------|
-//! | `masse:{ns}:peer:<name>`   | hash        | `instance`, `record` (JSON), `expires` (ms, server clock) |
+//! | `masse:{ns}:peer:<name>`   | hash        | `instance`, `record` (JSON), `expires` (ms, server clock), `key_expires` (its `PEXPIREAT`) |
 //! | `masse:{ns}:index`         | sorted set  | member `<name>`, score = expiry in ms (server clock)     |
 //! | `masse:{ns}:events`        | stream      | one entry per change: `seq`, `type`, `name`, `instance`, `record` |
 //! | `masse:{ns}:seq`           | string      | the number of events ever appended (`INCR`)              |
-//! | `masse:{ns}:sweepers`      | sorted set  | member = a handle's id, score = when its entry lapses (ms) |
+//! | `masse:{ns}:sweeping`      | string      | the id of the handle sweeping due records, for one `sweep_interval` |
 //!
-//! A peer hash has `PEXPIREAT` = its expiry plus [`GRACE_MS`]: the sorted
-//! set decides liveness; the key expiry only collects what no sweeper removed.
+//! A peer hash has a `PEXPIREAT` at least half of [`GRACE_MS`] past its
+//! expiry (`key_expires` says when; heartbeats push it out only when less
+//! than half is left): the sorted set and `expires` decide liveness; the key
+//! expiry only collects what no sweeper removed.
 
 use masse_core::{Namespace, PeerName};
 
@@ -32,8 +34,8 @@ pub(crate) struct NsKeys {
     pub(crate) events: String,
     /// `masse:{ns}:seq`
     pub(crate) seq: String,
-    /// `masse:{ns}:sweepers`
-    pub(crate) sweepers: String,
+    /// `masse:{ns}:sweeping`
+    pub(crate) sweeping: String,
 }
 
 impl NsKeys {
@@ -44,7 +46,7 @@ impl NsKeys {
             index: format!("{base}index"),
             events: format!("{base}events"),
             seq: format!("{base}seq"),
-            sweepers: format!("{base}sweepers"),
+            sweeping: format!("{base}sweeping"),
         }
     }
 
@@ -64,7 +66,7 @@ mod tests {
         assert_eq!(k.index, "masse:{prod}:index");
         assert_eq!(k.events, "masse:{prod}:events");
         assert_eq!(k.seq, "masse:{prod}:seq");
-        assert_eq!(k.sweepers, "masse:{prod}:sweepers");
+        assert_eq!(k.sweeping, "masse:{prod}:sweeping");
         assert_eq!(k.peer(&"db-1".parse().unwrap()), "masse:{prod}:peer:db-1");
     }
 }

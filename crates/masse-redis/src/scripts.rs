@@ -23,11 +23,13 @@
 //! - is repaired (publish and refresh: the writers that own a name): the
 //!   wrong-typed key is deleted and rebuilt, and the script's reply lists what
 //!   it repaired so that the handle logs a warning. A corrupted index or
-//!   event stream therefore never makes a name unpublishable: the next
-//!   heartbeat of any live node repairs it, and every other live node puts
-//!   its own entry back on its next heartbeat (its record hash still says it
-//!   owns the name). Replacing the event stream also bumps the event counter
-//!   by one, so every watcher sees a gap and re-lists (`Resync`).
+//!   event stream therefore never makes a name unpublishable: a corrupted
+//!   index is repaired by the next heartbeat of any live node, and every
+//!   other live node puts its own entry back on its next heartbeat (its
+//!   record hash still says it owns the name); a corrupted event stream or
+//!   counter by the next publish, or the next heartbeat that takes the full
+//!   path (see [`REFRESH`]). Replacing the event stream also bumps the event
+//!   counter by one, so every watcher sees a gap and re-lists (`Resync`).
 //!
 //! # Malformed entries
 //!
@@ -228,8 +230,9 @@ end
 
 /// KEYS: index, events, seq, peer.
 /// ARGV: maxlen, name, instance, record JSON, ttl ms, exclusive ('1'/'0'), grace ms.
-/// Returns `{'ok', '', repaired...}` or `{'taken', holder_instance, repaired...}`,
-/// where each `repaired` describes a wrong-typed key it deleted and rebuilt.
+/// Returns `{'ok', '', now, repaired...}` or `{'taken', holder_instance, now,
+/// repaired...}`, where `now` is the server time (ms) and each `repaired`
+/// describes a wrong-typed key it deleted and rebuilt.
 const PUBLISH: &str = r#"
 local index, events, seqkey, peer = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local maxlen, name, inst, rec = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -259,12 +262,13 @@ elseif st == 'due' then
   expire(index, events, seqkey, maxlen, peer, name)
 end
 if live and exclusive and holder ~= inst then
-  local out = {'taken', holder}
+  local out = {'taken', holder, num(now)}
   for _, n in ipairs(notes) do out[#out + 1] = n end
   return out
 end
 local expires = now + ttl
-redis.call('HSET', peer, 'instance', inst, 'record', rec, 'expires', num(expires))
+redis.call('HSET', peer, 'instance', inst, 'record', rec, 'expires', num(expires),
+  'key_expires', num(expires + grace))
 redis.call('PEXPIREAT', peer, num(expires + grace))
 redis.call('ZADD', index, num(expires), name)
 if not live then
@@ -272,15 +276,28 @@ if not live then
 elseif current ~= rec then
   emit(events, seqkey, maxlen, 'updated', name, inst, rec)
 end
-local out = {'ok', ''}
+local out = {'ok', '', num(now)}
 for _, n in ipairs(notes) do out[#out + 1] = n end
 return out
 "#;
 
 /// KEYS: index, events, seq, peer. ARGV: maxlen, name, instance, ttl ms, grace ms.
-/// Returns `{'1', repaired...}` if `instance` owns the live name (expiry
-/// extended), else `{'0', repaired...}`. An owner whose index entry is gone
-/// while its record is live (an index lost and rebuilt) gets its entry back.
+/// Returns `{'1', now, repaired...}` if `instance` owns the live name (expiry
+/// extended), else `{'0', now, repaired...}`, `now` being the server time
+/// (ms). An owner whose index entry is gone while its record is live (an
+/// index lost and rebuilt) gets its entry back.
+///
+/// A heartbeat is the most frequent call of all, so the common case (the
+/// caller owns the live name, the index is a sorted set) takes four
+/// commands: `TIME`, one `HMGET` of the hash, the `ZADD` and one `HSET`.
+/// The `ZADD` comes first and is the only write that can fail (on an index
+/// of another type): if it does, nothing was written and the full checks
+/// below run and repair. The key's own expiry (`PEXPIREAT`, the collector of
+/// what no sweep removed) is pushed out by [`GRACE_MS`](crate::keys::GRACE_MS)
+/// at a time and renewed only once less than half of that is left, noted in
+/// the hash's `key_expires`; those renewals (about every 5 minutes per name)
+/// also take the full path, so that any heartbeat of a node repairs a
+/// damaged event stream or counter within that time, and a publish at once.
 const REFRESH: &str = r#"
 local index, events, seqkey, peer = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local maxlen, name, inst = ARGV[1], ARGV[2], ARGV[3]
@@ -289,12 +306,22 @@ if not check_maxlen(maxlen) then return badarg('maxlen', maxlen) end
 if not ttl then return badarg('ttl', ARGV[4]) end
 if not grace then return badarg('grace', ARGV[5]) end
 local now = now_ms()
+local expires = now + ttl
+local mine = redis.pcall('HMGET', peer, 'instance', 'expires', 'key_expires')
+if type(mine) == 'table' and mine[1] == inst and (tonumber(mine[2]) or 0) > now
+    and (tonumber(mine[3]) or 0) >= expires + grace / 2 then
+  local added = redis.pcall('ZADD', index, num(expires), name)
+  if type(added) == 'number' then
+    redis.call('HSET', peer, 'expires', num(expires))
+    return {'1', num(now)}
+  end
+end
 local problems = inspect(index, events, seqkey)
 -- A peer key of another type is not ours: the name is lost (no write; the
 -- node's publish replaces it).
 local foreign_peer = bad_type(peer, 'hash') ~= nil
 -- Checked: from here on, only writes that cannot fail.
-local out = {'0'}
+local out = {'0', num(now)}
 for _, n in ipairs(repair(problems, events, seqkey)) do out[#out + 1] = n end
 if foreign_peer then return out end
 local st = standing(index, peer, name, now)
@@ -304,8 +331,7 @@ if st == 'due' then
 end
 if st == 'absent' then return out end
 if hget(peer, 'instance') ~= inst then return out end
-local expires = now + ttl
-redis.call('HSET', peer, 'expires', num(expires))
+redis.call('HSET', peer, 'expires', num(expires), 'key_expires', num(expires + grace))
 redis.call('PEXPIREAT', peer, num(expires + grace))
 redis.call('ZADD', index, num(expires), name)
 out[1] = '1'
@@ -337,43 +363,56 @@ emit(events, seqkey, maxlen, 'left', name, inst, false)
 return 1
 "#;
 
-/// KEYS: index, events, seq, sweepers.
-/// ARGV: maxlen, peer key prefix, limit, sweeper id, sweeper entry ttl ms.
+/// KEYS: index, events, seq, sweeping.
+/// ARGV: maxlen, peer key prefix, limit, sweeper id, hold ms.
 /// Removes up to `limit` due members (and members scored `+inf`, which
-/// masse never writes), one `expired` event each for readable ones; notes
-/// the calling handle as a sweeper of the namespace until `now + ttl`.
-/// Returns `{due, sweepers, unreadable...}`: how many were due (the caller
-/// calls again while that equals `limit`), how many handles sweep the
-/// namespace (which paces the caller's next sweep), and the names removed
-/// without an event because their entry was unreadable. A wrong-typed
-/// namespace key is an error reply, nothing written.
+/// masse never writes), one `expired` event each for readable ones.
+/// Returns `{status, due, now, next, unreadable...}`: `status` is `swept`, or
+/// `busy` if another handle took the `sweeping` mark (held `hold` ms) for
+/// its own sweep of what is due, so that handles waking together for the
+/// same expiry do not all sweep; `due` how many were due (the caller calls
+/// again while that equals `limit`); `now` the server time (ms); `next` the
+/// earliest expiry left in the index (empty if none); and the names removed
+/// without an event because their entry was unreadable. With nothing due it
+/// writes nothing. A wrong-typed namespace key is an error reply, nothing
+/// written.
 const SWEEP: &str = r#"
-local index, events, seqkey, sweepers = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local index, events, seqkey, mark = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local maxlen, prefix, limit = ARGV[1], ARGV[2], number(ARGV[3], true)
-local me, lease = ARGV[4], number(ARGV[5], true)
+local me, hold = ARGV[4], number(ARGV[5], true)
 if not check_maxlen(maxlen) then return badarg('maxlen', maxlen) end
 if not limit then return badarg('limit', ARGV[3]) end
-if not lease then return badarg('lease', ARGV[5]) end
+if not hold then return badarg('hold', ARGV[5]) end
 local now = now_ms()
-local problems = inspect(index, events, seqkey)
-if #problems > 0 then return corrupt(problems) end
-local sweepers_problem = bad_type(sweepers, 'zset')
--- Checked: from here on, only writes that cannot fail.
-local due = redis.call('ZRANGEBYSCORE', index, '-inf', num(now), 'LIMIT', 0, limit)
+local function next_expiry()
+  local first = redis.call('ZRANGE', index, 0, 0, 'WITHSCORES')
+  if first[2] then return first[2] end
+  return ''
+end
+local due = redis.pcall('ZRANGEBYSCORE', index, '-inf', num(now), 'LIMIT', 0, limit)
+if type(due) ~= 'table' or due.err then
+  local problem = bad_type(index, 'zset')
+  if problem then return corrupt({{index, problem}}) end
+  return due
+end
 local foreign = redis.call('ZRANGEBYSCORE', index, '+inf', '+inf', 'LIMIT', 0, limit)
 for _, name in ipairs(foreign) do due[#due + 1] = name end
-local out = {'', ''}
+if #due == 0 then return {'swept', '0', num(now), next_expiry()} end
+local problems = inspect(index, events, seqkey)
+if #problems > 0 then return corrupt(problems) end
+local holder = redis.pcall('GET', mark)
+if type(holder) == 'string' and holder ~= me then
+  return {'busy', '0', num(now), ''}
+end
+-- Checked: from here on, only writes that cannot fail.
+redis.call('SET', mark, me, 'PX', num(hold))
+local out = {'swept', tostring(#due), num(now), ''}
 for _, name in ipairs(due) do
   if expire(index, events, seqkey, maxlen, prefix .. name, name) == 2 then
     out[#out + 1] = name
   end
 end
-if sweepers_problem then redis.call('DEL', sweepers) end
-redis.call('ZREMRANGEBYSCORE', sweepers, '-inf', num(now))
-redis.call('ZADD', sweepers, num(now + lease), me)
-redis.call('PEXPIREAT', sweepers, num(now + lease))
-out[1] = tostring(#due)
-out[2] = tostring(redis.call('ZCARD', sweepers))
+out[4] = next_expiry()
 return out
 "#;
 
