@@ -714,8 +714,10 @@ async fn node_at_rest_holds_one_connection(
              (20 tasks) at most {most}"
         );
     }
+    // One more than lane + pool: a pooled connection that sqlx has closed
+    // (and already replaced) may still be listed while its server process exits.
     assert!(
-        most <= 1 + pool_size as usize,
+        most <= 2 + pool_size as usize,
         "{backend}: {most} connections under a burst"
     );
     assert!(most > 1, "{backend}: the burst overflowed into the pool");
@@ -880,9 +882,7 @@ async fn postgres_ninety_handles_fit_the_default_max_connections() {
         "heartbeats failed"
     );
     // The handles connect as the superuser, which may also take the 3
-    // reserved connections: the server's limit here is 100. While handles
-    // start, a publish that finds the lane busy (a sweep, a poll) overflows
-    // into the pool for one idle timeout, so the peak is above 90.
+    // reserved connections: the server's limit here is 100.
     assert!(
         most <= 100,
         "{most} connections: more than the server allows"

@@ -330,11 +330,9 @@ impl<DB: Dialect> Store<DB> {
         })
     }
 
-    /// The connection for a caller's call: the lane's if no other call is
-    /// on it, a pooled one otherwise. A node's own writes (publish at start,
-    /// unpublish at the end) and a lookup now and then thus open no pooled
-    /// connection at all (nodes starting together do not hold two
-    /// connections each); only calls that overlap do, up to `pool_size`.
+    /// The connection for a lookup: the lane's if no other call is on it, a
+    /// pooled one otherwise. A lookup now and then thus opens no pooled
+    /// connection at all; only lookups that overlap do, up to `pool_size`.
     async fn foreground(&self) -> Result<Held<'_, DB>, Fail> {
         match &self.lane {
             Some(lane) if !lane.is_busy() => self.background().await,
@@ -470,7 +468,9 @@ where
         ttl_ms: i64,
         policy: NamePolicy,
     ) -> Result<bool, Fail> {
-        let mut held = self.foreground().await?;
+        // A node's own writes, few and one at a time: always on the lane, so
+        // that nodes starting together open no pooled connections.
+        let mut held = self.background().await?;
         let result: Result<bool, Fail> = async {
             let conn = held.conn().await?;
             let ns = record.namespace.as_str().to_owned();
@@ -587,7 +587,9 @@ where
     }
 
     async fn unpublish(&self, ns: &str, name: &str, instance: &str) -> Result<bool, Fail> {
-        let mut held = self.foreground().await?;
+        // A node's own writes, few and one at a time: always on the lane, so
+        // that nodes starting together open no pooled connections.
+        let mut held = self.background().await?;
         let result: Result<bool, Fail> = async {
             let conn = held.conn().await?;
             let mut tx = conn.begin_with(DB::BEGIN).await?;
