@@ -79,11 +79,12 @@ impl SqlConfig {
     /// The most connections in the pool of each handle (default 5; an
     /// in-memory SQLite database always uses one).
     ///
-    /// On PostgreSQL and MySQL/MariaDB the pool serves lookups, publish and
-    /// unpublish only; each handle also keeps **one background connection**
-    /// for good, for its heartbeats, event polls, expiry sweeps and pruning
-    /// (on PostgreSQL it is also the `LISTEN` connection). Pooled
-    /// connections open on demand and close after
+    /// On PostgreSQL and MySQL/MariaDB each handle keeps **one background
+    /// connection** for good (on PostgreSQL, the `LISTEN` connection) and
+    /// runs on it its heartbeats, event polls, expiry sweeps, pruning,
+    /// publish, unpublish, and any lookup no other call is running beside.
+    /// The pool only takes lookups that overlap: its connections open on
+    /// demand and close after
     /// [`idle_timeout`](Self::idle_timeout), so a handle holds:
     ///
     /// - **at rest** (publishing with heartbeats, watching, no lookups

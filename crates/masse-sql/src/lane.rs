@@ -9,8 +9,9 @@
 //! server's `max_connections` would be spent on idle sessions. On the lane
 //! it needs none of the pool, whose connections therefore close after
 //! [`SqlConfig::idle_timeout`](crate::SqlConfig::idle_timeout): a node at
-//! rest holds exactly one server connection, and only bursts of lookups and
-//! writes open pooled ones.
+//! rest holds exactly one server connection. Publish, unpublish and a
+//! lookup no other call runs beside also run on the lane; only lookups that
+//! overlap open pooled ones (see `Store::foreground`).
 //!
 //! On PostgreSQL the lane is the `LISTEN` connection itself (`PgListener`
 //! derefs to its connection through `Acquire`): between notifications the
