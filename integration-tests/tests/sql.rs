@@ -467,7 +467,9 @@ async fn postgres_watchers_poll_while_the_listener_is_cut() {
     let writer = SqlRegistry::connect_with(&pg.url(), config).await.unwrap();
     let ns: Namespace = "cut".parse().unwrap();
     let mut w = watcher.watch(&ns).await.unwrap();
-    let listeners = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'";
+    // The listening connection also runs the background work, so its last
+    // query is not `LISTEN`: it goes by its application name.
+    let listeners = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'masse-lane'";
     let wait_listeners = |n: &'static str| {
         let deadline = Instant::now() + Duration::from_secs(10);
         while pg.psql(listeners) != n {
@@ -499,7 +501,7 @@ async fn postgres_watchers_poll_while_the_listener_is_cut() {
     // watcher must read at the 200 ms poll interval, not every 5 s.
     let cut = pg.psql(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-         WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+         WHERE application_name = 'masse-lane' AND pid <> pg_backend_pid()",
     );
     assert_eq!(cut, "2");
     publish_and_see("during", Duration::from_secs(2), "short polling while cut").await;
@@ -599,4 +601,293 @@ async fn postgres_over_tls() {
         SqlRegistry::connect_with(&plain, config()).await.is_err(),
         "the server only takes TLS"
     );
+}
+
+/// Server connections of the test database, not counting the one asking.
+fn pg_connections(pg: &PostgresServer) -> usize {
+    pg.psql(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .parse()
+    .expect("a count")
+}
+
+/// Connections of the registry's user (the asking one is root's).
+fn mariadb_connections(db: &MariaDbServer) -> usize {
+    db.query(&format!(
+        "SELECT count(*) FROM information_schema.processlist WHERE user = '{}'",
+        masse_integration_tests::mariadb::USER
+    ))
+    .parse()
+    .expect("a count")
+}
+
+/// Waits until `count` says `want`, up to `within`.
+async fn wait_connections(
+    count: &(impl Fn() -> usize + Clone + Send + 'static),
+    want: usize,
+    within: Duration,
+    what: &str,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let c = count.clone();
+        let n = tokio::task::spawn_blocking(c).await.unwrap();
+        if n == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {n} server connections after {within:?}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A started node (publishing with heartbeats, watching its namespace)
+/// holds exactly one server connection once its pool's idle timeout has
+/// passed, and keeps to it across heartbeats and polls; a burst of lookups
+/// opens at most `pool_size` more, which close again afterwards; events
+/// still reach the node at once.
+async fn node_at_rest_holds_one_connection(
+    url: String,
+    backend: &str,
+    count: impl Fn() -> usize + Clone + Send + 'static,
+) {
+    let ns_name = "at-rest";
+    let ns: Namespace = ns_name.parse().unwrap();
+    let pool_size = 5;
+    let config = SqlConfig::new().pool_size(pool_size);
+    let reg = SqlRegistry::connect_with(&url, config.clone())
+        .await
+        .unwrap();
+    // Heartbeats every 500 ms: several in each sampling window below.
+    let node = masse::Node::builder("rest-a")
+        .namespace(ns_name)
+        .registry(reg.clone())
+        .interface(masse::TcpInterface::new("127.0.0.1:0"))
+        .ttl(Duration::from_millis(1500))
+        .start()
+        .await
+        .unwrap();
+    let mut events = node.events();
+    wait_connections(&count, 1, Duration::from_secs(10), "at rest").await;
+    // It stays at one through heartbeats (every 500 ms), event polls and sweeps.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let c = count.clone();
+        let n = tokio::task::spawn_blocking(c).await.unwrap();
+        assert_eq!(n, 1, "{backend}: server connections of a node at rest");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A burst: 20 tasks looking up for a second.
+    let stop = Instant::now() + Duration::from_secs(1);
+    let lookups: Vec<_> = (0..20)
+        .map(|_| {
+            let reg = reg.clone();
+            let ns = ns.clone();
+            tokio::spawn(async move {
+                let mut n = 0u32;
+                while Instant::now() < stop {
+                    reg.lookup(&ns, &Pattern::any()).await.unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut most = 0;
+    while Instant::now() < stop {
+        let c = count.clone();
+        most = most.max(tokio::task::spawn_blocking(c).await.unwrap());
+    }
+    let mut done = 0;
+    for l in lookups {
+        done += l.await.unwrap();
+    }
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!(
+            "{backend}: at rest 1 server connection; under a burst of {done} lookups in 1 s \
+             (20 tasks) at most {most}"
+        );
+    }
+    // One more than lane + pool: a pooled connection that sqlx has closed
+    // (and already replaced) may still be listed while its server process exits.
+    assert!(
+        most <= 2 + pool_size as usize,
+        "{backend}: {most} connections under a burst"
+    );
+    assert!(most > 1, "{backend}: the burst overflowed into the pool");
+    // Two idle timeouts (2 s each) and it is back to one.
+    wait_connections(&count, 1, Duration::from_secs(10), "after the burst").await;
+
+    // Events still reach the node at once.
+    let other = SqlRegistry::connect_with(&url, config).await.unwrap();
+    let r = record(ns_name, "rest-b");
+    let published = Instant::now();
+    other
+        .publish(&r, Duration::from_secs(60), NamePolicy::Takeover)
+        .await
+        .unwrap();
+    node_event(&mut events, "PeerJoined rest-b", |ev| match ev {
+        NodeEvent::PeerJoined(p) if p.name.as_str() == "rest-b" => Some(()),
+        _ => None,
+    })
+    .await;
+    assert!(
+        published.elapsed() < Duration::from_secs(2),
+        "{backend}: event after {:?}",
+        published.elapsed()
+    );
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_node_at_rest_holds_one_connection() {
+    init_tracing();
+    let Some(pg) = PostgresServer::start() else {
+        return;
+    };
+    let pg = Arc::new(pg);
+    let counter = pg.clone();
+    node_at_rest_holds_one_connection(pg.url(), "postgres", move || pg_connections(&counter)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_node_at_rest_holds_one_connection() {
+    init_tracing();
+    let Some(db) = MariaDbServer::start() else {
+        return;
+    };
+    let db = Arc::new(db);
+    let counter = db.clone();
+    node_at_rest_holds_one_connection(db.url(), "mariadb", move || mariadb_connections(&counter))
+        .await;
+}
+
+/// 90 handles, each publishing one name with heartbeats and watching the
+/// namespace, on a PostgreSQL with its default `max_connections = 100`:
+/// they all connect and run, hold one server connection each, and a publish
+/// reaches every one of the 90 watchers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_ninety_handles_fit_the_default_max_connections() {
+    init_tracing();
+    let Some(pg) = PostgresServer::start() else {
+        return;
+    };
+    assert_eq!(pg.psql("SHOW max_connections"), "100");
+    let pg = Arc::new(pg);
+    let url = pg.url();
+    let ns_name = "crowd";
+    let ns: Namespace = ns_name.parse().unwrap();
+    let ttl = Duration::from_secs(3);
+    const HANDLES: usize = 90;
+
+    // The most connections seen, sampled while the handles start and run.
+    let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (pg, most, sampling) = (pg.clone(), most.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                let n = pg_connections(&pg);
+                most.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    let mut watchers = Vec::new();
+    let mut beats = Vec::new();
+    for i in 0..HANDLES {
+        let reg = SqlRegistry::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("handle {i}: {e}"));
+        watchers.push(reg.watch(&ns).await.unwrap());
+        let r = record(ns_name, &format!("n{i:02}"));
+        reg.publish(&r, ttl, NamePolicy::Takeover).await.unwrap();
+        let (beat, failures) = (reg.clone(), failures.clone());
+        beats.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                if let Err(e) = beat.refresh(&r.namespace, &r.name, r.instance, ttl).await {
+                    tracing::warn!(name = %r.name, error = %e, "heartbeat failed");
+                    failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }));
+        handles.push(reg);
+    }
+    let connected = started.elapsed();
+    let counter = pg.clone();
+    let count = move || pg_connections(&counter);
+    wait_connections(
+        &count,
+        HANDLES,
+        Duration::from_secs(10),
+        "90 handles at rest",
+    )
+    .await;
+
+    // One more name from one of them: every watcher sees it.
+    let news = record(ns_name, "news");
+    let published = Instant::now();
+    handles[0]
+        .publish(&news, ttl, NamePolicy::Takeover)
+        .await
+        .unwrap();
+    let mut missed = 0;
+    let mut expired = 0;
+    let mut slowest = Duration::ZERO;
+    for w in &mut watchers {
+        let deadline = published + Duration::from_secs(5);
+        loop {
+            match tokio::time::timeout_at(deadline, w.next()).await {
+                Ok(Some(Ok(RegistryEvent::Joined(r)))) if r == news => {
+                    slowest = slowest.max(published.elapsed());
+                    break;
+                }
+                Ok(Some(Ok(RegistryEvent::Expired { .. }))) => expired += 1,
+                Ok(Some(Ok(_))) => {}
+                other => {
+                    tracing::warn!(?other, "watcher did not see the news");
+                    missed += 1;
+                    break;
+                }
+            }
+        }
+    }
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().unwrap();
+    let most = most.load(std::sync::atomic::Ordering::Relaxed);
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!(
+            "postgres: {HANDLES} handles connected in {connected:?}, at most {most} server \
+             connections, {HANDLES} at rest; news reached all watchers within {slowest:?}, \
+             missed {missed}"
+        );
+    }
+    assert_eq!(missed, 0, "events missed");
+    assert_eq!(expired, 0, "a heartbeat was late or failed");
+    assert_eq!(
+        failures.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "heartbeats failed"
+    );
+    // The handles connect as the superuser, which may also take the 3
+    // reserved connections: the server's limit here is 100.
+    assert!(
+        most <= 100,
+        "{most} connections: more than the server allows"
+    );
+    for b in beats {
+        b.abort();
+    }
 }

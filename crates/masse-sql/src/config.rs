@@ -22,6 +22,7 @@ pub struct SqlConfig {
     pub(crate) event_retention: Duration,
     pub(crate) max_events: u64,
     pub(crate) pool_size: u32,
+    pub(crate) idle_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) lookup_timeout: Duration,
     pub(crate) busy_timeout: Duration,
@@ -34,6 +35,7 @@ impl Default for SqlConfig {
             event_retention: Duration::from_secs(3600),
             max_events: 100_000,
             pool_size: 5,
+            idle_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
             lookup_timeout: Duration::from_secs(5),
             busy_timeout: Duration::from_secs(5),
@@ -43,7 +45,8 @@ impl Default for SqlConfig {
 
 impl SqlConfig {
     /// The defaults: poll every 250 ms, keep events for 1 h (at most 100 000),
-    /// 5 pooled connections, 5 s connect and lookup timeouts, 5 s SQLite busy timeout.
+    /// up to 5 pooled connections closed after 2 s idle, 5 s connect and
+    /// lookup timeouts, 5 s SQLite busy timeout.
     pub fn new() -> Self {
         Self::default()
     }
@@ -73,10 +76,50 @@ impl SqlConfig {
         self
     }
 
-    /// Connections in the pool of each handle (default 5; an in-memory SQLite
-    /// database always uses one). PostgreSQL handles hold one more for `LISTEN`.
+    /// The most connections in the pool of each handle (default 5; an
+    /// in-memory SQLite database always uses one).
+    ///
+    /// On PostgreSQL and MySQL/MariaDB each handle keeps **one background
+    /// connection** for good (on PostgreSQL, the `LISTEN` connection) and
+    /// runs on it its heartbeats, event polls, expiry sweeps, pruning,
+    /// publish, unpublish, and any lookup no other call is running beside.
+    /// The pool only takes lookups that overlap: its connections open on
+    /// demand and close after
+    /// [`idle_timeout`](Self::idle_timeout), so a handle holds:
+    ///
+    /// - **at rest** (publishing with heartbeats, watching, no lookups
+    ///   missing the cache): exactly 1 server connection;
+    /// - **under a burst** of calls: at most `1 + pool_size` (default 6),
+    ///   falling back to 1 within about two idle timeouts after it.
+    ///
+    /// Size the server for it. With `n` handles (nodes, each with its own
+    /// handle) of which at most `b` burst at the same time:
+    ///
+    /// ```text
+    /// max_connections ≥ n + b × pool_size + reserved
+    /// ```
+    ///
+    /// where `reserved` is what the server keeps aside (PostgreSQL:
+    /// `superuser_reserved_connections`, 3 by default) plus your own tools.
+    /// PostgreSQL's default of 100 thus serves 97 resting nodes, or 90
+    /// resting nodes of which one bursts with `pool_size(5)` (90 + 5 + 3 = 98).
+    /// A handle that cannot get a pooled connection waits for one up to
+    /// [`connect_timeout`](Self::connect_timeout); a server that refuses it
+    /// (too many connections) fails that call, not the handle: background
+    /// work and calls already connected go on.
     pub fn pool_size(mut self, size: u32) -> Self {
         self.pool_size = size;
+        self
+    }
+
+    /// How long a pooled connection may stay unused before it is closed
+    /// (default 2 s; PostgreSQL and MySQL/MariaDB). Pooled connections only
+    /// serve bursts (see [`pool_size`](Self::pool_size)); the pool checks
+    /// every `idle_timeout`, so an unused connection is closed between one
+    /// and two timeouts after its last call. Longer keeps connections warm
+    /// for lookups that come often, at the cost of server connections.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
         self
     }
 
@@ -109,6 +152,7 @@ impl SqlConfig {
             ("event_retention", self.event_retention),
             ("connect_timeout", self.connect_timeout),
             ("lookup_timeout", self.lookup_timeout),
+            ("idle_timeout", self.idle_timeout),
         ];
         for (what, d) in nonzero {
             if d.is_zero() {

@@ -28,6 +28,8 @@ pub(crate) trait Dialect: sqlx::Database {
     const RAW_BYTES: bool;
     /// The schema, idempotent statements run in order on connect.
     const SCHEMA: &'static [&'static str];
+    /// What a handle's background connection is (see [`crate::lane`]).
+    type Link: crate::lane::Link<Self>;
 }
 
 /// The `LISTEN`/`NOTIFY` channel.
@@ -43,6 +45,8 @@ pub(crate) const SWEEP_BATCH: i64 = 256;
 #[cfg(feature = "sqlite")]
 impl Dialect for sqlx::Sqlite {
     const BACKEND: &'static str = "sqlite";
+    // Unused: SQLite needs no server connections, its handles have no lane.
+    type Link = sqlx::pool::PoolConnection<sqlx::Sqlite>;
     const NOW: &'static str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)";
     const FOR_UPDATE: &'static str = "";
     // Takes the write lock up front: writers queue on busy_timeout instead of
@@ -86,6 +90,8 @@ impl Dialect for sqlx::Sqlite {
 #[cfg(feature = "postgres")]
 impl Dialect for sqlx::Postgres {
     const BACKEND: &'static str = "postgres";
+    // The listening connection doubles as the lane.
+    type Link = sqlx::postgres::PgListener;
     // clock_timestamp(), not now(): the latter is frozen at transaction start.
     const NOW: &'static str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
     const FOR_UPDATE: &'static str = " FOR UPDATE";
@@ -128,6 +134,7 @@ impl Dialect for sqlx::Postgres {
 #[cfg(feature = "mysql")]
 impl Dialect for sqlx::MySql {
     const BACKEND: &'static str = "mysql";
+    type Link = sqlx::pool::PoolConnection<sqlx::MySql>;
     // The session time zone is UTC (sqlx sets it), so this is the epoch.
     const NOW: &'static str = "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)";
     const FOR_UPDATE: &'static str = " FOR UPDATE";

@@ -12,6 +12,7 @@ mod codec;
 mod config;
 mod dialect;
 mod error;
+mod lane;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]

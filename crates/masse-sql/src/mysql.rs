@@ -1,15 +1,21 @@
 //! MySQL and MariaDB.
+//!
+//! Each handle keeps one connection, its lane (see [`crate::lane`]), for
+//! heartbeats, polls, sweeps and pruning; the pool opens connections for
+//! lookups and writes only, and closes them when idle.
 
 use std::str::FromStr;
 use std::sync::Arc;
 
 use masse_core::{Error, Result};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::pool::PoolConnection;
 use sqlx::{Connection, Executor, MySql, Pool, Row};
 
 use crate::config::SqlConfig;
 use crate::dialect::Dialect;
 use crate::error::map_err;
+use crate::lane::{Lane, Open};
 use crate::registry::Connected;
 use crate::store::{Purge, Store, reusable};
 
@@ -33,9 +39,42 @@ pub(crate) async fn connect(url: &str, shown: &str, config: &SqlConfig) -> Resul
         reason: e.to_string(),
     })?;
     let purge = Arc::new(Purge::default());
-    let keep = purge.clone();
-    let pool = MySqlPoolOptions::new()
+    // Calls that overlap on the lane only: opened on demand, closed when
+    // idle (see `Store::foreground`).
+    let pool = pool_options(&purge, config)
         .max_connections(config.pool_size)
+        .min_connections(0)
+        .idle_timeout(config.idle_timeout)
+        .connect_lazy_with(options.clone());
+    // The lane: one connection held for good for the background work (no
+    // LISTEN here; pollers poll). Its pool of one only serves to open it
+    // again, with the session settings of every connection.
+    let lane_pool = pool_options(&purge, config)
+        .max_connections(1)
+        .min_connections(0)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_lazy_with(options);
+    // Connecting never holds more than one connection.
+    migrate(&lane_pool)
+        .await
+        .map_err(|e| map_err(MySql::BACKEND, e))?;
+    let open: Open<PoolConnection<MySql>> = Box::new(move || {
+        let pool = lane_pool.clone();
+        Box::pin(async move { pool.acquire().await })
+    });
+    let lane = Arc::new(Lane::new(open, purge.clone()));
+    Ok(Connected {
+        backend: Arc::new(Store::new(pool, purge).with_lane(lane)),
+        listen: None,
+    })
+}
+
+/// What both pools share: no connection older than a poisoning failure, the
+/// connect timeout, and the session settings.
+fn pool_options(purge: &Arc<Purge>, config: &SqlConfig) -> MySqlPoolOptions {
+    let keep = purge.clone();
+    MySqlPoolOptions::new()
         .before_acquire(move |conn, meta| {
             let fresh = keep.keeps(meta.age);
             Box::pin(async move { Ok(fresh && reusable(conn, MySql::BACKEND)) })
@@ -50,16 +89,6 @@ pub(crate) async fn connect(url: &str, shown: &str, config: &SqlConfig) -> Resul
                 Ok(())
             })
         })
-        .connect_with(options)
-        .await
-        .map_err(|e| map_err(MySql::BACKEND, e))?;
-    migrate(&pool)
-        .await
-        .map_err(|e| map_err(MySql::BACKEND, e))?;
-    Ok(Connected {
-        backend: Arc::new(Store::new(pool, purge)),
-        listen: None,
-    })
 }
 
 /// Creates the tables under a named lock, on a connection of its own that is

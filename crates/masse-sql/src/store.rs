@@ -28,6 +28,7 @@ use sqlx::{ColumnIndex, Connection, Decode, Encode, Executor, IntoArguments, Poo
 use crate::codec;
 use crate::dialect::{self, Dialect, Queries};
 use crate::error::{Fail, poisons};
+use crate::lane::{Lane, Link, Slot};
 
 /// An event row as stored, before it is checked and turned into a `RegistryEvent`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +175,49 @@ pub(crate) struct Store<DB: Dialect> {
     purge: Arc<Purge>,
     /// An in-memory database lives in its one connection: never closed.
     in_memory: bool,
+    /// The background connection (PostgreSQL, MySQL): heartbeats, event
+    /// reads, sweeps and pruning run there, not in the pool.
+    lane: Option<Arc<Lane<DB>>>,
+}
+
+/// The connection one call runs on: pooled, or the lane's.
+enum Held<'a, DB: Dialect> {
+    Pool(PoolConnection<DB>),
+    Lane {
+        lane: &'a Lane<DB>,
+        slot: tokio::sync::MutexGuard<'a, Slot<DB::Link>>,
+        /// A call dropped before it settled (it timed out) may leave the
+        /// connection in the middle of an exchange: it is dropped.
+        settled: bool,
+    },
+}
+
+impl<DB: Dialect> Held<'_, DB> {
+    async fn conn(&mut self) -> Result<&mut DB::Connection, Fail> {
+        match self {
+            Held::Pool(conn) => Ok(&mut **conn),
+            Held::Lane { lane, slot, .. } => Ok(lane.ready(slot).await?.conn().await?),
+        }
+    }
+}
+
+impl<DB: Dialect> Drop for Held<'_, DB> {
+    fn drop(&mut self) {
+        if let Held::Lane {
+            lane,
+            slot,
+            settled,
+        } = self
+        {
+            if !*settled && slot.link.take().is_some() {
+                tracing::debug!(
+                    backend = DB::BACKEND,
+                    "a call on the background connection was cut short; dropping the connection"
+                );
+            }
+            lane.release();
+        }
+    }
 }
 
 /// Connections made before the last failure that can leave a connection
@@ -191,7 +235,7 @@ pub(crate) struct Purge {
 }
 
 impl Purge {
-    fn mark(&self) {
+    pub(crate) fn mark(&self) {
         *self.mark.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
 
@@ -263,6 +307,60 @@ impl<DB: Dialect> Store<DB> {
             reopen: None,
             purge,
             in_memory: false,
+            lane: None,
+        }
+    }
+
+    /// Runs the background work on `lane` instead of the pool.
+    #[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
+    pub(crate) fn with_lane(mut self, lane: Arc<Lane<DB>>) -> Self {
+        self.lane = Some(lane);
+        self
+    }
+
+    /// The connection for background work: the lane's if there is one.
+    async fn background(&self) -> Result<Held<'_, DB>, Fail> {
+        Ok(match &self.lane {
+            Some(lane) => Held::Lane {
+                lane,
+                slot: lane.take().await,
+                settled: false,
+            },
+            None => Held::Pool(self.acquire().await?),
+        })
+    }
+
+    /// The connection for a lookup: the lane's if no other call is on it, a
+    /// pooled one otherwise. A lookup now and then thus opens no pooled
+    /// connection at all; only lookups that overlap do, up to `pool_size`.
+    async fn foreground(&self) -> Result<Held<'_, DB>, Fail> {
+        match &self.lane {
+            Some(lane) if !lane.is_busy() => self.background().await,
+            _ => Ok(Held::Pool(self.acquire().await?)),
+        }
+    }
+
+    /// [`settle`](Self::settle) for a connection from [`background`](Self::background).
+    async fn settle_held<T>(&self, mut held: Held<'_, DB>, result: &Result<T, Fail>) {
+        match &mut held {
+            Held::Pool(conn) => {
+                if let Err(Fail::Db(e)) = result
+                    && poisons(e)
+                    && !self.in_memory
+                {
+                    tracing::debug!(backend = DB::BACKEND, error = %e, "closing the connection that failed, and every older one");
+                    self.purge.mark();
+                    conn.close_on_drop();
+                }
+            }
+            Held::Lane {
+                lane,
+                slot,
+                settled,
+            } => {
+                lane.settle(slot, result).await;
+                *settled = true;
+            }
         }
     }
 
@@ -275,19 +373,6 @@ impl<DB: Dialect> Store<DB> {
 
     async fn acquire(&self) -> Result<PoolConnection<DB>, Fail> {
         Ok(self.pool().acquire().await?)
-    }
-
-    /// After a call: a connection whose failure may have left it unusable
-    /// is closed, with every older one (see [`Purge`]).
-    fn settle<T>(&self, mut conn: PoolConnection<DB>, result: &Result<T, Fail>) {
-        if let Err(Fail::Db(e)) = result
-            && poisons(e)
-            && !self.in_memory
-        {
-            tracing::debug!(backend = DB::BACKEND, error = %e, "closing the connection that failed, and every older one");
-            self.purge.mark();
-            conn.close_on_drop();
-        }
     }
 
     /// Watches the database file with `reopen` on every maintenance pass.
@@ -383,8 +468,11 @@ where
         ttl_ms: i64,
         policy: NamePolicy,
     ) -> Result<bool, Fail> {
-        let mut conn = self.acquire().await?;
+        // A node's own writes, few and one at a time: always on the lane, so
+        // that nodes starting together open no pooled connections.
+        let mut held = self.background().await?;
         let result: Result<bool, Fail> = async {
+            let conn = held.conn().await?;
             let ns = record.namespace.as_str().to_owned();
             let name = record.name.as_str().to_owned();
             let instance = record.instance.to_string();
@@ -470,7 +558,7 @@ where
             Ok(!events.is_empty())
         }
         .await;
-        self.settle(conn, &result);
+        self.settle_held(held, &result).await;
         result
     }
 
@@ -481,8 +569,9 @@ where
         instance: &str,
         ttl_ms: i64,
     ) -> Result<bool, Fail> {
-        let mut conn = self.acquire().await?;
+        let mut held = self.background().await?;
         let result: Result<bool, Fail> = async {
+            let conn = held.conn().await?;
             let done = sqlx::query::<DB>(self.q.refresh.get())
                 .bind(ttl_ms)
                 .bind(ns.to_owned())
@@ -493,13 +582,16 @@ where
             Ok(done.affected() > 0)
         }
         .await;
-        self.settle(conn, &result);
+        self.settle_held(held, &result).await;
         result
     }
 
     async fn unpublish(&self, ns: &str, name: &str, instance: &str) -> Result<bool, Fail> {
-        let mut conn = self.acquire().await?;
+        // A node's own writes, few and one at a time: always on the lane, so
+        // that nodes starting together open no pooled connections.
+        let mut held = self.background().await?;
         let result: Result<bool, Fail> = async {
+            let conn = held.conn().await?;
             let mut tx = conn.begin_with(DB::BEGIN).await?;
             let current = sqlx::query::<DB>(self.q.select_peer.get())
                 .bind(ns.to_owned())
@@ -535,13 +627,14 @@ where
             Ok(true)
         }
         .await;
-        self.settle(conn, &result);
+        self.settle_held(held, &result).await;
         result
     }
 
     async fn lookup(&self, ns: &str, scan: Scan<'_>) -> Result<Vec<RawPeer>, Fail> {
-        let mut conn = self.acquire().await?;
+        let mut held = self.foreground().await?;
         let result: Result<Vec<RawPeer>, Fail> = async {
+            let conn = held.conn().await?;
             let query = match scan {
                 Scan::Exact(name) => sqlx::query::<DB>(self.q.lookup_exact.get())
                     .bind(ns.to_owned())
@@ -569,13 +662,14 @@ where
                 .collect())
         }
         .await;
-        self.settle(conn, &result);
+        self.settle_held(held, &result).await;
         result
     }
 
     async fn sweep(&self) -> Result<BTreeSet<String>, Fail> {
-        let mut conn = self.acquire().await?;
+        let mut held = self.background().await?;
         let result: Result<BTreeSet<String>, Fail> = async {
+            let conn = held.conn().await?;
             let mut touched = BTreeSet::new();
             // A cheap indexed probe first: most ticks find nothing and take no lock.
             if sqlx::query::<DB>(self.q.probe_expired.get())
@@ -640,13 +734,14 @@ where
             Ok(touched)
         }
         .await;
-        self.settle(conn, &result);
+        self.settle_held(held, &result).await;
         result
     }
 
     async fn prune(&self, retention_ms: i64, max_events: i64) -> Result<u64, Fail> {
-        let mut conn = self.acquire().await?;
+        let mut held = self.background().await?;
         let result: Result<u64, Fail> = async {
+            let conn = held.conn().await?;
             let mut tx = conn.begin_with(DB::BEGIN).await?;
             let pruned: i64 = match sqlx::query::<DB>(self.q.lock_log.get())
                 .fetch_optional(&mut *tx)
@@ -684,20 +779,21 @@ where
             Ok(deleted)
         }
         .await;
-        self.settle(conn, &result);
+        self.settle_held(held, &result).await;
         result
     }
 
     async fn head(&self) -> Result<i64, Fail> {
-        let mut conn = self.acquire().await?;
+        let mut held = self.background().await?;
         let result: Result<i64, Fail> = async {
+            let conn = held.conn().await?;
             let row = sqlx::query::<DB>(self.q.head.get())
                 .fetch_one(&mut *conn)
                 .await?;
             Ok(row.try_get(0usize)?)
         }
         .await;
-        self.settle(conn, &result);
+        self.settle_held(held, &result).await;
         result
     }
 
@@ -708,8 +804,9 @@ where
         upto: i64,
         limit: i64,
     ) -> Result<EventBatch, Fail> {
-        let mut conn = self.acquire().await?;
+        let mut held = self.background().await?;
         let result: Result<EventBatch, Fail> = async {
+            let conn = held.conn().await?;
             let rows = sqlx::query::<DB>(self.q.read_events.get())
                 .bind(ns.to_owned())
                 .bind(after)
@@ -746,13 +843,14 @@ where
             Ok(batch)
         }
         .await;
-        self.settle(conn, &result);
+        self.settle_held(held, &result).await;
         result
     }
 
     async fn pruned_below(&self) -> Result<i64, Fail> {
-        let mut conn = self.acquire().await?;
+        let mut held = self.background().await?;
         let result: Result<i64, Fail> = async {
+            let conn = held.conn().await?;
             Ok(
                 match sqlx::query::<DB>(self.q.pruned_below.get())
                     .fetch_optional(&mut *conn)
@@ -764,13 +862,14 @@ where
             )
         }
         .await;
-        self.settle(conn, &result);
+        self.settle_held(held, &result).await;
         result
     }
 
     async fn store_raw(&self, ns: &str, name: &str, bytes: &[u8], ttl_ms: i64) -> Result<(), Fail> {
-        let mut conn = self.acquire().await?;
+        let mut held = self.foreground().await?;
         let result: Result<(), Fail> = async {
+            let conn = held.conn().await?;
             let mut tx = conn.begin_with(DB::BEGIN).await?;
             let now = self.now(&mut tx).await?;
             sqlx::query::<DB>(self.q.delete_name.get())
@@ -801,7 +900,7 @@ where
             Ok(())
         }
         .await;
-        self.settle(conn, &result);
+        self.settle_held(held, &result).await;
         result
     }
 
