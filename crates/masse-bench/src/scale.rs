@@ -35,7 +35,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use masse::{
     DynRegistry, NamePolicy, Namespace, Node, Pattern, RedisRegistry, Registry, RegistryEvent,
-    SqlConfig, SqlRegistry, TcpInterface,
+    SqlRegistry, TcpInterface,
 };
 use masse_integration_tests::mariadb::MariaDbServer;
 use masse_integration_tests::postgres::PostgresServer;
@@ -49,8 +49,6 @@ use crate::{BoxError, Figure, Mode};
 
 /// Concurrent publishers filling the big namespace.
 const PUBLISHERS: usize = 128;
-/// The SQL pool of the filling handle.
-const FILL_POOL: u32 = 32;
 /// Names in the small namespace, the baseline of the exact lookups.
 const SMALL: usize = 100;
 /// Watch streams per handle in the watcher test.
@@ -229,35 +227,30 @@ async fn connect(backend: Backend, url: &str) -> Result<DynRegistry, BoxError> {
     })
 }
 
-/// The handle that fills the big namespace: on SQL backends with a pool of
-/// [`FILL_POOL`] connections, so that the concurrent publishers' commits
-/// share the log flushes.
-async fn connect_filler(backend: Backend, url: &str) -> Result<DynRegistry, BoxError> {
-    Ok(match backend {
-        Backend::Redis => Arc::new(RedisRegistry::connect(url).await?),
-        _ => Arc::new(SqlRegistry::connect_with(url, SqlConfig::new().pool_size(FILL_POOL)).await?),
-    })
-}
+/// Handles that fill the big namespace, as that many nodes publishing at
+/// once would (a SQL handle publishes on its one steady connection, so the
+/// commits of several handles share the log flushes).
+const FILL_HANDLES: usize = 32;
 
 async fn bench(backend: Backend, url: String, sizes: Sizes) -> Result<Vec<Figure>, BoxError> {
     let b = backend.name();
     let registry = connect(backend, &url).await?;
-    let filler = connect_filler(backend, &url).await?;
+    let mut fillers = Vec::with_capacity(FILL_HANDLES);
+    for _ in 0..FILL_HANDLES {
+        fillers.push(connect(backend, &url).await?);
+    }
     let big: Namespace = "scale".parse()?;
     let small: Namespace = "scale-small".parse()?;
     let mut figures = Vec::new();
 
     // Fill.
     let started = Instant::now();
-    publish_all(&filler, &big, sizes.names).await?;
+    publish_all(&fillers, &big, sizes.names).await?;
     let secs = started.elapsed().as_secs_f64();
-    drop(filler);
-    let pool = match backend {
-        Backend::Redis => String::new(),
-        _ => format!(", a pool of {FILL_POOL}"),
-    };
+    drop(fillers);
     println!(
-        "# scale {b}: published {} names in {secs:.1} s ({PUBLISHERS} concurrent publishers on one handle{pool})",
+        "# scale {b}: published {} names in {secs:.1} s ({PUBLISHERS} concurrent publishers on \
+         {FILL_HANDLES} handles)",
         sizes.names
     );
     figures.push(Figure::new(
@@ -266,7 +259,7 @@ async fn bench(backend: Backend, url: String, sizes: Sizes) -> Result<Vec<Figure
         0,
         "names/s",
     ));
-    publish_all(&registry, &small, SMALL).await?;
+    publish_all(std::slice::from_ref(&registry), &small, SMALL).await?;
 
     // Exact lookups, the big and the small namespace in turn (which goes
     // first alternates).
@@ -385,11 +378,12 @@ fn worker(i: usize) -> String {
     format!("worker-{i}")
 }
 
-/// Publishes `worker-0` .. `worker-{n-1}` with [`PUBLISHERS`] concurrent publishers.
-async fn publish_all(registry: &DynRegistry, ns: &Namespace, n: usize) -> Result<(), BoxError> {
+/// Publishes `worker-0` .. `worker-{n-1}` with [`PUBLISHERS`] concurrent
+/// publishers, spread over `handles`.
+async fn publish_all(handles: &[DynRegistry], ns: &Namespace, n: usize) -> Result<(), BoxError> {
     let mut tasks = Vec::with_capacity(PUBLISHERS);
     for w in 0..PUBLISHERS {
-        let (registry, ns) = (registry.clone(), ns.clone());
+        let (registry, ns) = (handles[w % handles.len()].clone(), ns.clone());
         tasks.push(tokio::spawn(async move {
             for i in (w..n).step_by(PUBLISHERS) {
                 let r = record(&ns, &worker(i))?;
