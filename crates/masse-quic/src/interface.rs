@@ -483,7 +483,7 @@ impl QuicInterface {
         deadline: Instant,
         limit: Duration,
     ) -> Result<quinn::Connection> {
-        let tls = self.shared.configs.get(identity, key.peer)?;
+        let tls = CLIENT_CONFIGS.get(identity, key.peer)?;
         let crypto = QuicClientConfig::try_from(tls).map_err(|e| {
             Error::Config(format!("cannot build the QUIC client configuration: {e}"))
         })?;
@@ -654,6 +654,14 @@ const MAX_ROUNDS: usize = 8;
 /// round trips, within these bounds (and the connect timeout).
 const CREDIT_WAIT_MIN: Duration = Duration::from_millis(10);
 const CREDIT_WAIT_MAX: Duration = Duration::from_secs(1);
+
+/// The TLS client configurations of every interface in the process, by own
+/// and peer fingerprint: building one costs a key parse, and sharing one
+/// shares its TLS session cache, so a new interface (a node restarted in the
+/// process, a short-lived client) resumes sessions instead of running full
+/// certificate handshakes.
+static CLIENT_CONFIGS: std::sync::LazyLock<ClientConfigs> =
+    std::sync::LazyLock::new(ClientConfigs::new);
 
 static BUSY_WARNED: masse_core::WarnOnce = masse_core::WarnOnce::new();
 
@@ -828,7 +836,6 @@ fn poll_once<F: Future>(fut: F) -> Option<F::Output> {
 pub(crate) struct Shared {
     state: Mutex<State>,
     pool: Mutex<HashMap<PoolKey, Slot>>,
-    configs: ClientConfigs,
     /// Dropped with `Shared`: tells the pool watchers to let go.
     alive: watch::Sender<()>,
 }
@@ -851,7 +858,6 @@ impl Shared {
                 accept_task: None,
             }),
             pool: Mutex::new(HashMap::new()),
-            configs: ClientConfigs::new(),
             alive: watch::channel(()).0,
         }
     }
