@@ -651,8 +651,10 @@ struct PoolKey {
 /// dropped, a stream opened on a connection being retired) before giving up.
 const MAX_ROUNDS: usize = 8;
 /// How long a dialer whose pool is full waits for a stream to finish: four
-/// round trips, within these bounds (and the connect timeout).
-const CREDIT_WAIT_MIN: Duration = Duration::from_millis(10);
+/// round trips, within these bounds (and the connect timeout). The credit of
+/// a finished stream comes back once the peer has our acknowledgement of
+/// its end (delayed up to 25 ms by default) and a round trip more.
+const CREDIT_WAIT_MIN: Duration = Duration::from_millis(50);
 const CREDIT_WAIT_MAX: Duration = Duration::from_secs(1);
 
 /// The TLS client configurations of every interface in the process, by own

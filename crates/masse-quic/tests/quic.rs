@@ -356,9 +356,28 @@ async fn past_every_pooled_connection_s_stream_limit_connect_is_refused_as_busy_
     eprintln!("refused as busy after {:?}", started.elapsed());
     assert_eq!(client.pooled_connections(), 2);
     // Finishing one stream (both directions) frees a slot on its connection.
+    // Its credit comes back after an acknowledgement and a round trip.
     let (d, a) = open.remove(0);
     close(d, a).await;
-    let mut d = client.connect(&s.ep, &rec, &patient).await.unwrap();
+    timeout(STEP, async {
+        while client.pooled_streams() != vec![vec![1, 2]] {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the closed stream stayed counted");
+    let mut d = timeout(STEP, async {
+        loop {
+            match client.connect(&s.ep, &rec, &patient).await {
+                Err(e) if e.refuse_code() == Some(RefuseCode::Busy) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => break other.unwrap(),
+            }
+        }
+    })
+    .await
+    .expect("the freed stream's credit never came back");
     open_and_echo(&mut d, &mut s.listener).await;
     assert_eq!(client.pooled_streams(), vec![vec![2, 2]]);
 }
