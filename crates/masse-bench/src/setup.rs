@@ -10,6 +10,9 @@
 //!   QUIC handshake.
 //! - `quic_raw`: a new raw quinn connection from one long-lived endpoint,
 //!   same configuration: the QUIC handshake without the new socket.
+//! - `quic_raw_new_socket`: the same from a new quinn client endpoint (new
+//!   UDP socket) per sample, with a configuration built once: what a fresh
+//!   `QuicInterface` has to do at least.
 //! - `tcp`: a plain TCP connection, the floor.
 //!
 //! Each iteration takes one sample of each, rotating which goes first.
@@ -96,17 +99,30 @@ async fn bench(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError
         .await
     };
 
-    let mut samples: [Vec<f64>; 5] = Default::default();
+    let quic_raw_new_socket = async || {
+        timed_echo(async {
+            let client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+            let conn = client
+                .connect_with(quinn_config.clone(), quinn_addr, "masse")?
+                .await?;
+            let (send, recv) = conn.open_bi().await?;
+            Ok::<_, BoxError>(tokio::io::join(recv, send))
+        })
+        .await
+    };
+
+    let mut samples: [Vec<f64>; 6] = Default::default();
     for i in 0..warmup + iterations {
-        let mut taken = [0.0; 5];
-        for k in 0..5 {
-            let which = (i + k) % 5;
+        let mut taken = [0.0; 6];
+        for k in 0..6 {
+            let which = (i + k) % 6;
             let d = match which {
                 0 => raw_connect_echo(tcp_addr).await?,
                 1 => tls_full().await?,
                 2 => tls_resumed().await?,
                 3 => quic().await?,
-                _ => quic_raw().await?,
+                4 => quic_raw().await?,
+                _ => quic_raw_new_socket().await?,
             };
             taken[which] = micros(d);
         }
@@ -120,7 +136,7 @@ async fn bench(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError
     tls_task.abort();
     quic_task.abort();
     quinn_task.abort();
-    let [tcp, tls, tls_resumed, quic, quic_raw] = samples;
+    let [tcp, tls, tls_resumed, quic, quic_raw, quic_raw_new_socket] = samples;
     Ok(vec![
         Figure::new("setup_tcp_p50", percentile(&tcp, 50.0), 1, "us"),
         Figure::new("setup_tls_p50", percentile(&tls, 50.0), 1, "us"),
@@ -132,5 +148,11 @@ async fn bench(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError
         ),
         Figure::new("setup_quic_p50", percentile(&quic, 50.0), 1, "us"),
         Figure::new("setup_quic_raw_p50", percentile(&quic_raw, 50.0), 1, "us"),
+        Figure::new(
+            "setup_quic_raw_new_socket_p50",
+            percentile(&quic_raw_new_socket, 50.0),
+            1,
+            "us",
+        ),
     ])
 }

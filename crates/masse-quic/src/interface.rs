@@ -3,17 +3,23 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use masse_core::tls::{ClientConfigs, is_certificate_alert, server_config};
 use masse_core::{
     BindContext, BoxIo, ConnectContext, Endpoint, Error, Fingerprint, Identity, Interface,
-    Listener, PeerRecord, Protocol, Result, async_trait,
+    Listener, PeerRecord, Protocol, RefuseCode, Result, async_trait,
 };
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{ConnectionError, IdleTimeout, TransportConfig, VarInt};
+use quinn::{ConnectionError, IdleTimeout, RecvStream, SendStream, TransportConfig, VarInt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -42,11 +48,22 @@ use crate::listener::{QuicListener, Sink, accept_loop};
 /// everything before first use.
 ///
 /// **Pooling.** Connections are kept per (remote address, remote
-/// fingerprint, own fingerprint); concurrent first dials to one peer make one
-/// connection. Each [`connect`](Interface::connect) opens a new bidirectional
-/// stream on it. A connection found dead is dropped from the pool and dialed
-/// again, once. Dialing, and waiting for the peer's stream limit, are bounded
-/// by [`ConnectContext::connect_timeout`]. A peer that vanished without
+/// fingerprint, own fingerprint), oldest first. Each
+/// [`connect`](Interface::connect) opens a new bidirectional stream on the
+/// first pooled connection with room for one: a connection carries as many
+/// streams at once as the peer allows (its
+/// [`max_concurrent_streams`](Self::max_concurrent_streams), 1 024 by
+/// default). Only when every pooled connection is full is another one
+/// dialed, one dial at a time per peer, up to
+/// [`max_connections_per_peer`](Self::max_connections_per_peer) (default 4,
+/// so 4 096 streams to a peer with default settings). When a stream opens on
+/// an earlier connection again, later connections that carry no stream of
+/// ours any more (all their data acknowledged) are closed. With every
+/// connection full, `connect` waits a few round trips for a stream to finish
+/// and then fails with [`Error::Refused`] and [`RefuseCode::Busy`]
+/// (transient: retry later), never by sitting out the connect timeout. A
+/// connection found dead is dropped from the pool and another is dialed.
+/// Dialing is bounded by [`ConnectContext::connect_timeout`]. A peer that vanished without
 /// closing its connections is noticed by the idle timeout (or, if it comes
 /// back on the same address, by QUIC's stateless reset); until then a stream
 /// opened towards it fails on its first read, which the node's dial retry
@@ -99,6 +116,7 @@ pub(crate) struct Settings {
     pub(crate) max_streams: u32,
     pub(crate) handshake_timeout: Duration,
     pub(crate) max_handshakes: usize,
+    pub(crate) max_connections: usize,
 }
 
 impl QuicInterface {
@@ -112,6 +130,8 @@ impl QuicInterface {
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     /// The default [`max_concurrent_handshakes`](Self::max_concurrent_handshakes).
     pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
+    /// The default [`max_connections_per_peer`](Self::max_connections_per_peer).
+    pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 4;
 
     /// An interface whose UDP socket binds `addr`, an IP address and port
     /// such as `"0.0.0.0:0"`, `"127.0.0.1:4433"` or `"[::1]:0"` (port 0: any
@@ -148,6 +168,7 @@ impl QuicInterface {
                 max_streams: Self::DEFAULT_MAX_STREAMS,
                 handshake_timeout: Self::DEFAULT_HANDSHAKE_TIMEOUT,
                 max_handshakes: Self::DEFAULT_MAX_HANDSHAKES,
+                max_connections: Self::DEFAULT_MAX_CONNECTIONS_PER_PEER,
             },
             shared: Arc::new(Shared::new()),
         }
@@ -198,7 +219,8 @@ impl QuicInterface {
     /// How many streams a dialer may have open at once on one connection to
     /// this interface's listener (default
     /// [`DEFAULT_MAX_STREAMS`](Self::DEFAULT_MAX_STREAMS), at least 1). A
-    /// dialer past the limit waits for a stream to finish.
+    /// masse dialer past the limit opens another connection (see
+    /// [`max_connections_per_peer`](Self::max_connections_per_peer)).
     pub fn max_concurrent_streams(mut self, n: u32) -> Self {
         self.settings.max_streams = n.max(1);
         self
@@ -219,18 +241,49 @@ impl QuicInterface {
         self
     }
 
+    /// How many connections the dialing side keeps to one peer (remote
+    /// address and identity) at most (default
+    /// [`DEFAULT_MAX_CONNECTIONS_PER_PEER`](Self::DEFAULT_MAX_CONNECTIONS_PER_PEER),
+    /// at least 1). Another connection is dialed only when every pooled one
+    /// has as many streams open as the peer allows; with all of them full,
+    /// [`connect`](Interface::connect) waits a few round trips for a stream
+    /// to finish, then fails with [`Error::Refused`] and [`RefuseCode::Busy`].
+    pub fn max_connections_per_peer(mut self, n: usize) -> Self {
+        self.settings.max_connections = n.max(1);
+        self
+    }
+
     /// How many live connections this interface (and its clones) keeps for
     /// dialing, for monitoring and tests.
     pub fn pooled_connections(&self) -> usize {
-        let slots: Vec<Slot> = lock(&self.shared.pool).values().cloned().collect();
-        slots
+        self.pooled().iter().map(Vec::len).sum()
+    }
+
+    /// How many streams this interface (and its clones) opened are still
+    /// open, on each pooled connection: one list per peer, oldest
+    /// connection first, peers in no particular order. A stream counts
+    /// until it is dropped and the peer has acknowledged all its data. For
+    /// monitoring and tests.
+    pub fn pooled_streams(&self) -> Vec<Vec<usize>> {
+        self.pooled()
+            .into_iter()
+            .filter(|conns| !conns.is_empty())
+            .collect()
+    }
+
+    /// Open streams per live pooled connection, per peer.
+    fn pooled(&self) -> Vec<Vec<usize>> {
+        let peers: Vec<Slot> = lock(&self.shared.pool).values().cloned().collect();
+        peers
             .iter()
-            .filter(|slot| {
-                slot.try_lock()
-                    .map(|c| c.as_ref().is_some_and(|c| c.close_reason().is_none()))
-                    .unwrap_or(true)
+            .map(|peer| {
+                lock(&peer.conns)
+                    .iter()
+                    .filter(|p| p.conn.close_reason().is_none())
+                    .map(Pooled::open_streams)
+                    .collect()
             })
-            .count()
+            .collect()
     }
 
     fn pick_identity<'a>(
@@ -310,36 +363,115 @@ impl QuicInterface {
         Ok(ep)
     }
 
-    /// A live pooled connection to `key`, dialing one if there is none.
-    async fn connection(
+    /// Opens a stream on a pooled connection to `key`, dialing one if every
+    /// pooled connection is full and the pool has room, else waiting a few
+    /// round trips for a stream to finish.
+    async fn open_stream(
         &self,
         key: PoolKey,
         identity: &Identity,
         endpoint: &Endpoint,
         deadline: Instant,
         limit: Duration,
-    ) -> Result<quinn::Connection> {
-        let slot = self.shared.slot(key);
-        let mut current = match tokio::time::timeout_at(deadline, slot.lock()).await {
-            Ok(guard) => guard,
-            Err(_) => {
-                return Err(Error::Timeout {
-                    what: "quic connect (waiting for a dial in progress)",
+    ) -> Result<QuicStream> {
+        let max = self.settings.max_connections;
+        let peer = self.shared.slot(key);
+        for _ in 0..MAX_ROUNDS {
+            let live = match peer.try_open(endpoint) {
+                Ok(stream) => return Ok(stream),
+                Err(live) => live,
+            };
+            if live < max {
+                let Ok(dialing) = tokio::time::timeout_at(deadline, peer.dialing.lock()).await
+                else {
+                    return Err(Error::Timeout {
+                        what: "quic connect (waiting for a dial in progress)",
+                        after: limit,
+                    });
+                };
+                // Someone else may have dialed, or streams finished, meanwhile.
+                match peer.try_open(endpoint) {
+                    Ok(stream) => return Ok(stream),
+                    Err(live) if live >= max => continue,
+                    Err(_) => {}
+                }
+                let conn = self.dial(key, identity, endpoint, deadline, limit).await?;
+                self.shared.watch(key, &conn);
+                let pooled = Pooled::new(conn);
+                let opened = tokio::time::timeout_at(deadline, pooled.conn.open_bi()).await;
+                let stream = match opened {
+                    Ok(Ok((send, recv))) => pooled.wrap(send, recv),
+                    Ok(Err(e)) => return Err(connection_error(endpoint, e)),
+                    Err(_) => None,
+                };
+                if live > 0 {
+                    tracing::debug!(
+                        %endpoint,
+                        connections = live + 1,
+                        "every pooled quic connection to the peer is at its stream limit; dialed another"
+                    );
+                }
+                lock(&peer.conns).push(pooled);
+                drop(dialing);
+                return stream.map(|s| s.trace(endpoint)).ok_or(Error::Timeout {
+                    what: "quic stream open (the peer's stream limit is reached)",
                     after: limit,
                 });
             }
-        };
-        if let Some(conn) = current.as_ref() {
-            if conn.close_reason().is_none() {
-                return Ok(conn.clone());
+            // Every connection the pool may hold is full: a stream that
+            // finishes gives its credit back within a round trip.
+            let pooled = lock(&peer.conns).clone();
+            if pooled.is_empty() {
+                continue;
             }
-            *current = None;
+            let rtt = pooled
+                .iter()
+                .map(|p| p.conn.rtt())
+                .max()
+                .unwrap_or_default();
+            let wait_until =
+                deadline.min(Instant::now() + (rtt * 4).clamp(CREDIT_WAIT_MIN, CREDIT_WAIT_MAX));
+            let mut opens: Vec<_> = pooled.iter().map(|p| Box::pin(p.conn.open_bi())).collect();
+            let first = std::future::poll_fn(|cx| {
+                for (i, open) in opens.iter_mut().enumerate() {
+                    if let Poll::Ready(r) = open.as_mut().poll(cx) {
+                        return Poll::Ready((i, r));
+                    }
+                }
+                Poll::Pending
+            });
+            match tokio::time::timeout_at(wait_until, first).await {
+                Ok((i, Ok((send, recv)))) => {
+                    if let Some(stream) = pooled[i].wrap(send, recv) {
+                        return Ok(stream.trace(endpoint));
+                    }
+                }
+                Ok((i, Err(e))) => {
+                    tracing::debug!(%endpoint, error = %e, "pooled quic connection is dead; dropped");
+                    self.shared.evict(key, &pooled[i].conn);
+                }
+                Err(_) if wait_until >= deadline => {
+                    return Err(Error::Timeout {
+                        what: "quic stream open (the peer's stream limit is reached)",
+                        after: limit,
+                    });
+                }
+                Err(_) => break,
+            }
         }
-        let conn = self.dial(key, identity, endpoint, deadline, limit).await?;
-        *current = Some(conn.clone());
-        drop(current);
-        self.shared.watch(key, &conn);
-        Ok(conn)
+        let reason = format!(
+            "{endpoint}: all {max} quic connections to the peer (max_connections_per_peer) \
+             are at the peer's stream limit"
+        );
+        if BUSY_WARNED.first(&endpoint.to_string()) {
+            tracing::warn!(%endpoint, connections = max, "{reason}; refused as busy (logged once per endpoint)");
+        } else {
+            tracing::debug!(%endpoint, connections = max, "{reason}; refused as busy");
+        }
+        Err(Error::Refused {
+            code: RefuseCode::Busy,
+            reason,
+        })
     }
 
     /// Dials a new connection.
@@ -351,7 +483,7 @@ impl QuicInterface {
         deadline: Instant,
         limit: Duration,
     ) -> Result<quinn::Connection> {
-        let tls = self.shared.configs.get(identity, key.peer)?;
+        let tls = CLIENT_CONFIGS.get(identity, key.peer)?;
         let crypto = QuicClientConfig::try_from(tls).map_err(|e| {
             Error::Config(format!("cannot build the QUIC client configuration: {e}"))
         })?;
@@ -500,33 +632,10 @@ impl Interface for QuicInterface {
         };
         let limit = ctx.connect_timeout;
         let deadline = Instant::now() + limit;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let conn = self
-                .connection(key, identity, endpoint, deadline, limit)
-                .await?;
-            match tokio::time::timeout_at(deadline, conn.open_bi()).await {
-                Ok(Ok((send, recv))) => {
-                    tracing::trace!(peer = %peer.name, %endpoint, stream = %send.id(), "quic stream opened");
-                    return Ok(Box::new(tokio::io::join(recv, send)));
-                }
-                Ok(Err(e)) => {
-                    self.shared.evict(key, &conn);
-                    if attempt == 1 {
-                        tracing::debug!(%endpoint, error = %e, "pooled quic connection is dead; dialing again");
-                        continue;
-                    }
-                    return Err(connection_error(endpoint, e));
-                }
-                Err(_) => {
-                    return Err(Error::Timeout {
-                        what: "quic stream open (the peer's stream limit is reached)",
-                        after: limit,
-                    });
-                }
-            }
-        }
+        let stream = self
+            .open_stream(key, identity, endpoint, deadline, limit)
+            .await?;
+        Ok(Box::new(stream))
     }
 }
 
@@ -538,13 +647,197 @@ struct PoolKey {
     own: Fingerprint,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
+/// How often [`QuicInterface::open_stream`] goes round (a dead connection
+/// dropped, a stream opened on a connection being retired) before giving up.
+const MAX_ROUNDS: usize = 8;
+/// How long a dialer whose pool is full waits for a stream to finish: four
+/// round trips, within these bounds (and the connect timeout). The credit of
+/// a finished stream comes back once the peer has our acknowledgement of
+/// its end (delayed up to 25 ms by default) and a round trip more.
+const CREDIT_WAIT_MIN: Duration = Duration::from_millis(50);
+const CREDIT_WAIT_MAX: Duration = Duration::from_secs(1);
+
+/// The TLS client configurations of every interface in the process, by own
+/// and peer fingerprint: building one costs a key parse, and sharing one
+/// shares its TLS session cache, so a new interface (a node restarted in the
+/// process, a short-lived client) resumes sessions instead of running full
+/// certificate handshakes.
+static CLIENT_CONFIGS: std::sync::LazyLock<ClientConfigs> =
+    std::sync::LazyLock::new(ClientConfigs::new);
+
+static BUSY_WARNED: masse_core::WarnOnce = masse_core::WarnOnce::new();
+
+/// The connections to one peer.
+#[derive(Default)]
+struct PeerConns {
+    /// Oldest first: a stream goes to the first one with room.
+    conns: Mutex<Vec<Pooled>>,
+    /// Held while dialing: one new connection at a time.
+    dialing: tokio::sync::Mutex<()>,
+}
+
+impl PeerConns {
+    /// Opens a stream on the first connection with room for one, without
+    /// waiting, dropping dead connections on the way; closes idle
+    /// connections after the one used. Else the number of live connections.
+    fn try_open(&self, endpoint: &Endpoint) -> Result<QuicStream, usize> {
+        let mut conns = lock(&self.conns);
+        let mut i = 0;
+        while i < conns.len() {
+            match poll_once(conns[i].conn.open_bi()) {
+                None => i += 1,
+                Some(Err(e)) => {
+                    tracing::debug!(%endpoint, error = %e, "pooled quic connection is dead; dropped");
+                    conns.remove(i);
+                }
+                Some(Ok((send, recv))) => {
+                    let Some(stream) = conns[i].wrap(send, recv) else {
+                        conns.remove(i);
+                        continue;
+                    };
+                    let mut j = i + 1;
+                    while j < conns.len() {
+                        if conns[j].retire() {
+                            let idle = conns.remove(j);
+                            tracing::debug!(%endpoint, "extra quic connection to the peer idle; closed");
+                            idle.conn.close(VarInt::from_u32(0), b"idle");
+                        } else {
+                            j += 1;
+                        }
+                    }
+                    return Ok(stream.trace(endpoint));
+                }
+            }
+        }
+        Err(conns.len())
+    }
+}
+
+type Slot = Arc<PeerConns>;
+
+/// A pooled connection, and how many of our streams on it are in use.
+#[derive(Clone)]
+struct Pooled {
+    conn: quinn::Connection,
+    /// Open streams, plus [`RETIRED`] once the connection is being closed.
+    streams: Arc<AtomicUsize>,
+}
+
+/// Added to the stream count of a connection being closed.
+const RETIRED: usize = usize::MAX / 2;
+
+impl Pooled {
+    fn new(conn: quinn::Connection) -> Self {
+        Pooled {
+            conn,
+            streams: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Counts a stream just opened on this connection; `None` if the
+    /// connection is being closed (the stream is dropped).
+    fn wrap(&self, send: SendStream, recv: RecvStream) -> Option<QuicStream> {
+        let before = self.streams.fetch_add(1, Ordering::AcqRel);
+        let open = OpenStream(self.streams.clone());
+        (before < RETIRED).then(|| QuicStream {
+            recv,
+            send,
+            open: Some(open),
+        })
+    }
+
+    /// Marks the connection for closing if none of our streams uses it.
+    fn retire(&self) -> bool {
+        self.streams
+            .compare_exchange(0, RETIRED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn open_streams(&self) -> usize {
+        self.streams.load(Ordering::Acquire) % RETIRED
+    }
+}
+
+/// One stream in a connection's count, until dropped.
+struct OpenStream(Arc<AtomicUsize>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A masse stream on a pooled connection. Once dropped, it stays counted
+/// until the peer has acknowledged everything sent on it (or stopped it),
+/// so a connection is never closed under data still in flight.
+struct QuicStream {
+    recv: RecvStream,
+    send: SendStream,
+    open: Option<OpenStream>,
+}
+
+impl QuicStream {
+    fn trace(self, endpoint: &Endpoint) -> Self {
+        tracing::trace!(%endpoint, stream = %self.send.id(), "quic stream opened");
+        self
+    }
+}
+
+impl Drop for QuicStream {
+    fn drop(&mut self) {
+        let open = self.open.take();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            // Dropping `send` finishes the stream.
+            let done = self.send.stopped();
+            rt.spawn(async move {
+                let _ = done.await;
+                drop(open);
+            });
+        }
+    }
+}
+
+impl AsyncRead for QuicStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        AsyncRead::poll_read(Pin::new(&mut self.recv), cx, buf)
+    }
+}
+
+impl AsyncWrite for QuicStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_flush(Pin::new(&mut self.send), cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_shutdown(Pin::new(&mut self.send), cx)
+    }
+}
+
+/// Polls `fut` once: its output if it is ready at once.
+fn poll_once<F: Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(out) => Some(out),
+        Poll::Pending => None,
+    }
+}
 
 /// What the clones of one interface share.
 pub(crate) struct Shared {
     state: Mutex<State>,
     pool: Mutex<HashMap<PoolKey, Slot>>,
-    configs: ClientConfigs,
     /// Dropped with `Shared`: tells the pool watchers to let go.
     alive: watch::Sender<()>,
 }
@@ -567,7 +860,6 @@ impl Shared {
                 accept_task: None,
             }),
             pool: Mutex::new(HashMap::new()),
-            configs: ClientConfigs::new(),
             alive: watch::channel(()).0,
         }
     }
@@ -580,24 +872,17 @@ impl Shared {
         lock(&self.pool).entry(key).or_default().clone()
     }
 
-    /// Forgets `conn` if it is still the pooled connection for `key`.
+    /// Forgets `conn` if it is still pooled for `key`, and the peer when it
+    /// has no connection left and none is being dialed.
     fn evict(&self, key: PoolKey, conn: &quinn::Connection) {
         let mut pool = lock(&self.pool);
-        let Some(slot) = pool.get(&key).cloned() else {
+        let Some(peer) = pool.get(&key).cloned() else {
             return;
         };
-        // A dial in progress holds the slot: it replaces the connection anyway.
-        let Ok(mut current) = slot.try_lock() else {
-            return;
-        };
-        if current
-            .as_ref()
-            .is_some_and(|c| c.stable_id() == conn.stable_id())
-        {
-            *current = None;
-        }
-        if current.is_none() {
-            drop(current);
+        let mut conns = lock(&peer.conns);
+        conns.retain(|p| p.conn.stable_id() != conn.stable_id());
+        if conns.is_empty() && peer.dialing.try_lock().is_ok() {
+            drop(conns);
             pool.remove(&key);
         }
     }

@@ -2,13 +2,15 @@
 //! server fingerprint, mandatory client certificate), connection pooling and
 //! recovery, stream limits, and a listener that is gone.
 
+#![allow(clippy::print_stderr)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use masse_core::{
     Accepted, BindContext, BoxIo, ConnectContext, Endpoint, Error, Identity, InstanceId, Interface,
-    Listener, Protocol,
+    Listener, Protocol, RefuseCode,
 };
 use masse_quic::QuicInterface;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -295,15 +297,41 @@ async fn garbage_datagrams_do_not_stall_the_listener() {
     open_and_echo(&mut dialed, &mut s.listener).await;
 }
 
+/// Finishes both directions of a stream and drops both ends.
+async fn close(mut d: BoxIo, mut a: Accepted) {
+    d.shutdown().await.unwrap();
+    a.io.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    timeout(STEP, a.io.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    timeout(STEP, d.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Waits until no stream the client opened is counted any more.
+async fn drained(client: &QuicInterface) {
+    timeout(STEP, async {
+        while client.pooled_streams().iter().flatten().any(|n| *n > 0) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("streams still counted: {:?}", client.pooled_streams()));
+}
+
 #[tokio::test]
-async fn stream_limit_is_enforced_and_bounded_by_the_connect_timeout() {
+async fn past_every_pooled_connection_s_stream_limit_connect_is_refused_as_busy_at_once() {
     init_tracing();
     let mut s = server(QuicInterface::new("127.0.0.1:0").max_concurrent_streams(2)).await;
     let client_id = identity("client");
-    let client = QuicInterface::new("127.0.0.1:0");
+    let client = QuicInterface::new("127.0.0.1:0").max_connections_per_peer(2);
     let rec = record(&s.ep, Some(s.id.fingerprint()));
     let mut open = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..4 {
         let mut d = client
             .connect(&s.ep, &rec, &connect_ctx(&client_id))
             .await
@@ -311,25 +339,87 @@ async fn stream_limit_is_enforced_and_bounded_by_the_connect_timeout() {
         let a = open_and_echo(&mut d, &mut s.listener).await;
         open.push((d, a));
     }
-    let short = connect_ctx(&client_id).with_connect_timeout(Duration::from_millis(300));
-    match client.connect(&s.ep, &rec, &short).await {
-        Err(Error::Timeout { .. }) => {}
-        Err(other) => panic!("expected Timeout, got {other:?}"),
-        Ok(_) => panic!("opened a third stream past a limit of 2"),
+    assert_eq!(client.pooled_streams(), vec![vec![2, 2]]);
+    // A generous connect timeout: the refusal must not wait for it.
+    let patient = connect_ctx(&client_id).with_connect_timeout(Duration::from_secs(30));
+    let started = tokio::time::Instant::now();
+    match timeout(STEP, client.connect(&s.ep, &rec, &patient)).await {
+        Ok(Err(e @ Error::Refused { .. })) => {
+            assert_eq!(e.refuse_code(), Some(RefuseCode::Busy), "{e:?}");
+            assert!(e.is_transient());
+            assert!(!e.is_stale_address());
+        }
+        Ok(Err(other)) => panic!("expected Refused(Busy), got {other:?}"),
+        Ok(Ok(_)) => panic!("opened a fifth stream past 2 connections of 2 streams"),
+        Err(_) => panic!("connect waited for its timeout instead of failing"),
     }
-    // Finishing one stream (both directions) frees a slot.
-    let (mut d, mut a) = open.pop().unwrap();
-    d.shutdown().await.unwrap();
-    a.io.shutdown().await.unwrap();
-    let mut rest = Vec::new();
-    a.io.read_to_end(&mut rest).await.unwrap();
-    d.read_to_end(&mut rest).await.unwrap();
-    drop((d, a));
-    let mut d = client
-        .connect(&s.ep, &rec, &connect_ctx(&client_id))
-        .await
-        .unwrap();
+    eprintln!("refused as busy after {:?}", started.elapsed());
+    assert_eq!(client.pooled_connections(), 2);
+    // Finishing one stream (both directions) frees a slot on its connection.
+    // Its credit comes back after an acknowledgement and a round trip.
+    let (d, a) = open.remove(0);
+    close(d, a).await;
+    timeout(STEP, async {
+        while client.pooled_streams() != vec![vec![1, 2]] {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the closed stream stayed counted");
+    let mut d = timeout(STEP, async {
+        loop {
+            match client.connect(&s.ep, &rec, &patient).await {
+                Err(e) if e.refuse_code() == Some(RefuseCode::Busy) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => break other.unwrap(),
+            }
+        }
+    })
+    .await
+    .expect("the freed stream's credit never came back");
     open_and_echo(&mut d, &mut s.listener).await;
+    assert_eq!(client.pooled_streams(), vec![vec![2, 2]]);
+}
+
+#[tokio::test]
+async fn streams_past_one_connection_s_limit_go_on_another_and_back_to_the_first() {
+    init_tracing();
+    let mut s = server(QuicInterface::new("127.0.0.1:0").max_concurrent_streams(3)).await;
+    let client_id = identity("client");
+    let client = QuicInterface::new("127.0.0.1:0");
+    let rec = record(&s.ep, Some(s.id.fingerprint()));
+    for round in 0..2 {
+        let mut open = Vec::new();
+        for _ in 0..7 {
+            let mut d = client
+                .connect(&s.ep, &rec, &connect_ctx(&client_id))
+                .await
+                .unwrap();
+            let a = open_and_echo(&mut d, &mut s.listener).await;
+            open.push((d, a));
+        }
+        assert_eq!(
+            client.pooled_streams(),
+            vec![vec![3, 3, 1]],
+            "round {round}"
+        );
+        for (d, a) in open {
+            close(d, a).await;
+        }
+        drained(&client).await;
+        assert_eq!(client.pooled_connections(), 3);
+        // The next stream goes on the first connection again, and the
+        // extra ones, idle, are closed.
+        let mut d = client
+            .connect(&s.ep, &rec, &connect_ctx(&client_id))
+            .await
+            .unwrap();
+        let a = open_and_echo(&mut d, &mut s.listener).await;
+        assert_eq!(client.pooled_streams(), vec![vec![1]], "round {round}");
+        close(d, a).await;
+        drained(&client).await;
+    }
 }
 
 #[tokio::test]

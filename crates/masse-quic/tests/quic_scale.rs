@@ -1,0 +1,159 @@
+//! Many concurrent streams from one node to one peer over QUIC: past one
+//! connection's stream limit the dialer opens more connections, freed
+//! streams give their credit back, and with every allowed connection full a
+//! connect is refused as busy at once.
+
+#![allow(clippy::print_stderr)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use masse_core::{Error, MemoryRegistry, Node, PeerStream, RefuseCode};
+use masse_quic::QuicInterface;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, timeout};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const STREAMS: usize = 2000;
+
+async fn start(name: &str, ns: &str, reg: &MemoryRegistry, quic: QuicInterface) -> Node {
+    Node::builder(name)
+        .namespace(ns)
+        .registry(reg.clone())
+        .interface(quic)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .ttl(Duration::from_secs(5))
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Echoes every stream `node` accepts until its end.
+async fn echo_forever(node: &Node) {
+    let mut incoming = node.incoming();
+    tokio::spawn(async move {
+        while let Some(mut s) = incoming.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tokio::io::split(&mut s);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+}
+
+/// Opens `n` streams to `peer` at once, each echoing one byte; returns
+/// them all still open, and the slowest connect-and-echo.
+async fn open_all(node: &Arc<Node>, peer: &str, n: usize) -> (Vec<PeerStream>, Duration) {
+    let mut tasks = JoinSet::new();
+    for i in 0..n {
+        let (node, peer) = (node.clone(), peer.to_owned());
+        tasks.spawn(async move {
+            let started = Instant::now();
+            let mut s = node.connect(&peer).await?;
+            let byte = (i % 251) as u8;
+            s.write_all(&[byte]).await?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await?;
+            assert_eq!(b[0], byte);
+            Ok::<_, Error>((s, started.elapsed()))
+        });
+    }
+    let (mut streams, mut slowest) = (Vec::new(), Duration::ZERO);
+    while let Some(done) = tasks.join_next().await {
+        let (s, took) = done
+            .unwrap()
+            .unwrap_or_else(|e| panic!("stream failed: {e}"));
+        streams.push(s);
+        slowest = slowest.max(took);
+    }
+    (streams, slowest)
+}
+
+/// Waits until the dialer counts no open stream.
+async fn drained(quic: &QuicInterface) {
+    timeout(Duration::from_secs(10), async {
+        while quic.pooled_streams().iter().flatten().any(|n| *n > 0) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("streams still counted: {:?}", quic.pooled_streams()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_concurrent_streams_to_one_peer_twice() {
+    let reg = MemoryRegistry::new();
+    let server = start("echo", "qs-scale", &reg, QuicInterface::new("127.0.0.1:0")).await;
+    echo_forever(&server).await;
+    let quic = QuicInterface::new("127.0.0.1:0");
+    let dialer = Arc::new(start("dialer", "qs-scale", &reg, quic.clone()).await);
+
+    for round in 0..2 {
+        let started = Instant::now();
+        let (streams, slowest) = open_all(&dialer, "echo", STREAMS).await;
+        eprintln!(
+            "round {round}: {STREAMS} concurrent streams in {:?}, slowest {slowest:?}, per connection {:?}",
+            started.elapsed(),
+            quic.pooled_streams()
+        );
+        assert_eq!(streams.len(), STREAMS);
+        assert!(slowest < CONNECT_TIMEOUT / 2, "{slowest:?}");
+        // 1 024 streams per connection by default: two connections.
+        let per_conn = quic.pooled_streams();
+        assert_eq!(per_conn.len(), 1, "{per_conn:?}");
+        assert_eq!(per_conn[0].iter().sum::<usize>(), STREAMS, "{per_conn:?}");
+        assert!(per_conn[0].len() >= 2, "{per_conn:?}");
+        assert!(per_conn[0].len() <= QuicInterface::DEFAULT_MAX_CONNECTIONS_PER_PEER);
+        drop(streams);
+        drained(&quic).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_allowed_connection_full_a_connect_is_refused_as_busy_at_once() {
+    let reg = MemoryRegistry::new();
+    let server = start(
+        "echo",
+        "qs-busy",
+        &reg,
+        QuicInterface::new("127.0.0.1:0").max_concurrent_streams(8),
+    )
+    .await;
+    echo_forever(&server).await;
+    let quic = QuicInterface::new("127.0.0.1:0").max_connections_per_peer(2);
+    let dialer = Arc::new(start("dialer", "qs-busy", &reg, quic.clone()).await);
+
+    let (streams, _) = open_all(&dialer, "echo", 16).await;
+    assert_eq!(quic.pooled_streams(), vec![vec![8, 8]]);
+    let started = Instant::now();
+    match timeout(CONNECT_TIMEOUT, dialer.connect("echo")).await {
+        Ok(Err(e)) => {
+            assert_eq!(e.refuse_code(), Some(RefuseCode::Busy), "{e:?}");
+            assert!(
+                matches!(
+                    e.root(),
+                    Error::Refused {
+                        code: RefuseCode::Busy,
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+            assert!(e.is_transient());
+        }
+        Ok(Ok(_)) => panic!("a 17th stream opened past 2 connections of 8"),
+        Err(_) => panic!("the connect sat out its timeout"),
+    }
+    eprintln!("refused as busy after {:?}", started.elapsed());
+
+    // Streams that close give their places back.
+    drop(streams);
+    drained(&quic).await;
+    // The peer grants the credit back once it has our acknowledgement of
+    // its end of each stream (delayed up to 25 ms) and a round trip more.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (streams, _) = open_all(&dialer, "echo", 16).await;
+    assert_eq!(streams.len(), 16);
+}
