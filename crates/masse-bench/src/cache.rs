@@ -18,7 +18,9 @@
 //! the figure is the whole path per event, watch stream and broadcast
 //! included. Medians per event, and the ratio of the cost at 100 000 names
 //! to the cost at 100 (about 1 when an event costs the same whatever the
-//! cache holds).
+//! cache holds). The `view_only` figures are the same path with no entry
+//! cached: the part of the cost that is the watch and the view of the
+//! namespace (an ordered map of every name), not the entries.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -172,6 +174,9 @@ enum Cached {
     Exact,
     /// One `*` entry holding every name.
     All,
+    /// No entry: what an event costs the cache's watch and view (which
+    /// knows every name) before it reaches any entry, for comparison.
+    Nothing,
 }
 
 impl Cached {
@@ -179,6 +184,7 @@ impl Cached {
         match self {
             Cached::Exact => "exact",
             Cached::All => "glob",
+            Cached::Nothing => "view_only",
         }
     }
 }
@@ -189,7 +195,7 @@ impl Cached {
 /// same whatever the cache holds).
 async fn event_figures(mode: Mode) -> Result<Vec<Figure>, BoxError> {
     let mut figures = Vec::new();
-    for cached in [Cached::Exact, Cached::All] {
+    for cached in [Cached::Exact, Cached::All, Cached::Nothing] {
         let mut costs = Vec::new();
         for n in SIZES {
             let cost = event_apply_cost(cached, n, events_per_round(mode)).await?;
@@ -250,6 +256,7 @@ async fn event_apply_cost(cached: Cached, n: usize, per_round: usize) -> Result<
         Cached::All => {
             cache.lookup_cached(&ns, &Pattern::any()).await?;
         }
+        Cached::Nothing => {}
     }
 
     let mut next = 0usize;

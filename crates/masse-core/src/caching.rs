@@ -1708,7 +1708,7 @@ mod tests {
                 .wrapping_add(1442695040888963407);
             let name = format!("n{:04}", (x >> 33) % 500);
             let instance = instances[((x >> 20) % 4) as usize];
-            let event = if (x >> 10) % 3 == 0 {
+            let event = if (x >> 10).is_multiple_of(3) {
                 RegistryEvent::Left {
                     name: name.parse().expect("valid name"),
                     instance,
@@ -1720,10 +1720,10 @@ mod tests {
                 RegistryEvent::Joined(r) => {
                     truth.insert(r.name.clone(), r.clone());
                 }
-                RegistryEvent::Left { name, instance } => {
-                    if truth.get(name).is_some_and(|r| r.instance == *instance) {
-                        truth.remove(name);
-                    }
+                RegistryEvent::Left { name, instance }
+                    if truth.get(name).is_some_and(|r| r.instance == *instance) =>
+                {
+                    truth.remove(name);
                 }
                 _ => {}
             }
