@@ -1,10 +1,10 @@
 //! [`CachingRegistry`]: a coherent cache in front of any [`Registry`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -225,7 +225,7 @@ struct NsCache {
     /// What this process's watchers of the namespace know; `None` until the
     /// first listing.
     view: Option<Reconciler>,
-    entries: HashMap<Arc<str>, Entry>,
+    entries: Entries,
     /// True while a watch stream is delivering events for this namespace.
     synced: bool,
     /// Bumped every time the watch is (re)established.
@@ -240,51 +240,305 @@ struct NsCache {
     subscribers: Option<broadcast::Sender<RegistryEvent>>,
 }
 
+/// The cached results of one namespace, indexed so that an event reaches
+/// the entries it can touch without visiting the others, and the oldest
+/// entry is found without a scan.
+#[derive(Default)]
+struct Entries {
+    /// Every entry, by pattern source. The source of an exact pattern is
+    /// the one name it matches, so the entry an event about that name
+    /// touches is one hash lookup away.
+    by_pattern: HashMap<Arc<str>, Entry>,
+    /// The sources of the glob entries, by the literal prefix of their
+    /// pattern (empty for `*`): an event about a name visits the glob
+    /// entries whose prefix starts the name. Glob entries are few.
+    globs: HashMap<Box<str>, HashSet<Arc<str>>>,
+    /// How many glob entries have a literal prefix of each length: the
+    /// prefixes of a name worth looking up in `globs`.
+    prefix_lens: BTreeMap<usize, usize>,
+    /// Sources in insertion order, with the stamp of that insertion. An
+    /// entry replaced or removed since leaves its pair behind, skipped when
+    /// it comes up for eviction and dropped when the queue is compacted.
+    order: VecDeque<(Arc<str>, u64)>,
+    /// The stamp of the next insertion.
+    next_stamp: u64,
+}
+
+impl Entries {
+    fn get(&self, source: &str) -> Option<&Entry> {
+        self.by_pattern.get(source)
+    }
+
+    /// Runs `f` on every entry whose pattern may match `name` (`f` still
+    /// has to match it): the exact entry of that name, if cached, and the
+    /// glob entries whose literal prefix starts the name. Costs a hash
+    /// lookup per distinct prefix length, whatever the number of entries.
+    fn touching(&mut self, name: &PeerName, mut f: impl FnMut(&mut Entry)) {
+        let name = name.as_str();
+        if let Some(e) = self.by_pattern.get_mut(name)
+            && e.pattern.is_exact()
+        {
+            f(e);
+        }
+        for &len in self.prefix_lens.keys() {
+            // Ascending: once longer than the name, all are.
+            let Some(prefix) = name.get(..len) else { break };
+            for source in self.globs.get(prefix).into_iter().flatten() {
+                if let Some(e) = self.by_pattern.get_mut(source) {
+                    f(e);
+                }
+            }
+        }
+    }
+
+    /// Every entry, for the rare passes that concern them all (a watch
+    /// re-established, a poll of a namespace that cannot be watched).
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
+        self.by_pattern.values_mut()
+    }
+
+    /// Stores `entry` under `source` (replacing an entry of the same
+    /// pattern), first evicting the oldest entries to keep fewer than `max`
+    /// others. Amortized O(1): each insertion queues one pair, and each pair
+    /// is popped or compacted away once.
+    fn insert(&mut self, source: Arc<str>, mut entry: Entry, max: usize) {
+        self.remove(&source);
+        while self.by_pattern.len() >= max.max(1) {
+            let Some((oldest, stamp)) = self.order.pop_front() else {
+                break;
+            };
+            if self
+                .by_pattern
+                .get(&oldest)
+                .is_some_and(|e| e.stamp == stamp)
+            {
+                self.remove(&oldest);
+            }
+        }
+        entry.stamp = self.next_stamp;
+        self.next_stamp += 1;
+        self.order.push_back((source.clone(), entry.stamp));
+        if !entry.pattern.is_exact() {
+            let prefix = entry.pattern.literal_prefix();
+            self.globs
+                .entry(prefix.into())
+                .or_default()
+                .insert(source.clone());
+            *self.prefix_lens.entry(prefix.len()).or_default() += 1;
+        }
+        self.by_pattern.insert(source, entry);
+        // Pairs left by replaced entries: drop them once they outnumber the
+        // live ones, which takes as many insertions as the pass costs.
+        if self.order.len() > 2 * self.by_pattern.len() + 16 {
+            let live = &self.by_pattern;
+            self.order
+                .retain(|(source, stamp)| live.get(source).is_some_and(|e| e.stamp == *stamp));
+        }
+    }
+
+    fn remove(&mut self, source: &str) {
+        let Some(entry) = self.by_pattern.remove(source) else {
+            return;
+        };
+        if entry.pattern.is_exact() {
+            return;
+        }
+        let prefix = entry.pattern.literal_prefix();
+        if let Some(sources) = self.globs.get_mut(prefix) {
+            sources.remove(source);
+            if sources.is_empty() {
+                self.globs.remove(prefix);
+            }
+        }
+        if let Some(n) = self.prefix_lens.get_mut(&prefix.len()) {
+            *n -= 1;
+            if *n == 0 {
+                self.prefix_lens.remove(&prefix.len());
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_pattern.clear();
+        self.globs.clear();
+        self.prefix_lens.clear();
+        self.order.clear();
+    }
+}
+
 struct Entry {
     pattern: Pattern,
-    records: Arc<Vec<PeerRecord>>,
+    records: Records,
     valid_until: Instant,
-    inserted: Instant,
+    /// Its insertion in [`Entries::order`].
+    stamp: u64,
     /// When the backend was asked for `records` (the start of the lookup,
     /// or of the poll they were last taken from).
     as_of: Instant,
 }
 
 impl Entry {
+    fn new(
+        pattern: Pattern,
+        records: Vec<PeerRecord>,
+        valid_until: Instant,
+        as_of: Instant,
+    ) -> Self {
+        Entry {
+            pattern,
+            records: Records::new(records),
+            valid_until,
+            stamp: 0,
+            as_of,
+        }
+    }
+
     fn apply(&mut self, event: &RegistryEvent, config: &CachingConfig, now: Instant) {
         let Some(name) = event.name() else { return };
         if !self.pattern.matches(name.as_str()) {
             return;
         }
         let was_empty = self.records.is_empty();
-        let records = Arc::make_mut(&mut self.records);
-        let pos = records.binary_search_by(|r| r.name.cmp(name));
         match event {
-            RegistryEvent::Joined(r) | RegistryEvent::Updated(r) => match pos {
-                Ok(i) => records[i] = r.clone(),
-                Err(i) => records.insert(i, r.clone()),
-            },
+            RegistryEvent::Joined(r) | RegistryEvent::Updated(r) => {
+                self.records.set(name, Some(r.clone()));
+            }
             RegistryEvent::Left { instance, .. } | RegistryEvent::Expired { instance, .. } => {
-                if let Ok(i) = pos
-                    && records[i].instance == *instance
+                if self
+                    .records
+                    .get(name)
+                    .is_some_and(|r| r.instance == *instance)
                 {
-                    records.remove(i);
+                    self.records.set(name, None);
                 }
             }
             RegistryEvent::Resync => {}
         }
-        if was_empty && !records.is_empty() {
+        if was_empty && !self.records.is_empty() {
             self.valid_until = now + config.max_age;
         }
     }
 }
 
+/// Below this many records, an entry is changed in place (an exact entry
+/// holds at most one); from it on, changes wait in [`Records::pending`].
+const IN_PLACE_MAX: usize = 16;
+
+/// The records of an entry, sorted by name. A change costs O(log n) and
+/// never copies the records: a large result (the `*` of a whole namespace)
+/// keeps its changes aside until a lookup asks for it, which then builds
+/// the new sorted vector once, however many changes came in between.
+struct Records {
+    /// The last snapshot taken in or handed out, sorted by name.
+    base: Arc<Vec<PeerRecord>>,
+    /// What changed since `base`, by name (`None`: the name is gone).
+    /// Always empty while `base` is small: small results change in place.
+    pending: BTreeMap<PeerName, Option<PeerRecord>>,
+    /// `base` with `pending` applied, built by the first lookup that needs
+    /// it (under the read lock, hence the cell), taken in as the new `base`
+    /// by the next change. Only ever set while `pending` is not empty.
+    merged: OnceLock<Arc<Vec<PeerRecord>>>,
+    /// Number of records.
+    len: usize,
+}
+
+impl Records {
+    /// `records` must be sorted by name.
+    fn new(records: Vec<PeerRecord>) -> Self {
+        Records {
+            len: records.len(),
+            base: Arc::new(records),
+            pending: BTreeMap::new(),
+            merged: OnceLock::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The records, sorted by name, shared: O(1) unless the entry changed
+    /// since the last snapshot, O(n) once then.
+    fn snapshot(&self) -> Arc<Vec<PeerRecord>> {
+        if self.pending.is_empty() {
+            return self.base.clone();
+        }
+        self.merged
+            .get_or_init(|| Arc::new(merge(&self.base, &self.pending, self.len)))
+            .clone()
+    }
+
+    /// The record of `name`, if the entry holds one.
+    fn get(&self, name: &PeerName) -> Option<&PeerRecord> {
+        match self.pending.get(name) {
+            Some(change) => change.as_ref(),
+            None => self
+                .base
+                .binary_search_by(|r| r.name.cmp(name))
+                .ok()
+                .map(|i| &self.base[i]),
+        }
+    }
+
+    /// Sets the record of `name` (`None` removes it).
+    fn set(&mut self, name: &PeerName, record: Option<PeerRecord>) {
+        let had = self.get(name).is_some();
+        let has = record.is_some();
+        if let Some(merged) = self.merged.take() {
+            // A lookup built the merged records since the last change: start from them.
+            self.base = merged;
+            self.pending.clear();
+        }
+        if self.pending.is_empty() && self.base.len() < IN_PLACE_MAX {
+            // Small: copying it (if a lookup still holds it) costs no more
+            // than the map would.
+            let base = Arc::make_mut(&mut self.base);
+            match (base.binary_search_by(|r| r.name.cmp(name)), record) {
+                (Ok(i), Some(r)) => base[i] = r,
+                (Err(i), Some(r)) => base.insert(i, r),
+                (Ok(i), None) => {
+                    base.remove(i);
+                }
+                (Err(_), None) => {}
+            }
+        } else {
+            self.pending.insert(name.clone(), record);
+        }
+        self.len = self.len + usize::from(has) - usize::from(had);
+    }
+}
+
+/// `base` (sorted by name) with `changes` applied, `len` records.
+fn merge(
+    base: &[PeerRecord],
+    changes: &BTreeMap<PeerName, Option<PeerRecord>>,
+    len: usize,
+) -> Vec<PeerRecord> {
+    let mut out = Vec::with_capacity(len);
+    let mut changes = changes.iter().peekable();
+    for r in base {
+        while let Some((_, change)) = changes.next_if(|(name, _)| **name < r.name) {
+            out.extend(change.iter().cloned());
+        }
+        match changes.next_if(|(name, _)| **name == r.name) {
+            Some((_, change)) => out.extend(change.iter().cloned()),
+            None => out.push(r.clone()),
+        }
+    }
+    for (_, change) in changes {
+        out.extend(change.iter().cloned());
+    }
+    out
+}
+
 impl NsCache {
-    /// Applies an event the view let through to every entry, and keeps it
-    /// for replay onto concurrent fetches.
+    /// Applies an event the view let through to the entries it touches,
+    /// and keeps it for replay onto concurrent fetches. O(1) in the number
+    /// of exact entries (see [`Entries::touching`]).
     fn apply(&mut self, event: RegistryEvent, config: &CachingConfig, now: Instant) {
-        for entry in self.entries.values_mut() {
-            entry.apply(&event, config, now);
+        if let Some(name) = event.name() {
+            self.entries
+                .touching(name, |entry| entry.apply(&event, config, now));
         }
         if let Some(tx) = &self.subscribers {
             // No receiver left is fine; a lagging one is told by its channel.
@@ -302,6 +556,9 @@ impl NsCache {
     /// entries in step with the view, but an entry fetched between two polls
     /// may hold a change the view has not seen, or miss one it will never
     /// see as a change; the next poll makes it the view's again.)
+    ///
+    /// This visits every entry, and lists the view for each: it runs once
+    /// per poll (every [`CachingConfig::poll_interval`]), not per event.
     fn rebase_entries(&mut self, taken: Instant, config: &CachingConfig, now: Instant) {
         let Some(view) = self.view.as_ref() else {
             return;
@@ -312,11 +569,11 @@ impl NsCache {
             }
             entry.as_of = taken;
             let records = view.matching(&entry.pattern);
-            if *entry.records != records {
+            if *entry.records.snapshot() != records {
                 if entry.records.is_empty() {
                     entry.valid_until = now + config.max_age;
                 }
-                entry.records = Arc::new(records);
+                entry.records = Records::new(records);
             }
         }
     }
@@ -370,24 +627,11 @@ impl NsCache {
         added
     }
 
-    /// Turns every entry into a stale-only answer.
+    /// Turns every entry into a stale-only answer. This visits every entry:
+    /// it runs once each time the watch is (re)established.
     fn invalidate_entries(&mut self, now: Instant) {
         for e in self.entries.values_mut() {
             e.valid_until = now;
-        }
-    }
-
-    fn evict_if_full(&mut self, max: usize) {
-        while self.entries.len() >= max.max(1) {
-            let Some(oldest) = self
-                .entries
-                .iter()
-                .min_by_key(|(_, e)| e.inserted)
-                .map(|(k, _)| k.clone())
-            else {
-                return;
-            };
-            self.entries.remove(&oldest);
         }
     }
 }
@@ -439,19 +683,17 @@ impl<R: Registry> CachingRegistry<R> {
             let cache = read(&shared.cache);
             if let Some(nsc) = cache.get(ns) {
                 if let Some(entry) = nsc.entries.get(pattern.as_str()) {
+                    let records = entry.records.snapshot();
                     if nsc.synced && now < entry.valid_until {
                         shared.hits.fetch_add(1, Ordering::Relaxed);
-                        let freshness = if nsc.serves_suspect(&entry.records) {
+                        let freshness = if nsc.serves_suspect(&records) {
                             Freshness::Stale
                         } else {
                             Freshness::Cached
                         };
-                        return Ok(CachedLookup {
-                            records: entry.records.clone(),
-                            freshness,
-                        });
+                        return Ok(CachedLookup { records, freshness });
                     }
-                    stale = Some(entry.records.clone());
+                    stale = Some(records);
                 }
                 if let (Some(records), Some(until)) = (&stale, nsc.down_until)
                     && now < until
@@ -552,11 +794,11 @@ impl<R: Registry> CachingRegistry<R> {
         let now = Instant::now();
         let mut cache = write(&self.shared.cache);
         if let Some(nsc) = cache.get_mut(ns) {
-            for e in nsc.entries.values_mut() {
+            nsc.entries.touching(name, |e| {
                 if e.pattern.matches(name.as_str()) {
                     e.valid_until = now;
                 }
-            }
+            });
         }
     }
 
@@ -674,13 +916,6 @@ async fn fetch_and_store<R: Registry>(
     let out = result.map(|mut records| {
         records.sort_by(|a, b| a.name.cmp(&b.name));
         let now = Instant::now();
-        let mut entry = Entry {
-            pattern: pattern.clone(),
-            records: Arc::new(records),
-            valid_until: now,
-            inserted: now,
-            as_of: asked,
-        };
         let mut cache = write(&shared.cache);
         let nsc = cache.entry(ns.clone()).or_default();
         nsc.down_until = None;
@@ -692,9 +927,10 @@ async fn fetch_and_store<R: Registry>(
             }
             _ => false,
         };
-        if nsc.add_suspects(&pattern, Arc::make_mut(&mut entry.records), now) {
+        if nsc.add_suspects(&pattern, &mut records, now) {
             tracing::debug!(namespace = %ns, %pattern, "answer keeps names the registry lost until their owners re-publish");
         }
+        let mut entry = Entry::new(pattern.clone(), records, now, asked);
         if replayable {
             let (_, seq) = before.unwrap_or_default();
             for (_, ev) in nsc.recent.iter().filter(|(s, _)| *s > seq) {
@@ -706,15 +942,15 @@ async fn fetch_and_store<R: Registry>(
                 } else {
                     shared.config.max_age
                 };
-            let records = entry.records.clone();
-            nsc.evict_if_full(shared.config.max_entries);
-            nsc.entries.insert(src.clone(), entry);
+            let records = entry.records.snapshot();
+            nsc.entries
+                .insert(src.clone(), entry, shared.config.max_entries);
             records
         } else {
             // Keep it for stale serving only: it is not valid as a cache hit.
-            let records = entry.records.clone();
-            nsc.evict_if_full(shared.config.max_entries);
-            nsc.entries.insert(src.clone(), entry);
+            let records = entry.records.snapshot();
+            nsc.entries
+                .insert(src.clone(), entry, shared.config.max_entries);
             records
         }
     });
@@ -1348,5 +1584,198 @@ impl<R: fmt::Debug> fmt::Debug for CachingRegistry<R> {
             .field("backend", &self.shared.backend)
             .field("config", &self.shared.config)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::name::PeerName;
+
+    fn ns() -> Namespace {
+        "cache-unit".parse().expect("valid namespace")
+    }
+
+    fn rec(name: &str, instance: InstanceId) -> PeerRecord {
+        PeerRecord::new(ns(), name.parse().expect("valid name"), instance)
+    }
+
+    fn entry(pattern: &str, records: Vec<PeerRecord>) -> Entry {
+        let now = Instant::now();
+        Entry::new(
+            Pattern::new(pattern).expect("valid pattern"),
+            records,
+            now + Duration::from_secs(60),
+            now,
+        )
+    }
+
+    fn names(records: &[PeerRecord]) -> Vec<&str> {
+        records.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    fn cache_with(patterns: &[&str]) -> NsCache {
+        let mut nsc = NsCache::default();
+        for p in patterns {
+            nsc.entries.insert(Arc::from(*p), entry(p, Vec::new()), 100);
+        }
+        nsc
+    }
+
+    #[test]
+    fn an_event_updates_the_exact_entry_of_its_name_only() {
+        let config = CachingConfig::default();
+        let now = Instant::now();
+        let mut nsc = cache_with(&["a", "b"]);
+        let a = rec("a", InstanceId::random());
+        nsc.apply(RegistryEvent::Joined(a.clone()), &config, now);
+        assert_eq!(
+            *nsc.entries.get("a").unwrap().records.snapshot(),
+            vec![a.clone()]
+        );
+        assert!(nsc.entries.get("b").unwrap().records.is_empty());
+        // A departure of another instance does not remove the record.
+        nsc.apply(
+            RegistryEvent::Left {
+                name: a.name.clone(),
+                instance: InstanceId::random(),
+            },
+            &config,
+            now,
+        );
+        assert_eq!(nsc.entries.get("a").unwrap().records.snapshot().len(), 1);
+        nsc.apply(
+            RegistryEvent::Expired {
+                name: a.name.clone(),
+                instance: a.instance,
+            },
+            &config,
+            now,
+        );
+        assert!(nsc.entries.get("a").unwrap().records.is_empty());
+        assert!(nsc.entries.get("a").unwrap().records.snapshot().is_empty());
+    }
+
+    #[test]
+    fn an_event_updates_the_glob_entries_it_matches() {
+        let config = CachingConfig::default();
+        let now = Instant::now();
+        let mut nsc = cache_with(&["*", "worker-*", "db-[0-9]", "w?rker-1", "worker-1"]);
+        let w = rec("worker-1", InstanceId::random());
+        nsc.apply(RegistryEvent::Joined(w.clone()), &config, now);
+        let got = |nsc: &NsCache, p: &str| nsc.entries.get(p).unwrap().records.snapshot();
+        for p in ["*", "worker-*", "w?rker-1", "worker-1"] {
+            assert_eq!(*got(&nsc, p), vec![w.clone()], "{p}");
+        }
+        assert!(got(&nsc, "db-[0-9]").is_empty());
+        let d = rec("db-1", InstanceId::random());
+        nsc.apply(RegistryEvent::Joined(d.clone()), &config, now);
+        assert_eq!(names(&got(&nsc, "*")), ["db-1", "worker-1"]);
+        assert_eq!(*got(&nsc, "db-[0-9]"), vec![d]);
+        assert_eq!(*got(&nsc, "worker-*"), vec![w]);
+        // A removed glob leaves the index.
+        nsc.entries.remove("worker-*");
+        nsc.apply(
+            RegistryEvent::Joined(rec("worker-2", InstanceId::random())),
+            &config,
+            now,
+        );
+        assert!(nsc.entries.get("worker-*").is_none());
+        assert_eq!(names(&got(&nsc, "*")), ["db-1", "worker-1", "worker-2"]);
+    }
+
+    #[test]
+    fn a_lazily_rebuilt_star_equals_a_fresh_listing_after_many_events() {
+        let config = CachingConfig::default();
+        let now = Instant::now();
+        let instances: Vec<InstanceId> = (0..4).map(|_| InstanceId::random()).collect();
+        let mut truth: BTreeMap<PeerName, PeerRecord> = BTreeMap::new();
+        let initial: Vec<PeerRecord> = (0..300)
+            .map(|i| rec(&format!("n{i:04}"), instances[0]))
+            .collect();
+        for r in &initial {
+            truth.insert(r.name.clone(), r.clone());
+        }
+        let mut nsc = NsCache::default();
+        nsc.entries
+            .insert(Arc::from("*"), entry("*", initial.clone()), 100);
+        let mut held = Vec::new();
+        let mut x: u64 = 12345;
+        for step in 0..20_000u32 {
+            // A small linear congruential generator: deterministic events.
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let name = format!("n{:04}", (x >> 33) % 500);
+            let instance = instances[((x >> 20) % 4) as usize];
+            let event = if (x >> 10).is_multiple_of(3) {
+                RegistryEvent::Left {
+                    name: name.parse().expect("valid name"),
+                    instance,
+                }
+            } else {
+                RegistryEvent::Joined(rec(&name, instance))
+            };
+            match &event {
+                RegistryEvent::Joined(r) => {
+                    truth.insert(r.name.clone(), r.clone());
+                }
+                RegistryEvent::Left { name, instance }
+                    if truth.get(name).is_some_and(|r| r.instance == *instance) =>
+                {
+                    truth.remove(name);
+                }
+                _ => {}
+            }
+            nsc.apply(event, &config, now);
+            let records = &nsc.entries.get("*").unwrap().records;
+            assert_eq!(records.len, truth.len());
+            if step % 997 == 0 {
+                let snap = records.snapshot();
+                assert_eq!(*snap, truth.values().cloned().collect::<Vec<_>>());
+                held.push((snap.clone(), (*snap).clone()));
+            }
+        }
+        let snap = nsc.entries.get("*").unwrap().records.snapshot();
+        assert_eq!(*snap, truth.values().cloned().collect::<Vec<_>>());
+        // Snapshots handed out never change afterwards.
+        for (shared, copy) in held {
+            assert_eq!(*shared, copy);
+        }
+    }
+
+    #[test]
+    fn eviction_drops_the_oldest_insertion_first() {
+        let mut entries = Entries::default();
+        let put = |entries: &mut Entries, p: &str| {
+            entries.insert(Arc::from(p), entry(p, Vec::new()), 3);
+        };
+        put(&mut entries, "a");
+        put(&mut entries, "b*");
+        put(&mut entries, "c");
+        // Fetched again: now the newest.
+        put(&mut entries, "a");
+        assert_eq!(entries.by_pattern.len(), 3);
+        put(&mut entries, "d");
+        assert!(entries.get("b*").is_none(), "the oldest goes first");
+        assert!(entries.globs.is_empty() && entries.prefix_lens.is_empty());
+        put(&mut entries, "e");
+        assert!(entries.get("c").is_none());
+        for p in ["a", "d", "e"] {
+            assert!(entries.get(p).is_some(), "{p}");
+        }
+        put(&mut entries, "f");
+        assert!(entries.get("a").is_none());
+        // The same entry fetched again and again does not grow the queue.
+        for _ in 0..1000 {
+            put(&mut entries, "f");
+        }
+        assert_eq!(entries.by_pattern.len(), 3);
+        assert!(entries.order.len() <= 2 * 3 + 16 + 1);
+        put(&mut entries, "g");
+        assert!(entries.get("d").is_none());
+        for p in ["e", "f", "g"] {
+            assert!(entries.get(p).is_some(), "{p}");
+        }
     }
 }
