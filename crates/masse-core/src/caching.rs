@@ -220,6 +220,13 @@ const FIRST_WATCH_WAIT: Duration = Duration::from_secs(1);
 /// How many recent events are kept to patch results fetched concurrently with them.
 const RECENT_EVENTS: usize = 4096;
 
+/// Events a [subscriber](CachingRegistry::subscribe) may fall behind by
+/// before it is told it lagged: the bound a node's own event channel has.
+/// A broadcast channel allocates every slot up front (an event is about
+/// 220 bytes), and every node subscribes to its namespace: at 4 096 slots
+/// this buffer was 0.9 MiB of each idle node.
+const SUBSCRIBER_CAPACITY: usize = 1024;
+
 #[derive(Default)]
 struct NsCache {
     /// What this process's watchers of the namespace know; `None` until the
@@ -765,7 +772,7 @@ impl<R: Registry> CachingRegistry<R> {
     /// attempt, so that no change after the return is missed when the
     /// backend is reachable.
     ///
-    /// A receiver that falls more than 4096 events behind gets
+    /// A receiver that falls more than 1 024 events behind gets
     /// [`RecvError::Lagged`](broadcast::error::RecvError::Lagged): list the
     /// namespace again to catch up.
     pub async fn subscribe(&self, ns: &Namespace) -> broadcast::Receiver<RegistryEvent> {
@@ -773,7 +780,7 @@ impl<R: Registry> CachingRegistry<R> {
             let mut cache = write(&self.shared.cache);
             let nsc = cache.entry(ns.clone()).or_default();
             nsc.subscribers
-                .get_or_insert_with(|| broadcast::channel(RECENT_EVENTS).0)
+                .get_or_insert_with(|| broadcast::channel(SUBSCRIBER_CAPACITY).0)
                 .subscribe()
         };
         if let Some(mut state) = self.ensure_watch(ns) {
