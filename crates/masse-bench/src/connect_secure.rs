@@ -19,14 +19,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::FutureExt;
 use masse::{Identity, Interface, MemoryRegistry, Node, QuicInterface, TlsInterface};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::rustls::HandshakeKind;
 
 use crate::latency::{
-    Samples, echo, echo_serve, interleave, masse_connect_echo, note_misses, tcp_echo_server,
-    warm_cache,
+    Samples, echo_serve, interleave, masse_connect_echo, note_misses, tcp_echo_server, warm_cache,
 };
-use crate::secure::{Peers, echo_quinn, timed_echo};
+use crate::secure::{Peers, echo_quinn, timed_echo, tls_echo_server};
 use crate::stats::percentile;
 use crate::{BoxError, Figure, Mode};
 
@@ -96,20 +95,7 @@ async fn tls(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError> 
     let peers = Peers::generate()?;
 
     // The raw baseline: a tokio-rustls echo server, one connector.
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let tls_addr = listener.local_addr()?;
-    let acceptor = peers.tls_acceptor()?;
-    let raw_task = tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let _ = s.set_nodelay(true);
-                if let Ok(s) = acceptor.accept(s).await {
-                    echo(s).await;
-                }
-            });
-        }
-    });
+    let (tls_addr, raw_task) = tls_echo_server(&peers).await?;
     let connector = peers.tls_connector()?;
     let full_handshakes = AtomicUsize::new(0);
     let (connector, full_handshakes) = (&connector, &full_handshakes);

@@ -11,15 +11,13 @@
 //! masse's TLS configuration, and quinn streams on one connection with
 //! masse's transport settings, echoed the same way.
 
-use std::net::SocketAddr;
-
 use masse::{MemoryRegistry, Node, PeerStream, QuicInterface, TcpInterface, TlsInterface};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::latency::{echo, one_byte_echo, tcp_echo_server};
 use crate::scale::Memory;
-use crate::secure::{Peers, echo_quinn};
+use crate::secure::{Peers, echo_quinn, tls_echo_server};
 use crate::{BoxError, Figure, Mode};
 
 /// Streams open at once in a stream case (quinn's default per-connection
@@ -190,20 +188,7 @@ async fn tcp_raw() -> Result<f64, BoxError> {
 
 async fn tls_raw() -> Result<f64, BoxError> {
     let peers = Peers::generate()?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr: SocketAddr = listener.local_addr()?;
-    let acceptor = peers.tls_acceptor()?;
-    let _server = tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let _ = s.set_nodelay(true);
-                if let Ok(s) = acceptor.accept(s).await {
-                    echo(s).await;
-                }
-            });
-        }
-    });
+    let (addr, _server) = tls_echo_server(&peers).await?;
     let connector = peers.tls_connector()?;
     let connector = &connector;
     hold_open(STREAMS, || async move {

@@ -582,6 +582,8 @@ async fn fleet(
             "conn",
         ),
     ];
+    // A lower bound: the process reuses memory freed by the work before
+    // (`masse-bench memory` measures a node in a fresh process).
     if let (Some(before), Some(after)) = (rss_before, rss_after) {
         figures.push(Figure::new(
             format!("scale_fleet_{b}_memory_per_node"),

@@ -202,6 +202,29 @@ pub(crate) fn echo_accepted(mut listener: Box<dyn Listener>) -> tokio::task::Joi
     })
 }
 
+/// A raw tokio-rustls echo server on loopback with masse's server
+/// configuration (`TCP_NODELAY` on every accepted connection): its address
+/// and the accepting task.
+pub(crate) async fn tls_echo_server(
+    peers: &Peers,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), BoxError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let acceptor = peers.tls_acceptor()?;
+    let task = tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = s.set_nodelay(true);
+                if let Ok(s) = acceptor.accept(s).await {
+                    crate::latency::echo(s).await;
+                }
+            });
+        }
+    });
+    Ok((addr, task))
+}
+
 /// Runs an echo on every stream of every raw quinn connection.
 pub(crate) fn echo_quinn(endpoint: quinn::Endpoint) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
