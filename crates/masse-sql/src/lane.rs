@@ -89,6 +89,8 @@ pub(crate) struct Slot<L> {
 }
 
 impl<DB: Dialect> Lane<DB> {
+    // Only the server backends have a lane; SQLite's one writer needs none.
+    #[cfg(any(feature = "postgres", feature = "mysql"))]
     pub(crate) fn new(open: Open<DB::Link>, purge: Arc<Purge>) -> Self {
         Lane {
             slot: Mutex::new(Slot {
