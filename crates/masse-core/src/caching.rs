@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::liveness::Lease;
 use crate::name::{Namespace, PeerName};
 use crate::pattern::Pattern;
 use crate::reconcile::Reconciler;
@@ -1525,6 +1526,13 @@ impl<R: Registry> Registry for CachingRegistry<R> {
     async fn lookup(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<PeerRecord>> {
         let found = self.lookup_cached(ns, pattern).await?;
         Ok(Arc::unwrap_or_clone(found.records))
+    }
+
+    /// Asks the backend every time: the time left is not cached.
+    async fn lookup_leases(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<Lease>> {
+        let result = self.shared.backend.lookup_leases(ns, pattern).await;
+        self.shared.answered(&result);
+        result
     }
 
     /// The namespace's events, reconciled: what the backend lost (a

@@ -9,6 +9,7 @@ mod error;
 mod identity;
 mod interface;
 mod io;
+mod liveness;
 mod name;
 mod pattern;
 mod reconcile;
@@ -39,6 +40,7 @@ pub use interface::{
     Accepted, BindContext, ConnectContext, DynInterface, Interface, Listener, PeerCredentials,
 };
 pub use io::{BoxIo, Io};
+pub use liveness::{Lease, Liveness, LivenessChange, LivenessTracker};
 pub use memory::MemoryRegistry;
 pub use name::{Namespace, PeerName, validate_service};
 pub use node::{Events, Incoming, Node, NodeBuilder, NodeEvent, NodeStats, PeerStream, Reach};

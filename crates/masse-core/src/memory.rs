@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::liveness::Lease;
 use crate::name::{Namespace, PeerName};
 use crate::pattern::Pattern;
 use crate::record::{InstanceId, PeerRecord};
@@ -277,6 +278,23 @@ impl Registry for MemoryRegistry {
                 .filter(|e| pattern.matches(e.record.name.as_str()))
                 .map(|e| e.record.clone())
                 .collect(),
+        }))
+    }
+
+    /// The time left is the record's expiry instant minus now, by the
+    /// process's monotonic clock.
+    async fn lookup_leases(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<Lease>> {
+        Ok(self.with_ns(ns, |ns, now| {
+            ns.records
+                .values()
+                .filter(|e| pattern.matches(e.record.name.as_str()))
+                .map(|e| {
+                    Lease::new(
+                        e.record.clone(),
+                        Some(e.expires_at.saturating_duration_since(now)),
+                    )
+                })
+                .collect()
         }))
     }
 

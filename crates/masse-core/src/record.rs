@@ -183,6 +183,12 @@ pub struct PeerRecord {
     /// When this instance started, in milliseconds since the Unix epoch.
     #[serde(default)]
     pub started_at: u64,
+    /// The TTL the node publishes with, in milliseconds; it refreshes the
+    /// record every third of it. Observers use it to tell an
+    /// [evasive](crate::Liveness::Evasive) peer from a live one. `None` in
+    /// records written before this field existed (and omitted from the JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
 }
 
 fn default_version() -> u32 {
@@ -205,6 +211,7 @@ impl PeerRecord {
             services: Vec::new(),
             metadata: BTreeMap::new(),
             started_at: now_millis(),
+            ttl_ms: None,
         }
     }
 

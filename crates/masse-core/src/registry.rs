@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 
 use crate::error::Result;
+use crate::liveness::Lease;
 use crate::name::{Namespace, PeerName};
 use crate::pattern::Pattern;
 use crate::record::{InstanceId, PeerRecord};
@@ -134,6 +135,23 @@ pub trait Registry: Send + Sync + 'static {
     /// Every live record in `ns` whose name matches `pattern`, sorted by name.
     async fn lookup(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<PeerRecord>>;
 
+    /// Like [`lookup`](Registry::lookup), with each record's time left
+    /// before it expires, by the registry's clock: what tells an
+    /// [evasive](crate::Liveness::Evasive) peer. Never cached (the time left
+    /// changes with every heartbeat).
+    ///
+    /// The default answers `expires_in: None` for every record (the backend
+    /// cannot tell); a backend that stores expiry times overrides it and
+    /// documents how it computes the time left.
+    async fn lookup_leases(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<Lease>> {
+        Ok(self
+            .lookup(ns, pattern)
+            .await?
+            .into_iter()
+            .map(|record| Lease::new(record, None))
+            .collect())
+    }
+
     /// The changes in `ns` from now on.
     ///
     /// A registry that has no change feed returns
@@ -176,6 +194,9 @@ macro_rules! forward_registry {
             }
             async fn lookup(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<PeerRecord>> {
                 (**self).lookup(ns, pattern).await
+            }
+            async fn lookup_leases(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<Lease>> {
+                (**self).lookup_leases(ns, pattern).await
             }
             async fn watch(
                 &self,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use masse_core::{
-    BoxStream, CachingConfig, CachingRegistry, Error, Freshness, InstanceId, MemoryRegistry,
+    BoxStream, CachingConfig, CachingRegistry, Error, Freshness, InstanceId, Lease, MemoryRegistry,
     NamePolicy, Namespace, Pattern, PeerName, PeerRecord, Registry, RegistryEvent, Result,
     async_trait,
 };
@@ -65,6 +65,12 @@ impl Registry for NoWatch {
             return Err(down());
         }
         self.inner.lookup(ns, pattern).await
+    }
+    async fn lookup_leases(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<Lease>> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(down());
+        }
+        self.inner.lookup_leases(ns, pattern).await
     }
     async fn watch(&self, _: &Namespace) -> Result<BoxStream<'static, Result<RegistryEvent>>> {
         Err(Error::Unsupported("this test registry cannot watch".into()))

@@ -365,6 +365,7 @@ impl NodeBuilder {
         record.services = self.services.clone();
         record.metadata = self.metadata.into_iter().collect();
         record.identity = Some(identity.fingerprint());
+        record.ttl_ms = Some(config.ttl.as_millis().min(u64::MAX as u128) as u64);
         let events = super::core::LazyBroadcast::new(EVENT_CAPACITY);
         let registry_events = super::core::LazyBroadcast::new(EVENT_CAPACITY);
         let (stopping, _) = watch::channel(false);

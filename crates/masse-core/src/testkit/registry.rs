@@ -168,6 +168,7 @@ impl RegistryConformance {
             case!(dropped_watcher_does_not_disturb_others);
         }
         case!(refresh_after_expiry_is_name_lost);
+        case!(leases_report_the_time_left);
         if !ctx.watches {
             tracing::info!("registry conformance: backend without watch, event-only cases skipped");
             case!(a_cache_polls_a_registry_without_watch);
@@ -514,6 +515,81 @@ pub async fn refresh_keeps_alive_and_checks_ownership(c: &RegistryConformance) {
         Err(Error::NameLost { .. }) => {}
         other => panic!("[{case}] refresh by a stranger must be NameLost, got {other:?}"),
     }
+}
+
+/// `lookup_leases` lists what `lookup` lists, each with its time left by the
+/// registry's clock (within the slack), and a refresh with a longer ttl
+/// extends it; the record's `ttl_ms` survives storage.
+pub async fn leases_report_the_time_left(c: &RegistryConformance) {
+    let case = "leases";
+    let reg = c.handle().await;
+    let ns = c.ns("lease");
+    let short = c.long_ttl();
+    let mut a = record(&ns, "lease-a", 1);
+    a.ttl_ms = Some(short.as_millis() as u64);
+    let b = record(&ns, "lease-b", 2);
+    publish(&reg, &a, short, NamePolicy::Takeover, case).await;
+    publish(&reg, &b, short * 2, NamePolicy::Takeover, case).await;
+    let pattern = Pattern::new("lease-*").expect("pattern");
+    let leases = reg
+        .lookup_leases(&ns, &pattern)
+        .await
+        .unwrap_or_else(|e| panic!("[{case}] lookup_leases failed: {e}"));
+    let records: Vec<_> = leases.iter().map(|l| l.record.clone()).collect();
+    assert_eq!(
+        records,
+        vec![a.clone(), b.clone()],
+        "[{case}] same records as lookup, sorted"
+    );
+    let left = |i: usize| {
+        leases[i]
+            .expires_in
+            .unwrap_or_else(|| panic!("[{case}] the backend must report the time left"))
+    };
+    let within = |got: Duration, ttl: Duration| got <= ttl && got + c.slack >= ttl;
+    assert!(
+        within(left(0), short),
+        "[{case}] {:?} left of a {short:?} lease",
+        left(0)
+    );
+    assert!(
+        within(left(1), short * 2),
+        "[{case}] {:?} left of a {:?} lease",
+        left(1),
+        short * 2
+    );
+    assert_eq!(
+        leases[0].liveness(),
+        crate::Liveness::Alive,
+        "[{case}] a fresh lease is alive"
+    );
+    assert_eq!(
+        leases[1].liveness(),
+        crate::Liveness::Unknown,
+        "[{case}] no ttl_ms: unknown"
+    );
+    reg.refresh(&ns, &a.name, a.instance, short * 3)
+        .await
+        .unwrap_or_else(|e| panic!("[{case}] refresh failed: {e}"));
+    let exact = reg
+        .lookup_leases(&ns, &Pattern::new("lease-a").expect("pattern"))
+        .await
+        .unwrap_or_else(|e| panic!("[{case}] exact lookup_leases failed: {e}"));
+    assert_eq!(exact.len(), 1, "[{case}] exact lease lookup");
+    let got = exact[0].expires_in.expect("time left");
+    assert!(
+        within(got, short * 3),
+        "[{case}] {got:?} left after a refresh to {:?}",
+        short * 3
+    );
+    assert_eq!(exact[0].liveness(), crate::Liveness::Alive);
+    assert!(
+        reg.lookup_leases(&ns, &Pattern::new("nobody").expect("pattern"))
+            .await
+            .unwrap_or_else(|e| panic!("[{case}] lookup_leases failed: {e}"))
+            .is_empty(),
+        "[{case}] absent name"
+    );
 }
 
 /// Unpublish removes only the caller's own instance, emits `Left` once, and is a no-op after.
