@@ -22,6 +22,7 @@ pub mod addr;
 pub mod caching;
 pub mod handshake;
 pub mod memory;
+pub mod metrics;
 mod node;
 #[cfg(feature = "testkit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
