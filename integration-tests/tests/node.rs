@@ -161,7 +161,7 @@ async fn follow_reaches_later_joiners_once() {
 
 /// A registry whose watch never delivers anything: a cache on top of it keeps
 /// whatever it fetched, like a dialer that missed a peer's restart.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 struct Deaf(MemoryRegistry);
 
 #[masse::async_trait]
@@ -759,7 +759,7 @@ async fn shutdown_waits_for_open_streams_and_refuses_new_ones() {
 
 /// A registry that can be switched off, to play an outage: every call fails
 /// and open watch streams end with an error, as with a server that went away.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 struct Switchable {
     inner: MemoryRegistry,
     down: Arc<tokio::sync::watch::Sender<bool>>,
