@@ -916,7 +916,7 @@ async fn fetch_and_store<R: Registry>(
     {
         Ok(r) => r,
         Err(_) => Err(Error::Timeout {
-            what: "registry lookup",
+            what: crate::Operation::RegistryCall,
             after: shared.config.lookup_timeout,
         }),
     };
@@ -1464,7 +1464,7 @@ impl<R: Registry> SharedState<R> {
         {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout {
-                what: "registry lookup",
+                what: crate::Operation::RegistryCall,
                 after: self.config.lookup_timeout,
             }),
         }

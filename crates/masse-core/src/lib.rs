@@ -33,7 +33,7 @@ pub mod wrappers;
 pub use budget::{HandshakeBudget, Ticket};
 pub use caching::{CacheStats, CachedLookup, CachingConfig, CachingRegistry, Freshness};
 pub use endpoint::{Endpoint, Protocol};
-pub use error::{BoxError, ConnectStep, Error, RefuseCode, Result, is_stale_io};
+pub use error::{BoxError, ConnectStep, Error, Operation, RefuseCode, Result, is_stale_io};
 #[cfg(feature = "rustls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
 pub use identity::tls;

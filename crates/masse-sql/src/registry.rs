@@ -99,7 +99,7 @@ impl SqlRegistry {
         let opened = tokio::time::timeout(deadline, open(&scheme, url, &shown, &config))
             .await
             .map_err(|_| Error::Timeout {
-                what: "connecting to the SQL registry",
+                what: masse_core::Operation::RegistryConnect,
                 after: deadline,
             })
             .and_then(|r| r)
@@ -186,7 +186,7 @@ impl SqlRegistry {
         tokio::time::timeout(deadline, attempts)
             .await
             .unwrap_or(Err(Error::Timeout {
-                what,
+                what: masse_core::Operation::RegistryCall,
                 after: deadline,
             }))
     }

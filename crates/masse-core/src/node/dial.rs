@@ -415,7 +415,7 @@ impl Core {
             Err(_) => {
                 tracing::warn!(protocol = %iface.protocol(), endpoint = %ep, "interface ignored its connect timeout");
                 Err(Error::Timeout {
-                    what: "connect",
+                    what: crate::Operation::Connect,
                     after: backstop,
                 })
             }
