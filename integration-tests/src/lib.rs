@@ -13,8 +13,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use masse::{
-    InstanceId, MemoryRegistry, NamePolicy, Namespace, Node, NodeBuilder, PeerName, PeerRecord,
-    Registry, RegistryEvent, TcpInterface, async_trait,
+    InstanceId, Lease, MemoryRegistry, NamePolicy, Namespace, Node, NodeBuilder, PeerName,
+    PeerRecord, Registry, RegistryEvent, TcpInterface, async_trait,
 };
 
 /// Installs a `tracing` subscriber once (filter with `RUST_LOG`).
@@ -170,6 +170,15 @@ impl Registry for FaultyRegistry {
     ) -> masse::Result<Vec<PeerRecord>> {
         self.check()?;
         self.inner.lookup(ns, pattern).await
+    }
+
+    async fn lookup_leases(
+        &self,
+        ns: &Namespace,
+        pattern: &masse::Pattern,
+    ) -> masse::Result<Vec<Lease>> {
+        self.check()?;
+        self.inner.lookup_leases(ns, pattern).await
     }
 
     async fn watch(
