@@ -13,8 +13,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use masse::{
-    InstanceId, Lease, MemoryRegistry, NamePolicy, Namespace, Node, NodeBuilder, PeerName,
-    PeerRecord, Registry, RegistryEvent, TcpInterface, async_trait,
+    InstanceId, MemoryRegistry, NamePolicy, Namespace, Node, NodeBuilder, PeerName, PeerRecord,
+    Registry, RegistryEvent, TcpInterface, async_trait,
 };
 
 /// Installs a `tracing` subscriber once (filter with `RUST_LOG`).
@@ -176,7 +176,7 @@ impl Registry for FaultyRegistry {
         &self,
         ns: &Namespace,
         pattern: &masse::Pattern,
-    ) -> masse::Result<Vec<Lease>> {
+    ) -> masse::Result<Vec<masse::Lease>> {
         self.check()?;
         self.inner.lookup_leases(ns, pattern).await
     }
