@@ -16,6 +16,8 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::NodeStats;
+
 /// The kind of a metric family, for its `# TYPE` line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -152,11 +154,169 @@ fn format_seconds(s: f64) -> String {
     out
 }
 
+/// Writes the `masse_node_*` families for `nodes`: each family once, then
+/// one sample per node with that node's labels (typically `namespace` and
+/// `peer`; none of them may be `direction`, `outcome`, `step` or `le`, which
+/// these families add).
+///
+/// | family | kind | from [`NodeStats`] |
+/// |---|---|---|
+/// | `masse_node_streams_open` | gauge | `streams_open` |
+/// | `masse_node_streams_total{direction="inbound\|outbound"}` | counter | `streams_inbound`, `streams_outbound` |
+/// | `masse_node_received_bytes_total`, `masse_node_sent_bytes_total` | counter | `bytes_in`, `bytes_out` |
+/// | `masse_node_dials_total{outcome="ok\|not_found\|refused\|failed"}` | counter | `connects_*` |
+/// | `masse_node_dial_stale_retries_total` | counter | `stale_retries` |
+/// | `masse_node_busy_refusals_total` | counter | `busy_refusals` |
+/// | `masse_node_handshakes_rejected_total` | counter | `handshakes_rejected` |
+/// | `masse_node_handshakes_in_progress` | gauge | `handshakes_in_progress` |
+/// | `masse_node_registry_latency_seconds` | gauge | `registry_latency` (no sample before the first heartbeat) |
+/// | `masse_node_cache_hits_total`, `masse_node_cache_misses_total` | counter | `cache.hits`, `cache.misses` |
+/// | `masse_node_dial_step_duration_seconds{step="lookup\|connect\|handshake"}` | histogram | `dial_lookup`, `dial_connect`, `dial_handshake` |
+///
+/// ```
+/// use masse_core::NodeStats;
+/// use masse_core::metrics::{PrometheusText, write_node_metrics};
+/// let stats = NodeStats::default();
+/// let labels = [("namespace", "prod"), ("peer", "billing-7")];
+/// let mut m = PrometheusText::new();
+/// write_node_metrics(&mut m, &[(&labels, &stats)]);
+/// assert!(m.finish().contains("masse_node_streams_open{namespace=\"prod\",peer=\"billing-7\"} 0\n"));
+/// ```
+pub fn write_node_metrics(m: &mut PrometheusText, nodes: &[(&[(&str, &str)], &NodeStats)]) {
+    use MetricKind::{Counter, Gauge};
+    type Get = fn(&NodeStats) -> u64;
+    let simple: [(&str, MetricKind, &str, Get); 9] = [
+        (
+            "masse_node_streams_open",
+            Gauge,
+            "Streams open now, both directions.",
+            |s| s.streams_open,
+        ),
+        (
+            "masse_node_received_bytes_total",
+            Counter,
+            "Bytes read by the application from all streams.",
+            |s| s.bytes_in,
+        ),
+        (
+            "masse_node_sent_bytes_total",
+            Counter,
+            "Bytes written by the application to all streams.",
+            |s| s.bytes_out,
+        ),
+        (
+            "masse_node_dial_stale_retries_total",
+            Counter,
+            "Dials retried after a fresh lookup because the cached address was stale.",
+            |s| s.stale_retries,
+        ),
+        (
+            "masse_node_busy_refusals_total",
+            Counter,
+            "Inbound handshakes refused as Busy.",
+            |s| s.busy_refusals,
+        ),
+        (
+            "masse_node_handshakes_rejected_total",
+            Counter,
+            "Inbound connections dropped or refused during the handshake.",
+            |s| s.handshakes_rejected,
+        ),
+        (
+            "masse_node_handshakes_in_progress",
+            Gauge,
+            "Inbound handshakes in progress now.",
+            |s| s.handshakes_in_progress,
+        ),
+        (
+            "masse_node_cache_hits_total",
+            Counter,
+            "Registry lookups answered from the node's cache.",
+            |s| s.cache.hits,
+        ),
+        (
+            "masse_node_cache_misses_total",
+            Counter,
+            "Registry lookups that needed the registry.",
+            |s| s.cache.misses,
+        ),
+    ];
+    for (name, kind, help, get) in simple {
+        m.family(name, kind, help);
+        for (labels, stats) in nodes {
+            m.sample(name, labels, get(stats) as f64);
+        }
+    }
+
+    let name = "masse_node_streams_total";
+    m.family(name, Counter, "Streams opened since start, by direction.");
+    for (labels, stats) in nodes {
+        for (direction, n) in [
+            ("inbound", stats.streams_inbound),
+            ("outbound", stats.streams_outbound),
+        ] {
+            m.sample(name, &with(labels, ("direction", direction)), n as f64);
+        }
+    }
+
+    let name = "masse_node_dials_total";
+    m.family(name, Counter, "Dials by name, by outcome.");
+    for (labels, stats) in nodes {
+        for (outcome, n) in [
+            ("ok", stats.connects_ok),
+            ("not_found", stats.connects_not_found),
+            ("refused", stats.connects_refused),
+            ("failed", stats.connects_failed),
+        ] {
+            m.sample(name, &with(labels, ("outcome", outcome)), n as f64);
+        }
+    }
+
+    let name = "masse_node_registry_latency_seconds";
+    m.family(
+        name,
+        Gauge,
+        "The last heartbeat's round trip to the registry.",
+    );
+    for (labels, stats) in nodes {
+        if let Some(d) = stats.registry_latency {
+            m.sample(name, labels, d.as_secs_f64());
+        }
+    }
+
+    let name = "masse_node_dial_step_duration_seconds";
+    m.family(
+        name,
+        MetricKind::Histogram,
+        "Duration of each step of dials by name: lookup, transport connect, handshake.",
+    );
+    for (labels, stats) in nodes {
+        for (step, h) in [
+            ("lookup", &stats.dial_lookup),
+            ("connect", &stats.dial_connect),
+            ("handshake", &stats.dial_handshake),
+        ] {
+            m.histogram(name, &with(labels, ("step", step)), h);
+        }
+    }
+}
+
+/// `labels` and one more.
+fn with<'a>(labels: &[(&'a str, &'a str)], extra: (&'a str, &'a str)) -> Vec<(&'a str, &'a str)> {
+    let mut all = Vec::with_capacity(labels.len() + 1);
+    all.extend_from_slice(labels);
+    all.push(extra);
+    all
+}
+
 /// A latency histogram with fixed buckets from 50 µs to 10 s
 /// ([`BOUNDS_US`](Self::BOUNDS_US)): small, `Copy`, and mergeable, so
 /// nodes keep one per dial step and report it in
 /// [`NodeStats`](crate::NodeStats).
+///
+/// Serialised as `{"counts": [...], "sum_us": n}`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Histogram {
     /// Samples per bucket: `counts[i]` counts the samples at most
     /// `BOUNDS_US[i]` and above the bound before; the last counts the rest.
