@@ -365,8 +365,15 @@ async fn read_stats<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Result<NodeSt
             stats::STATS_MAX_BYTES
         )));
     }
-    serde_json::from_slice(&buf)
-        .map_err(|e| Error::protocol(format!("malformed stats document: {e}")))
+    let malformed =
+        |e: serde_json::Error| Error::protocol(format!("malformed stats document: {e}"));
+    // An object only: serde would also read a struct from an array, by position.
+    match serde_json::from_slice(&buf).map_err(malformed)? {
+        doc @ serde_json::Value::Object(_) => serde_json::from_value(doc).map_err(malformed),
+        _ => Err(Error::protocol(
+            "malformed stats document: not a JSON object",
+        )),
+    }
 }
 
 impl Drop for Node {
