@@ -378,6 +378,254 @@ impl Histogram {
 mod tests {
     use super::*;
 
+    /// Two nodes' stats with something in every field `write_node_metrics` reads.
+    fn two_nodes() -> (NodeStats, NodeStats) {
+        let mut a = NodeStats {
+            streams_open: 2,
+            streams_inbound: 5,
+            streams_outbound: 7,
+            bytes_in: 1_000,
+            bytes_out: 2_000,
+            connects_ok: 7,
+            connects_not_found: 1,
+            connects_refused: 2,
+            connects_failed: 3,
+            stale_retries: 4,
+            busy_refusals: 6,
+            handshakes_rejected: 8,
+            handshakes_in_progress: 1,
+            registry_latency: Some(Duration::from_micros(1_500)),
+            ..NodeStats::default()
+        };
+        a.cache.hits = 10;
+        a.cache.misses = 11;
+        a.dial_lookup.record(Duration::from_micros(20));
+        a.dial_connect.record(Duration::from_micros(700));
+        a.dial_connect.record(Duration::from_millis(30));
+        a.dial_handshake.record(Duration::from_micros(3));
+        // The second has no registry latency yet and no dials.
+        (a, NodeStats::default())
+    }
+
+    fn node_text() -> String {
+        let (a, b) = two_nodes();
+        let la = [("namespace", "prod"), ("peer", "a")];
+        let lb = [("namespace", "prod"), ("peer", "b\"q")];
+        let mut m = PrometheusText::new();
+        write_node_metrics(&mut m, &[(&la, &a), (&lb, &b)]);
+        m.finish()
+    }
+
+    #[test]
+    fn node_metrics_write_each_family_once_and_a_sample_per_node() {
+        let text = node_text();
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap_or_default())
+            .collect();
+        let mut unique = families.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), families.len(), "{families:?}");
+        assert_eq!(families.len(), 13, "{families:?}");
+        for want in [
+            "masse_node_streams_open{namespace=\"prod\",peer=\"a\"} 2\n",
+            "masse_node_streams_open{namespace=\"prod\",peer=\"b\\\"q\"} 0\n",
+            "masse_node_streams_total{namespace=\"prod\",peer=\"a\",direction=\"inbound\"} 5\n",
+            "masse_node_streams_total{namespace=\"prod\",peer=\"a\",direction=\"outbound\"} 7\n",
+            "masse_node_received_bytes_total{namespace=\"prod\",peer=\"a\"} 1000\n",
+            "masse_node_sent_bytes_total{namespace=\"prod\",peer=\"a\"} 2000\n",
+            "masse_node_dials_total{namespace=\"prod\",peer=\"a\",outcome=\"ok\"} 7\n",
+            "masse_node_dials_total{namespace=\"prod\",peer=\"a\",outcome=\"not_found\"} 1\n",
+            "masse_node_dials_total{namespace=\"prod\",peer=\"a\",outcome=\"refused\"} 2\n",
+            "masse_node_dials_total{namespace=\"prod\",peer=\"a\",outcome=\"failed\"} 3\n",
+            "masse_node_dial_stale_retries_total{namespace=\"prod\",peer=\"a\"} 4\n",
+            "masse_node_busy_refusals_total{namespace=\"prod\",peer=\"a\"} 6\n",
+            "masse_node_handshakes_rejected_total{namespace=\"prod\",peer=\"a\"} 8\n",
+            "masse_node_registry_latency_seconds{namespace=\"prod\",peer=\"a\"} 0.0015\n",
+            "masse_node_cache_hits_total{namespace=\"prod\",peer=\"a\"} 10\n",
+            "masse_node_cache_misses_total{namespace=\"prod\",peer=\"a\"} 11\n",
+            "masse_node_dial_step_duration_seconds_bucket{namespace=\"prod\",peer=\"a\",step=\"connect\",le=\"0.001\"} 1\n",
+            "masse_node_dial_step_duration_seconds_count{namespace=\"prod\",peer=\"a\",step=\"connect\"} 2\n",
+            "masse_node_dial_step_duration_seconds_count{namespace=\"prod\",peer=\"a\",step=\"lookup\"} 1\n",
+            "masse_node_dial_step_duration_seconds_count{namespace=\"prod\",peer=\"b\\\"q\",step=\"handshake\"} 0\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        // No latency sample for a node that has none yet.
+        assert!(
+            !text.contains("masse_node_registry_latency_seconds{namespace=\"prod\",peer=\"b"),
+            "{text}"
+        );
+        check_format(&text);
+    }
+
+    #[test]
+    fn no_nodes_write_only_family_lines() {
+        let mut m = PrometheusText::new();
+        write_node_metrics(&mut m, &[]);
+        let text = m.finish();
+        assert!(text.lines().all(|l| l.starts_with("# ")), "{text}");
+        check_format(&text);
+    }
+
+    /// A small checker of the text format: HELP then TYPE per family, every
+    /// sample belongs to the family announced last (histograms by their
+    /// `_bucket`/`_sum`/`_count` suffixes), names and labels well formed,
+    /// values numbers, histogram buckets cumulative and ending at `+Inf`
+    /// equal to `_count`.
+    fn check_format(text: &str) {
+        let valid_name = |n: &str| {
+            !n.is_empty()
+                && n.chars().enumerate().all(|(i, c)| {
+                    c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+                })
+        };
+        let mut family: Option<(String, String)> = None;
+        let mut help_for: Option<String> = None;
+        let mut last_bucket: Option<(String, f64)> = None;
+        let mut seen = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap_or_default();
+                assert!(valid_name(name), "{line}");
+                help_for = Some(name.to_owned());
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut parts = rest.split(' ');
+                let (name, kind) = (
+                    parts.next().unwrap_or_default(),
+                    parts.next().unwrap_or_default(),
+                );
+                assert_eq!(help_for.as_deref(), Some(name), "TYPE without HELP: {line}");
+                assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+                assert!(seen.insert(name.to_owned()), "family repeated: {line}");
+                if kind == "counter" {
+                    assert!(name.ends_with("_total"), "counter without _total: {line}");
+                }
+                family = Some((name.to_owned(), kind.to_owned()));
+                continue;
+            }
+            assert!(!line.starts_with('#'), "{line}");
+            let (fam, kind) = family.as_ref().expect("a sample before any TYPE");
+            let (series, value) = line.rsplit_once(' ').expect("name and value");
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
+            };
+            let (name, labels) = match series.split_once('{') {
+                Some((n, l)) => (n, l.strip_suffix('}').expect("closing brace")),
+                None => (series, ""),
+            };
+            let allowed: Vec<String> = if kind == "histogram" {
+                ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .map(|s| format!("{fam}{s}"))
+                    .collect()
+            } else {
+                vec![fam.clone()]
+            };
+            assert!(
+                allowed.iter().any(|a| a == name),
+                "{name} not in family {fam}"
+            );
+            // Labels: k="v" pairs, values escaped.
+            let mut rest = labels;
+            let mut le = None;
+            let mut others = String::new();
+            while !rest.is_empty() {
+                let (k, after) = rest.split_once("=\"").expect("label=\"");
+                assert!(valid_name(k), "label {k} in {line}");
+                let mut end = None;
+                let mut escaped = false;
+                for (i, c) in after.char_indices() {
+                    match (escaped, c) {
+                        (true, '\\' | '"' | 'n') => escaped = false,
+                        (true, _) => panic!("bad escape in {line}"),
+                        (false, '\\') => escaped = true,
+                        (false, '"') => {
+                            end = Some(i);
+                            break;
+                        }
+                        (false, _) => {}
+                    }
+                }
+                let end = end.expect("closing quote");
+                if k == "le" {
+                    le = Some(after[..end].to_owned());
+                } else {
+                    others.push_str(&after[..end]);
+                    others.push('\u{0}');
+                }
+                rest = &after[end + 1..];
+                rest = rest.strip_prefix(',').unwrap_or(rest);
+            }
+            if name.ends_with("_bucket") {
+                let le = le.expect("a bucket has le");
+                assert!(
+                    le == "+Inf" || le.parse::<f64>().is_ok(),
+                    "bad le in {line}"
+                );
+                if let Some((series, prev)) = &last_bucket
+                    && *series == others
+                {
+                    assert!(value >= *prev, "buckets not cumulative: {line}");
+                }
+                last_bucket = Some((others, value));
+            } else if name.ends_with("_count") && kind == "histogram" {
+                let (series, inf) = last_bucket.take().expect("buckets before _count");
+                assert_eq!(series, others, "{line}");
+                assert_eq!(inf, value, "+Inf bucket != count: {line}");
+            }
+        }
+    }
+
+    /// `promtool check metrics` (Debian package `prometheus`) on the output;
+    /// a missing promtool fails under `CI=true`, is skipped loudly otherwise.
+    #[test]
+    fn promtool_accepts_node_metrics() {
+        use std::io::Write as _;
+        use std::process::{Command, Stdio};
+        let text = node_text();
+        let child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "promtool not found (Debian package prometheus); required under CI=true"
+                );
+                eprintln!(
+                    "SKIPPED promtool_accepts_node_metrics: promtool not found (apt-get install prometheus)"
+                );
+                return;
+            }
+            Err(e) => panic!("running promtool: {e}"),
+        };
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("writing to promtool");
+        let out = child.wait_with_output().expect("promtool");
+        assert!(
+            out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+            "promtool: {}\n{}{}\n{text}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     #[test]
     fn buckets_are_inclusive_upper_bounds() {
         let mut h = Histogram::default();

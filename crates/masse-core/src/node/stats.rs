@@ -229,3 +229,40 @@ impl NodeStats {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_round_trip_through_json_with_durations_in_micros() {
+        let mut stats = NodeStats {
+            streams_open: 1,
+            bytes_in: 42,
+            registry_latency: Some(Duration::from_micros(1_234)),
+            ..NodeStats::default()
+        };
+        stats.cache.hits = 3;
+        stats.dial_connect.record(Duration::from_millis(2));
+        let json = serde_json::to_value(stats).unwrap();
+        assert_eq!(json["registry_latency_us"], 1_234);
+        assert!(json["registry_latency_avg_us"].is_null());
+        assert_eq!(json["cache"]["hits"], 3);
+        assert_eq!(json["dial_connect"]["sum_us"], 2_000);
+        let back: NodeStats = serde_json::from_value(json).unwrap();
+        assert_eq!(back, stats);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_missing_ones_default() {
+        let doc = r#"{"bytes_out": 7, "cache": {"misses": 2, "new_counter": 1},
+                      "dial_lookup": {"sum_us": 5}, "something_new": [1, 2]}"#;
+        let stats: NodeStats = serde_json::from_str(doc).unwrap();
+        assert_eq!(stats.bytes_out, 7);
+        assert_eq!(stats.cache.misses, 2);
+        assert_eq!(stats.dial_lookup.sum_us, 5);
+        assert_eq!(stats.dial_lookup.count(), 0);
+        assert_eq!(stats.registry_latency, None);
+        assert!(serde_json::from_str::<NodeStats>(r#"{"bytes_out": -1}"#).is_err());
+    }
+}
