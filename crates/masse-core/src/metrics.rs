@@ -586,6 +586,7 @@ mod tests {
     /// `promtool check metrics` (Debian package `prometheus`) on the output;
     /// a missing promtool fails under `CI=true`, is skipped loudly otherwise.
     #[test]
+    #[allow(clippy::print_stderr)] // the loud skip notice
     fn promtool_accepts_node_metrics() {
         use std::io::Write as _;
         use std::process::{Command, Stdio};

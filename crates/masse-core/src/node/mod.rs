@@ -260,6 +260,9 @@ impl Node {
         let read = async {
             let mut s = self.connect_service(peer, STATS_SERVICE).await?;
             s.established().await?;
+            // Nothing to send: say so, for a peer that answers the service
+            // itself and waits for the request to end.
+            tokio::io::AsyncWriteExt::shutdown(&mut s).await?;
             read_stats(&mut s).await
         };
         match tokio::time::timeout(timeout, read).await {
