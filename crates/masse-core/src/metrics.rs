@@ -312,7 +312,7 @@ fn with<'a>(labels: &[(&'a str, &'a str)], extra: (&'a str, &'a str)) -> Vec<(&'
 /// A latency histogram with fixed buckets from 50 µs to 10 s
 /// ([`BOUNDS_US`](Self::BOUNDS_US)): small, `Copy`, and mergeable, so
 /// nodes keep one per dial step and report it in
-/// [`NodeStats`](crate::NodeStats).
+/// [`NodeStats`].
 ///
 /// Serialised as `{"counts": [...], "sum_us": n}`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
