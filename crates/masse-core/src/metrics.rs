@@ -163,7 +163,7 @@ fn format_seconds(s: f64) -> String {
 /// |---|---|---|
 /// | `masse_node_streams_open` | gauge | `streams_open` |
 /// | `masse_node_streams_total{direction="inbound\|outbound"}` | counter | `streams_inbound`, `streams_outbound` |
-/// | `masse_node_received_bytes_total`, `masse_node_sent_bytes_total` | counter | `bytes_in`, `bytes_out` |
+/// | `masse_node_bytes_received_total`, `masse_node_bytes_sent_total` | counter | `bytes_in`, `bytes_out` |
 /// | `masse_node_dials_total{outcome="ok\|not_found\|refused\|failed"}` | counter | `connects_*` |
 /// | `masse_node_dial_stale_retries_total` | counter | `stale_retries` |
 /// | `masse_node_busy_refusals_total` | counter | `busy_refusals` |
@@ -193,13 +193,13 @@ pub fn write_node_metrics(m: &mut PrometheusText, nodes: &[(&[(&str, &str)], &No
             |s| s.streams_open,
         ),
         (
-            "masse_node_received_bytes_total",
+            "masse_node_bytes_received_total",
             Counter,
             "Bytes read by the application from all streams.",
             |s| s.bytes_in,
         ),
         (
-            "masse_node_sent_bytes_total",
+            "masse_node_bytes_sent_total",
             Counter,
             "Bytes written by the application to all streams.",
             |s| s.bytes_out,
@@ -434,8 +434,8 @@ mod tests {
             "masse_node_streams_open{namespace=\"prod\",peer=\"b\\\"q\"} 0\n",
             "masse_node_streams_total{namespace=\"prod\",peer=\"a\",direction=\"inbound\"} 5\n",
             "masse_node_streams_total{namespace=\"prod\",peer=\"a\",direction=\"outbound\"} 7\n",
-            "masse_node_received_bytes_total{namespace=\"prod\",peer=\"a\"} 1000\n",
-            "masse_node_sent_bytes_total{namespace=\"prod\",peer=\"a\"} 2000\n",
+            "masse_node_bytes_received_total{namespace=\"prod\",peer=\"a\"} 1000\n",
+            "masse_node_bytes_sent_total{namespace=\"prod\",peer=\"a\"} 2000\n",
             "masse_node_dials_total{namespace=\"prod\",peer=\"a\",outcome=\"ok\"} 7\n",
             "masse_node_dials_total{namespace=\"prod\",peer=\"a\",outcome=\"not_found\"} 1\n",
             "masse_node_dials_total{namespace=\"prod\",peer=\"a\",outcome=\"refused\"} 2\n",
