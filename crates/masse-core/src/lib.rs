@@ -45,7 +45,9 @@ pub use io::{BoxIo, Io};
 pub use liveness::{Lease, Liveness, LivenessChange, LivenessTracker};
 pub use memory::MemoryRegistry;
 pub use name::{Namespace, PeerName, validate_service};
-pub use node::{Events, Incoming, Node, NodeBuilder, NodeEvent, NodeStats, PeerStream, Reach};
+pub use node::{
+    Events, Incoming, Node, NodeBuilder, NodeEvent, NodeStats, PeerStream, Reach, STATS_SERVICE,
+};
 pub use pattern::Pattern;
 pub use record::{Fingerprint, InstanceId, PeerRecord, now_millis};
 pub use redact::redact;
