@@ -6,8 +6,8 @@ pub mod postgres;
 pub mod redis;
 pub mod server;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -17,18 +17,7 @@ use masse::{
     Registry, RegistryEvent, TcpInterface, async_trait,
 };
 
-/// Installs a `tracing` subscriber once (filter with `RUST_LOG`).
-pub fn init_tracing() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_test_writer()
-            .try_init();
-    });
-}
+pub use masse::testkit::fixtures::{fnv1a, init_tracing, payload};
 
 /// A builder for a node on loopback TCP, in `namespace`, on `registry`.
 pub fn node(name: &str, namespace: &str, registry: &MemoryRegistry) -> NodeBuilder {
@@ -38,29 +27,6 @@ pub fn node(name: &str, namespace: &str, registry: &MemoryRegistry) -> NodeBuild
         .registry(registry.clone())
         .interface(TcpInterface::new("127.0.0.1:0"))
         .ttl(Duration::from_secs(2))
-}
-
-/// FNV-1a over `data`: cheap, and enough to catch lost or reordered bytes.
-pub fn fnv1a(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in data {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-/// Deterministic pseudo-random bytes (xorshift) of length `len` from `seed`.
-pub fn payload(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Echoes every stream `node` accepts, until the node shuts down.

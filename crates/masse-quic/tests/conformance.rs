@@ -7,14 +7,7 @@ use masse_core::testkit::InterfaceConformance;
 use masse_core::{DynInterface, Identity};
 use masse_quic::QuicInterface;
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
+use masse_core::testkit::fixtures::init_tracing;
 
 fn identity() -> Arc<Identity> {
     Arc::new(Identity::generate("conformance").expect("generate identity"))

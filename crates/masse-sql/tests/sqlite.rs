@@ -2,7 +2,7 @@
 //! separate processes would have them, and cross-handle behaviour.
 #![cfg(feature = "sqlite")]
 
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -16,17 +16,7 @@ use tokio::time::timeout;
 
 const POLL: Duration = Duration::from_millis(100);
 
-fn init_tracing() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_test_writer()
-            .try_init();
-    });
-}
+use masse_core::testkit::fixtures::init_tracing;
 
 fn config() -> SqlConfig {
     SqlConfig::new().poll_interval(POLL)

@@ -6,14 +6,7 @@ use masse_core::DynInterface;
 use masse_core::testkit::InterfaceConformance;
 use masse_tcp::TcpInterface;
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
+use masse_core::testkit::fixtures::init_tracing;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_ipv4_loopback() {

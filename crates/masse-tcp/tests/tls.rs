@@ -17,14 +17,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::rustls;
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
+use masse_core::testkit::fixtures::init_tracing;
 
 use masse_core::testkit::fixtures::{bind_ctx, connect_ctx, identity, record};
 

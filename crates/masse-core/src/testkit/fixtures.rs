@@ -1,8 +1,9 @@
-//! Small fixtures for interface tests that authenticate: an identity, the
-//! contexts an acceptor and a dialer pass, and the record a dialer dials.
-//! All in namespace `test`, acceptor `acceptor`, dialer `dialer`.
+//! Small fixtures shared by the workspace's tests: logging, payloads and
+//! their checksum, and for interface tests that authenticate an identity,
+//! the contexts an acceptor and a dialer pass, and the record a dialer
+//! dials (all in namespace `test`, acceptor `acceptor`, dialer `dialer`).
 
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 
 use crate::{BindContext, ConnectContext, Endpoint, Fingerprint, Identity, InstanceId, PeerRecord};
 
@@ -47,4 +48,42 @@ pub fn record(ep: &Endpoint, fingerprint: Option<Fingerprint>) -> PeerRecord {
 
 fn test_ns() -> crate::Namespace {
     "test".parse().expect("valid namespace")
+}
+
+/// Installs a `tracing` subscriber that writes through the test harness,
+/// once per process (filter with `RUST_LOG`, default `warn`).
+pub fn init_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// FNV-1a (64 bit) over `data`: cheap, and enough to catch lost or
+/// reordered bytes.
+pub fn fnv1a(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Deterministic pseudo-random bytes (xorshift) of length `len` from `seed`.
+pub fn payload(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
