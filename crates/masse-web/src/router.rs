@@ -17,8 +17,9 @@ use masse_core::metrics::PrometheusText;
 use masse_core::{Namespace, Pattern};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
+use crate::view::DashEvent;
 use crate::{Shared, TaskSet, Update, api, auth, metrics};
 
 /// The page: HTML, CSS and JS in one document, no external resource.
@@ -219,31 +220,33 @@ async fn stream(
             if let Some(ev) = pending.take() {
                 return Some((Ok::<_, Infallible>(ev), (shared, updates, None)));
             }
-            loop {
-                match updates.recv().await {
-                    Ok(Update::Event(e)) => {
-                        let ev = Event::default()
-                            .event("event")
-                            .id(e.id.to_string())
-                            .json_data(&*e)
-                            .unwrap_or_else(|_| Event::default().comment("unserializable"));
-                        return Some((Ok(ev), (shared, updates, None)));
+            match updates.recv().await {
+                Ok(Update::Event(e)) => Some((Ok(event(&e)), (shared, updates, None))),
+                Ok(Update::Changed) => {
+                    // Coalesce the changes already queued behind this one
+                    // into one snapshot; an event found meanwhile follows it.
+                    let mut next = None;
+                    loop {
+                        match updates.try_recv() {
+                            Ok(Update::Changed) => continue,
+                            Ok(Update::Event(e)) => next = Some(event(&e)),
+                            Err(TryRecvError::Lagged(_)) => {
+                                next = Some(Event::default().event("resync").data("lagged"))
+                            }
+                            Err(_) => {}
+                        }
+                        break;
                     }
-                    Ok(Update::Changed) => {
-                        // Skip changes already queued behind this one.
-                        while let Ok(Update::Changed) = updates.try_recv() {}
-                        let ev = snapshot(&shared);
-                        return Some((Ok(ev), (shared, updates, None)));
-                    }
-                    Err(RecvError::Lagged(_)) => {
-                        // Missed some: the client re-reads /api/events
-                        // from its cursor on a `resync`.
-                        let ev = Event::default().event("resync").data("lagged");
-                        let next = snapshot(&shared);
-                        return Some((Ok(ev), (shared, updates, Some(next))));
-                    }
-                    Err(RecvError::Closed) => return None,
+                    Some((Ok(snapshot(&shared)), (shared, updates, next)))
                 }
+                Err(RecvError::Lagged(_)) => {
+                    // Missed some: the client re-reads /api/events from its
+                    // cursor on a `resync`.
+                    let ev = Event::default().event("resync").data("lagged");
+                    let next = snapshot(&shared);
+                    Some((Ok(ev), (shared, updates, Some(next))))
+                }
+                Err(RecvError::Closed) => None,
             }
         },
     );
@@ -258,6 +261,14 @@ where
         [(header::CACHE_CONTROL, "no-store")],
         Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))),
     )
+}
+
+fn event(e: &DashEvent) -> Event {
+    Event::default()
+        .event("event")
+        .id(e.id.to_string())
+        .json_data(e)
+        .unwrap_or_else(|_| Event::default().comment("unserializable event"))
 }
 
 fn snapshot(shared: &Shared) -> Event {
