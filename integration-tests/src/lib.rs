@@ -173,6 +173,15 @@ impl Registry for FaultyRegistry {
         self.inner.lookup(ns, pattern).await
     }
 
+    async fn lookup_leases(
+        &self,
+        ns: &Namespace,
+        pattern: &masse::Pattern,
+    ) -> masse::Result<Vec<masse::Lease>> {
+        self.check()?;
+        self.inner.lookup_leases(ns, pattern).await
+    }
+
     async fn watch(
         &self,
         ns: &Namespace,

@@ -161,7 +161,7 @@ async fn follow_reaches_later_joiners_once() {
 
 /// A registry whose watch never delivers anything: a cache on top of it keeps
 /// whatever it fetched, like a dialer that missed a peer's restart.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 struct Deaf(MemoryRegistry);
 
 #[masse::async_trait]
@@ -759,7 +759,7 @@ async fn shutdown_waits_for_open_streams_and_refuses_new_ones() {
 
 /// A registry that can be switched off, to play an outage: every call fails
 /// and open watch streams end with an error, as with a server that went away.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 struct Switchable {
     inner: MemoryRegistry,
     down: Arc<tokio::sync::watch::Sender<bool>>,
@@ -1120,4 +1120,98 @@ async fn a_record_mixing_unknown_and_known_schemes_is_reachable() {
     }
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+/// A peer whose heartbeats stop is reported evasive before it expires, alive
+/// again when they resume, and expired when they stop for good: each change
+/// once, in that order, and nothing for peers that keep beating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_misses_heartbeats_is_evasive_before_it_expires() {
+    masse_integration_tests::init_tracing();
+    let mem = MemoryRegistry::new();
+    let flaky = FaultyRegistry::new(mem.clone());
+    let ttl = Duration::from_secs(3);
+    let build = |name: &str| {
+        masse::Node::builder(name)
+            .namespace("t-evasive")
+            .interface(masse::TcpInterface::new("127.0.0.1:0"))
+            .ttl(ttl)
+    };
+    let watcher = build("watcher")
+        .registry(mem.clone())
+        .liveness_events(Duration::from_millis(50))
+        .start()
+        .await
+        .unwrap();
+    let mut ev = watcher.events();
+    let steady = build("steady").registry(mem.clone()).start().await.unwrap();
+    let flapper = build("flapper")
+        .registry(flaky.clone())
+        .start()
+        .await
+        .unwrap();
+    let flapper_instance = flapper.instance();
+
+    // The next event about a peer other than "steady"'s joining (which must
+    // never be reported evasive).
+    let mut next = async || loop {
+        let e = timeout(T, ev.recv())
+            .await
+            .expect("an event within 10 s")
+            .unwrap();
+        match &e {
+            NodeEvent::PeerEvasive { name, .. } | NodeEvent::PeerAlive { name, .. }
+                if name.as_str() == "steady" =>
+            {
+                panic!("a peer that keeps beating was reported: {e:?}")
+            }
+            NodeEvent::PeerEvasive { .. }
+            | NodeEvent::PeerAlive { .. }
+            | NodeEvent::PeerExpired { .. }
+            | NodeEvent::PeerLeft { .. } => return e,
+            _ => continue,
+        }
+    };
+
+    flaky.set_down(true);
+    let stopped = Instant::now();
+    match next().await {
+        NodeEvent::PeerEvasive {
+            name,
+            instance,
+            expires_in,
+        } => {
+            assert_eq!(name.as_str(), "flapper");
+            assert_eq!(instance, flapper_instance);
+            assert!(expires_in < ttl / 2, "{expires_in:?} left");
+            assert!(
+                stopped.elapsed() < ttl,
+                "reported before the record could expire"
+            );
+        }
+        other => panic!("expected flapper evasive, got {other:?}"),
+    }
+    flaky.set_down(false);
+    match next().await {
+        NodeEvent::PeerAlive { name, instance } => {
+            assert_eq!(name.as_str(), "flapper");
+            assert_eq!(instance, flapper_instance);
+        }
+        other => panic!("expected flapper alive again, got {other:?}"),
+    }
+
+    flaky.set_down(true);
+    assert!(
+        matches!(next().await, NodeEvent::PeerEvasive { name, .. } if name.as_str() == "flapper")
+    );
+    match next().await {
+        NodeEvent::PeerExpired { name, instance } => {
+            assert_eq!(name.as_str(), "flapper");
+            assert_eq!(instance, flapper_instance);
+        }
+        other => panic!("expected flapper expired after evasive, got {other:?}"),
+    }
+    drop(flapper);
+    steady.shutdown().await.unwrap();
+    watcher.shutdown().await.unwrap();
 }

@@ -73,6 +73,15 @@ struct Rewrite {
     rewrite: Arc<dyn Fn(&mut PeerRecord) + Send + Sync>,
 }
 
+impl std::fmt::Debug for Rewrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rewrite")
+            .field("inner", &self.inner)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Rewrite {
     fn apply(&self, mut r: PeerRecord) -> PeerRecord {
         if r.name.as_str() == self.name {

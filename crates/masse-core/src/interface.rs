@@ -195,6 +195,15 @@ pub trait Listener: Send + Sync + 'static {
     /// Waits for the next stream. Errors on one incoming connection are
     /// reported and the listener stays usable; [`Error::Closed`](crate::Error::Closed)
     /// means it is done.
+    ///
+    /// # Cancel safety
+    ///
+    /// `accept` must be cancel-safe: the node races it against shutdown and
+    /// other work in a `select!`, so a call may be dropped before it
+    /// completes, and a connection that was already taken from the socket
+    /// must not be lost when that happens (keep it in the listener for the
+    /// next call, or take nothing until the future completes, as
+    /// `TcpListener::accept` does).
     async fn accept(&mut self) -> Result<Accepted>;
 
     /// Stops listening. When it returns, every socket the listener owns is
@@ -209,8 +218,10 @@ pub trait Listener: Send + Sync + 'static {
 /// How bytes get to a peer: a transport (TCP, TLS, QUIC, ...).
 ///
 /// Checked by `testkit::interface_conformance` with feature `testkit`.
+/// Implementations are [`Debug`](std::fmt::Debug) so that nodes and errors
+/// can say which transport (and which bind address) they use.
 #[async_trait]
-pub trait Interface: Send + Sync + 'static {
+pub trait Interface: std::fmt::Debug + Send + Sync + 'static {
     /// The protocol (endpoint scheme) this interface's listeners advertise
     /// and its streams report in [`StreamContext::protocol`](crate::StreamContext::protocol).
     fn protocol(&self) -> Protocol;

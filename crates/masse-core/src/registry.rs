@@ -98,6 +98,9 @@ impl RegistryEvent {
 ///   [`Error::Unsupported`](crate::Error::Unsupported) instead, and is polled
 ///   (see [below](Registry#registries-that-cannot-watch)).
 /// - A stored record that cannot be parsed is skipped with a `tracing::warn!`.
+/// - It is [`Debug`](std::fmt::Debug), so that nodes and errors can say which
+///   registry they use; print the server with [`redact`](crate::redact)ed
+///   credentials, never a password.
 ///
 /// # Registries that cannot watch
 ///
@@ -116,7 +119,7 @@ impl RegistryEvent {
 /// of one name between two polls (they are one event). The other rules
 /// above hold for such a registry all the same.
 #[async_trait]
-pub trait Registry: Send + Sync + 'static {
+pub trait Registry: std::fmt::Debug + Send + Sync + 'static {
     /// Inserts or replaces `record` under its namespace and name, expiring after `ttl`.
     async fn publish(&self, record: &PeerRecord, ttl: Duration, policy: NamePolicy) -> Result<()>;
 

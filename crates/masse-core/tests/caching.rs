@@ -13,7 +13,7 @@ use masse_core::{
 };
 
 /// A backend that counts lookups, can be slowed down and can be made to fail.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 struct TestBackend {
     inner: MemoryRegistry,
     lookups: Arc<AtomicU64>,

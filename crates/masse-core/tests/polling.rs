@@ -28,7 +28,7 @@ const WITHIN: Duration = Duration::from_millis(210);
 
 /// A `MemoryRegistry` whose `watch` is `Unsupported`, and whose lookups can
 /// be made to fail.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 struct NoWatch {
     inner: MemoryRegistry,
     failing: Arc<AtomicBool>,

@@ -18,7 +18,7 @@ use tokio::time::{Instant, timeout};
 /// A registry that can be "restarted empty": its data is replaced by an
 /// empty store, and every open watch breaks (as a server restart does) or,
 /// with `resync_only`, yields `Resync` and goes on.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 struct Restartable {
     current: Arc<Mutex<MemoryRegistry>>,
     restarts: broadcast::Sender<bool>,
@@ -246,6 +246,7 @@ async fn a_resync_marker_reconciles_without_breaking_the_watch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_that_starts_while_the_backend_is_down_fails() {
+    #[derive(Debug)]
     struct Down;
     #[async_trait]
     impl Registry for Down {

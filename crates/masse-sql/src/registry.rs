@@ -274,70 +274,7 @@ fn scheme(url: &str) -> Option<String> {
     ok.then(|| scheme.to_ascii_lowercase())
 }
 
-/// The URL with passwords masked (user info and `password=`-like query
-/// parameters), clipped to 200 bytes: safe for logs, errors and `Debug`.
-pub(crate) fn redact(url: &str) -> String {
-    let (head, rest) = match url.find("://") {
-        Some(i) => url.split_at(i + 3),
-        None => ("", url),
-    };
-    let auth_len = if head.is_empty() {
-        0
-    } else {
-        rest.find(['/', '?', '#']).unwrap_or(rest.len())
-    };
-    let (auth, tail) = rest.split_at(auth_len);
-    let auth = match auth.rfind('@') {
-        Some(at) => {
-            let (user_info, host) = auth.split_at(at);
-            match user_info.split_once(':') {
-                Some((user, _)) => format!("{user}:***{host}"),
-                None => auth.to_owned(),
-            }
-        }
-        None => auth.to_owned(),
-    };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let (query, fragment) = match query.split_once('#') {
-                Some((q, f)) => (q, Some(f)),
-                None => (query, None),
-            };
-            let query: Vec<String> = query
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some((k, _)) if is_secret(k) => format!("{k}=***"),
-                    _ => pair.to_owned(),
-                })
-                .collect();
-            let mut t = format!("{path}?{}", query.join("&"));
-            if let Some(f) = fragment {
-                t.push('#');
-                t.push_str(f);
-            }
-            t
-        }
-        None => tail.to_owned(),
-    };
-    clip(&format!("{head}{auth}{tail}"))
-}
-
-fn is_secret(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    k.contains("password") || k.contains("secret") || k == "sslkey" || k == "ssl-key"
-}
-
-fn clip(s: &str) -> String {
-    const MAX: usize = 200;
-    if s.len() <= MAX {
-        return s.to_owned();
-    }
-    let mut end = MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
+pub(crate) use masse_core::redact;
 
 fn ttl_millis(ttl: Duration) -> Result<i64> {
     if ttl.is_zero() {
@@ -643,34 +580,6 @@ impl fmt::Debug for SqlRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_never_show() {
-        let cases = [
-            (
-                "postgres://masse:s3cret@db:5432/reg",
-                "postgres://masse:***@db:5432/reg",
-            ),
-            (
-                "mysql://root:p@ss:w@rd@127.0.0.1/m?ssl-mode=required",
-                "mysql://root:***@127.0.0.1/m?ssl-mode=required",
-            ),
-            (
-                "postgresql://u@h/db?password=hunter2&sslmode=require",
-                "postgresql://u@h/db?password=***&sslmode=require",
-            ),
-            (
-                "sqlite://./data/reg.db?mode=rwc",
-                "sqlite://./data/reg.db?mode=rwc",
-            ),
-            ("sqlite::memory:", "sqlite::memory:"),
-            ("postgres://h/db#frag", "postgres://h/db#frag"),
-        ];
-        for (url, want) in cases {
-            assert_eq!(redact(url), want);
-        }
-        assert!(redact(&"x".repeat(500)).len() < 210);
-    }
 
     #[test]
     fn schemes() {

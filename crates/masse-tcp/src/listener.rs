@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use masse_core::{Accepted, Endpoint, Error, Listener, Protocol, Result, async_trait};
 
-use crate::advertise::advertised_endpoints;
 use crate::interface::io_context;
+use masse_core::addr::advertised_endpoints;
 
 /// First pause after an accept error that a pending connection did not cause.
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// Longest pause between retries of a failing accept.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// What a bound listener advertises: the rule of [`advertised_addrs`](crate::advertised_addrs)
+/// What a bound listener advertises: the rule of [`advertised_addrs`](masse_core::addr::advertised_addrs)
 /// applied to its bound address, as endpoints of its protocol.
 #[derive(Debug, Clone)]
 pub(crate) struct Advertised {

@@ -338,26 +338,11 @@ fn feature_off(url: &str, feature: &str) -> Error {
     }
 }
 
-/// The URL without its password, for messages and logs.
-pub(crate) fn redact(url: &str) -> String {
-    if let Some((scheme, rest)) = url.split_once("://")
-        && let Some((userinfo, host)) = rest.split_once('@')
-        && let Some((user, _pass)) = userinfo.split_once(':')
-    {
-        return format!("{scheme}://{user}:***@{host}");
-    }
-    url.to_owned()
-}
+pub(crate) use masse_core::redact;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
-        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
-    }
 
     async fn error_of(url: &str) -> String {
         match registry_from_url(url).await {

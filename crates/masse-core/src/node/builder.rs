@@ -84,6 +84,7 @@ impl NodeBuilder {
                 max_pending_handshakes: 1024,
                 advertise: Vec::new(),
                 secret: None,
+                liveness_poll: None,
             },
             cache: CachingConfig::default(),
         }
@@ -299,6 +300,25 @@ impl NodeBuilder {
         self
     }
 
+    /// Opt-in: emit [`NodeEvent::PeerEvasive`](crate::NodeEvent::PeerEvasive)
+    /// when a peer misses a heartbeat (less than half its TTL left, not
+    /// expired yet) and [`NodeEvent::PeerAlive`](crate::NodeEvent::PeerAlive)
+    /// when an evasive peer refreshes again (see [`Liveness`](crate::Liveness)).
+    ///
+    /// The node lists the namespace with
+    /// [`Registry::lookup_leases`](crate::Registry::lookup_leases) every
+    /// `poll` (at least 10 ms), uncached: one backend query per poll, whose
+    /// cost grows with the namespace. A peer is seen evasive within `poll`
+    /// of crossing half its TTL, so `poll` should be well under half the
+    /// peers' TTL (at the default 10 s TTL, 1 s gives four or five polls of
+    /// warning before expiry). Needs a backend that reports the time left
+    /// (all in-tree backends do) and peers that publish their TTL (nodes of
+    /// this version do); other peers are never reported evasive.
+    pub fn liveness_events(mut self, poll: Duration) -> Self {
+        self.config.liveness_poll = Some(poll.max(Duration::from_millis(10)));
+        self
+    }
+
     /// Binds every interface, publishes the record, and starts the heartbeat,
     /// watch and accept tasks.
     pub async fn start(self) -> Result<Node> {
@@ -441,6 +461,9 @@ impl NodeBuilder {
         }
         tasks.push(tokio::spawn(lifecycle::heartbeat(core.clone())));
         tasks.push(tokio::spawn(lifecycle::watch_loop(core.clone(), events)));
+        if let Some(poll) = core.config.liveness_poll {
+            tasks.push(tokio::spawn(lifecycle::liveness_loop(core.clone(), poll)));
+        }
         Ok(Node {
             core,
             tasks: Mutex::new(tasks),

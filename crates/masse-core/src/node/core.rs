@@ -36,6 +36,8 @@ pub(crate) struct NodeConfig {
     pub(crate) max_pending_handshakes: usize,
     pub(crate) advertise: Vec<Advertise>,
     pub(crate) secret: Option<Secret>,
+    /// Poll interval of the opt-in evasive/alive events (`None`: off).
+    pub(crate) liveness_poll: Option<Duration>,
 }
 
 /// What [`Node::serve`](super::Node::serve) runs on each accepted stream.

@@ -1,5 +1,7 @@
 //! [`NodeEvent`]: what a node tells its application.
 
+use std::time::Duration;
+
 use crate::endpoint::Protocol;
 use crate::error::Error;
 use crate::name::PeerName;
@@ -26,6 +28,28 @@ pub enum NodeEvent {
         /// Its name.
         name: PeerName,
         /// The instance that expired.
+        instance: InstanceId,
+    },
+    /// A peer missed a heartbeat: less than half its TTL is left and it has
+    /// not expired yet (opt-in, see
+    /// [`NodeBuilder::liveness_events`](crate::NodeBuilder::liveness_events)).
+    /// Followed by [`PeerAlive`](NodeEvent::PeerAlive) if it refreshes in
+    /// time, or by [`PeerExpired`](NodeEvent::PeerExpired).
+    PeerEvasive {
+        /// Its name.
+        name: PeerName,
+        /// The evasive instance.
+        instance: InstanceId,
+        /// Time until it expires without a refresh, by the registry's clock
+        /// when it was seen.
+        expires_in: Duration,
+    },
+    /// An evasive peer refreshed its record again (opt-in, see
+    /// [`NodeBuilder::liveness_events`](crate::NodeBuilder::liveness_events)).
+    PeerAlive {
+        /// Its name.
+        name: PeerName,
+        /// The instance.
         instance: InstanceId,
     },
     /// A stream was opened, by us or to us, after the handshake and wrappers.

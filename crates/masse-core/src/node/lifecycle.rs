@@ -9,6 +9,8 @@ use tokio::sync::broadcast;
 use super::core::Core;
 use super::event::NodeEvent;
 use crate::error::{Error, Result};
+use crate::liveness::{LivenessChange, LivenessTracker};
+use crate::pattern::Pattern;
 use crate::registry::{NamePolicy, Registry, RegistryEvent};
 
 /// Refreshes the record every ttl/3. On failure: report `RegistryUnavailable`
@@ -163,6 +165,51 @@ fn dispatch(core: &Core, ev: RegistryEvent) {
         }
     }
     core.registry_events.send(ev);
+}
+
+/// Lists the namespace's leases every `poll` and turns what changed into
+/// `PeerEvasive` / `PeerAlive` (see `NodeBuilder::liveness_events`). A failed
+/// listing is skipped: the outage is the heartbeat's to report, and the
+/// tracker keeps its state for the next listing.
+pub(crate) async fn liveness_loop(core: Arc<Core>, poll: Duration) {
+    let mut tracker = LivenessTracker::new();
+    let mut tick = tokio::time::interval(poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let all = Pattern::new("*").expect("'*' is a valid pattern");
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = core.stopped() => return,
+        }
+        let leases = match core.registry.lookup_leases(&core.namespace, &all).await {
+            Ok(leases) => leases,
+            Err(e) => {
+                tracing::debug!(error = %e, "listing leases failed; liveness skips this poll");
+                continue;
+            }
+        };
+        let others = leases.iter().filter(|l| l.record.instance != core.instance);
+        for change in tracker.observe(others) {
+            core.emit(match change {
+                LivenessChange::Evasive {
+                    name,
+                    instance,
+                    expires_in,
+                } => {
+                    tracing::info!(peer = %name, %instance, ?expires_in, "peer is evasive: it missed a heartbeat");
+                    NodeEvent::PeerEvasive {
+                        name,
+                        instance,
+                        expires_in,
+                    }
+                }
+                LivenessChange::Alive { name, instance } => {
+                    tracing::info!(peer = %name, %instance, "evasive peer is alive again");
+                    NodeEvent::PeerAlive { name, instance }
+                }
+            });
+        }
+    }
 }
 
 /// Stops accepting, unpublishes, waits for open streams (up to the grace),

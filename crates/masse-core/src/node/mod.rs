@@ -224,7 +224,19 @@ impl Node {
         }
     }
 
-    /// The live peers whose names match `pattern`, for monitoring (this node included).
+    /// The live peers whose names match `pattern`, for monitoring (this node
+    /// included), sorted by name, through the node's registry cache.
+    ///
+    /// During a registry outage it answers with the last listing the cache
+    /// has for `pattern` (as it stood when the registry stopped answering:
+    /// peers that left or died since are still in it, and new ones are
+    /// not); if the cache has none, it fails with the registry's error
+    /// (usually [`Error::RegistryUnavailable`]). The node's
+    /// [`NodeEvent::RegistryUnavailable`] and
+    /// [`NodeEvent::RegistryRestored`] tell when that is the case. For the
+    /// time each peer has left, use
+    /// [`Registry::lookup_leases`](crate::Registry::lookup_leases) on the
+    /// registry itself.
     pub async fn peers(&self, pattern: impl AsRef<str>) -> Result<Vec<PeerRecord>> {
         let pattern = Pattern::new(pattern.as_ref())?;
         let found = self
