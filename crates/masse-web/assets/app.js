@@ -153,7 +153,8 @@
       const li = el("li", { "data-kind": e.kind, "data-peer": e.name || "" },
         el("span", { class: "time" }, time),
         el("span", { class: "kind k-" + e.kind }, e.kind.replace("_", " ")),
-        who + " ", el("span", { class: "tag" }, e.namespace),
+        who + " ",
+        snapshot && snapshot.namespaces.length > 1 ? el("span", { class: "tag" }, e.namespace) : null,
         e.detail ? el("span", { class: "detail" }, e.detail) : null);
       ol.prepend(li);
     }

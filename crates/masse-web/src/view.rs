@@ -156,6 +156,10 @@ pub(crate) struct PeerView {
     /// this process's clock (the registry's time left added to the time of
     /// the listing); `None` if the backend does not tell.
     pub(crate) expires_at_ms: Option<u64>,
+    /// Whether its arrival was logged, or it was there before the dashboard
+    /// (the first listing); `false` for a row a listing added before the
+    /// watch's `Joined`, which is then logged as `joined`, not `updated`.
+    announced: bool,
     /// Consecutive listings that did not show it.
     missing: u32,
     /// When it was first missing from a listing.
@@ -170,6 +174,7 @@ impl PeerView {
             record,
             state: Liveness::Unknown,
             expires_at_ms: None,
+            announced: false,
             missing: 0,
             missing_since_ms: 0,
             stats: None,
@@ -202,6 +207,8 @@ pub(crate) struct NamespaceView {
     pub(crate) counts: BTreeMap<EventKind, u64>,
     /// Instances dropped by reconciliation, oldest first.
     reconciled: VecDeque<InstanceId>,
+    /// Whether a listing succeeded yet.
+    listed: bool,
 }
 
 impl NamespaceView {
@@ -284,13 +291,17 @@ impl View {
         };
         self.version += 1;
         let left = matches!(event, RegistryEvent::Left { .. });
+        let joined = matches!(event, RegistryEvent::Joined(_));
         match event {
             RegistryEvent::Joined(record) | RegistryEvent::Updated(record) => {
                 let kind = match view.peers.get(&record.name) {
-                    // A Joined for a name already shown (for example after the
-                    // first listing raced the watch) is an update of it.
-                    Some(_) => EventKind::Updated,
-                    None => EventKind::Joined,
+                    _ if !joined => EventKind::Updated,
+                    // A Joined for a name already shown (one the first
+                    // listing showed, or an earlier event) is an update.
+                    Some(p) if p.announced => EventKind::Updated,
+                    // Not shown, or a listing showed it before the watch
+                    // told: this is its arrival.
+                    _ => EventKind::Joined,
                 };
                 let name = record.name.clone();
                 let instance = record.instance;
@@ -303,6 +314,8 @@ impl View {
                     }
                     _ => PeerView::new(record),
                 };
+                let mut peer = peer;
+                peer.announced = true;
                 view.peers.insert(name.clone(), peer);
                 vec![self.log(now_ms, ns, kind, Some((&name, instance)), detail)]
             }
@@ -362,25 +375,29 @@ impl View {
         view.health.reachable = Some(true);
         view.health.latency = Some(latency);
         view.health.error = None;
+        // Peers of the first listing were there before the dashboard: not news.
+        let first = !view.listed;
+        view.listed = true;
 
         let changes = view.tracker.observe(&leases);
         let mut listed: HashSet<&PeerName> = HashSet::with_capacity(leases.len());
         for lease in &leases {
             let record = &lease.record;
             listed.insert(&record.name);
-            let peer = view
-                .peers
-                .entry(record.name.clone())
-                .or_insert_with(|| PeerView::new(record.clone()));
+            let peer = view.peers.entry(record.name.clone()).or_insert_with(|| {
+                let mut p = PeerView::new(record.clone());
+                p.announced = first;
+                p
+            });
             if peer.record.instance != record.instance || peer.record != *record {
                 // The watch has not told yet (or lost it): show what the
                 // registry lists; the watch's event still gets logged.
-                let stats = peer
-                    .stats
-                    .take()
-                    .filter(|_| peer.record.instance == record.instance);
+                let same = peer.record.instance == record.instance;
+                let stats = peer.stats.take().filter(|_| same);
+                let announced = (peer.announced && same) || first;
                 *peer = PeerView::new(record.clone());
                 peer.stats = stats;
+                peer.announced = announced;
             }
             peer.state = lease.liveness();
             peer.expires_at_ms = lease
@@ -574,6 +591,22 @@ mod tests {
             v.namespaces[&ns()].peers[&PeerName::new("a").unwrap()].state,
             Liveness::Alive
         );
+    }
+
+    #[test]
+    fn a_join_the_listing_saw_first_is_still_a_join() {
+        let mut v = View::new([ns()], 100);
+        v.apply_listing(&ns(), Ok(vec![]), ms(1), T0);
+        v.apply_listing(&ns(), Ok(vec![lease("a", 1, 3000)]), ms(1), T0 + 1);
+        let e = v.apply_event(&ns(), RegistryEvent::Joined(record("a", 1)), T0 + 2);
+        assert_eq!(kinds(&e), [EventKind::Joined]);
+        // Published again: an update.
+        let e = v.apply_event(&ns(), RegistryEvent::Updated(record("a", 1)), T0 + 3);
+        assert_eq!(kinds(&e), [EventKind::Updated]);
+        // Taken over by another instance the listing saw first: an update too.
+        v.apply_listing(&ns(), Ok(vec![lease("a", 2, 3000)]), ms(1), T0 + 4);
+        let e = v.apply_event(&ns(), RegistryEvent::Updated(record("a", 2)), T0 + 5);
+        assert_eq!(kinds(&e), [EventKind::Updated]);
     }
 
     #[test]
