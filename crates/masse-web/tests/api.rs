@@ -262,3 +262,17 @@ async fn the_stream_starts_with_a_snapshot() {
     let text = String::from_utf8_lossy(frame.data_ref().unwrap()).into_owned();
     assert!(text.starts_with("event: peers\ndata: {"), "{text}");
 }
+
+#[tokio::test]
+async fn it_mounts_under_a_prefix() {
+    let registry: DynRegistry = std::sync::Arc::new(MemoryRegistry::new());
+    let dash = Dashboard::builder(registry).start();
+    let app = Router::new().nest("/masse", dash.router());
+    let (status, ctype, _) = get(&app, "/masse", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(ctype.starts_with("text/html"));
+    let (status, _, body) = get(&app, "/masse/api/peers", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, _) = get(&app, "/masse/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+}
