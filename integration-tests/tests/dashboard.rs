@@ -238,6 +238,20 @@ async fn scenario(registry: DynRegistry, backend: &str) {
             );
         }
     }
+    if let Some(b) = b {
+        // The glob filter: only matching rows stay.
+        let other = start_node(&registry, &ns, "other-1", "a").await;
+        expect(port, Some(b), "other-1", Some("alive")).await;
+        tokio::task::block_in_place(|| {
+            b.execute(
+                "const f = document.getElementById('filter'); f.value = 'st[a-z]ady-*';\
+                 f.dispatchEvent(new Event('input')); return true;",
+            )
+        });
+        let rows = page_states(b);
+        assert_eq!(rows.keys().collect::<Vec<_>>(), ["steady-1"], "{rows:?}");
+        other.shutdown().await.unwrap();
+    }
     steady.shutdown().await.unwrap();
     eprintln!(
         "dashboard on {backend}: {} in {:.1} s",
