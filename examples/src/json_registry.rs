@@ -25,6 +25,11 @@
 //!   "record": { "name": "db-1", "endpoints": ["tcp://10.0.0.7:4100"], … } } } } }
 //! ```
 //!
+//! [`lookup_leases`](Registry::lookup_leases) reports each record's time
+//! left as its `expires_at_ms` minus the wall clock of the process that
+//! reads the file (a file has no clock of its own), so it is only as right
+//! as the clocks of the writer and the reader agree.
+//!
 //! `tests/json_registry.rs` runs masse's registry conformance suite against
 //! it, and two nodes that find each other through a file.
 
@@ -37,7 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use masse::{
-    BoxStream, DynRegistry, Error, InstanceId, NamePolicy, Namespace, Pattern, PeerName,
+    BoxStream, DynRegistry, Error, InstanceId, Lease, NamePolicy, Namespace, Pattern, PeerName,
     PeerRecord, Registry, RegistryEvent, Result, WarnOnce, async_trait, now_millis,
 };
 use serde::{Deserialize, Serialize};
@@ -92,7 +97,8 @@ struct Stored {
 
 /// What reading one entry gave.
 enum Read {
-    Live(PeerRecord),
+    /// A live record and its time left (ms).
+    Live(PeerRecord, u64),
     Expired,
     Malformed(String),
 }
@@ -106,7 +112,9 @@ fn read_entry(ns: &str, name: &str, value: &Value, now: u64) -> Read {
         return Read::Expired;
     }
     match PeerRecord::deserialize(&stored.record) {
-        Ok(r) if r.namespace.as_str() == ns && r.name.as_str() == name => Read::Live(r),
+        Ok(r) if r.namespace.as_str() == ns && r.name.as_str() == name => {
+            Read::Live(r, stored.expires_at_ms - now)
+        }
         Ok(r) => Read::Malformed(format!(
             "the record is {}/{}, stored under {ns}/{name}",
             r.namespace, r.name
@@ -217,7 +225,7 @@ impl JsonFileRegistry {
     fn holder(store: &Store, ns: &str, name: &str, now: u64) -> Option<PeerRecord> {
         let value = store.namespaces.get(ns)?.get(name)?;
         match read_entry(ns, name, value, now) {
-            Read::Live(r) => Some(r),
+            Read::Live(r, _) => Some(r),
             Read::Expired | Read::Malformed(_) => None,
         }
     }
@@ -385,6 +393,29 @@ impl Registry for JsonFileRegistry {
     }
 
     async fn lookup(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<PeerRecord>> {
+        Ok(self
+            .leases(ns, pattern)
+            .await?
+            .into_iter()
+            .map(|l| l.record)
+            .collect())
+    }
+
+    /// The time left is `expires_at_ms` minus this process's wall clock.
+    async fn lookup_leases(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<Lease>> {
+        self.leases(ns, pattern).await
+    }
+
+    async fn watch(&self, _: &Namespace) -> Result<BoxStream<'static, Result<RegistryEvent>>> {
+        Err(Error::Unsupported(
+            "a JSON file registry has no change feed; masse polls it".into(),
+        ))
+    }
+}
+
+impl JsonFileRegistry {
+    /// What `lookup` and `lookup_leases` answer.
+    async fn leases(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<Lease>> {
         let inner = self.inner.clone();
         let (ns, pattern) = (ns.to_string(), pattern.clone());
         blocking(move || {
@@ -397,7 +428,9 @@ impl Registry for JsonFileRegistry {
             // BTreeMap order: sorted by name, as the contract wants.
             for (name, value) in names.iter().filter(|(n, _)| pattern.matches(n)) {
                 match read_entry(&ns, name, value, now) {
-                    Read::Live(r) => found.push(r),
+                    Read::Live(r, left) => {
+                        found.push(Lease::new(r, Some(Duration::from_millis(left))));
+                    }
                     Read::Expired => {}
                     Read::Malformed(why) => {
                         let path = inner.path.display();
@@ -412,12 +445,6 @@ impl Registry for JsonFileRegistry {
             Ok(found)
         })
         .await
-    }
-
-    async fn watch(&self, _: &Namespace) -> Result<BoxStream<'static, Result<RegistryEvent>>> {
-        Err(Error::Unsupported(
-            "a JSON file registry has no change feed; masse polls it".into(),
-        ))
     }
 }
 

@@ -138,7 +138,7 @@ impl Interface for PipeInterface {
             Ok(Ok(())) => Ok(Box::new(ours)),
             Ok(Err(_)) => Err(refused(format!("the listener at {endpoint} closed"))),
             Err(_) => Err(Error::Timeout {
-                what: "pipe connect",
+                what: masse::Operation::Connect,
                 after: limit,
             }),
         }

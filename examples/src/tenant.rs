@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use masse::{
-    BoxStream, DynRegistry, Error, InstanceId, NamePolicy, Namespace, Pattern, PeerName,
+    BoxStream, DynRegistry, Error, InstanceId, Lease, NamePolicy, Namespace, Pattern, PeerName,
     PeerRecord, Registry, RegistryEvent, Result, async_trait,
 };
 
@@ -81,6 +81,14 @@ impl<R: Registry> Registry for TenantRegistry<R> {
     async fn lookup(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<PeerRecord>> {
         let found = self.inner.lookup(&self.outer(ns)?, pattern).await?;
         Ok(found.into_iter().map(|r| Self::to_inner(ns, r)).collect())
+    }
+
+    async fn lookup_leases(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<Lease>> {
+        let found = self.inner.lookup_leases(&self.outer(ns)?, pattern).await?;
+        Ok(found
+            .into_iter()
+            .map(|l| Lease::new(Self::to_inner(ns, l.record), l.expires_in))
+            .collect())
     }
 
     async fn watch(&self, ns: &Namespace) -> Result<BoxStream<'static, Result<RegistryEvent>>> {

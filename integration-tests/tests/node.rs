@@ -184,6 +184,13 @@ impl Registry for Deaf {
     async fn lookup(&self, ns: &Namespace, p: &masse::Pattern) -> masse::Result<Vec<PeerRecord>> {
         self.0.lookup(ns, p).await
     }
+    async fn lookup_leases(
+        &self,
+        ns: &Namespace,
+        p: &masse::Pattern,
+    ) -> masse::Result<Vec<masse::Lease>> {
+        self.0.lookup_leases(ns, p).await
+    }
     async fn watch(
         &self,
         _ns: &Namespace,
@@ -805,6 +812,14 @@ impl Registry for Switchable {
     async fn lookup(&self, ns: &Namespace, p: &masse::Pattern) -> masse::Result<Vec<PeerRecord>> {
         self.check()?;
         self.inner.lookup(ns, p).await
+    }
+    async fn lookup_leases(
+        &self,
+        ns: &Namespace,
+        p: &masse::Pattern,
+    ) -> masse::Result<Vec<masse::Lease>> {
+        self.check()?;
+        self.inner.lookup_leases(ns, p).await
     }
     async fn watch(
         &self,

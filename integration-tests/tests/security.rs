@@ -117,6 +117,19 @@ impl Registry for Rewrite {
             .map(|r| self.apply(r))
             .collect())
     }
+    async fn lookup_leases(
+        &self,
+        ns: &Namespace,
+        p: &masse::Pattern,
+    ) -> masse::Result<Vec<masse::Lease>> {
+        Ok(self
+            .inner
+            .lookup_leases(ns, p)
+            .await?
+            .into_iter()
+            .map(|l| masse::Lease::new(self.apply(l.record), l.expires_in))
+            .collect())
+    }
     async fn watch(
         &self,
         ns: &Namespace,

@@ -87,10 +87,13 @@ pub(crate) enum Command {
     /// List the live peers whose names match PATTERN.
     ///
     /// Reads the registry directly, without joining, so it never lists itself.
-    /// Columns: NAME, INSTANCE (first 8 hex digits), ENDPOINTS, IDENTITY (short
-    /// certificate fingerprint, or -), AGE (since the instance started),
-    /// SERVICES, METADATA (k=v). There is no TTL column: registries do not
-    /// expose how long a record has left.
+    /// Columns: NAME, INSTANCE (first 8 hex digits), STATE (alive; evasive: it
+    /// missed a heartbeat, less than half its ttl is left; unknown: the
+    /// registry does not tell the time left, or the peer does not publish its
+    /// ttl), TTL (time left before the record expires without a heartbeat, by
+    /// the registry's clock, or -), ENDPOINTS, IDENTITY (short certificate
+    /// fingerprint, or -), AGE (since the instance started), SERVICES,
+    /// METADATA (k=v).
     Peers(PeersArgs),
 
     /// Print Joined/Updated/Left/Expired events as they happen.
@@ -154,14 +157,21 @@ pub(crate) struct PeersArgs {
     #[arg(default_value = "*")]
     pub(crate) pattern: String,
 
-    /// Print the records as a JSON array (with --stats: {"peers": [...], "stats": {...}})
+    /// Print the records as a JSON array, each with "state" and "ttl_left_ms" (null if
+    /// unknown) added (with --stats: {"peers": [...], "stats": {...}}, and each peer that
+    /// offers its stats with "stats" or "stats_error")
     #[arg(long)]
     pub(crate) json: bool,
 
-    /// Look up through a node joined under an ephemeral name instead, and print its
-    /// counters: the time of a cold lookup (registry round trip) and a warm one (the
-    /// node's cache), cache hits/misses and hit rate, connects and streams. The
-    /// ephemeral node joins and leaves the namespace (watchers see it); it is not listed
+    /// Also join under an ephemeral name and print that node's counters: the time of
+    /// a cold lookup (registry round trip) and a warm one (the node's cache), cache
+    /// hits/misses and hit rate, connects and streams. Then ask every listed peer that
+    /// offers its stats (`masse listen --expose-stats`, NodeBuilder::expose_stats) for
+    /// them, over an ordinary authenticated stream: streams open, in, out, bytes
+    /// received and sent, dials ok of all, and the median lookup/connect/handshake
+    /// time of its dials (the upper bound of its histogram bucket); a peer that cannot
+    /// be read shows its error instead. The ephemeral node joins and leaves the
+    /// namespace (watchers see it); it is not listed
     #[arg(long)]
     pub(crate) stats: bool,
 }
@@ -204,6 +214,11 @@ pub(crate) struct ListenArgs {
     /// Run `sh -c CMD` for each stream, with the stream on its stdin and stdout
     #[arg(short, long, value_name = "CMD")]
     pub(crate) exec: Option<String>,
+
+    /// Answer the reserved service masse-stats with this node's counters, for
+    /// `masse peers --stats` (those streams are not served to stdout or --exec)
+    #[arg(long)]
+    pub(crate) expose_stats: bool,
 }
 
 /// `masse connect`.

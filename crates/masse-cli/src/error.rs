@@ -182,7 +182,7 @@ mod tests {
             ),
             (
                 Error::Timeout {
-                    what: "connect",
+                    what: masse::Operation::Connect,
                     after: Duration::from_secs(5),
                 },
                 Exit::Timeout,

@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use masse::{InstanceId, PeerRecord};
+use masse::{InstanceId, Lease};
 
 /// Folds a message onto one line: each line trimmed, empty ones dropped,
 /// the rest joined with `"; "`.
@@ -103,13 +103,16 @@ impl Table {
     }
 }
 
-/// The `masse peers` table row of one record, `now_ms` being the current
-/// time in milliseconds since the Unix epoch.
-pub(crate) fn peer_row(r: &PeerRecord, now_ms: u64) -> Vec<String> {
+/// The `masse peers` table row of one lease (a record and its time left),
+/// `now_ms` being the current time in milliseconds since the Unix epoch.
+pub(crate) fn peer_row(lease: &Lease, now_ms: u64) -> Vec<String> {
+    let r = &lease.record;
     let join = |items: Vec<String>| items.join(",");
     vec![
         r.name.to_string(),
         short_instance(r.instance),
+        lease.liveness().to_string(),
+        lease.expires_in.map(format_ttl_left).unwrap_or_default(),
         join(r.endpoints.iter().map(ToString::to_string).collect()),
         r.identity.map(|f| f.short()).unwrap_or_default(),
         if r.started_at == 0 {
@@ -123,15 +126,27 @@ pub(crate) fn peer_row(r: &PeerRecord, now_ms: u64) -> Vec<String> {
 }
 
 /// The headers of [`peer_row`].
-pub(crate) const PEER_HEADERS: [&str; 7] = [
+pub(crate) const PEER_HEADERS: [&str; 9] = [
     "NAME",
     "INSTANCE",
+    "STATE",
+    "TTL",
     "ENDPOINTS",
     "IDENTITY",
     "AGE",
     "SERVICES",
     "METADATA",
 ];
+
+/// Time a record has left: tenths of a second under a minute (`8.3s`),
+/// else as [`format_age`].
+pub(crate) fn format_ttl_left(left: Duration) -> String {
+    if left < Duration::from_secs(60) {
+        format!("{:.1}s", left.as_secs_f64())
+    } else {
+        format_age(left)
+    }
+}
 
 /// A coarse age with its two largest units: `42s`, `5m07s`, `3h05m`, `2d04h`.
 pub(crate) fn format_age(age: Duration) -> String {
@@ -216,6 +231,7 @@ pub(crate) fn min_median_max(samples: &[Duration]) -> Option<(Duration, Duration
 #[cfg(test)]
 mod tests {
     use super::*;
+    use masse::PeerRecord;
 
     fn at(ms: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(ms)
@@ -331,12 +347,16 @@ mod tests {
         .with_metadata("az", "1")
         .with_identity(masse::Fingerprint([0xab; 32]));
         r.started_at = 1_000_000;
-        let row = peer_row(&r, 1_000_000 + 65_000);
+        r.ttl_ms = Some(10_000);
+        let lease = Lease::new(r.clone(), Some(Duration::from_millis(8_340)));
+        let row = peer_row(&lease, 1_000_000 + 65_000);
         assert_eq!(
             row,
             vec![
                 "billing-7",
                 "3f2a1b4c",
+                "alive",
+                "8.3s",
                 "tcp://10.0.0.7:4100,tcp://10.0.0.8:4100",
                 "abababababababab",
                 "1m05s",
@@ -344,13 +364,26 @@ mod tests {
                 "az=1,zone=b",
             ]
         );
+        // Less than half the ttl left: a missed heartbeat.
+        let evasive = Lease::new(r.clone(), Some(Duration::from_millis(4_000)));
+        assert_eq!(peer_row(&evasive, 1_000_000)[2..4], ["evasive", "4.0s"]);
         r.identity = None;
         r.metadata.clear();
+        // A backend that cannot tell the time left.
+        let unknown = Lease::new(r, None);
         let mut t = Table::new(&PEER_HEADERS);
-        t.row(peer_row(&r, 1_000_000));
+        t.row(peer_row(&unknown, 1_000_000));
         let text = t.render();
         let last = text.lines().last().unwrap();
         assert!(last.ends_with("  0s   rpc       -"), "{text}");
+        assert!(last.contains("  unknown  -  "), "{text}");
+    }
+
+    #[test]
+    fn ttl_left_is_in_tenths_under_a_minute() {
+        assert_eq!(format_ttl_left(Duration::from_millis(0)), "0.0s");
+        assert_eq!(format_ttl_left(Duration::from_millis(59_940)), "59.9s");
+        assert_eq!(format_ttl_left(Duration::from_secs(125)), "2m05s");
     }
 
     #[test]

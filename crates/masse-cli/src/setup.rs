@@ -86,7 +86,23 @@ impl Global {
         services: &[String],
         metadata: &[(String, String)],
     ) -> Result<Node, CliError> {
+        self.start_node_with(name, namespace, registry, services, metadata, false)
+            .await
+    }
+
+    /// [`start_node`](Self::start_node), answering the reserved service
+    /// `masse-stats` if `expose_stats`.
+    pub(crate) async fn start_node_with(
+        &self,
+        name: &PeerName,
+        namespace: &Namespace,
+        registry: DynRegistry,
+        services: &[String],
+        metadata: &[(String, String)],
+        expose_stats: bool,
+    ) -> Result<Node, CliError> {
         let mut builder = Node::builder(name.as_str())
+            .expose_stats(expose_stats)
             .namespace(namespace.as_str())
             .registry_dyn(registry)
             .interface_dyn(self.interface(name)?)

@@ -202,10 +202,16 @@ fn listen_connect_peers(registry: &str, ns: &str) {
     let peers = run(masse(registry, ns, &["peers"]), b"");
     assert_eq!(peers.code, 0, "{peers:#?}");
     let mut lines = peers.stdout.lines();
-    assert!(lines.next().unwrap().starts_with("NAME "), "{peers:#?}");
+    let header = lines.next().unwrap();
+    assert!(
+        header.starts_with("NAME ") && header.contains(" STATE ") && header.contains(" TTL "),
+        "{peers:#?}"
+    );
     let row = lines.next().expect("a row for srv");
     assert!(row.starts_with("srv "), "{peers:#?}");
     assert!(row.contains("tcp://127.0.0.1:"), "{peers:#?}");
+    // Neither Redis nor SQL report the time a record has left (yet).
+    assert!(row.contains(" unknown  -  "), "{peers:#?}");
     assert_eq!(
         lines.next(),
         None,
@@ -219,6 +225,9 @@ fn listen_connect_peers(registry: &str, ns: &str) {
     assert_eq!(records.len(), 1, "{v}");
     assert_eq!(records[0]["name"], "srv");
     assert_eq!(records[0]["namespace"], ns);
+    assert_eq!(records[0]["state"], "unknown", "{v}");
+    assert!(records[0]["ttl_left_ms"].is_null(), "{v}");
+    assert_eq!(records[0]["ttl_ms"], 3000, "{v}");
     assert!(
         records[0]["endpoints"][0]
             .as_str()
@@ -443,6 +452,100 @@ fn ping_and_stats() {
 
     for mut p in [plain, rpc] {
         assert!(p.running(), "pings did not end the listener");
+        p.interrupt();
+        assert_eq!(p.finish().code, 0);
+    }
+}
+
+/// `peers --stats` reads the peers' own counters from those that expose
+/// them, and shows a per-peer error for one that does not answer.
+#[test]
+fn peers_stats_reads_the_peers_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/reg.db?mode=rwc", dir.path().display());
+    let ns = namespace("remote-stats");
+    let exposed = listen(
+        &url,
+        &ns,
+        "exposed",
+        &["--expose-stats", "--keep-open"],
+        None,
+    );
+    // Claims the service, but `listen` never serves the streams of the
+    // services it declares: the stats request goes unanswered.
+    let mute = listen(
+        &url,
+        &ns,
+        "mute",
+        &["--service", "masse-stats", "--keep-open"],
+        None,
+    );
+    let plain = listen(&url, &ns, "plain", &["--keep-open"], None);
+
+    // Some traffic to the exposed node first: one stream, 6 bytes in.
+    let client = run(masse(&url, &ns, &["connect", "exposed"]), b"hello\n");
+    assert_eq!(client.code, 0, "{client:#?}");
+    exposed.wait_for("the bytes", |out, _| out.contains("hello"));
+
+    // A short --timeout, for the peer that never answers.
+    let stats_cmd = |json: bool| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--registry", &url, "--namespace", &ns])
+            .args(["--bind", "127.0.0.1:0", "--timeout", "1s", "--ttl", "3s"])
+            .args(["peers", "--stats"])
+            .args(json.then_some("--json"))
+            .env_remove("MASSE_REGISTRY")
+            .env_remove("MASSE_NAMESPACE")
+            .env_remove("RUST_LOG");
+        cmd
+    };
+    let out = run(stats_cmd(false), b"");
+    assert_eq!(out.code, 0, "{out:#?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let table = lines
+        .iter()
+        .position(|l| l.starts_with("PEER "))
+        .unwrap_or_else(|| panic!("a table of the peers' stats: {out:#?}"));
+    assert!(
+        lines[table].contains("P50 LOOKUP/CONNECT/HANDSHAKE"),
+        "{out:#?}"
+    );
+    let row = |name: &str| {
+        lines[table + 1..]
+            .iter()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+    };
+    // exposed: open, in (the connect and this stats stream), out, received, sent.
+    let e = row("exposed").unwrap_or_else(|| panic!("a row for exposed: {out:#?}"));
+    assert_eq!(e[1..6], ["1", "2", "0", "6", "0"], "{out:#?}");
+    let m = row("mute").unwrap_or_else(|| panic!("a row for mute: {out:#?}"));
+    assert_eq!(m[1..8], ["-"; 7], "{out:#?}");
+    assert!(m.join(" ").contains("timed out after 1s"), "{out:#?}");
+    assert!(
+        row("plain").is_none(),
+        "plain does not offer its stats: {out:#?}"
+    );
+
+    let json = run(stats_cmd(true), b"");
+    assert_eq!(json.code, 0, "{json:#?}");
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    let peers = v["peers"].as_array().expect("peers");
+    let by_name = |n: &str| {
+        peers
+            .iter()
+            .find(|p| p["name"] == n)
+            .unwrap_or_else(|| panic!("{n} in {v}"))
+    };
+    assert_eq!(by_name("exposed")["stats"]["bytes_in"], 6, "{v}");
+    assert_eq!(by_name("exposed")["stats"]["streams_inbound"], 3, "{v}");
+    assert!(by_name("mute")["stats_error"].as_str().is_some(), "{v}");
+    assert!(by_name("plain").get("stats").is_none(), "{v}");
+    assert!(by_name("plain").get("stats_error").is_none(), "{v}");
+    assert_eq!(by_name("plain")["state"], "unknown", "{v}");
+
+    for mut p in [exposed, mute, plain] {
+        assert!(p.running(), "the stats streams did not end the listener");
         p.interrupt();
         assert_eq!(p.finish().code, 0);
     }

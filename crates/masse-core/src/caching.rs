@@ -103,8 +103,10 @@ pub struct CachedLookup {
     pub freshness: Freshness,
 }
 
-/// Counters of a [`CachingRegistry`], for monitoring.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Counters of a [`CachingRegistry`], for monitoring. Serialised as a JSON
+/// object of its counters; unknown fields are ignored, missing ones are 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct CacheStats {
     /// Lookups answered from cache.
@@ -916,7 +918,7 @@ async fn fetch_and_store<R: Registry>(
     {
         Ok(r) => r,
         Err(_) => Err(Error::Timeout {
-            what: "registry lookup",
+            what: crate::Operation::RegistryCall,
             after: shared.config.lookup_timeout,
         }),
     };
@@ -1464,7 +1466,7 @@ impl<R: Registry> SharedState<R> {
         {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout {
-                what: "registry lookup",
+                what: crate::Operation::RegistryCall,
                 after: self.config.lookup_timeout,
             }),
         }

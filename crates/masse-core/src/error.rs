@@ -78,7 +78,10 @@ pub enum Error {
         actual: String,
     },
 
-    /// The remote side refused the stream, or credentials did not check out.
+    /// A *peer* did not check out or refused us: its certificate does not
+    /// match the fingerprint its record publishes, it lacks the namespace
+    /// secret, or it refused ours. (The *registry* refusing this process's
+    /// credentials is [`Error::RegistryUnauthorized`].)
     #[error("unauthorized: {reason}")]
     Unauthorized {
         /// Why, as far as it is safe to say.
@@ -141,11 +144,12 @@ pub enum Error {
         source: BoxError,
     },
 
-    /// An operation did not complete in time.
+    /// An operation did not complete in time. Branch on
+    /// [`what`](Operation) to tell a slow peer from a slow registry.
     #[error("{what} timed out after {after:?}")]
     Timeout {
         /// What was being waited for.
-        what: &'static str,
+        what: Operation,
         /// The deadline that passed.
         after: Duration,
     },
@@ -201,6 +205,39 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+}
+
+/// What an [`Error::Timeout`] was waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Operation {
+    /// Opening a transport connection or stream to a peer (TCP, TLS, QUIC,
+    /// Unix socket), or a whole connect by name (lookup, dial, handshake)
+    /// past the node's connect timeout.
+    Connect,
+    /// The masse handshake on an open connection (the peer did not answer
+    /// `Hello` / `Welcome` in time).
+    Handshake,
+    /// A QUIC connection to the peer had no stream credit left and none came
+    /// back in time.
+    StreamCredit,
+    /// Opening a registry: connecting to its server, setting up its storage.
+    RegistryConnect,
+    /// A call to a reachable registry (lookup, publish, refresh, ...) that
+    /// did not answer in time.
+    RegistryCall,
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Operation::Connect => "connect",
+            Operation::Handshake => "handshake",
+            Operation::StreamCredit => "waiting for stream credit",
+            Operation::RegistryConnect => "connecting to the registry",
+            Operation::RegistryCall => "registry call",
+        })
+    }
 }
 
 /// The step of a dial that failed, in [`Error::Connect`].

@@ -33,7 +33,7 @@ pub mod wrappers;
 pub use budget::{HandshakeBudget, Ticket};
 pub use caching::{CacheStats, CachedLookup, CachingConfig, CachingRegistry, Freshness};
 pub use endpoint::{Endpoint, Protocol};
-pub use error::{BoxError, ConnectStep, Error, RefuseCode, Result, is_stale_io};
+pub use error::{BoxError, ConnectStep, Error, Operation, RefuseCode, Result, is_stale_io};
 #[cfg(feature = "rustls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rustls")))]
 pub use identity::tls;
@@ -45,7 +45,9 @@ pub use io::{BoxIo, Io};
 pub use liveness::{Lease, Liveness, LivenessChange, LivenessTracker};
 pub use memory::MemoryRegistry;
 pub use name::{Namespace, PeerName, validate_service};
-pub use node::{Events, Incoming, Node, NodeBuilder, NodeEvent, NodeStats, PeerStream, Reach};
+pub use node::{
+    Events, Incoming, Node, NodeBuilder, NodeEvent, NodeStats, PeerStream, Reach, STATS_SERVICE,
+};
 pub use pattern::Pattern;
 pub use record::{Fingerprint, InstanceId, PeerRecord, now_millis};
 pub use redact::redact;

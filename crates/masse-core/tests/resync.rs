@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use masse_core::{
-    BoxStream, CachingConfig, CachingRegistry, Error, Freshness, InstanceId, MemoryRegistry,
+    BoxStream, CachingConfig, CachingRegistry, Error, Freshness, InstanceId, Lease, MemoryRegistry,
     NamePolicy, Namespace, Pattern, PeerName, PeerRecord, Registry, RegistryEvent, Result,
     async_trait,
 };
@@ -66,6 +66,9 @@ impl Registry for Restartable {
     }
     async fn lookup(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<PeerRecord>> {
         self.store().lookup(ns, pattern).await
+    }
+    async fn lookup_leases(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<Lease>> {
+        self.store().lookup_leases(ns, pattern).await
     }
     async fn watch(&self, ns: &Namespace) -> Result<BoxStream<'static, Result<RegistryEvent>>> {
         if self.watch_down.load(std::sync::atomic::Ordering::SeqCst) {

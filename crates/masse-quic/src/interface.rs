@@ -385,7 +385,7 @@ impl QuicInterface {
                 let Ok(dialing) = tokio::time::timeout_at(deadline, peer.dialing.lock()).await
                 else {
                     return Err(Error::Timeout {
-                        what: "quic connect (waiting for a dial in progress)",
+                        what: masse_core::Operation::Connect,
                         after: limit,
                     });
                 };
@@ -414,7 +414,7 @@ impl QuicInterface {
                 lock(&peer.conns).push(pooled);
                 drop(dialing);
                 return stream.map(|s| s.trace(endpoint)).ok_or(Error::Timeout {
-                    what: "quic stream open (the peer's stream limit is reached)",
+                    what: masse_core::Operation::StreamCredit,
                     after: limit,
                 });
             }
@@ -452,7 +452,7 @@ impl QuicInterface {
                 }
                 Err(_) if wait_until >= deadline => {
                     return Err(Error::Timeout {
-                        what: "quic stream open (the peer's stream limit is reached)",
+                        what: masse_core::Operation::StreamCredit,
                         after: limit,
                     });
                 }
@@ -505,7 +505,7 @@ impl QuicInterface {
             }
             Ok(Err(e)) => Err(connection_error(endpoint, e)),
             Err(_) => Err(Error::Timeout {
-                what: "quic connect",
+                what: masse_core::Operation::Connect,
                 after: limit,
             }),
         }

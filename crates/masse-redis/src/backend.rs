@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::{StreamExt as _, TryStreamExt as _};
 use masse_core::{
-    Error, InstanceId, NamePolicy, Namespace, Pattern, PeerName, PeerRecord, Registry,
+    Error, InstanceId, Lease, NamePolicy, Namespace, Pattern, PeerName, PeerRecord, Registry,
     RegistryEvent, Result,
 };
 use redis::{FromRedisValue, ScriptInvocation, Value};
@@ -624,6 +624,33 @@ impl Registry for RedisRegistry {
     }
 
     async fn lookup(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<PeerRecord>> {
+        Ok(self
+            .leases(ns, pattern)
+            .await?
+            .into_iter()
+            .map(|lease| lease.record)
+            .collect())
+    }
+
+    /// The time left is the record's `expires` (ms, in its hash, in step
+    /// with its index score) minus the server's `TIME`, both read by the
+    /// same script (or, for an exact name on a single server, the same
+    /// pipeline) that reads the record.
+    async fn lookup_leases(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<Lease>> {
+        self.leases(ns, pattern).await
+    }
+
+    async fn watch(&self, ns: &Namespace) -> Result<BoxStream<'static, Result<RegistryEvent>>> {
+        watch::watch(self.inner.clone(), ns).await
+    }
+}
+
+impl RedisRegistry {
+    /// What `lookup` and `lookup_leases` answer: the live records matching
+    /// `pattern`, sorted by name, each with its time left by the server
+    /// clock (`None` only if the server sent a time left that is no whole
+    /// number of milliseconds, which the scripts never do).
+    async fn leases(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<Lease>> {
         let inner = &self.inner;
         inner.track(ns);
         let keys = NsKeys::new(ns);
@@ -674,16 +701,20 @@ impl Registry for RedisRegistry {
         let mut replies = futures::stream::iter(fetches).buffered(8);
         let mut out = Vec::with_capacity(names.len());
         while let Some(reply) = replies.try_next().await? {
-            if !reply.len().is_multiple_of(3) {
-                return Err(error::unexpected("lookup script reply not in triples"));
+            if !reply.len().is_multiple_of(4) {
+                return Err(error::unexpected("lookup script reply not in quadruples"));
             }
-            for triple in reply.chunks_exact(3) {
-                let name = String::from_utf8_lossy(&triple[0]);
+            for quad in reply.chunks_exact(4) {
+                let name = String::from_utf8_lossy(&quad[0]);
                 let key = format!("{}{name}", keys.peer_prefix);
-                let problem = match triple[1].as_slice() {
-                    b"ok" => match decode_record(ns, &name, &triple[2]) {
+                let problem = match quad[1].as_slice() {
+                    b"ok" => match decode_record(ns, &name, &quad[2]) {
                         Ok(r) => {
-                            out.push(r);
+                            let left = std::str::from_utf8(&quad[3])
+                                .ok()
+                                .and_then(|v| v.parse::<u64>().ok())
+                                .map(Duration::from_millis);
+                            out.push(Lease::new(r, left));
                             continue;
                         }
                         Err(why) => why,
@@ -706,21 +737,10 @@ impl Registry for RedisRegistry {
         Ok(out)
     }
 
-    async fn watch(&self, ns: &Namespace) -> Result<BoxStream<'static, Result<RegistryEvent>>> {
-        watch::watch(self.inner.clone(), ns).await
-    }
-}
-
-impl RedisRegistry {
-    /// The record of one name on a single server: `TIME` and an `HMGET` of
-    /// the record and its expiry, pipelined, with the same checks as the
-    /// `FETCH` script.
-    async fn lookup_exact(
-        &self,
-        ns: &Namespace,
-        keys: &NsKeys,
-        name: &str,
-    ) -> Result<Vec<PeerRecord>> {
+    /// The record of one name on a single server, and its time left:
+    /// `TIME` and an `HMGET` of the record and its expiry, pipelined, with
+    /// the same checks as the `FETCH` script.
+    async fn lookup_exact(&self, ns: &Namespace, keys: &NsKeys, name: &str) -> Result<Vec<Lease>> {
         let inner = &self.inner;
         let key = format!("{}{name}", keys.peer_prefix);
         let mut pipe = redis::pipe();
@@ -758,10 +778,12 @@ impl RedisRegistry {
                     (Value::Nil, None) => return Ok(Vec::new()),
                     (_, None | Some(None)) => "the hash's `expires` is not a number".to_owned(),
                     (_, Some(Some(e))) if e <= now as f64 => return Ok(Vec::new()),
-                    (Value::BulkString(json), _) => match decode_record(ns, name, &json) {
-                        Ok(r) => return Ok(vec![r]),
-                        Err(why) => why,
-                    },
+                    (Value::BulkString(json), Some(Some(e))) => {
+                        match decode_record(ns, name, &json) {
+                            Ok(r) => return Ok(vec![Lease::new(r, time_left(e, now))]),
+                            Err(why) => why,
+                        }
+                    }
                     _ => "the hash has no `record` field".to_owned(),
                 }
             }
@@ -780,6 +802,13 @@ impl RedisRegistry {
         );
         Ok(Vec::new())
     }
+}
+
+/// The time left before `expires` (ms, as stored), `now` being the server's
+/// time (ms): `None` if that is no finite number of milliseconds.
+fn time_left(expires: f64, now: u64) -> Option<Duration> {
+    let left = (expires - now as f64).floor();
+    (left.is_finite() && left >= 0.0).then(|| Duration::from_millis(left as u64))
 }
 
 /// Milliseconds from a `TIME` reply (`[seconds, microseconds]`).
@@ -889,6 +918,16 @@ mod tests {
         assert_eq!(first_score(&Value::Array(vec![])), Some(None));
         assert_eq!(first_score(&Value::Array(vec![bulk("a")])), None);
         assert_eq!(first_score(&Value::Int(3)), None);
+    }
+
+    #[test]
+    fn time_left_is_expiry_minus_server_now() {
+        assert_eq!(time_left(1_500.0, 1_000), Some(Duration::from_millis(500)));
+        assert_eq!(time_left(1_000.0, 1_000), Some(Duration::ZERO));
+        assert_eq!(time_left(1_000.9, 1_000), Some(Duration::ZERO));
+        assert_eq!(time_left(999.0, 1_000), None);
+        assert_eq!(time_left(f64::INFINITY, 1_000), None);
+        assert_eq!(time_left(f64::NAN, 1_000), None);
     }
 
     #[test]

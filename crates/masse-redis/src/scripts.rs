@@ -433,19 +433,22 @@ return out
 "#;
 
 /// KEYS: index. ARGV: peer key prefix, name, name, ...
-/// Returns `name, status, record` triples: status `ok` with the record of a
-/// live name, or a problem (record empty) for a name that is live in the
-/// index or whose key is damaged: `wrongtype` (the key is not a hash),
-/// `missing` (live in the index, no record hash), `norecord` (live hash
-/// without a `record` field), `badexpires` (its `expires` is not a number).
-/// Names that are simply not live are left out.
+/// Returns `name, status, record, left` quadruples: status `ok` with the
+/// record of a live name and the ms it has left (its hash's `expires` minus
+/// the server's `TIME`, read in the same script), or a problem (record and
+/// left empty) for a name that is live in the index or whose key is damaged:
+/// `wrongtype` (the key is not a hash), `missing` (live in the index, no
+/// record hash), `norecord` (live hash without a `record` field),
+/// `badexpires` (its `expires` is not a number). Names that are simply not
+/// live are left out.
 const FETCH: &str = r#"
 local now = now_ms()
 local out = {}
-local function add(name, status, rec)
+local function add(name, status, rec, left)
   out[#out + 1] = name
   out[#out + 1] = status
   out[#out + 1] = rec or ''
+  out[#out + 1] = left or ''
 end
 for i = 2, #ARGV do
   local name = ARGV[i]
@@ -459,7 +462,11 @@ for i = 2, #ARGV do
   elseif not v[2] or not tonumber(v[2]) then
     add(name, 'badexpires')
   elseif tonumber(v[2]) > now then
-    if type(v[1]) == 'string' then add(name, 'ok', v[1]) else add(name, 'norecord') end
+    if type(v[1]) == 'string' then
+      add(name, 'ok', v[1], num(tonumber(v[2]) - now))
+    else
+      add(name, 'norecord')
+    end
   end
 end
 return out

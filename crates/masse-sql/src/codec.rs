@@ -2,7 +2,9 @@
 //! the tables (hand edits, other versions, garbage) ends as a warning and a
 //! skipped row, never as a panic or a failed call.
 
-use masse_core::{InstanceId, Namespace, PeerName, PeerRecord, RegistryEvent, WarnOnce};
+use std::time::Duration;
+
+use masse_core::{InstanceId, Lease, Namespace, PeerName, PeerRecord, RegistryEvent, WarnOnce};
 
 use crate::store::{EXPIRED, JOINED, LEFT, RawEvent, RawPeer, UPDATED};
 
@@ -71,15 +73,22 @@ pub(crate) fn parse_record(ns: &Namespace, name: &str, json: &str) -> Option<Pee
     Some(record)
 }
 
-/// The readable rows of a lookup, sorted by name.
-pub(crate) fn records(
+/// The readable rows of a lookup, sorted by name, each with its time left.
+/// A time left at or below zero (the row expired between the statement's
+/// filter and its select list, on a clock read per row) is zero.
+pub(crate) fn leases(
     ns: &Namespace,
     rows: Vec<RawPeer>,
     keep: impl Fn(&str) -> bool,
-) -> Vec<PeerRecord> {
-    let mut out: Vec<PeerRecord> = rows
+) -> Vec<Lease> {
+    let mut out: Vec<Lease> = rows
         .into_iter()
-        .filter_map(|(name, json)| {
+        .filter_map(|raw| {
+            let RawPeer {
+                name,
+                record: json,
+                left_ms,
+            } = raw;
             let Some(name) = name else {
                 if first_warning(&format!("name {ns}")) {
                     tracing::warn!(namespace = %ns, "skipping peer row whose name is not text");
@@ -95,10 +104,11 @@ pub(crate) fn records(
                 }
                 return None;
             };
-            parse_record(ns, &name, &json)
+            let left = left_ms.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
+            parse_record(ns, &name, &json).map(|record| Lease::new(record, left))
         })
         .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.sort_by(|a, b| a.record.name.cmp(&b.record.name));
     out
 }
 
@@ -177,19 +187,32 @@ mod tests {
         newer["version"] = 99.into();
         newer["unknown"] = serde_json::json!({"x": [1, 2]});
         let elsewhere = rec("c");
+        let row = |name: Option<&str>, record: Option<String>, left_ms: Option<i64>| RawPeer {
+            name: name.map(str::to_owned),
+            record,
+            left_ms,
+        };
         let rows = vec![
-            (Some("z".into()), Some("not json".into())),
-            (Some("a".into()), Some(good.to_json())),
-            (None, Some(good.to_json())),
-            (Some("y".into()), None),
-            (Some("b".into()), Some(newer.to_string())),
-            (Some("d".into()), Some(elsewhere.to_json())),
-            (Some("x".into()), Some("{\"version\":1}".into())),
+            row(Some("z"), Some("not json".into()), Some(5)),
+            row(Some("a"), Some(good.to_json()), Some(1500)),
+            row(None, Some(good.to_json()), Some(5)),
+            row(Some("y"), None, Some(5)),
+            row(Some("b"), Some(newer.to_string()), None),
+            row(Some("d"), Some(elsewhere.to_json()), Some(5)),
+            row(Some("x"), Some("{\"version\":1}".into()), Some(5)),
+            row(Some("c"), Some(rec("c").to_json()), Some(-3)),
         ];
-        let got = records(&ns(), rows, |_| true);
-        let names: Vec<&str> = got.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["a", "b"]);
-        assert_eq!(got[1].version, 99);
+        let got = leases(&ns(), rows, |_| true);
+        let names: Vec<&str> = got.iter().map(|l| l.record.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(got[0].record, good);
+        assert_eq!(got[0].expires_in, Some(Duration::from_millis(1500)));
+        assert_eq!(got[1].record.version, 99);
+        assert_eq!(
+            got[1].expires_in, None,
+            "a time left that does not read back"
+        );
+        assert_eq!(got[2].expires_in, Some(Duration::ZERO), "clamped at zero");
     }
 
     #[test]

@@ -236,11 +236,14 @@ pub(crate) mod templates {
         "DELETE FROM masse_peers WHERE namespace = $1 AND name = $2";
     pub(crate) const REFRESH: &str = "UPDATE masse_peers SET expires_at = {now} + $1 \
          WHERE namespace = $2 AND name = $3 AND instance = $4 AND expires_at > {now}";
-    pub(crate) const LOOKUP_EXACT: &str = "SELECT name, record FROM masse_peers \
+    // The third column is the time left (ms) by the database clock, read in
+    // the same statement as the row: `lookup_leases` reports it, `lookup`
+    // ignores it.
+    pub(crate) const LOOKUP_EXACT: &str = "SELECT name, record, expires_at - {now} FROM masse_peers \
          WHERE namespace = $1 AND name = $2 AND expires_at > {now}";
-    pub(crate) const LOOKUP_RANGE: &str = "SELECT name, record FROM masse_peers \
+    pub(crate) const LOOKUP_RANGE: &str = "SELECT name, record, expires_at - {now} FROM masse_peers \
          WHERE namespace = $1 AND name >= $2 AND name < $3 AND expires_at > {now} ORDER BY name";
-    pub(crate) const LOOKUP_ALL: &str = "SELECT name, record FROM masse_peers \
+    pub(crate) const LOOKUP_ALL: &str = "SELECT name, record, expires_at - {now} FROM masse_peers \
          WHERE namespace = $1 AND expires_at > {now} ORDER BY name";
     pub(crate) const PROBE_EXPIRED: &str =
         "SELECT expires_at FROM masse_peers WHERE expires_at <= {now} LIMIT 1";

@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use masse_core::{
-    Error, InstanceId, NamePolicy, Namespace, Pattern, PeerName, PeerRecord, Registry,
+    Error, InstanceId, Lease, NamePolicy, Namespace, Pattern, PeerName, PeerRecord, Registry,
     RegistryEvent, Result,
 };
 use tokio::sync::{mpsc, watch};
@@ -99,7 +99,7 @@ impl SqlRegistry {
         let opened = tokio::time::timeout(deadline, open(&scheme, url, &shown, &config))
             .await
             .map_err(|_| Error::Timeout {
-                what: "connecting to the SQL registry",
+                what: masse_core::Operation::RegistryConnect,
                 after: deadline,
             })
             .and_then(|r| r)
@@ -186,7 +186,7 @@ impl SqlRegistry {
         tokio::time::timeout(deadline, attempts)
             .await
             .unwrap_or(Err(Error::Timeout {
-                what,
+                what: masse_core::Operation::RegistryCall,
                 after: deadline,
             }))
     }
@@ -527,23 +527,18 @@ impl Registry for SqlRegistry {
     }
 
     async fn lookup(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<PeerRecord>> {
-        let range;
-        let scan = match pattern.as_exact() {
-            Some(name) => Scan::Exact(name.as_str()),
-            None if pattern.literal_prefix().is_empty() => Scan::All,
-            None => match codec::prefix_range(pattern.literal_prefix()) {
-                Some(r) => {
-                    range = r;
-                    Scan::Range(&range.0, &range.1)
-                }
-                // No valid name starts like that.
-                None => return Ok(Vec::new()),
-            },
-        };
-        let rows = self
-            .call("lookup", || self.inner.backend.lookup(ns.as_str(), scan))
-            .await?;
-        Ok(codec::records(ns, rows, |name| pattern.matches(name)))
+        Ok(self
+            .leases(ns, pattern)
+            .await?
+            .into_iter()
+            .map(|lease| lease.record)
+            .collect())
+    }
+
+    /// The time left is the row's `expires_at` minus the database's clock
+    /// (`{now}` of the dialect), computed by the lookup's own statement.
+    async fn lookup_leases(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<Lease>> {
+        self.leases(ns, pattern).await
     }
 
     async fn watch(&self, ns: &Namespace) -> Result<BoxStream<'static, Result<RegistryEvent>>> {
@@ -564,6 +559,30 @@ impl Registry for SqlRegistry {
         Ok(Box::pin(futures::stream::poll_fn(move |cx| {
             rx.poll_recv(cx)
         })))
+    }
+}
+
+impl SqlRegistry {
+    /// What `lookup` and `lookup_leases` answer: one statement that reads
+    /// the live rows and their time left by the database clock.
+    async fn leases(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<Lease>> {
+        let range;
+        let scan = match pattern.as_exact() {
+            Some(name) => Scan::Exact(name.as_str()),
+            None if pattern.literal_prefix().is_empty() => Scan::All,
+            None => match codec::prefix_range(pattern.literal_prefix()) {
+                Some(r) => {
+                    range = r;
+                    Scan::Range(&range.0, &range.1)
+                }
+                // No valid name starts like that.
+                None => return Ok(Vec::new()),
+            },
+        };
+        let rows = self
+            .call("lookup", || self.inner.backend.lookup(ns.as_str(), scan))
+            .await?;
+        Ok(codec::leases(ns, rows, |name| pattern.matches(name)))
     }
 }
 

@@ -40,8 +40,16 @@ pub(crate) struct RawEvent {
     pub(crate) record: Option<String>,
 }
 
-/// A peer row as read by a lookup: the name, and the record text if it decoded.
-pub(crate) type RawPeer = (Option<String>, Option<String>);
+/// A peer row as read by a lookup, each column if it decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RawPeer {
+    pub(crate) name: Option<String>,
+    /// The record text.
+    pub(crate) record: Option<String>,
+    /// `expires_at` minus the database clock, in ms, read by the same
+    /// statement as the row (`None` if it does not read back as an integer).
+    pub(crate) left_ms: Option<i64>,
+}
 
 /// How a lookup narrows its scan.
 #[derive(Debug, Clone, Copy)]
@@ -648,16 +656,15 @@ where
             let rows = query.fetch_all(&mut *conn).await?;
             Ok(rows
                 .iter()
-                .map(|row| {
-                    (
-                        row.try_get::<String, _>(0usize).ok(),
-                        // Text, or bytes that happen to be UTF-8 (a blob written by a tool).
-                        row.try_get::<String, _>(1usize).ok().or_else(|| {
-                            row.try_get::<Vec<u8>, _>(1usize)
-                                .ok()
-                                .and_then(|b| String::from_utf8(b).ok())
-                        }),
-                    )
+                .map(|row| RawPeer {
+                    name: row.try_get::<String, _>(0usize).ok(),
+                    // Text, or bytes that happen to be UTF-8 (a blob written by a tool).
+                    record: row.try_get::<String, _>(1usize).ok().or_else(|| {
+                        row.try_get::<Vec<u8>, _>(1usize)
+                            .ok()
+                            .and_then(|b| String::from_utf8(b).ok())
+                    }),
+                    left_ms: row.try_get::<i64, _>(2usize).ok(),
                 })
                 .collect())
         }

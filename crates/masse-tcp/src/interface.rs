@@ -217,7 +217,7 @@ async fn connect_within(addr: SocketAddr, limit: Duration) -> Result<TcpStream> 
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(e)) => Err(io_context(e, format!("connect to tcp://{addr}"))),
         Err(_) => Err(Error::Timeout {
-            what: "tcp connect",
+            what: masse_core::Operation::Connect,
             after: limit,
         }),
     }

@@ -256,7 +256,7 @@ impl Interface for TlsInterface {
             Ok(Err(e)) => return Err(dial_error(endpoint, e)),
             Err(_) => {
                 return Err(Error::Timeout {
-                    what: "tls connect and handshake",
+                    what: masse_core::Operation::Connect,
                     after: limit,
                 });
             }

@@ -204,7 +204,7 @@ async fn connect_timeout_is_honoured() {
         {
             Ok(io) => held.push(io),
             Err(Error::Timeout { what, after }) => {
-                assert_eq!(what, "tcp connect");
+                assert_eq!(what, masse_core::Operation::Connect);
                 assert_eq!(after, limit);
                 assert!(started.elapsed() < Duration::from_secs(2));
                 return;

@@ -140,7 +140,7 @@ impl Interface for UnixInterface {
             }
             Ok(Err(e)) => Err(context(e, format!("connect to {endpoint}"))),
             Err(_) => Err(Error::Timeout {
-                what: "unix connect",
+                what: masse_core::Operation::Connect,
                 after: limit,
             }),
         }

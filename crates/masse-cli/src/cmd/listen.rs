@@ -1,4 +1,4 @@
-//! `masse listen NAME [--service S]... [--keep-open] [--exec CMD]`.
+//! `masse listen NAME [--service S]... [--keep-open] [--exec CMD] [--expose-stats]`.
 
 use std::process::Stdio;
 
@@ -21,7 +21,14 @@ pub(crate) async fn run(g: &Global, args: ListenArgs) -> Result<Exit, CliError> 
     }
     let registry = g.registry().await?;
     let node = g
-        .start_node(&name, &ns, registry, &args.services, &args.metadata)
+        .start_node_with(
+            &name,
+            &ns,
+            registry,
+            &args.services,
+            &args.metadata,
+            args.expose_stats,
+        )
         .await?;
     let endpoints: Vec<String> = node
         .record()

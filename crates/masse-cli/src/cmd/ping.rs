@@ -56,7 +56,7 @@ pub(crate) async fn run(g: &Global, args: PingArgs) -> Result<Exit, CliError> {
                 }
                 Err(_) => {
                     let e = Error::Timeout {
-                        what: "opening the stream",
+                        what: masse::Operation::Connect,
                         after: g.timeout,
                     };
                     let line = format!("stream to {peer}: seq={seq} failed: {e}");

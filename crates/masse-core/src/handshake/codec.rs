@@ -754,7 +754,7 @@ impl fmt::Display for Hex<'_> {
 /// A length above [`MAX_FRAME`] is rejected before anything is allocated; the
 /// stream closing mid-frame is an [`Error::Protocol`] saying `truncated`; a
 /// peer too slow to deliver the frame is [`Error::Timeout`] with
-/// `what: "handshake"`; a failing read is [`Error::Io`]. Every rejection is
+/// `what: crate::Operation::Handshake`; a failing read is [`Error::Io`]. Every rejection is
 /// logged with `tracing::debug!`. After an error the stream is in an unknown
 /// state and should be closed.
 pub async fn read_message<R>(r: &mut R, deadline: Duration) -> Result<Message>
@@ -764,7 +764,7 @@ where
     let result = match tokio::time::timeout(deadline, read_frame_and_decode(r)).await {
         Ok(result) => result,
         Err(_) => Err(Error::Timeout {
-            what: "handshake",
+            what: crate::Operation::Handshake,
             after: deadline,
         }),
     };
@@ -1225,7 +1225,7 @@ mod tests {
         let deadline = Duration::from_millis(300);
         match read_message(&mut b, deadline).await {
             Err(Error::Timeout { what, after }) => {
-                assert_eq!(what, "handshake");
+                assert_eq!(what, crate::Operation::Handshake);
                 assert_eq!(after, deadline);
             }
             other => panic!("expected a timeout, got {other:?}"),

@@ -58,6 +58,7 @@ pub struct NodeBuilder {
     secret: Option<Vec<u8>>,
     config: NodeConfig,
     cache: CachingConfig,
+    expose_stats: bool,
 }
 
 impl NodeBuilder {
@@ -72,6 +73,7 @@ impl NodeBuilder {
             metadata: Vec::new(),
             identity: None,
             secret: None,
+            expose_stats: false,
             config: NodeConfig {
                 ttl: Duration::from_secs(10),
                 policy: NamePolicy::Takeover,
@@ -174,6 +176,19 @@ impl NodeBuilder {
     /// [`Node::incoming`](crate::Node::incoming).
     pub fn service(mut self, service: impl Into<String>) -> Self {
         self.services.push(service.into());
+        self
+    }
+
+    /// With `true`, the node offers the reserved service
+    /// [`STATS_SERVICE`](crate::STATS_SERVICE) (listed in its record) and
+    /// answers each stream for it with its [`NodeStats`](crate::NodeStats)
+    /// as one JSON document, then closes the stream; peers read it with
+    /// [`Node::remote_stats`](crate::Node::remote_stats). Those streams go
+    /// through the handshake, the namespace secret and the wrappers like any
+    /// other, and never reach [`Node::incoming`](crate::Node::incoming) or
+    /// [`Node::incoming_service`](crate::Node::incoming_service). Default: off.
+    pub fn expose_stats(mut self, on: bool) -> Self {
+        self.expose_stats = on;
         self
     }
 
@@ -381,24 +396,29 @@ impl NodeBuilder {
             listeners.push((l, iface.protocol()));
         }
 
+        // Each declared service has its queue from the start: a stream for it
+        // waits there until the application asks for it. The stats service
+        // has a handler instead (below).
+        let service_routes = self
+            .services
+            .iter()
+            .map(|s| (s.clone(), Route::new(config.incoming_capacity)))
+            .collect();
+        let mut services = self.services;
+        if self.expose_stats && !services.iter().any(|s| s == super::STATS_SERVICE) {
+            services.push(super::STATS_SERVICE.to_owned());
+        }
         let mut record = PeerRecord::new(namespace.clone(), name.clone(), instance);
-        record.services = self.services.clone();
+        record.services = services.clone();
         record.metadata = self.metadata.into_iter().collect();
         record.identity = Some(identity.fingerprint());
         record.ttl_ms = Some(config.ttl.as_millis().min(u64::MAX as u128) as u64);
         let events = super::core::LazyBroadcast::new(EVENT_CAPACITY);
         let registry_events = super::core::LazyBroadcast::new(EVENT_CAPACITY);
         let (stopping, _) = watch::channel(false);
-        // Each declared service has its queue from the start: a stream for it
-        // waits there until the application asks for it.
-        let service_routes = self
-            .services
-            .iter()
-            .map(|s| (s.clone(), Route::new(config.incoming_capacity)))
-            .collect();
         let local = Arc::new(
             Local::new(namespace.clone(), name.clone(), instance)
-                .with_services(self.services)
+                .with_services(services)
                 .with_secret(config.secret.clone()),
         );
         let core = Arc::new(Core {
@@ -429,6 +449,15 @@ impl NodeBuilder {
             handshake_budget,
             streams: Default::default(),
         });
+        if self.expose_stats {
+            let weak = Arc::downgrade(&core);
+            let handler: super::core::Handler =
+                Arc::new(move |s| Box::pin(super::stats::serve_stats(weak.clone(), s)));
+            core.handlers
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(Some(super::STATS_SERVICE.to_owned()), handler);
+        }
         core.record
             .write()
             .unwrap_or_else(|p| p.into_inner())

@@ -192,6 +192,16 @@ impl Core {
         let _ = rx.wait_for(|s| *s).await;
     }
 
+    /// The node's counters now.
+    pub(crate) fn stats(&self) -> super::NodeStats {
+        let mut stats = self
+            .counters
+            .snapshot(self.meter.snapshot(), self.registry.stats());
+        stats.silent_evictions = self.handshake_budget.evictions();
+        stats.handshakes_in_progress = self.handshake_budget.in_progress() as u64;
+        stats
+    }
+
     pub(crate) fn record(&self) -> PeerRecord {
         self.record
             .read()

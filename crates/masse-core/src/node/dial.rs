@@ -16,6 +16,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::core::Core;
 use super::pipe::{Reached, Redial, Verdict};
+use super::stats::DialStep;
 use super::stream::{PeerStream, StreamInfo};
 use crate::endpoint::Endpoint;
 use crate::error::{ConnectStep, Error, Result};
@@ -99,7 +100,9 @@ impl Core {
     ) -> Result<PeerStream> {
         self.check_running()?;
         let pattern = Pattern::from(name);
+        let started = tokio::time::Instant::now();
         let found = self.registry.lookup_cached(&self.namespace, &pattern).await;
+        self.counters.dial_step(DialStep::Lookup, started.elapsed());
         let record = match found {
             Ok(l) => l.records.first().cloned(),
             Err(e) => {
@@ -135,11 +138,13 @@ impl Core {
         };
         tracing::debug!(peer = %record.name, error = %err, "cached address looks stale; looking the name up again");
         self.registry.invalidate(&self.namespace, &record.name);
-        let fresh = match self
+        let started = tokio::time::Instant::now();
+        let fresh = self
             .registry
             .lookup_cached(&self.namespace, &Pattern::from(&record.name))
-            .await
-        {
+            .await;
+        self.counters.dial_step(DialStep::Lookup, started.elapsed());
+        let fresh = match fresh {
             Ok(l) => l.records.first().cloned(),
             Err(_) => return self.count(Err(err)),
         };
@@ -389,13 +394,16 @@ impl Core {
         record: &PeerRecord,
         service: Option<&str>,
     ) -> Result<(BoxIo, Dialer, Vec<u8>)> {
-        let io = self
-            .connect_transport(iface, ep, record)
-            .await
-            .map_err(|e| e.in_connect(&record.name, Some(ep), ConnectStep::Transport))?;
-        self.send_hello(io, record, service)
-            .await
-            .map_err(|e| e.in_connect(&record.name, Some(ep), ConnectStep::Handshake))
+        let started = tokio::time::Instant::now();
+        let io = self.connect_transport(iface, ep, record).await;
+        self.counters
+            .dial_step(DialStep::Connect, started.elapsed());
+        let io = io.map_err(|e| e.in_connect(&record.name, Some(ep), ConnectStep::Transport))?;
+        let started = tokio::time::Instant::now();
+        let opened = self.send_hello(io, record, service).await;
+        self.counters
+            .dial_step(DialStep::Handshake, started.elapsed());
+        opened.map_err(|e| e.in_connect(&record.name, Some(ep), ConnectStep::Handshake))
     }
 
     async fn connect_transport(
@@ -415,7 +423,7 @@ impl Core {
             Err(_) => {
                 tracing::warn!(protocol = %iface.protocol(), endpoint = %ep, "interface ignored its connect timeout");
                 Err(Error::Timeout {
-                    what: "connect",
+                    what: crate::Operation::Connect,
                     after: backstop,
                 })
             }

@@ -37,7 +37,7 @@ pub(crate) async fn heartbeat(core: Arc<Core>) {
             }
             Ok(r) => r,
             Err(_) => Err(Error::Timeout {
-                what: "registry refresh",
+                what: crate::Operation::RegistryCall,
                 after: period,
             }),
         };

@@ -24,7 +24,7 @@ use tracing::Instrument;
 pub use self::builder::NodeBuilder;
 pub use self::dial::Reach;
 pub use self::event::NodeEvent;
-pub use self::stats::NodeStats;
+pub use self::stats::{NodeStats, STATS_SERVICE};
 pub use self::stream::PeerStream;
 
 use self::core::{Core, Route};
@@ -249,13 +249,56 @@ impl Node {
 
     /// Counters: streams, bytes, dials by outcome, cache hit rate.
     pub fn stats(&self) -> NodeStats {
-        let mut stats = self
-            .core
-            .counters
-            .snapshot(self.core.meter.snapshot(), self.core.registry.stats());
-        stats.silent_evictions = self.core.handshake_budget.evictions();
-        stats.handshakes_in_progress = self.core.handshake_budget.in_progress() as u64;
-        stats
+        self.core.stats()
+    }
+
+    /// The [`NodeStats`] of the peer called `peer`, read from its
+    /// [`STATS_SERVICE`] (see [`NodeBuilder::expose_stats`]): dialed by name
+    /// like any [`connect_service`](Self::connect_service), so the
+    /// namespace secret, TLS or QUIC identities and the wrappers apply. The
+    /// answer is read within the node's connect timeout and is at most
+    /// 64 KiB.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`connect`](Self::connect): a peer that does not expose its
+    /// stats refuses with [`RefuseCode::NoSuchService`](crate::RefuseCode)
+    /// (inside [`Error::Connect`], see [`Error::root`]); a node without the
+    /// namespace's secret gets `Unauthorized`. [`Error::Timeout`] if the
+    /// answer takes longer than the connect timeout, [`Error::Protocol`] if it
+    /// is not a stats document or is too long.
+    pub async fn remote_stats(&self, peer: impl AsRef<str>) -> Result<NodeStats> {
+        let timeout = self.core.config.connect_timeout;
+        let read = async {
+            let mut s = self.connect_service(peer, STATS_SERVICE).await?;
+            s.established().await?;
+            // Nothing to send: say so, for a peer that answers the service
+            // itself and waits for the request to end.
+            tokio::io::AsyncWriteExt::shutdown(&mut s).await?;
+            read_stats(&mut s).await
+        };
+        match tokio::time::timeout(timeout, read).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                what: "remote stats",
+                after: timeout,
+            }),
+        }
+    }
+
+    /// This node's [`stats`](Self::stats) in the Prometheus text format
+    /// (see [`write_node_metrics`](crate::metrics::write_node_metrics)),
+    /// labelled with its `namespace` and its name as `peer`: for an
+    /// application to serve on its own `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        let stats = self.stats();
+        let labels = [
+            ("namespace", self.core.namespace.as_str()),
+            ("peer", self.core.name.as_str()),
+        ];
+        let mut m = crate::metrics::PrometheusText::new();
+        crate::metrics::write_node_metrics(&mut m, &[(&labels[..], &stats)]);
+        m.finish()
     }
 
     /// Stops accepting, unpublishes, and waits up to the shutdown grace for
@@ -321,6 +364,30 @@ impl Node {
             crate::name::validate_service(s)?;
         }
         Ok((PeerName::new(name)?, service))
+    }
+}
+
+/// Reads one stats document (at most [`stats::STATS_MAX_BYTES`]) to the
+/// end of the stream and decodes it.
+async fn read_stats<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Result<NodeStats> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let limit = stats::STATS_MAX_BYTES as u64 + 1;
+    r.take(limit).read_to_end(&mut buf).await?;
+    if buf.len() > stats::STATS_MAX_BYTES {
+        return Err(Error::protocol(format!(
+            "stats document longer than {} bytes",
+            stats::STATS_MAX_BYTES
+        )));
+    }
+    let malformed =
+        |e: serde_json::Error| Error::protocol(format!("malformed stats document: {e}"));
+    // An object only: serde would also read a struct from an array, by position.
+    match serde_json::from_slice(&buf).map_err(malformed)? {
+        doc @ serde_json::Value::Object(_) => serde_json::from_value(doc).map_err(malformed),
+        _ => Err(Error::protocol(
+            "malformed stats document: not a JSON object",
+        )),
     }
 }
 

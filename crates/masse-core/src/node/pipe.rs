@@ -74,7 +74,7 @@ impl FrameBuf {
         match tokio::time::timeout(deadline, read).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout {
-                what: "handshake",
+                what: crate::Operation::Handshake,
                 after: deadline,
             }),
         }
@@ -579,7 +579,7 @@ impl Shared {
                                     return Poll::Pending;
                                 }
                                 a.state = a.fail(Error::Timeout {
-                                    what: "handshake",
+                                    what: crate::Operation::Handshake,
                                     after: a.deadline,
                                 });
                                 continue;
@@ -593,7 +593,7 @@ impl Shared {
                                 return Poll::Pending;
                             }
                             Err(Error::Timeout {
-                                what: "handshake",
+                                what: crate::Operation::Handshake,
                                 after: a.deadline,
                             })
                         }

@@ -1,10 +1,61 @@
-//! Counters of a node: [`NodeStats`].
+//! Counters of a node: [`NodeStats`], and the reserved service
+//! [`STATS_SERVICE`] that serves them to other nodes.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::caching::CacheStats;
+use crate::metrics::Histogram;
 use crate::wrappers::MeterSnapshot;
+
+/// The reserved service a node started with
+/// [`NodeBuilder::expose_stats`](crate::NodeBuilder::expose_stats) answers:
+/// each stream for it gets the node's [`NodeStats`] as one JSON document,
+/// then the node closes it. Read it with
+/// [`Node::remote_stats`](crate::Node::remote_stats).
+pub const STATS_SERVICE: &str = "masse-stats";
+
+/// The largest stats document [`Node::remote_stats`](crate::Node::remote_stats)
+/// reads; a longer answer is a protocol error.
+pub(crate) const STATS_MAX_BYTES: usize = 64 * 1024;
+
+/// Answers one stream for [`STATS_SERVICE`]: the node's stats as JSON,
+/// then the end of the stream.
+pub(crate) async fn serve_stats(
+    core: std::sync::Weak<super::core::Core>,
+    mut s: super::PeerStream,
+) {
+    use tokio::io::AsyncWriteExt;
+    let Some(core) = core.upgrade() else {
+        return;
+    };
+    let stats = core.stats();
+    drop(core);
+    let doc = match serde_json::to_vec(&stats) {
+        Ok(doc) => doc,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot encode the node's stats");
+            return;
+        }
+    };
+    let result = async {
+        s.write_all(&doc).await?;
+        s.shutdown().await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(peer = %s.peer(), error = %e, "sending stats failed");
+    }
+}
+
+/// Which step of a dial a duration was measured on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum DialStep {
+    Lookup,
+    Connect,
+    Handshake,
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -22,6 +73,8 @@ pub(crate) struct Counters {
     pub(crate) registry_rtt_last_us: AtomicU64,
     /// Moving average (1/8 weight per sample) of the same, in µs.
     pub(crate) registry_rtt_avg_us: AtomicU64,
+    /// Durations of the dial steps: lookup, transport connect, handshake.
+    pub(crate) dial_steps: Mutex<[Histogram; 3]>,
 }
 
 impl Counters {
@@ -36,8 +89,16 @@ impl Counters {
 }
 
 impl Counters {
+    /// Records how long one dial step took (successful or not).
+    pub(crate) fn dial_step(&self, step: DialStep, took: Duration) {
+        let mut h = self.dial_steps.lock().unwrap_or_else(|p| p.into_inner());
+        h[step as usize].record(took);
+    }
+
     pub(crate) fn snapshot(&self, meter: MeterSnapshot, cache: CacheStats) -> NodeStats {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let [dial_lookup, dial_connect, dial_handshake] =
+            *self.dial_steps.lock().unwrap_or_else(|p| p.into_inner());
         NodeStats {
             streams_open: meter.streams_open,
             streams_inbound: l(&self.streams_in),
@@ -57,12 +118,22 @@ impl Counters {
             registry_latency: micros(l(&self.registry_rtt_last_us)),
             registry_latency_avg: micros(l(&self.registry_rtt_avg_us)),
             cache,
+            dial_lookup,
+            dial_connect,
+            dial_handshake,
         }
     }
 }
 
-/// A snapshot of a node's counters, from [`Node::stats`](crate::Node::stats).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// A snapshot of a node's counters, from [`Node::stats`](crate::Node::stats)
+/// (or another node's, from [`Node::remote_stats`](crate::Node::remote_stats)).
+///
+/// Serialised as a JSON object with one field per counter; durations are
+/// whole microseconds (`registry_latency_us`, `null` when unknown). Unknown
+/// fields are ignored and missing ones take their default, so nodes of
+/// different versions read each other's stats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct NodeStats {
     /// Streams open now, both directions.
@@ -102,11 +173,45 @@ pub struct NodeStats {
     /// Inbound connections dropped or refused during the handshake.
     pub handshakes_rejected: u64,
     /// The last heartbeat's round trip to the registry (`None` before the first).
+    #[serde(rename = "registry_latency_us", with = "opt_micros")]
     pub registry_latency: Option<Duration>,
     /// A moving average of the heartbeat round trips to the registry.
+    #[serde(rename = "registry_latency_avg_us", with = "opt_micros")]
     pub registry_latency_avg: Option<Duration>,
     /// The registry cache's counters.
     pub cache: CacheStats,
+    /// How long dials by name took to look the name up (cache or registry),
+    /// successful or not.
+    pub dial_lookup: Histogram,
+    /// How long the transport connects of dials took (TCP connect, TLS or
+    /// QUIC handshake), successful or not; one sample per endpoint tried.
+    pub dial_connect: Histogram,
+    /// How long the masse handshake step of dials took before the stream was
+    /// returned: encoding the `Hello`, and with a namespace secret its
+    /// challenge-response round trip. Without a secret the `Hello` goes out
+    /// with the first data and the acceptor's answer is read later, so this
+    /// is near zero.
+    pub dial_handshake: Histogram,
+}
+
+/// `Option<Duration>` as whole microseconds or `null`.
+mod opt_micros {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_micros().min(u64::MAX as u128) as u64)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_micros))
+    }
 }
 
 fn micros(us: u64) -> Option<Duration> {
@@ -122,5 +227,42 @@ impl NodeStats {
         } else {
             self.cache.hits as f64 / total as f64
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_round_trip_through_json_with_durations_in_micros() {
+        let mut stats = NodeStats {
+            streams_open: 1,
+            bytes_in: 42,
+            registry_latency: Some(Duration::from_micros(1_234)),
+            ..NodeStats::default()
+        };
+        stats.cache.hits = 3;
+        stats.dial_connect.record(Duration::from_millis(2));
+        let json = serde_json::to_value(stats).unwrap();
+        assert_eq!(json["registry_latency_us"], 1_234);
+        assert!(json["registry_latency_avg_us"].is_null());
+        assert_eq!(json["cache"]["hits"], 3);
+        assert_eq!(json["dial_connect"]["sum_us"], 2_000);
+        let back: NodeStats = serde_json::from_value(json).unwrap();
+        assert_eq!(back, stats);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_missing_ones_default() {
+        let doc = r#"{"bytes_out": 7, "cache": {"misses": 2, "new_counter": 1},
+                      "dial_lookup": {"sum_us": 5}, "something_new": [1, 2]}"#;
+        let stats: NodeStats = serde_json::from_str(doc).unwrap();
+        assert_eq!(stats.bytes_out, 7);
+        assert_eq!(stats.cache.misses, 2);
+        assert_eq!(stats.dial_lookup.sum_us, 5);
+        assert_eq!(stats.dial_lookup.count(), 0);
+        assert_eq!(stats.registry_latency, None);
+        assert!(serde_json::from_str::<NodeStats>(r#"{"bytes_out": -1}"#).is_err());
     }
 }
