@@ -304,22 +304,7 @@ async fn metrics_pass_promtool() {
     let node = start_node(&registry, "metrics", "svc-1", "a").await;
     publish_fading(&registry, "metrics", "quiet-1", Duration::from_secs(30)).await;
     expect(served.port, None, "svc-1", Some("alive")).await;
-    let text = served.dash.metrics_text();
-    let mut child = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(&promtool, &served.dash.metrics_text());
     node.shutdown().await.unwrap();
 }
 
@@ -358,6 +343,94 @@ async fn screenshot() {
     eprintln!("wrote {}", path.display());
     late.shutdown().await.unwrap();
     for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// Runs `promtool check metrics` on `text`; panics with its complaint.
+fn promtool_check(promtool: &std::path::Path, text: &str) {
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A dashboard given a node fetches the figures of the peers that expose
+/// them: in `/api/peers` (`stats`) and in `/metrics` (`masse_node_*`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn figures_of_peers_that_expose_them() {
+    init_tracing();
+    let registry: DynRegistry = Arc::new(masse::MemoryRegistry::new());
+    let ns = "figures";
+    let busy = Node::builder("busy-1")
+        .namespace(ns)
+        .registry_dyn(registry.clone())
+        .interface(TcpInterface::new("127.0.0.1:0"))
+        .expose_stats(true)
+        .start()
+        .await
+        .unwrap();
+    let quiet = start_node(&registry, ns, "quiet-1", "a").await;
+    masse_integration_tests::echo_forever(&quiet).await;
+    let watcher = Arc::new(start_node(&registry, ns, "dash-1", "a").await);
+    let dash = Dashboard::builder(registry.clone())
+        .stats_node(watcher.clone())
+        .poll_interval(Duration::from_millis(100))
+        .stats_interval(Duration::from_millis(100))
+        .start();
+    assert_eq!(dash.namespaces(), [Namespace::new(ns).unwrap()]);
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = busy.connect("quiet-1").await.unwrap();
+    s.write_all(b"hello, figures").await.unwrap();
+    let mut back = [0u8; 14];
+    s.read_exact(&mut back).await.unwrap();
+
+    let stats = eventually("busy-1's figures", || {
+        let v = dash.peers_json();
+        async move {
+            let peers = v["namespaces"][0]["peers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let busy = peers.iter().find(|p| p["name"] == "busy-1").cloned();
+            let quiet = peers.iter().find(|p| p["name"] == "quiet-1").cloned();
+            Ok(busy
+                .map(|b| b["stats"].clone())
+                .filter(|s| {
+                    s["bytes_out"].as_u64() >= Some(14) && s["dials"]["ok"].as_u64() >= Some(1)
+                })
+                .inspect(|_| assert_eq!(quiet.map(|q| q["stats"].clone()), Some(Value::Null))))
+        }
+    })
+    .await;
+    assert!(
+        stats["dial_steps_ms"]["connect"]["count"].as_u64() >= Some(1),
+        "{stats}"
+    );
+    let metrics = dash.metrics_text();
+    assert!(
+        metrics.contains("masse_node_bytes_sent_total{namespace=\"figures\",peer=\"busy-1\"} "),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("peer=\"quiet-1\"} 0\nmasse_node"),
+        "{metrics}"
+    );
+    drop(s);
+    dash.shutdown();
+    for n in [&busy, &quiet, &*watcher] {
         n.shutdown().await.unwrap();
     }
 }

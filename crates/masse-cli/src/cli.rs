@@ -278,6 +278,11 @@ pub(crate) struct DashboardArgs {
     /// How often to list each namespace for liveness, time left and registry latency
     #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
     pub(crate) poll: Duration,
+
+    /// Also join each namespace (as --name, default cli-XXXXXXXX) to show the traffic and
+    /// dial figures of peers that expose them; the dashboard's node is listed too
+    #[arg(long)]
+    pub(crate) join: bool,
 }
 
 /// Parses a duration: a number with a unit `ms`, `s`, `m` or `h` (`250ms`,

@@ -77,8 +77,10 @@
     if (!s) return "—";
     const d = s.dials || {};
     const failed = (d.not_found || 0) + (d.refused || 0) + (d.failed || 0);
+    const c = (s.dial_steps_ms || {}).connect || {};
+    const p50 = c.p50 === null || c.p50 === undefined ? "" : " · connect p50 ≤ " + c.p50 + " ms";
     return "↓ " + bytes(s.bytes_in) + " ↑ " + bytes(s.bytes_out) + " · " + s.streams_open +
-      " open · dials " + d.ok + " ok / " + failed + " failed";
+      " open · dials " + d.ok + " ok / " + failed + " failed" + p50;
   }
 
   function row(ns, p) {

@@ -1,6 +1,7 @@
 //! The JSON documents of `/api/peers`, `/api/events` and the event stream
 //! (their shape is documented in the crate README).
 
+use masse_core::metrics::Histogram;
 use masse_core::{Namespace, NodeStats, Pattern};
 use serde_json::{Value, json};
 
@@ -88,8 +89,23 @@ fn stats(observed_ms: u64, s: &NodeStats) -> Value {
             "refused": s.connects_refused,
             "failed": s.connects_failed,
         },
+        "dial_steps_ms": {
+            "lookup": quantiles(&s.dial_lookup),
+            "connect": quantiles(&s.dial_connect),
+            "handshake": quantiles(&s.dial_handshake),
+        },
         "registry_latency_ms": s.registry_latency.map(|d| d.as_secs_f64() * 1e3),
     })
+}
+
+/// `{"count", "p50", "p99"}`: the upper bounds of the buckets holding the
+/// median and the 99th percentile, in ms (`null` when empty or past 10 s).
+fn quantiles(h: &Histogram) -> Value {
+    let ms = |q| {
+        h.quantile_bound(q)
+            .map(|d: std::time::Duration| d.as_secs_f64() * 1e3)
+    };
+    json!({ "count": h.count(), "p50": ms(0.5), "p99": ms(0.99) })
 }
 
 /// `/api/events`: the events after `since` (of `only`, if given), at most

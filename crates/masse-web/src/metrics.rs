@@ -1,7 +1,7 @@
 //! `/metrics`: the view in the Prometheus text format, written with
 //! [`masse_core::metrics::PrometheusText`].
 
-use masse_core::metrics::{MetricKind, PrometheusText};
+use masse_core::metrics::{MetricKind, PrometheusText, write_node_metrics};
 
 use crate::Shared;
 use crate::view::EventKind;
@@ -88,6 +88,23 @@ pub(crate) fn render(shared: &Shared) -> String {
                 );
             }
         }
+    }
+
+    // The figures of nodes that expose them (when the dashboard joined).
+    let nodes: Vec<([(&str, &str); 2], &masse_core::NodeStats)> = view
+        .namespaces
+        .iter()
+        .flat_map(|(ns, v)| {
+            v.peers.iter().filter_map(move |(name, p)| {
+                let (_, stats) = p.stats.as_ref()?;
+                Some(([("namespace", ns.as_str()), ("peer", name.as_str())], stats))
+            })
+        })
+        .collect();
+    if !nodes.is_empty() {
+        let refs: Vec<(&[(&str, &str)], &masse_core::NodeStats)> =
+            nodes.iter().map(|(l, s)| (&l[..], *s)).collect();
+        write_node_metrics(&mut m, &refs);
     }
     m.finish()
 }

@@ -465,7 +465,6 @@ impl View {
     }
 
     /// Stores the figures `name`'s `instance` reported at `now_ms`.
-    #[allow(dead_code)]
     pub(crate) fn set_stats(
         &mut self,
         ns: &Namespace,

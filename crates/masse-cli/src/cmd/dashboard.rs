@@ -1,6 +1,7 @@
 //! `masse dashboard [NAMESPACE]... [--listen ADDR] [--allow-remote] [--token T]`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use masse::Namespace;
 use masse_web::Dashboard;
@@ -24,7 +25,16 @@ pub(crate) async fn run(g: &Global, args: DashboardArgs) -> Result<Exit, CliErro
         .await
         .map_err(|e| CliError::failure(format!("cannot listen on {addr}: {e}")))?;
     let local = listener.local_addr().unwrap_or(addr);
-    let mut builder = Dashboard::builder(registry).poll_interval(args.poll);
+    let mut builder = Dashboard::builder(registry.clone()).poll_interval(args.poll);
+    let mut nodes = Vec::new();
+    if args.join {
+        let name = g.join_name()?;
+        for ns in &namespaces {
+            let node = Arc::new(g.start_node(&name, ns, registry.clone(), &[], &[]).await?);
+            nodes.push(node.clone());
+            builder = builder.stats_node(node);
+        }
+    }
     for ns in namespaces {
         builder = builder.namespace(ns);
     }
@@ -46,12 +56,15 @@ pub(crate) async fn run(g: &Global, args: DashboardArgs) -> Result<Exit, CliErro
         "dashboard of {} at http://{local}/{query} (JSON: /api/peers, /api/events; Prometheus: /metrics; Ctrl-C to stop)",
         names.join(", ")
     ));
-    dashboard
+    let served = dashboard
         .serve(listener, interrupted())
         .await
-        .map_err(|e| CliError::failure(format!("serving the dashboard: {e}")))?;
+        .map_err(|e| CliError::failure(format!("serving the dashboard: {e}")));
     dashboard.shutdown();
-    Ok(Exit::Ok)
+    for node in &nodes {
+        g.stop_node(node).await;
+    }
+    served.map(|()| Exit::Ok)
 }
 
 /// The address to serve on: loopback, or anything with `--allow-remote` and
