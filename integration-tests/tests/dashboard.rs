@@ -318,7 +318,6 @@ async fn screenshot() {
     let registry: DynRegistry =
         Arc::new(SqlRegistry::connect_with(&url, sql_config()).await.unwrap());
     let ns = "prod";
-    let served = serve(registry.clone(), ns, Duration::from_millis(250)).await;
     let mut nodes = Vec::new();
     for (name, zone) in [
         ("greeter", "a"),
@@ -327,8 +326,32 @@ async fn screenshot() {
         ("worker-2", "b"),
         ("worker-3", "c"),
     ] {
-        nodes.push(start_node(&registry, ns, name, zone).await);
+        let node = Node::builder(name)
+            .namespace(ns)
+            .registry_dyn(registry.clone())
+            .interface(TcpInterface::new("127.0.0.1:0"))
+            .ttl(Duration::from_secs(2))
+            .service("rpc")
+            .metadata("zone", zone)
+            .expose_stats(true)
+            .start()
+            .await
+            .unwrap();
+        nodes.push(node);
     }
+    let watcher = Arc::new(start_node(&registry, ns, "dashboard", "a").await);
+    let dash = Dashboard::builder(registry.clone())
+        .stats_node(watcher.clone())
+        .poll_interval(Duration::from_millis(250))
+        .stats_interval(Duration::from_millis(500))
+        .start();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let d = dash.clone();
+    let server = tokio::spawn(async move {
+        let _ = d.serve(listener, std::future::pending()).await;
+    });
+    let served = Served { dash, port, server };
     let browser = tokio::task::block_in_place(Browser::start).expect("chromium and chromedriver");
     tokio::task::block_in_place(|| browser.goto(&format!("http://127.0.0.1:{}/", served.port)));
     publish_fading(&registry, ns, "batch-9", Duration::from_secs(8)).await;
@@ -342,6 +365,7 @@ async fn screenshot() {
     std::fs::write(&path, png).unwrap();
     eprintln!("wrote {}", path.display());
     late.shutdown().await.unwrap();
+    watcher.shutdown().await.unwrap();
     for n in nodes {
         n.shutdown().await.unwrap();
     }

@@ -95,7 +95,7 @@
       el("td", { class: "num age", "data-ms": String(p.age_ms) }, duration(p.age_ms)),
       el("td", { class: "num expires", "data-ms": p.expires_in_ms === null ? "" : String(p.expires_in_ms) },
         duration(p.expires_in_ms)),
-      el("td", { class: "num" }, traffic(p.stats)),
+      el("td", { class: "traffic" }, traffic(p.stats)),
     );
     return tr;
   }
