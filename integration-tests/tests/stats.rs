@@ -19,7 +19,7 @@ async fn remote_stats_reports_the_peers_counters_after_traffic() {
         .start()
         .await
         .unwrap();
-    let client = node("client", "t-stats", &reg).start().await.unwrap();
+    let client = std::sync::Arc::new(node("client", "t-stats", &reg).start().await.unwrap());
     assert!(
         server.record().offers(STATS_SERVICE),
         "{:?}",
@@ -36,8 +36,11 @@ async fn remote_stats_reports_the_peers_counters_after_traffic() {
     let mut back = [0u8; 5];
     s.read_exact(&mut back).await.unwrap();
 
-    let remote = timeout(T, client.remote_stats("server"))
+    // The future is Send: a dashboard polls its peers from spawned tasks.
+    let c = client.clone();
+    let remote = tokio::spawn(async move { timeout(T, c.remote_stats("server")).await })
         .await
+        .unwrap()
         .unwrap()
         .unwrap();
     // The traffic stream and the stats stream itself.

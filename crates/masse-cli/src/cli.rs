@@ -199,7 +199,8 @@ pub(crate) struct ListenArgs {
     /// The name to listen as
     pub(crate) name: String,
 
-    /// A service this node accepts (repeatable); with none, any service is accepted
+    /// A service this node accepts (repeatable); streams for it are served
+    /// like the others. A stream asking for a service not listed is refused
     #[arg(short, long = "service", value_name = "SERVICE")]
     pub(crate) services: Vec<String>,
 

@@ -210,8 +210,9 @@ fn listen_connect_peers(registry: &str, ns: &str) {
     let row = lines.next().expect("a row for srv");
     assert!(row.starts_with("srv "), "{peers:#?}");
     assert!(row.contains("tcp://127.0.0.1:"), "{peers:#?}");
-    // Neither Redis nor SQL report the time a record has left (yet).
-    assert!(row.contains(" unknown  -  "), "{peers:#?}");
+    // Both Redis and SQL report the time a record has left: a fresh
+    // listener is alive, with at most its 3 s TTL left.
+    assert!(row.contains(" alive "), "{peers:#?}");
     assert_eq!(
         lines.next(),
         None,
@@ -225,8 +226,9 @@ fn listen_connect_peers(registry: &str, ns: &str) {
     assert_eq!(records.len(), 1, "{v}");
     assert_eq!(records[0]["name"], "srv");
     assert_eq!(records[0]["namespace"], ns);
-    assert_eq!(records[0]["state"], "unknown", "{v}");
-    assert!(records[0]["ttl_left_ms"].is_null(), "{v}");
+    assert_eq!(records[0]["state"], "alive", "{v}");
+    let left = records[0]["ttl_left_ms"].as_u64().expect("ttl_left_ms");
+    assert!((1000..=3000).contains(&left), "{v}");
     assert_eq!(records[0]["ttl_ms"], 3000, "{v}");
     assert!(
         records[0]["endpoints"][0]
@@ -250,6 +252,18 @@ fn listen_connect_peers(registry: &str, ns: &str) {
     let server = server.finish();
     assert_eq!(server.code, 0, "{server:#?}");
     assert_eq!(server.stdout, "hello from client\n");
+
+    // A stream for a declared service is served like any other.
+    let server = listen(registry, ns, "svc", &["-s", "rpc"], Some(b"rpc answer\n"));
+    let client = run(
+        masse(registry, ns, &["connect", "svc", "--service", "rpc"]),
+        b"rpc call\n",
+    );
+    assert_eq!(client.code, 0, "{client:#?}");
+    assert_eq!(client.stdout, "rpc answer\n");
+    let server = server.finish();
+    assert_eq!(server.code, 0, "{server:#?}");
+    assert_eq!(server.stdout, "rpc call\n");
 }
 
 #[test]
@@ -471,8 +485,8 @@ fn peers_stats_reads_the_peers_counters() {
         &["--expose-stats", "--keep-open"],
         None,
     );
-    // Claims the service, but `listen` never serves the streams of the
-    // services it declares: the stats request goes unanswered.
+    // Claims the service, but it is a plain `listen` with nothing to say:
+    // the stats request goes unanswered.
     let mute = listen(
         &url,
         &ns,
@@ -542,7 +556,7 @@ fn peers_stats_reads_the_peers_counters() {
     assert!(by_name("mute")["stats_error"].as_str().is_some(), "{v}");
     assert!(by_name("plain").get("stats").is_none(), "{v}");
     assert!(by_name("plain").get("stats_error").is_none(), "{v}");
-    assert_eq!(by_name("plain")["state"], "unknown", "{v}");
+    assert_eq!(by_name("plain")["state"], "alive", "{v}");
 
     for mut p in [exposed, mute, plain] {
         assert!(p.running(), "the stats streams did not end the listener");

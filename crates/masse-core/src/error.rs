@@ -226,6 +226,10 @@ pub enum Operation {
     /// A call to a reachable registry (lookup, publish, refresh, ...) that
     /// did not answer in time.
     RegistryCall,
+    /// Reading a peer's stats with
+    /// [`Node::remote_stats`](crate::Node::remote_stats) (the dial and the
+    /// reply together).
+    RemoteStats,
 }
 
 impl fmt::Display for Operation {
@@ -236,6 +240,7 @@ impl fmt::Display for Operation {
             Operation::StreamCredit => "waiting for stream credit",
             Operation::RegistryConnect => "connecting to the registry",
             Operation::RegistryCall => "registry call",
+            Operation::RemoteStats => "reading the peer's stats",
         })
     }
 }

@@ -4,14 +4,15 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod address;
-mod backend;
+mod codec;
 mod config;
 mod conn;
 mod error;
 mod keys;
+mod registry;
 mod scripts;
 mod warned;
 mod watch;
 
-pub use backend::RedisRegistry;
 pub use config::RedisConfig;
+pub use registry::RedisRegistry;

@@ -15,10 +15,11 @@ use futures::stream::BoxStream;
 use masse_core::{InstanceId, Namespace, PeerName, RegistryEvent, Result};
 use redis::Value;
 
-use crate::backend::{Inner, decode_record};
+use crate::codec::decode_record;
 use crate::conn::Conn;
 use crate::error;
 use crate::keys::NsKeys;
+use crate::registry::Inner;
 use crate::scripts::SCRIPTS;
 use crate::warned::warn_once;
 

@@ -8,6 +8,7 @@
     allow(dead_code, unused_imports)
 )]
 
+mod address;
 mod codec;
 mod config;
 mod dialect;

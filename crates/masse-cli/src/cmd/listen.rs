@@ -38,7 +38,12 @@ pub(crate) async fn run(g: &Global, args: ListenArgs) -> Result<Exit, CliError> 
         .collect();
     notice(format!("listening as {name} at {}", endpoints.join(", ")));
 
-    let mut incoming = node.incoming();
+    // Streams without a service, and those for each declared service (which
+    // have queues of their own), served alike.
+    let mut incoming: Streams = futures::stream::select_all(
+        std::iter::once(node.incoming())
+            .chain(args.services.iter().map(|s| node.incoming_service(s))),
+    );
     let result = tokio::select! {
         r = serve(&node, &mut incoming, &args) => r,
         () = interrupted() => Ok(Exit::Ok),
@@ -47,17 +52,20 @@ pub(crate) async fn run(g: &Global, args: ListenArgs) -> Result<Exit, CliError> 
     result
 }
 
-async fn serve(node: &Node, incoming: &mut Incoming, args: &ListenArgs) -> Result<Exit, CliError> {
+async fn serve(node: &Node, incoming: &mut Streams, args: &ListenArgs) -> Result<Exit, CliError> {
     match &args.exec {
         Some(cmd) => serve_exec(node, incoming, cmd, args.keep_open).await,
         None => serve_pipe(incoming, args.keep_open).await,
     }
 }
 
+/// Every queue of accepted streams the listener serves.
+type Streams = futures::stream::SelectAll<Incoming>;
+
 /// The next stream to serve; streams from `masse ping` are closed unseen.
-async fn next_stream(incoming: &mut Incoming) -> Option<PeerStream> {
+async fn next_stream(incoming: &mut Streams) -> Option<PeerStream> {
     loop {
-        let s = incoming.accept().await?;
+        let s = futures::StreamExt::next(incoming).await?;
         if s.service() == Some(PING_SERVICE) {
             tracing::debug!(peer = %s.peer(), "ping");
             continue;
@@ -68,7 +76,7 @@ async fn next_stream(incoming: &mut Incoming) -> Option<PeerStream> {
 }
 
 /// One stream at a time between stdin/stdout and the peer.
-async fn serve_pipe(incoming: &mut Incoming, keep_open: bool) -> Result<Exit, CliError> {
+async fn serve_pipe(incoming: &mut Streams, keep_open: bool) -> Result<Exit, CliError> {
     let mut input = Input::stdin();
     while let Some(stream) = next_stream(incoming).await {
         let peer = stream.peer().clone();
@@ -98,7 +106,7 @@ async fn serve_pipe(incoming: &mut Incoming, keep_open: bool) -> Result<Exit, Cl
 /// `sh -c CMD` per stream: one, or with `keep_open` any number at once.
 async fn serve_exec(
     node: &Node,
-    incoming: &mut Incoming,
+    incoming: &mut Streams,
     cmd: &str,
     keep_open: bool,
 ) -> Result<Exit, CliError> {

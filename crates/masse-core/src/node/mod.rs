@@ -280,7 +280,7 @@ impl Node {
         match tokio::time::timeout(timeout, read).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout {
-                what: crate::error::Operation::Connect,
+                what: crate::Operation::RemoteStats,
                 after: timeout,
             }),
         }

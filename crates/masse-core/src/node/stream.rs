@@ -132,10 +132,16 @@ impl PeerStream {
     /// (or the first write after the answer came) reports a refusal the same
     /// way, so calling this is only needed to know before sending anything.
     /// Accepted streams are established already.
-    pub async fn established(&self) -> crate::Result<()> {
-        match &self.info.established {
-            Some(e) => std::future::poll_fn(|cx| e.poll(cx)).await,
-            None => Ok(()),
+    ///
+    /// The future does not borrow the stream (a `PeerStream` is not `Sync`),
+    /// so it is `Send` and may be awaited inside a spawned task.
+    pub fn established(&self) -> impl Future<Output = crate::Result<()>> + Send + 'static {
+        let established = self.info.established.clone();
+        async move {
+            match established {
+                Some(e) => std::future::poll_fn(|cx| e.poll(cx)).await,
+                None => Ok(()),
+            }
         }
     }
 
