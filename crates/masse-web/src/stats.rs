@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use masse_core::{InstanceId, Node, NodeStats, PeerName, STATS_SERVICE};
+use masse_core::{InstanceId, Node, PeerName, STATS_SERVICE};
 
 use crate::Shared;
 
@@ -37,7 +37,7 @@ pub(crate) async fn poll(shared: Arc<Shared>, nodes: Vec<Arc<Node>>, every: Dura
                 let stats = if name == *node.name() {
                     Ok(node.stats())
                 } else {
-                    fetch(node, &name).await
+                    node.remote_stats(name.as_str()).await
                 };
                 (name, instance, stats)
             }))
@@ -61,38 +61,3 @@ pub(crate) async fn poll(shared: Arc<Shared>, nodes: Vec<Arc<Node>>, every: Dura
         }
     }
 }
-
-/// Most bytes a stats document may have.
-const MAX_DOCUMENT: u64 = 64 * 1024;
-
-/// What [`Node::remote_stats`] does, as a `Send` future: that one holds a
-/// `&PeerStream` across an await (`established()`), and a `PeerStream` is
-/// not `Sync`, so it cannot run in a spawned task. Reading waits for the
-/// peer's Welcome (or fails with its refusal) all the same.
-async fn fetch(node: &Node, peer: &PeerName) -> masse_core::Result<NodeStats> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let read = async {
-        let mut s = node.connect_service(peer.as_str(), STATS_SERVICE).await?;
-        // Nothing to send: say so, as `remote_stats` does.
-        s.shutdown().await?;
-        let mut buf = Vec::new();
-        (&mut s)
-            .take(MAX_DOCUMENT + 1)
-            .read_to_end(&mut buf)
-            .await?;
-        if buf.len() as u64 > MAX_DOCUMENT {
-            return Err(masse_core::Error::protocol("stats document too long"));
-        }
-        serde_json::from_slice::<NodeStats>(&buf)
-            .map_err(|e| masse_core::Error::protocol(format!("malformed stats document: {e}")))
-    };
-    tokio::time::timeout(FETCH_TIMEOUT, read)
-        .await
-        .map_err(|_| masse_core::Error::Timeout {
-            what: masse_core::Operation::Connect,
-            after: FETCH_TIMEOUT,
-        })?
-}
-
-/// How long one peer may take to answer.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
