@@ -1,6 +1,7 @@
 //! Shared helpers for the masse integration tests: logging, node set-up on
 //! loopback, payload checksums.
 
+pub mod browser;
 pub mod mariadb;
 pub mod postgres;
 pub mod redis;

@@ -137,6 +137,17 @@ pub(crate) enum Command {
     /// peer's application sees a stream that closes at once. Exits 0 if any
     /// attempt got an answer, otherwise with the code of the last failure.
     Ping(PingArgs),
+
+    /// Serve a live web dashboard of one or more namespaces (and Prometheus /metrics).
+    ///
+    /// Watches the namespaces given as arguments (default: --namespace, else
+    /// `default`) of the registry without joining them, and serves a page
+    /// at http://LISTEN/ that shows every peer with its endpoints, services,
+    /// metadata, age, time to expiry and liveness (alive, evasive, unknown),
+    /// updated live, with the event feed and the registry's health; JSON at
+    /// /api/peers and /api/events, Prometheus text at /metrics. Loopback
+    /// only unless --allow-remote, which also needs a token.
+    Dashboard(DashboardArgs),
 }
 
 /// `masse peers`.
@@ -239,6 +250,40 @@ pub(crate) struct PingArgs {
     /// Ask for this service (then only a Welcome counts as an answer)
     #[arg(short, long)]
     pub(crate) service: Option<String>,
+}
+
+/// `masse dashboard`.
+#[derive(Debug, Args)]
+pub(crate) struct DashboardArgs {
+    /// Namespaces to watch [default: --namespace, else default]
+    #[arg(value_name = "NAMESPACE")]
+    pub(crate) namespaces: Vec<String>,
+
+    /// Address to serve the dashboard on
+    #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
+    pub(crate) listen: String,
+
+    /// Allow a non-loopback --listen address (requires --token)
+    #[arg(long)]
+    pub(crate) allow_remote: bool,
+
+    /// Require this bearer token (`Authorization: Bearer T`, or `?token=T` in the browser)
+    #[arg(
+        long,
+        env = "MASSE_DASHBOARD_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub(crate) token: Option<String>,
+
+    /// How often to list each namespace for liveness, time left and registry latency
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub(crate) poll: Duration,
+
+    /// Also join each namespace (as --name, default cli-XXXXXXXX) to show the traffic and
+    /// dial figures of peers that expose them; the dashboard's node is listed too
+    #[arg(long)]
+    pub(crate) join: bool,
 }
 
 /// Parses a duration: a number with a unit `ms`, `s`, `m` or `h` (`250ms`,

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 mod connect;
+mod dashboard;
 mod listen;
 mod peers;
 mod ping;
@@ -18,5 +19,6 @@ pub(crate) async fn run(cli: Cli) -> Result<Exit, CliError> {
         Command::Listen(args) => listen::run(g, args).await,
         Command::Connect(args) => connect::run(g, args).await,
         Command::Ping(args) => ping::run(g, args).await,
+        Command::Dashboard(args) => dashboard::run(g, args).await,
     }
 }
