@@ -100,7 +100,7 @@ async fn two_nodes_meet_through_a_json_file() {
     let alpha = start("alpha").await.expect("alpha starts");
     let mut alpha_events = alpha.events();
     let beta = start("beta").await.expect("beta starts");
-    let interval = masse::CachingConfig::default().poll_interval;
+    let interval = masse::CachingConfig::default().poll_interval();
     // About one interval: the poll, plus the time a listing takes.
     let within = interval + Duration::from_millis(500);
 

@@ -265,7 +265,7 @@ async fn scenario(registry: DynRegistry, backend: &str) {
 }
 
 fn sql_config() -> SqlConfig {
-    SqlConfig::new().poll_interval(Duration::from_millis(100))
+    SqlConfig::new().with_poll_interval(Duration::from_millis(100))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

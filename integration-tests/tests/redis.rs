@@ -282,7 +282,7 @@ async fn conformance_over_tls() {
     RegistryConformance::new(move || {
         let (url, ca) = (url.clone(), ca.clone());
         async move {
-            let config = RedisConfig::new().tls_root_certificate(ca);
+            let config = RedisConfig::new().with_tls_root_certificate(ca);
             let reg = RedisRegistry::connect_with(&url, config)
                 .await
                 .unwrap_or_else(|e| panic!("connect over TLS: {e}"));
@@ -509,7 +509,7 @@ async fn a_watcher_behind_a_trimmed_stream_gets_resync() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let reg = RedisRegistry::connect_with(&server.url(), RedisConfig::new().stream_maxlen(10))
+    let reg = RedisRegistry::connect_with(&server.url(), RedisConfig::new().with_stream_maxlen(10))
         .await
         .expect("connect");
     let n = ns("t-trim");
@@ -554,8 +554,8 @@ async fn paced_sweeps_still_report_a_mass_expiry_once_and_in_time() {
         return;
     };
     let config = RedisConfig::new()
-        .sweep_interval(Duration::from_millis(50))
-        .max_sweep_interval(Duration::from_millis(800));
+        .with_sweep_interval(Duration::from_millis(50))
+        .with_max_sweep_interval(Duration::from_millis(800));
     let n = ns("t-paced");
     let survivor = RedisRegistry::connect_with(&server.url(), config.clone())
         .await

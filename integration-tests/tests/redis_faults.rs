@@ -1182,7 +1182,7 @@ async fn rediss_cluster_url_reaches_a_tls_cluster() {
         Ok(Ok(_)) => panic!("registry_from_url without the CA connected"),
         Err(_) => panic!("registry_from_url without the CA hung"),
     }
-    let reg = RedisRegistry::connect_with(&url, RedisConfig::new().tls_root_certificate(ca))
+    let reg = RedisRegistry::connect_with(&url, RedisConfig::new().with_tls_root_certificate(ca))
         .await
         .unwrap_or_else(|e| panic!("connect to the TLS cluster: {e}"));
     // Namespaces on every master.

@@ -58,9 +58,9 @@ impl Database for MariaDbServer {
 /// Quick polling and short deadlines, so that outages show within a heartbeat.
 fn config() -> SqlConfig {
     SqlConfig::new()
-        .poll_interval(POLL)
-        .connect_timeout(Duration::from_millis(500))
-        .lookup_timeout(Duration::from_secs(2))
+        .with_poll_interval(POLL)
+        .with_connect_timeout(Duration::from_millis(500))
+        .with_call_timeout(Duration::from_secs(2))
 }
 
 async fn connect(url: &str) -> SqlRegistry {
@@ -80,7 +80,7 @@ async fn conformance(url: String, reset_events: impl Fn() + Send + Sync + 'stati
         async move {
             // The suite's 200 concurrent publishers queue for pooled
             // connections: normal deadlines here, not the outage tests' short ones.
-            let relaxed = SqlConfig::new().poll_interval(POLL);
+            let relaxed = SqlConfig::new().with_poll_interval(POLL);
             let reg = SqlRegistry::connect_with(&url, relaxed)
                 .await
                 .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
@@ -425,7 +425,7 @@ async fn postgres_notify_wakes_watchers() {
     let Some(pg) = PostgresServer::start() else {
         return;
     };
-    let slow = SqlConfig::new().poll_interval(Duration::from_secs(10));
+    let slow = SqlConfig::new().with_poll_interval(Duration::from_secs(10));
     let watcher = SqlRegistry::connect_with(&pg.url(), slow.clone())
         .await
         .unwrap();
@@ -460,7 +460,7 @@ async fn postgres_watchers_poll_while_the_listener_is_cut() {
     let Some(pg) = PostgresServer::start() else {
         return;
     };
-    let config = SqlConfig::new().poll_interval(Duration::from_millis(200));
+    let config = SqlConfig::new().with_poll_interval(Duration::from_millis(200));
     let watcher = SqlRegistry::connect_with(&pg.url(), config.clone())
         .await
         .unwrap();
@@ -658,7 +658,7 @@ async fn node_at_rest_holds_one_connection(
     let ns_name = "at-rest";
     let ns: Namespace = ns_name.parse().unwrap();
     let pool_size = 5;
-    let config = SqlConfig::new().pool_size(pool_size);
+    let config = SqlConfig::new().with_pool_size(pool_size);
     let reg = SqlRegistry::connect_with(&url, config.clone())
         .await
         .unwrap();

@@ -30,10 +30,10 @@ const TTL: Duration = Duration::from_millis(1500);
 
 fn config() -> SqlConfig {
     SqlConfig::new()
-        .poll_interval(Duration::from_millis(100))
-        .connect_timeout(Duration::from_millis(500))
-        .lookup_timeout(Duration::from_secs(2))
-        .busy_timeout(Duration::from_millis(300))
+        .with_poll_interval(Duration::from_millis(100))
+        .with_connect_timeout(Duration::from_millis(500))
+        .with_call_timeout(Duration::from_secs(2))
+        .with_busy_timeout(Duration::from_millis(300))
 }
 
 async fn connect(url: &str) -> SqlRegistry {

@@ -236,8 +236,7 @@ async fn event_apply_cost(cached: Cached, n: usize, per_round: usize) -> Result<
         })
         .collect::<Result<_, BoxError>>()?;
     let backend = ScriptedRegistry::new(records.clone());
-    let mut config = CachingConfig::default();
-    config.max_entries = n + 16;
+    let config = CachingConfig::default().with_max_entries(n + 16);
     let cache = CachingRegistry::with_config(backend.clone(), config);
     let mut applied = cache.subscribe(&ns).await;
     let deadline = Instant::now() + Duration::from_secs(10);

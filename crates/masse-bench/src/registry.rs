@@ -44,7 +44,7 @@ use tokio::time::Instant;
 use crate::stats::percentile;
 use crate::{BoxError, Figure, Mode};
 
-/// The SQL backends' `SqlConfig::poll_interval`, set explicitly (it is the
+/// The SQL backends' `SqlConfig::with_poll_interval`, set explicitly (it is the
 /// default): how late a watcher on another handle hears of a change, except on
 /// PostgreSQL where `LISTEN`/`NOTIFY` wakes it.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -285,7 +285,8 @@ async fn connect(backend: Backend, url: &str) -> Result<DynRegistry, BoxError> {
     Ok(match backend {
         Backend::Redis => Arc::new(RedisRegistry::connect(url).await?),
         _ => Arc::new(
-            SqlRegistry::connect_with(url, SqlConfig::new().poll_interval(POLL_INTERVAL)).await?,
+            SqlRegistry::connect_with(url, SqlConfig::new().with_poll_interval(POLL_INTERVAL))
+                .await?,
         ),
     })
 }

@@ -26,43 +26,17 @@ use crate::registry::{NamePolicy, Registry, RegistryEvent};
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct CachingConfig {
-    /// Longest time a non-empty result is served from cache while the watch is
-    /// healthy. Watch events keep entries exact; this is a safety net.
-    pub max_age: Duration,
-    /// How long an empty result (a miss) is cached.
-    pub negative_ttl: Duration,
-    /// How long a backend lookup may take before it counts as a failure (and a
-    /// stale entry is served, if there is one).
-    pub lookup_timeout: Duration,
-    /// After a backend failure, lookups that have a stale entry serve it without
-    /// asking the backend for this long.
-    pub retry_after: Duration,
-    /// Longest wait between attempts to re-establish a broken watch.
-    pub max_backoff: Duration,
-    /// Cached results kept per namespace; the oldest are evicted beyond this.
-    pub max_entries: usize,
-    /// After the backend lost events ([`RegistryEvent::Resync`], or a watch
-    /// that broke and came back), how long a name missing from the new
-    /// listing is still served from its last known record before it is
-    /// reported [`Expired`](RegistryEvent::Expired). It covers a registry
-    /// restarted empty: its live owners re-publish within one heartbeat
-    /// (ttl/3), so this should exceed the longest ttl/3 in the namespace plus
-    /// a margin (default 5 s: ttls up to 9 s). A node raises it to its own
-    /// ttl/3 + 2 s if that is longer; with peers on longer ttls, set it.
-    pub resync_grace: Duration,
-    /// How often a namespace is listed when the backend cannot watch (its
-    /// [`watch`](Registry::watch) fails with [`Error::Unsupported`]). Each
-    /// listing is diffed with the last one into the same events a watch gives, so a
-    /// change shows in cached lookups, [`subscribe`](CachingRegistry::subscribe)
-    /// and [`watch`](Registry::watch) streams at most this long after it
-    /// happened (see [`CachingRegistry`] for the details). Default 1 s: one
-    /// listing per second per namespace and process is cheap for any store,
-    /// and it adds at most a second to an `Expired`, which comes a whole ttl
-    /// (10 s by default) after a crash anyway. Values under 10 ms count as 10 ms.
-    pub poll_interval: Duration,
+    pub(crate) max_age: Duration,
+    pub(crate) negative_ttl: Duration,
+    pub(crate) lookup_timeout: Duration,
+    pub(crate) retry_after: Duration,
+    pub(crate) max_backoff: Duration,
+    pub(crate) max_entries: usize,
+    pub(crate) resync_grace: Duration,
+    pub(crate) poll_interval: Duration,
 }
 
-/// The shortest [`CachingConfig::poll_interval`] honoured.
+/// The shortest [`CachingConfig::with_poll_interval`] honoured.
 const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 impl Default for CachingConfig {
@@ -77,6 +51,119 @@ impl Default for CachingConfig {
             resync_grace: Duration::from_secs(5),
             poll_interval: Duration::from_secs(1),
         }
+    }
+}
+
+impl CachingConfig {
+    /// The defaults (see each setting).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Longest time a non-empty result is served from cache while the watch is
+    /// healthy. Watch events keep entries exact; this is a safety net.
+    pub fn with_max_age(mut self, value: Duration) -> Self {
+        self.max_age = value;
+        self
+    }
+
+    /// See [`with_max_age`](Self::with_max_age).
+    pub fn max_age(&self) -> Duration {
+        self.max_age
+    }
+
+    /// How long an empty result (a miss) is cached.
+    pub fn with_negative_ttl(mut self, value: Duration) -> Self {
+        self.negative_ttl = value;
+        self
+    }
+
+    /// See [`with_negative_ttl`](Self::with_negative_ttl).
+    pub fn negative_ttl(&self) -> Duration {
+        self.negative_ttl
+    }
+
+    /// How long a backend lookup may take before it counts as a failure (and a
+    /// stale entry is served, if there is one).
+    pub fn with_lookup_timeout(mut self, value: Duration) -> Self {
+        self.lookup_timeout = value;
+        self
+    }
+
+    /// See [`with_lookup_timeout`](Self::with_lookup_timeout).
+    pub fn lookup_timeout(&self) -> Duration {
+        self.lookup_timeout
+    }
+
+    /// After a backend failure, lookups that have a stale entry serve it without
+    /// asking the backend for this long.
+    pub fn with_retry_after(mut self, value: Duration) -> Self {
+        self.retry_after = value;
+        self
+    }
+
+    /// See [`with_retry_after`](Self::with_retry_after).
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
+
+    /// Longest wait between attempts to re-establish a broken watch.
+    pub fn with_max_backoff(mut self, value: Duration) -> Self {
+        self.max_backoff = value;
+        self
+    }
+
+    /// See [`with_max_backoff`](Self::with_max_backoff).
+    pub fn max_backoff(&self) -> Duration {
+        self.max_backoff
+    }
+
+    /// Cached results kept per namespace; the oldest are evicted beyond this.
+    pub fn with_max_entries(mut self, value: usize) -> Self {
+        self.max_entries = value;
+        self
+    }
+
+    /// See [`with_max_entries`](Self::with_max_entries).
+    pub fn max_entries(&self) -> usize {
+        self.max_entries
+    }
+
+    /// After the backend lost events ([`RegistryEvent::Resync`], or a watch
+    /// that broke and came back), how long a name missing from the new
+    /// listing is still served from its last known record before it is
+    /// reported [`Expired`](RegistryEvent::Expired). It covers a registry
+    /// restarted empty: its live owners re-publish within one heartbeat
+    /// (ttl/3), so this should exceed the longest ttl/3 in the namespace plus
+    /// a margin (default 5 s: ttls up to 9 s). A node raises it to its own
+    /// ttl/3 + 2 s if that is longer; with peers on longer ttls, set it.
+    pub fn with_resync_grace(mut self, value: Duration) -> Self {
+        self.resync_grace = value;
+        self
+    }
+
+    /// See [`with_resync_grace`](Self::with_resync_grace).
+    pub fn resync_grace(&self) -> Duration {
+        self.resync_grace
+    }
+
+    /// How often a namespace is listed when the backend cannot watch (its
+    /// [`watch`](Registry::watch) fails with [`Error::Unsupported`]). Each
+    /// listing is diffed with the last one into the same events a watch gives, so a
+    /// change shows in cached lookups, [`subscribe`](CachingRegistry::subscribe)
+    /// and [`watch`](Registry::watch) streams at most this long after it
+    /// happened (see [`CachingRegistry`] for the details). Default 1 s: one
+    /// listing per second per namespace and process is cheap for any store,
+    /// and it adds at most a second to an `Expired`, which comes a whole ttl
+    /// (10 s by default) after a crash anyway. Values under 10 ms count as 10 ms.
+    pub fn with_poll_interval(mut self, value: Duration) -> Self {
+        self.poll_interval = value;
+        self
+    }
+
+    /// See [`with_poll_interval`](Self::with_poll_interval).
+    pub fn poll_interval(&self) -> Duration {
+        self.poll_interval
     }
 }
 
@@ -130,7 +217,7 @@ pub struct CacheStats {
 /// - A backend that cannot watch (its `watch` fails with
 ///   [`Error::Unsupported`]) is polled instead, see below.
 /// - Concurrent lookups of the same namespace and pattern share one backend call.
-/// - Misses are cached for [`CachingConfig::negative_ttl`].
+/// - Misses are cached for [`CachingConfig::with_negative_ttl`].
 /// - While the backend fails, the last known answer is served and marked
 ///   [`Freshness::Stale`] (see [`lookup_cached`](Self::lookup_cached)).
 /// - [`invalidate`](Self::invalidate) drops what is known about a name, for a
@@ -142,7 +229,7 @@ pub struct CacheStats {
 ///
 /// When the backend's [`watch`](Registry::watch) fails with
 /// [`Error::Unsupported`], the namespace is listed (`lookup(ns, "*")`) every
-/// [`CachingConfig::poll_interval`] instead, and each listing is diffed with
+/// [`CachingConfig::with_poll_interval`] instead, and each listing is diffed with
 /// what the cache knew into the same events a watch would give:
 ///
 /// - a new name is `Joined`, a changed record (or another instance of the
@@ -152,7 +239,7 @@ pub struct CacheStats {
 ///   `Left` for the cache and its subscribers, as it knows.) A listing that
 ///   is empty while names were known looks like a registry that lost its
 ///   data, and is treated like a [`RegistryEvent::Resync`]: the names are kept for
-///   [`CachingConfig::resync_grace`] and reported `Expired` only if they do
+///   [`CachingConfig::with_resync_grace`] and reported `Expired` only if they do
 ///   not come back by then;
 /// - the events reach cached entries, [subscribers](Self::subscribe) (the
 ///   node's `PeerJoined`, `PeerLeft`, … events) and
@@ -568,7 +655,7 @@ impl NsCache {
     /// see as a change; the next poll makes it the view's again.)
     ///
     /// This visits every entry, and lists the view for each: it runs once
-    /// per poll (every [`CachingConfig::poll_interval`]), not per event.
+    /// per poll (every [`CachingConfig::with_poll_interval`]), not per event.
     fn rebase_entries(&mut self, taken: Instant, config: &CachingConfig, now: Instant) {
         let Some(view) = self.view.as_ref() else {
             return;
@@ -769,7 +856,7 @@ impl<R: Registry> CachingRegistry<R> {
     /// `Expired` once, after the grace, if its owner does not re-publish it).
     /// An event reaches the receiver after the cache has it, so a lookup made
     /// on it already sees the change. One backend watch (or, for a backend
-    /// that cannot watch, one poll every [`CachingConfig::poll_interval`])
+    /// that cannot watch, one poll every [`CachingConfig::with_poll_interval`])
     /// serves the cache and every subscriber; it is started here if it is
     /// not running, and this waits (up to the lookup timeout) for its first
     /// attempt, so that no change after the return is missed when the
@@ -1014,7 +1101,7 @@ trait Target<R>: Send + 'static {
 /// followed by a listing of the namespace, which the [`Reconciler`] diffs
 /// against what the target was told: it gets ordinary events for what
 /// changed meanwhile, never a `Resync`, and a name that vanished is reported
-/// `Expired` once, after [`CachingConfig::resync_grace`], if its owner did not
+/// `Expired` once, after [`CachingConfig::with_resync_grace`], if its owner did not
 /// re-publish it by then.
 async fn reconciled_watch<R: Registry, T: Target<R>>(
     weak: Weak<SharedState<R>>,
@@ -1541,7 +1628,7 @@ impl<R: Registry> Registry for CachingRegistry<R> {
     /// [`RegistryEvent::Resync`], a watch that broke and came back) comes
     /// back as ordinary events from a listing and a diff, each change once,
     /// and a name that vanished is reported `Expired` only if its owner does
-    /// not re-publish it within [`CachingConfig::resync_grace`]. The stream
+    /// not re-publish it within [`CachingConfig::with_resync_grace`]. The stream
     /// never yields `Resync` and never fails once returned: while the
     /// backend is unreachable it pauses, and it ends when this cache (every
     /// clone of it) is dropped. Failing to watch at first (backend down) is
@@ -1549,7 +1636,7 @@ impl<R: Registry> Registry for CachingRegistry<R> {
     ///
     /// On a backend that cannot watch, the stream is fed by polls of the
     /// namespace (see [Registries without watch](CachingRegistry#registries-without-watch)):
-    /// changes arrive up to one [`CachingConfig::poll_interval`] late, a
+    /// changes arrive up to one [`CachingConfig::with_poll_interval`] late, a
     /// departure is `Expired` (a listing cannot tell it from an unpublish),
     /// and several changes of one name between two polls are one event.
     async fn watch(&self, ns: &Namespace) -> Result<BoxStream<'static, Result<RegistryEvent>>> {

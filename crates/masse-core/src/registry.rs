@@ -110,7 +110,7 @@ impl RegistryEvent {
 /// [`Error::Unsupported`](crate::Error::Unsupported), and nothing else:
 /// [`CachingRegistry`](crate::CachingRegistry), which every node puts in
 /// front of its registry, then lists the namespace every
-/// [`CachingConfig::poll_interval`](crate::CachingConfig::poll_interval)
+/// [`CachingConfig::with_poll_interval`](crate::CachingConfig::with_poll_interval)
 /// (1 s by default) and diffs the listings into the same
 /// [`RegistryEvent`]s, so nodes still get `PeerJoined`, `PeerUpdated`,
 /// `PeerExpired`, … within about one interval, and cached lookups are at

@@ -198,8 +198,7 @@ async fn concurrent_lookups_are_coalesced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misses_are_cached_briefly() {
     let backend = TestBackend::default();
-    let mut config = CachingConfig::default();
-    config.negative_ttl = Duration::from_millis(300);
+    let config = CachingConfig::default().with_negative_ttl(Duration::from_millis(300));
     let cache = CachingRegistry::with_config(backend.clone(), config);
     let _ = cache.lookup(&ns(), &pat("ghost")).await.unwrap();
     until(|| cache.is_synced(&ns())).await;
@@ -239,8 +238,7 @@ async fn misses_are_cached_briefly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_answers_are_served_and_flagged_while_the_backend_is_down() {
     let backend = TestBackend::default();
-    let mut config = CachingConfig::default();
-    config.retry_after = Duration::from_millis(100);
+    let config = CachingConfig::default().with_retry_after(Duration::from_millis(100));
     let cache = CachingRegistry::with_config(backend.clone(), config);
     backend
         .publish(&rec("db-1"), Duration::from_secs(30), NamePolicy::Takeover)

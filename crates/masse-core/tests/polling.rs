@@ -78,10 +78,9 @@ impl Registry for NoWatch {
 }
 
 fn config() -> CachingConfig {
-    let mut c = CachingConfig::default();
-    c.poll_interval = POLL;
-    c.resync_grace = GRACE;
-    c
+    CachingConfig::default()
+        .with_poll_interval(POLL)
+        .with_resync_grace(GRACE)
 }
 
 fn ns() -> Namespace {
@@ -472,7 +471,7 @@ async fn a_failing_poll_serves_stale_answers_and_recovers_with_the_right_events(
     backend.failing.store(false, Ordering::SeqCst);
     let recovered = Instant::now();
     // Retried within the longest backoff; b at once.
-    let max_backoff = CachingConfig::default().max_backoff;
+    let max_backoff = CachingConfig::default().max_backoff();
     assert_eq!(
         next_within(&mut events, max_backoff).await,
         RegistryEvent::Joined(b.clone())

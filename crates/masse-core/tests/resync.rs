@@ -139,9 +139,9 @@ const TTL: Duration = Duration::from_secs(60);
 const GRACE: Duration = Duration::from_millis(800);
 
 fn cache(backend: &Restartable) -> CachingRegistry<Restartable> {
-    let mut config = CachingConfig::default();
-    config.resync_grace = GRACE;
-    config.max_backoff = Duration::from_millis(100);
+    let config = CachingConfig::default()
+        .with_resync_grace(GRACE)
+        .with_max_backoff(Duration::from_millis(100));
     CachingRegistry::with_config(backend.clone(), config)
 }
 

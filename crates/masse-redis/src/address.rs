@@ -182,7 +182,7 @@ mod tests {
         assert_eq!(
             parse(
                 "rediss://a:1",
-                &RedisConfig::new().cluster_nodes(["b:2", "c:3"])
+                &RedisConfig::new().with_cluster_nodes(["b:2", "c:3"])
             )
             .unwrap(),
             Target::Cluster {

@@ -14,10 +14,10 @@ use masse_core::{Error, Result};
 /// use std::time::Duration;
 /// use masse_redis::RedisConfig;
 /// let config = RedisConfig::new()
-///     .stream_maxlen(50_000)
-///     .sweep_interval(Duration::from_millis(100))
-///     .response_timeout(Duration::from_secs(2));
-/// assert_eq!(config.get_stream_maxlen(), 50_000);
+///     .with_stream_maxlen(50_000)
+///     .with_sweep_interval(Duration::from_millis(100))
+///     .with_call_timeout(Duration::from_secs(2));
+/// assert_eq!(config.stream_maxlen(), 50_000);
 /// ```
 #[derive(Clone)]
 pub struct RedisConfig {
@@ -26,7 +26,7 @@ pub struct RedisConfig {
     pub(crate) sweep_interval: Duration,
     pub(crate) max_sweep_interval: Duration,
     pub(crate) connect_timeout: Duration,
-    pub(crate) response_timeout: Duration,
+    pub(crate) call_timeout: Duration,
     pub(crate) cluster_nodes: Vec<String>,
     pub(crate) tls_root_cert: Option<Vec<u8>>,
     pub(crate) tls_client_cert: Option<(Vec<u8>, Vec<u8>)>,
@@ -40,7 +40,7 @@ impl Default for RedisConfig {
             sweep_interval: Duration::from_millis(250),
             max_sweep_interval: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(1),
-            response_timeout: Duration::from_secs(1),
+            call_timeout: Duration::from_secs(1),
             cluster_nodes: Vec::new(),
             tls_root_cert: None,
             tls_client_cert: None,
@@ -60,7 +60,7 @@ impl RedisConfig {
     /// About how many events each namespace's stream keeps (`XADD … MAXLEN ~ n`,
     /// default 10 000). A watcher that falls further behind than this (or is
     /// disconnected for that long) gets a `RegistryEvent::Resync`.
-    pub fn stream_maxlen(mut self, n: u64) -> Self {
+    pub fn with_stream_maxlen(mut self, n: u64) -> Self {
         self.stream_maxlen = n;
         self
     }
@@ -69,9 +69,9 @@ impl RedisConfig {
     /// (default 10 s). A connection that breaks (the server restarts or
     /// closes it) fails the read at once; one that goes silent (a lost
     /// host) is given up after this plus
-    /// [`response_timeout`](Self::response_timeout), so shorter notices that
+    /// [`call_timeout`](Self::with_call_timeout), so shorter notices that
     /// sooner, at the cost of one command per watch per timeout.
-    pub fn block_timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_block_timeout(mut self, timeout: Duration) -> Self {
         self.block_timeout = timeout;
         self
     }
@@ -89,32 +89,34 @@ impl RedisConfig {
     /// peer heartbeats, the earliest expiry keeps moving away, so a handle
     /// looks once per `2/3 ttl` or so and sweeps nothing: the cost does not
     /// grow with the number of handles beyond that one command each.
-    pub fn sweep_interval(mut self, interval: Duration) -> Self {
+    pub fn with_sweep_interval(mut self, interval: Duration) -> Self {
         self.sweep_interval = interval;
         self
     }
 
     /// The longest one handle goes without looking at a namespace's earliest
     /// expiry, on average (default 10 s, randomised ±25 %; a value below
-    /// [`sweep_interval`](Self::sweep_interval) counts as that). It bounds
+    /// [`sweep_interval`](Self::with_sweep_interval) counts as that). It bounds
     /// how late the `Expired` event of a record comes when it expires before
     /// every record a handle saw at its last look (a short ttl published
     /// since by another handle that then vanished); a handle's own publishes
-    /// make it look at once. See [`sweep_interval`](Self::sweep_interval).
-    pub fn max_sweep_interval(mut self, interval: Duration) -> Self {
+    /// make it look at once. See [`sweep_interval`](Self::with_sweep_interval).
+    pub fn with_max_sweep_interval(mut self, interval: Duration) -> Self {
         self.max_sweep_interval = interval;
         self
     }
 
     /// How long to wait for a TCP (and TLS) connection to be set up (default 1 s).
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
-    /// How long to wait for the answer to one command (default 1 s).
-    pub fn response_timeout(mut self, timeout: Duration) -> Self {
-        self.response_timeout = timeout;
+    /// How long to wait for the answer to one call, whatever it is (default
+    /// 1 s); a call that gets none in time fails with
+    /// `Error::RegistryUnavailable`, as on every backend.
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
         self
     }
 
@@ -122,7 +124,7 @@ impl RedisConfig {
     /// the registry talk to a cluster even with a plain `redis://` or
     /// `rediss://` URL (whose host is then the first seed); with a
     /// `redis+cluster://` URL they are added to the nodes it lists.
-    pub fn cluster_nodes<I, S>(mut self, nodes: I) -> Self
+    pub fn with_cluster_nodes<I, S>(mut self, nodes: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -133,14 +135,14 @@ impl RedisConfig {
 
     /// The certificate authority (PEM) that signed the server certificate, for
     /// `rediss://` servers whose CA is not in the system trust store.
-    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+    pub fn with_tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.tls_root_cert = Some(pem.into());
         self
     }
 
     /// A client certificate chain and private key (both PEM), for servers that
     /// require mutual TLS (`tls-auth-clients yes`).
-    pub fn tls_client_certificate(
+    pub fn with_tls_client_certificate(
         mut self,
         cert_pem: impl Into<Vec<u8>>,
         key_pem: impl Into<Vec<u8>>,
@@ -149,38 +151,38 @@ impl RedisConfig {
         self
     }
 
-    /// See [`stream_maxlen`](Self::stream_maxlen).
-    pub fn get_stream_maxlen(&self) -> u64 {
+    /// See [`stream_maxlen`](Self::with_stream_maxlen).
+    pub fn stream_maxlen(&self) -> u64 {
         self.stream_maxlen
     }
 
-    /// See [`block_timeout`](Self::block_timeout).
-    pub fn get_block_timeout(&self) -> Duration {
+    /// See [`block_timeout`](Self::with_block_timeout).
+    pub fn block_timeout(&self) -> Duration {
         self.block_timeout
     }
 
-    /// See [`sweep_interval`](Self::sweep_interval).
-    pub fn get_sweep_interval(&self) -> Duration {
+    /// See [`sweep_interval`](Self::with_sweep_interval).
+    pub fn sweep_interval(&self) -> Duration {
         self.sweep_interval
     }
 
-    /// See [`max_sweep_interval`](Self::max_sweep_interval).
-    pub fn get_max_sweep_interval(&self) -> Duration {
+    /// See [`max_sweep_interval`](Self::with_max_sweep_interval).
+    pub fn max_sweep_interval(&self) -> Duration {
         self.max_sweep_interval
     }
 
-    /// See [`connect_timeout`](Self::connect_timeout).
-    pub fn get_connect_timeout(&self) -> Duration {
+    /// See [`connect_timeout`](Self::with_connect_timeout).
+    pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout
     }
 
-    /// See [`response_timeout`](Self::response_timeout).
-    pub fn get_response_timeout(&self) -> Duration {
-        self.response_timeout
+    /// See [`call_timeout`](Self::with_call_timeout).
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
     }
 
-    /// See [`cluster_nodes`](Self::cluster_nodes).
-    pub fn get_cluster_nodes(&self) -> &[String] {
+    /// See [`cluster_nodes`](Self::with_cluster_nodes).
+    pub fn cluster_nodes(&self) -> &[String] {
         &self.cluster_nodes
     }
 
@@ -199,8 +201,8 @@ impl RedisConfig {
         if self.connect_timeout.is_zero() {
             return bad("connect_timeout must be greater than zero");
         }
-        if self.response_timeout.is_zero() {
-            return bad("response_timeout must be greater than zero");
+        if self.call_timeout.is_zero() {
+            return bad("call_timeout must be greater than zero");
         }
         for node in &self.cluster_nodes {
             if node.is_empty() || node.contains(['/', ',', '@', ' ']) {
@@ -219,7 +221,7 @@ impl fmt::Debug for RedisConfig {
             .field("sweep_interval", &self.sweep_interval)
             .field("max_sweep_interval", &self.max_sweep_interval)
             .field("connect_timeout", &self.connect_timeout)
-            .field("response_timeout", &self.response_timeout)
+            .field("call_timeout", &self.call_timeout)
             .field("cluster_nodes", &self.cluster_nodes)
             .field("tls_root_certificate", &self.tls_root_cert.is_some())
             .field("tls_client_certificate", &self.tls_client_cert.is_some())
@@ -234,28 +236,28 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_checked() {
         assert!(RedisConfig::new().validate().is_ok());
-        assert!(RedisConfig::new().stream_maxlen(0).validate().is_err());
+        assert!(RedisConfig::new().with_stream_maxlen(0).validate().is_err());
         assert!(
             RedisConfig::new()
-                .block_timeout(Duration::ZERO)
+                .with_block_timeout(Duration::ZERO)
                 .validate()
                 .is_err()
         );
         assert!(
             RedisConfig::new()
-                .sweep_interval(Duration::ZERO)
+                .with_sweep_interval(Duration::ZERO)
                 .validate()
                 .is_err()
         );
         assert!(
             RedisConfig::new()
-                .cluster_nodes(["a:1,b:2"])
+                .with_cluster_nodes(["a:1,b:2"])
                 .validate()
                 .is_err()
         );
         let d = format!(
             "{:?}",
-            RedisConfig::new().tls_client_certificate("CERT", "SECRET KEY")
+            RedisConfig::new().with_tls_client_certificate("CERT", "SECRET KEY")
         );
         assert!(!d.contains("SECRET"), "{d}");
     }

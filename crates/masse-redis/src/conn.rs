@@ -100,10 +100,10 @@ impl Source {
                 Ok(Source::Single(client))
             }
             Target::Cluster { nodes, .. } => {
-                let build = |response_timeout: Duration| {
+                let build = |call_timeout: Duration| {
                     let mut b = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
                         .connection_timeout(config.connect_timeout)
-                        .response_timeout(response_timeout)
+                        .response_timeout(call_timeout)
                         .retries(3)
                         .min_retry_wait(50)
                         .max_retry_wait(500);
@@ -113,8 +113,8 @@ impl Source {
                     b.build().map_err(|e| invalid(e.to_string()))
                 };
                 Ok(Source::Cluster(Box::new(ClusterClients {
-                    commands: build(config.response_timeout)?,
-                    watchers: build(config.block_timeout + config.response_timeout)?,
+                    commands: build(config.call_timeout)?,
+                    watchers: build(config.block_timeout + config.call_timeout)?,
                 })))
             }
         }
@@ -127,7 +127,7 @@ impl Source {
             Source::Single(client) => {
                 let mc = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(config.connect_timeout))
-                    .set_response_timeout(Some(config.response_timeout))
+                    .set_response_timeout(Some(config.call_timeout))
                     .set_number_of_retries(2)
                     .set_min_delay(Duration::from_millis(50))
                     .set_max_delay(Duration::from_millis(500));
@@ -155,7 +155,7 @@ impl Source {
                 Source::Single(client) => {
                     let cc = AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(config.connect_timeout))
-                        .set_response_timeout(Some(config.block_timeout + config.response_timeout));
+                        .set_response_timeout(Some(config.block_timeout + config.call_timeout));
                     client
                         .get_multiplexed_async_connection_with_config(&cc)
                         .await
@@ -181,7 +181,7 @@ impl Source {
 
 /// Connecting includes a few quick retries and the handshake (AUTH, SELECT).
 fn connect_deadline(config: &RedisConfig) -> Duration {
-    config.connect_timeout * 3 + config.response_timeout + Duration::from_secs(1)
+    config.connect_timeout * 3 + config.call_timeout + Duration::from_secs(1)
 }
 
 fn tls_certificates(config: &RedisConfig) -> Option<redis::TlsCertificates> {

@@ -128,7 +128,7 @@ pub(crate) fn map(e: RedisError) -> Error {
     }
     if let Some(tls) = tls_error(&e) {
         let hint = format!(
-            "TLS with the redis server failed: {tls} (for a private CA, set RedisConfig::tls_root_certificate)"
+            "TLS with the redis server failed: {tls} (for a private CA, set RedisConfig::with_tls_root_certificate)"
         );
         return refused(hint, e);
     }
@@ -141,7 +141,7 @@ pub(crate) fn map(e: RedisError) -> Error {
         const AUTH: [&str; 4] = ["WRONGPASS", "NOAUTH", "NOPERM", "AuthenticationFailed"];
         if TLS.iter().any(|m| detail.contains(m)) {
             let hint = format!(
-                "TLS with the redis cluster failed: {detail} (for a private CA, set RedisConfig::tls_root_certificate)"
+                "TLS with the redis cluster failed: {detail} (for a private CA, set RedisConfig::with_tls_root_certificate)"
             );
             return refused(hint, e);
         }

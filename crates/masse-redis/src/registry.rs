@@ -45,7 +45,7 @@ const CLOCK_MAX_AGE: Duration = Duration::from_secs(300);
 ///
 /// Each handle sweeps the namespaces it has used for expired records: it
 /// looks at a namespace's earliest expiry (one `ZRANGE`) when that is due,
-/// or at the latest after [`max_sweep_interval`](RedisConfig::max_sweep_interval),
+/// or at the latest after [`max_sweep_interval`](RedisConfig::with_max_sweep_interval),
 /// and sweeps once something is due. The sweep that removes a record reports
 /// its `Expired` event, so the event comes once however many handles there
 /// are. Lookups decide expiry by the server clock, so an expired record is
@@ -106,7 +106,7 @@ impl RedisRegistry {
     ///
     /// - `redis://[user:password@]host[:port][/db]`: one server
     /// - `rediss://…`: the same over TLS (rustls; the system trust store unless
-    ///   [`RedisConfig::tls_root_certificate`] is set)
+    ///   [`RedisConfig::with_tls_root_certificate`] is set)
     /// - `redis+cluster://[user:password@]host1:port1,host2:port2`: a Redis
     ///   Cluster, given some of its nodes (`rediss+cluster://` for TLS)
     ///
@@ -212,7 +212,7 @@ impl Inner {
 
     /// The longest a command may take, reconnecting included.
     pub(crate) fn op_timeout(&self) -> Duration {
-        self.config.connect_timeout + self.config.response_timeout
+        self.config.connect_timeout + self.config.call_timeout
     }
 
     /// Runs a script on the shared connection, under the command deadline.
@@ -378,7 +378,7 @@ fn first_score(reply: &Value) -> Option<Option<f64>> {
 
 async fn ping(conn: &Conn, config: &RedisConfig) -> Result<()> {
     let mut conn = conn.clone();
-    let after = config.connect_timeout + config.response_timeout;
+    let after = config.connect_timeout + config.call_timeout;
     match tokio::time::timeout(after, redis::cmd("PING").query_async::<Value>(&mut conn)).await {
         Ok(r) => r.map(drop).map_err(error::map),
         Err(_) => Err(error::timed_out("PING", after)),
@@ -903,8 +903,11 @@ mod tests {
             Err(Error::InvalidAddress { .. })
         ));
         assert!(matches!(
-            RedisRegistry::connect_with("redis://h", RedisConfig::new().tls_root_certificate("x"))
-                .await,
+            RedisRegistry::connect_with(
+                "redis://h",
+                RedisConfig::new().with_tls_root_certificate("x")
+            )
+            .await,
             Err(Error::Config(_))
         ));
     }

@@ -8,7 +8,7 @@
 //! listening connection: two server connections per node at rest, and a
 //! server's `max_connections` would be spent on idle sessions. On the lane
 //! it needs none of the pool, whose connections therefore close after
-//! [`SqlConfig::idle_timeout`](crate::SqlConfig::idle_timeout): a node at
+//! [`SqlConfig::with_idle_timeout`](crate::SqlConfig::with_idle_timeout): a node at
 //! rest holds exactly one server connection. Publish, unpublish and a
 //! lookup no other call runs beside also run on the lane; only lookups that
 //! overlap open pooled ones (see `Store::foreground`).

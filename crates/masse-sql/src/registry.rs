@@ -183,13 +183,20 @@ impl SqlRegistry {
                 }
             }
         };
-        let deadline = self.inner.config.lookup_timeout;
+        let deadline = self.inner.config.call_timeout;
         tokio::time::timeout(deadline, attempts)
             .await
-            .unwrap_or(Err(Error::Timeout {
-                what: masse_core::Operation::RegistryCall,
-                after: deadline,
-            }))
+            .unwrap_or_else(|_| {
+                // As on every backend: a call the server does not answer in
+                // time means the registry is unavailable.
+                Err(Error::unavailable(
+                    backend,
+                    Error::Timeout {
+                        what: masse_core::Operation::RegistryCall,
+                        after: deadline,
+                    },
+                ))
+            })
     }
 }
 
@@ -254,7 +261,7 @@ impl Inner {
             Arc::downgrade(self),
             self.shutdown.clone(),
             self.config.poll_interval,
-            self.config.lookup_timeout,
+            self.config.call_timeout,
         ));
         hub
     }
@@ -320,7 +327,7 @@ async fn maintain(
             _ = tokio::time::sleep(config.poll_interval) => {}
         }
         // SQLite: is the file at the path still the one the pool has open?
-        match tokio::time::timeout(config.lookup_timeout * 2, backend.check_file()).await {
+        match tokio::time::timeout(config.call_timeout * 2, backend.check_file()).await {
             Ok(Ok(reopened)) => {
                 if reopen_failing {
                     reopen_failing = false;
@@ -344,7 +351,7 @@ async fn maintain(
             }
             Err(_) => tracing::debug!("reopening the registry database file timed out; retrying"),
         }
-        let swept = tokio::time::timeout(config.lookup_timeout, backend.sweep()).await;
+        let swept = tokio::time::timeout(config.call_timeout, backend.sweep()).await;
         let error = match swept {
             Ok(Ok(touched)) => {
                 if let Some(inner) = registry.upgrade() {
@@ -358,7 +365,7 @@ async fn maintain(
             }
             Ok(Err(Fail::Db(e))) => Some(map_err(backend.name(), e).to_string()),
             Ok(Err(Fail::Masse(e))) => Some(e.to_string()),
-            Err(_) => Some(format!("no answer within {:?}", config.lookup_timeout)),
+            Err(_) => Some(format!("no answer within {:?}", config.call_timeout)),
         };
         match error {
             None if failing => {
@@ -374,11 +381,8 @@ async fn maintain(
         }
         if tokio::time::Instant::now() >= next_prune {
             next_prune = tokio::time::Instant::now() + prune_every;
-            match tokio::time::timeout(
-                config.lookup_timeout,
-                backend.prune(retention_ms, max_events),
-            )
-            .await
+            match tokio::time::timeout(config.call_timeout, backend.prune(retention_ms, max_events))
+                .await
             {
                 Ok(Ok(0)) => {}
                 Ok(Ok(n)) => tracing::debug!(deleted = n, "pruned old registry events"),

@@ -19,7 +19,7 @@ const POLL: Duration = Duration::from_millis(100);
 use masse_core::testkit::fixtures::init_tracing;
 
 fn config() -> SqlConfig {
-    SqlConfig::new().poll_interval(POLL)
+    SqlConfig::new().with_poll_interval(POLL)
 }
 
 fn url(dir: &tempfile::TempDir) -> String {
@@ -328,16 +328,18 @@ async fn pruned_events_make_a_lagging_watcher_resync() {
     let writer = SqlRegistry::connect_with(
         &url,
         SqlConfig::new()
-            .poll_interval(POLL)
-            .max_events(5)
-            .event_retention(Duration::from_secs(1)),
+            .with_poll_interval(POLL)
+            .with_max_events(5)
+            .with_event_retention(Duration::from_secs(1)),
     )
     .await
     .unwrap();
-    let slow =
-        SqlRegistry::connect_with(&url, SqlConfig::new().poll_interval(Duration::from_secs(2)))
-            .await
-            .unwrap();
+    let slow = SqlRegistry::connect_with(
+        &url,
+        SqlConfig::new().with_poll_interval(Duration::from_secs(2)),
+    )
+    .await
+    .unwrap();
     let ns: Namespace = "pruned".parse().unwrap();
     let mut w = slow.watch(&ns).await.unwrap();
     let mut last = None;
