@@ -159,7 +159,7 @@ name_type!(
     /// use masse_core::PeerName;
     /// let name: PeerName = "billing-7".parse()?;
     /// assert_eq!(name.as_str(), "billing-7");
-    /// assert!("billing 7".parse::<PeerName>().is_err());
+    /// assert!(matches!("billing 7".parse::<PeerName>(), Err(masse_core::Error::InvalidName { .. })));
     /// # Ok::<(), masse_core::Error>(())
     /// ```
     PeerName,
@@ -209,12 +209,24 @@ mod tests {
         }
         let e = PeerName::new("né").unwrap_err().to_string();
         assert!(e.contains("'é'") && e.contains("byte 1"), "{e}");
-        assert!(PeerName::new("").is_err());
-        assert!(PeerName::new(&"x".repeat(129)).is_err());
-        assert!(Namespace::new(&"x".repeat(65)).is_err());
+        assert!(matches!(PeerName::new(""), Err(Error::InvalidName { .. })));
+        assert!(matches!(
+            PeerName::new(&"x".repeat(129)),
+            Err(Error::InvalidName { .. })
+        ));
+        assert!(matches!(
+            Namespace::new(&"x".repeat(65)),
+            Err(Error::InvalidName { .. })
+        ));
         assert!(Namespace::new(&"x".repeat(64)).is_ok());
-        assert!(PeerName::new("a/b").is_err());
-        assert!(PeerName::new("a*").is_err());
+        assert!(matches!(
+            PeerName::new("a/b"),
+            Err(Error::InvalidName { .. })
+        ));
+        assert!(matches!(
+            PeerName::new("a*"),
+            Err(Error::InvalidName { .. })
+        ));
     }
 
     #[test]
@@ -222,7 +234,8 @@ mod tests {
         let n: PeerName = serde_json::from_str("\"db-1\"").unwrap();
         assert_eq!(n, "db-1");
         assert_eq!(serde_json::to_string(&n).unwrap(), "\"db-1\"");
-        assert!(serde_json::from_str::<PeerName>("\"db 1\"").is_err());
+        let e = serde_json::from_str::<PeerName>("\"db 1\"").unwrap_err();
+        assert!(e.to_string().contains("peer name"), "{e}");
     }
 
     #[test]

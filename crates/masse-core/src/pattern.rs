@@ -374,7 +374,10 @@ mod tests {
                 other => panic!("{p}: {other:?}"),
             }
         }
-        assert!(Pattern::new("").is_err());
+        assert!(matches!(
+            Pattern::new(""),
+            Err(Error::InvalidPattern { .. })
+        ));
     }
 
     fn reference(p: &str, n: &str) -> Option<bool> {

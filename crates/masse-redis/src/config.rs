@@ -236,25 +236,28 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_checked() {
         assert!(RedisConfig::new().validate().is_ok());
-        assert!(RedisConfig::new().with_stream_maxlen(0).validate().is_err());
-        assert!(
+        assert!(matches!(
+            RedisConfig::new().with_stream_maxlen(0).validate(),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
             RedisConfig::new()
                 .with_block_timeout(Duration::ZERO)
-                .validate()
-                .is_err()
-        );
-        assert!(
+                .validate(),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
             RedisConfig::new()
                 .with_sweep_interval(Duration::ZERO)
-                .validate()
-                .is_err()
-        );
-        assert!(
+                .validate(),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
             RedisConfig::new()
                 .with_cluster_nodes(["a:1,b:2"])
-                .validate()
-                .is_err()
-        );
+                .validate(),
+            Err(Error::Config(_))
+        ));
         let d = format!(
             "{:?}",
             RedisConfig::new().with_tls_client_certificate("CERT", "SECRET KEY")

@@ -227,14 +227,20 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_zero_is_not() {
         assert!(SqlConfig::new().validate().is_ok());
-        assert!(
+        assert!(matches!(
             SqlConfig::new()
                 .with_poll_interval(Duration::ZERO)
-                .validate()
-                .is_err()
-        );
-        assert!(SqlConfig::new().with_pool_size(0).validate().is_err());
-        assert!(SqlConfig::new().with_max_events(0).validate().is_err());
+                .validate(),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
+            SqlConfig::new().with_pool_size(0).validate(),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
+            SqlConfig::new().with_max_events(0).validate(),
+            Err(Error::Config(_))
+        ));
         assert_eq!(SqlConfig::new().prune_every(), Duration::from_secs(60));
         assert_eq!(
             SqlConfig::new()

@@ -529,7 +529,7 @@ mod tests {
 
     #[test]
     fn ttls() {
-        assert!(ttl_millis(Duration::ZERO).is_err());
+        assert!(matches!(ttl_millis(Duration::ZERO), Err(Error::Config(_))));
         assert_eq!(ttl_millis(Duration::from_micros(10)).unwrap(), 1);
         assert_eq!(ttl_millis(Duration::from_millis(600)).unwrap(), 600);
         assert_eq!(ttl_millis(Duration::MAX).unwrap(), i64::MAX / 4);
