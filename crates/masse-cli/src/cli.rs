@@ -280,7 +280,7 @@ pub(crate) struct DashboardArgs {
     #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
     pub(crate) poll: Duration,
 
-    /// Also join each namespace (as --name, default cli-XXXXXXXX) to show the traffic and
+    /// Also join each namespace (as --name, default cli- and 8 random hex digits) to show the traffic and
     /// dial figures of peers that expose them; the dashboard's node is listed too
     #[arg(long)]
     pub(crate) join: bool,
