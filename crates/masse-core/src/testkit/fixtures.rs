@@ -14,22 +14,31 @@ pub fn identity(name: &str) -> Arc<Identity> {
 
 /// The context of an acceptor called `acceptor` proving itself with `id`.
 pub fn bind_ctx(id: &Arc<Identity>) -> BindContext {
+    plain_bind_ctx().with_identity(id.clone())
+}
+
+/// The context of a dialer called `dialer` proving itself with `id`.
+pub fn connect_ctx(id: &Arc<Identity>) -> ConnectContext {
+    plain_connect_ctx().with_identity(id.clone())
+}
+
+/// The context of an acceptor called `acceptor` without an identity (for
+/// interfaces that do not authenticate, such as TCP and Unix sockets).
+pub fn plain_bind_ctx() -> BindContext {
     BindContext::new(
         test_ns(),
         "acceptor".parse().expect("valid name"),
         InstanceId::random(),
     )
-    .with_identity(id.clone())
 }
 
-/// The context of a dialer called `dialer` proving itself with `id`.
-pub fn connect_ctx(id: &Arc<Identity>) -> ConnectContext {
+/// The context of a dialer called `dialer` without an identity.
+pub fn plain_connect_ctx() -> ConnectContext {
     ConnectContext::new(
         test_ns(),
         "dialer".parse().expect("valid name"),
         InstanceId::random(),
     )
-    .with_identity(id.clone())
 }
 
 /// The record of `acceptor` at `ep`, listing `fingerprint` if given.
@@ -86,4 +95,22 @@ pub fn payload(seed: u64, len: usize) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// The next item of a watch or event stream within `within`.
+///
+/// Panics, naming what happened instead, if the item is an error, the
+/// stream ends or nothing arrives in time (a test fixture).
+pub async fn next_event<T, E, S>(events: &mut S, within: std::time::Duration) -> T
+where
+    S: futures::Stream<Item = Result<T, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    use futures::StreamExt;
+    match tokio::time::timeout(within, events.next()).await {
+        Ok(Some(Ok(item))) => item,
+        Ok(Some(Err(e))) => panic!("the stream failed: {e}"),
+        Ok(None) => panic!("the stream ended"),
+        Err(_) => panic!("nothing arrived within {within:?}"),
+    }
 }
