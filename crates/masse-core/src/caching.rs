@@ -10,11 +10,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{BoxStream, StreamExt};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::fanout::Fanout;
+pub use crate::fanout::{RecvError, Subscription, TryRecvError};
 use crate::liveness::Lease;
 use crate::name::{Namespace, PeerName};
 use crate::pattern::Pattern;
@@ -312,9 +314,9 @@ const RECENT_EVENTS: usize = 4096;
 
 /// Events a [subscriber](CachingRegistry::subscribe) may fall behind by
 /// before it is told it lagged: the bound a node's own event channel has.
-/// A broadcast channel allocates every slot up front (an event is about
-/// 220 bytes), and every node subscribes to its namespace: at 4 096 slots
-/// this buffer was 0.9 MiB of each idle node.
+/// Each subscriber's queue only holds the events waiting for it (a
+/// broadcast channel would allocate all 1 024 slots, about 220 bytes each,
+/// in every idle node).
 const SUBSCRIBER_CAPACITY: usize = 1024;
 
 #[derive(Default)]
@@ -334,7 +336,7 @@ struct NsCache {
     /// Set after a backend failure: serve stale entries without asking until then.
     down_until: Option<Instant>,
     /// Where every applied event goes, once someone [subscribed](CachingRegistry::subscribe).
-    subscribers: Option<broadcast::Sender<RegistryEvent>>,
+    subscribers: Option<Fanout<RegistryEvent>>,
 }
 
 /// The cached results of one namespace, indexed so that an event reaches
@@ -637,9 +639,9 @@ impl NsCache {
             self.entries
                 .touching(name, |entry| entry.apply(&event, config, now));
         }
-        if let Some(tx) = &self.subscribers {
-            // No receiver left is fine; a lagging one is told by its channel.
-            let _ = tx.send(event.clone());
+        if let Some(tx) = &mut self.subscribers {
+            // A lagging subscriber is told by its queue.
+            tx.send(&event);
         }
         self.seq += 1;
         if self.recent.len() == RECENT_EVENTS {
@@ -862,15 +864,16 @@ impl<R: Registry> CachingRegistry<R> {
     /// attempt, so that no change after the return is missed when the
     /// backend is reachable.
     ///
-    /// A receiver that falls more than 1 024 events behind gets
-    /// [`RecvError::Lagged`](broadcast::error::RecvError::Lagged): list the
-    /// namespace again to catch up.
-    pub async fn subscribe(&self, ns: &Namespace) -> broadcast::Receiver<RegistryEvent> {
+    /// A subscription that falls more than 1 024 events behind gets
+    /// [`RecvError::Lagged`](RecvError::Lagged): list the
+    /// namespace again to catch up. It holds no memory while no event waits
+    /// for it.
+    pub async fn subscribe(&self, ns: &Namespace) -> Subscription<RegistryEvent> {
         let rx = {
             let mut cache = write(&self.shared.cache);
             let nsc = cache.entry(ns.clone()).or_default();
             nsc.subscribers
-                .get_or_insert_with(|| broadcast::channel(SUBSCRIBER_CAPACITY).0)
+                .get_or_insert_with(|| Fanout::new(SUBSCRIBER_CAPACITY))
                 .subscribe()
         };
         if let Some(mut state) = self.ensure_watch(ns) {

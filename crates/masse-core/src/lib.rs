@@ -6,6 +6,7 @@
 mod budget;
 mod endpoint;
 mod error;
+mod fanout;
 mod identity;
 mod interface;
 mod io;
@@ -31,7 +32,9 @@ pub mod testkit;
 pub mod wrappers;
 
 pub use budget::{HandshakeBudget, Ticket};
-pub use caching::{CacheStats, CachedLookup, CachingConfig, CachingRegistry, Freshness};
+pub use caching::{
+    CacheStats, CachedLookup, CachingConfig, CachingRegistry, Freshness, Subscription,
+};
 pub use endpoint::{Endpoint, Protocol};
 pub use error::{BoxError, ConnectStep, Error, Operation, RefuseCode, Result, is_stale_io};
 #[cfg(feature = "rustls")]

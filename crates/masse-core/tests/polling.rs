@@ -12,12 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use masse_core::Subscription;
 use masse_core::{
     BoxStream, CachingConfig, CachingRegistry, Error, Freshness, InstanceId, Lease, MemoryRegistry,
     NamePolicy, Namespace, Pattern, PeerName, PeerRecord, Registry, RegistryEvent, Result,
     async_trait,
 };
-use tokio::sync::broadcast;
 use tokio::time::{Instant, timeout};
 
 const POLL: Duration = Duration::from_millis(200);
@@ -104,10 +104,7 @@ fn expired(r: &PeerRecord) -> RegistryEvent {
 }
 
 /// The next event, which must come within `within` of now.
-async fn next_within(
-    rx: &mut broadcast::Receiver<RegistryEvent>,
-    within: Duration,
-) -> RegistryEvent {
+async fn next_within(rx: &mut Subscription<RegistryEvent>, within: Duration) -> RegistryEvent {
     match timeout(within, rx.recv()).await {
         Ok(Ok(ev)) => ev,
         Ok(Err(e)) => panic!("subscription failed: {e}"),
@@ -116,7 +113,7 @@ async fn next_within(
 }
 
 /// Asserts that nothing arrives for `wait` (several polls).
-async fn quiet(rx: &mut broadcast::Receiver<RegistryEvent>, wait: Duration) {
+async fn quiet(rx: &mut Subscription<RegistryEvent>, wait: Duration) {
     if let Ok(ev) = timeout(wait, rx.recv()).await {
         panic!("expected no event, got {ev:?}");
     }

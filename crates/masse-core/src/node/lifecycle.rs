@@ -4,10 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::broadcast;
-
 use super::core::Core;
 use super::event::NodeEvent;
+use crate::caching::{RecvError, Subscription};
 use crate::error::{Error, Result};
 use crate::liveness::{LivenessChange, LivenessTracker};
 use crate::pattern::Pattern;
@@ -116,7 +115,7 @@ pub(crate) async fn republish_endpoints(core: &Arc<Core>) {
 /// Turns the events the registry cache applies into node events and feeds
 /// `follow()` subscribers: one backend watch serves the cache and the node,
 /// and the cache's watch task re-establishes it whenever it breaks.
-pub(crate) async fn watch_loop(core: Arc<Core>, mut events: broadcast::Receiver<RegistryEvent>) {
+pub(crate) async fn watch_loop(core: Arc<Core>, mut events: Subscription<RegistryEvent>) {
     loop {
         let next = tokio::select! {
             n = events.recv() => n,
@@ -124,14 +123,14 @@ pub(crate) async fn watch_loop(core: Arc<Core>, mut events: broadcast::Receiver<
         };
         match next {
             Ok(ev) => dispatch(&core, ev),
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
+            Err(RecvError::Lagged(missed)) => {
                 tracing::warn!(
                     missed,
                     "node fell behind the registry's events; followers list again"
                 );
                 core.registry_events.send(RegistryEvent::Resync);
             }
-            Err(broadcast::error::RecvError::Closed) => return,
+            Err(RecvError::Closed) => return,
         }
     }
 }
