@@ -45,7 +45,8 @@ impl<T, E: Display> Check for Result<Option<T>, E> {
 
 /// Polls `check` until it holds (`true`, `Some(v)`, `Ok(Some(v))`) and
 /// returns its value; panics naming `what` (and the last error seen, if
-/// any) if it still does not hold after `within`.
+/// any) if it still does not hold after `within`, or if a check is still
+/// running then.
 ///
 /// The first polls come quickly (5 ms apart), later ones up to 100 ms
 /// apart, so that a condition that holds at once costs nothing and a slow
@@ -60,7 +61,10 @@ where
     let mut pause = Duration::from_millis(5);
     let mut last: Option<String> = None;
     loop {
-        match check().await.check() {
+        let Ok(outcome) = tokio::time::timeout_at(deadline, check()).await else {
+            panic!("timed out after {within:?} waiting for {what} (a check did not return)");
+        };
+        match outcome.check() {
             Ok(v) => return v,
             Err(Some(seen)) => last = Some(seen),
             Err(None) => {}
