@@ -1,11 +1,13 @@
 //! Shared helpers for the masse integration tests: logging, node set-up on
-//! loopback, payload checksums.
+//! loopback, payload checksums, and waiting for events and conditions
+//! ([`next_event`], [`eventually`]) rather than for time.
 
 pub mod browser;
 pub mod mariadb;
 pub mod postgres;
 pub mod redis;
 pub mod server;
+pub mod wait;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,7 +20,8 @@ use masse::{
     Registry, RegistryEvent, TcpInterface, async_trait,
 };
 
-pub use masse::testkit::fixtures::{fnv1a, init_tracing, payload};
+pub use masse::testkit::fixtures::{fnv1a, init_tracing, next_event, payload};
+pub use wait::eventually;
 
 /// A builder for a node on loopback TCP, in `namespace`, on `registry`.
 pub fn node(name: &str, namespace: &str, registry: &MemoryRegistry) -> NodeBuilder {

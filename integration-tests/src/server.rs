@@ -57,6 +57,9 @@ pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
         if ready() {
             return true;
         }
+        // Polling, not synchronising: `ready` is checked again after each
+        // pause, and the deadline bounds the whole wait. (Blocking: this
+        // runs while a server starts, outside any runtime.)
         std::thread::sleep(Duration::from_millis(20));
     }
     ready()

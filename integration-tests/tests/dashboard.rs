@@ -13,7 +13,6 @@
 #![allow(clippy::print_stderr)]
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,8 +21,8 @@ use masse::{
     TcpInterface,
 };
 use masse_integration_tests::browser::{Browser, get_json};
-use masse_integration_tests::init_tracing;
 use masse_integration_tests::redis::RedisServer;
+use masse_integration_tests::{eventually, init_tracing};
 use masse_sql::{SqlConfig, SqlRegistry};
 use masse_web::Dashboard;
 use serde_json::Value;
@@ -89,28 +88,6 @@ async fn publish_fading(registry: &DynRegistry, ns: &str, name: &str, ttl: Durat
         .unwrap();
 }
 
-/// Polls `check` every 50 ms until it gives `Some`, for up to [`WAIT`].
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<T>, String>>,
-{
-    let deadline = Instant::now() + WAIT;
-    let mut last = String::new();
-    loop {
-        match check().await {
-            Ok(Some(v)) => return v,
-            Ok(None) => {}
-            Err(e) => last = e,
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {WAIT:?} waiting for {what} (last: {last})"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// `/api/peers` over HTTP: name → state.
 async fn api_states(port: u16) -> Result<BTreeMap<String, String>, String> {
     let v = tokio::task::spawn_blocking(move || get_json(port, "/api/peers"))
@@ -150,15 +127,15 @@ fn page_states(b: &Browser) -> BTreeMap<String, String> {
 async fn expect(port: u16, browser: Option<&Browser>, name: &str, state: Option<&str>) {
     let want = state.map(str::to_owned);
     let what = format!("{name} {}", state.unwrap_or("gone"));
-    eventually(&format!("/api/peers: {what}"), || async {
+    eventually(WAIT, &format!("/api/peers: {what}"), || async {
         let got = api_states(port).await?;
-        Ok((got.get(name) == want.as_ref()).then_some(()))
+        Ok::<_, String>((got.get(name) == want.as_ref()).then_some(()))
     })
     .await;
     if let Some(b) = browser {
-        eventually(&format!("the page: {what}"), || async {
+        eventually(WAIT, &format!("the page: {what}"), || async {
             let got = page_states(b);
-            Ok((got.get(name) == want.as_ref()).then_some(()))
+            Ok::<_, String>((got.get(name) == want.as_ref()).then_some(()))
         })
         .await;
     }
@@ -358,6 +335,8 @@ async fn screenshot() {
     let late = start_node(&registry, ns, "worker-4", "a").await;
     expect(served.port, Some(&browser), "worker-4", Some("alive")).await;
     expect(served.port, Some(&browser), "batch-9", Some("evasive")).await;
+    // Real time, for the picture only (nothing is asserted on it): a
+    // round of the page's stats (every 500 ms) shows in the screenshot.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let png = tokio::task::block_in_place(|| browser.screenshot());
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
@@ -421,7 +400,7 @@ async fn figures_of_peers_that_expose_them() {
     let mut back = [0u8; 14];
     s.read_exact(&mut back).await.unwrap();
 
-    let stats = eventually("busy-1's figures", || {
+    let stats = eventually(WAIT, "busy-1's figures", || {
         let v = dash.peers_json();
         async move {
             let peers = v["namespaces"][0]["peers"]
@@ -430,12 +409,13 @@ async fn figures_of_peers_that_expose_them() {
                 .unwrap_or_default();
             let busy = peers.iter().find(|p| p["name"] == "busy-1").cloned();
             let quiet = peers.iter().find(|p| p["name"] == "quiet-1").cloned();
-            Ok(busy
-                .map(|b| b["stats"].clone())
-                .filter(|s| {
-                    s["bytes_out"].as_u64() >= Some(14) && s["dials"]["ok"].as_u64() >= Some(1)
-                })
-                .inspect(|_| assert_eq!(quiet.map(|q| q["stats"].clone()), Some(Value::Null))))
+            Ok::<_, String>(
+                busy.map(|b| b["stats"].clone())
+                    .filter(|s| {
+                        s["bytes_out"].as_u64() >= Some(14) && s["dials"]["ok"].as_u64() >= Some(1)
+                    })
+                    .inspect(|_| assert_eq!(quiet.map(|q| q["stats"].clone()), Some(Value::Null))),
+            )
         }
     })
     .await;

@@ -298,6 +298,7 @@ async fn held_back_handshake_messages_go_out_when_nobody_writes() {
     timeout(T, s.established()).await.unwrap().unwrap();
     assert_eq!(s.peer_instance(), server.instance());
     // And after a while of silence, data still flows both ways.
+    // Real time: a silence well past the 1 ms the held-back messages wait.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let (mut s, mut accepted) = (s, accepted);
     s.write_all(b"late").await.unwrap();

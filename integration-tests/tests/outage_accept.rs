@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use masse::{MemoryRegistry, Node, RefuseCode, Registry, TlsInterface};
-use masse_integration_tests::{FaultyRegistry, echo_forever, init_tracing};
+use masse_integration_tests::{FaultyRegistry, echo_forever, eventually, init_tracing};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -63,14 +63,10 @@ async fn a_known_dialer_gets_in_during_an_outage_and_a_stranger_is_told_why() {
     // The registry is back: the stranger gets in (retried: the server's
     // cache may hold the failed lookup until its retry interval passes).
     faulty.set_down(false);
-    timeout(T, async {
-        loop {
-            if echo(&stranger, "server").await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("accepted once the registry is back");
+    eventually(
+        T,
+        "the stranger accepted once the registry is back",
+        || async { echo(&stranger, "server").await.is_ok() },
+    )
+    .await;
 }

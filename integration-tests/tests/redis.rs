@@ -16,10 +16,10 @@ use masse::{
     DynRegistry, Error, InstanceId, NamePolicy, Namespace, NodeEvent, Pattern, PeerName,
     PeerRecord, Registry, RegistryEvent,
 };
-use masse_integration_tests::echo_forever;
 use masse_integration_tests::redis::{
     RedisCluster, RedisOptions, RedisServer, Resp, cluster_command, raw_command,
 };
+use masse_integration_tests::{echo_forever, eventually, next_event};
 use masse_redis::{RedisConfig, RedisRegistry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, sleep, timeout};
@@ -254,8 +254,11 @@ async fn cluster_master_lost_and_back() {
         vec![kept],
         "the other master kept its namespace"
     );
-    assert_eq!(next(&mut events).await, RegistryEvent::Resync);
-    assert_eq!(next(&mut events).await, RegistryEvent::Joined(again));
+    assert_eq!(next_event(&mut events, T).await, RegistryEvent::Resync);
+    assert_eq!(
+        next_event(&mut events, T).await,
+        RegistryEvent::Joined(again)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,7 +383,10 @@ async fn foreign_data_is_skipped_not_fatal() {
     reg.publish(&good, T, NamePolicy::Takeover)
         .await
         .expect("publish");
-    assert_eq!(next(&mut events).await, RegistryEvent::Joined(good.clone()));
+    assert_eq!(
+        next_event(&mut events, T).await,
+        RegistryEvent::Joined(good.clone())
+    );
 
     let far = b"99999999999999".as_slice();
     let index = format!("masse:{{{n}}}:index");
@@ -433,7 +439,10 @@ async fn foreign_data_is_skipped_not_fatal() {
         .await
         .expect("publish over a foreign value");
     // The garbage events were skipped without a Resync; the real one arrives.
-    assert_eq!(next(&mut events).await, RegistryEvent::Joined(over.clone()));
+    assert_eq!(
+        next_event(&mut events, T).await,
+        RegistryEvent::Joined(over.clone())
+    );
     assert_eq!(
         names(&reg.lookup(&n, &Pattern::any()).await.expect("lookup")),
         ["good", "str"]
@@ -444,21 +453,13 @@ fn names(records: &[PeerRecord]) -> Vec<&str> {
     records.iter().map(|r| r.name.as_str()).collect()
 }
 
-async fn next(
-    events: &mut masse::BoxStream<'static, masse::Result<RegistryEvent>>,
-) -> RegistryEvent {
-    match timeout(T, events.next()).await {
-        Ok(Some(Ok(ev))) => ev,
-        other => panic!("expected an event, got {other:?}"),
-    }
-}
-
 async fn publish_retrying(reg: &RedisRegistry, r: &PeerRecord) {
     let deadline = Instant::now() + T;
     loop {
         match reg.publish(r, T, NamePolicy::Takeover).await {
             Ok(()) => return,
             Err(e) if e.is_transient() && Instant::now() < deadline => {
+                // Real time: the back-off of a retry loop.
                 sleep(Duration::from_millis(50)).await
             }
             Err(e) => panic!("publish {}: {e}", r.name),
@@ -478,7 +479,10 @@ async fn watch_resumes_after_its_connection_is_killed() {
     reg.publish(&a, T, NamePolicy::Takeover)
         .await
         .expect("publish");
-    assert_eq!(next(&mut events).await, RegistryEvent::Joined(a.clone()));
+    assert_eq!(
+        next_event(&mut events, T).await,
+        RegistryEvent::Joined(a.clone())
+    );
 
     // Drop every client connection (the watcher's too); the data stays.
     ok(server.command(&[b"CLIENT", b"KILL", b"TYPE", b"normal"]));
@@ -492,10 +496,10 @@ async fn watch_resumes_after_its_connection_is_killed() {
         .await
         .expect("unpublish");
 
-    assert_eq!(next(&mut events).await, RegistryEvent::Joined(b));
-    assert_eq!(next(&mut events).await, RegistryEvent::Joined(c));
+    assert_eq!(next_event(&mut events, T).await, RegistryEvent::Joined(b));
+    assert_eq!(next_event(&mut events, T).await, RegistryEvent::Joined(c));
     assert_eq!(
-        next(&mut events).await,
+        next_event(&mut events, T).await,
         RegistryEvent::Left {
             name: a.name.clone(),
             instance: a.instance
@@ -530,13 +534,13 @@ async fn a_watcher_behind_a_trimmed_stream_gets_resync() {
         "the stream was trimmed (MAXLEN ~ 10): {len} entries"
     );
     assert_eq!(
-        next(&mut events).await,
+        next_event(&mut events, T).await,
         RegistryEvent::Resync,
         "the events the watcher had not read are gone"
     );
     // Then it goes on with what is left, up to the latest update.
     loop {
-        match next(&mut events).await {
+        match next_event(&mut events, T).await {
             RegistryEvent::Updated(u) if u.metadata["round"] == "399" => break,
             RegistryEvent::Updated(_) => {}
             other => panic!("unexpected {other:?}"),
@@ -580,16 +584,22 @@ async fn paced_sweeps_still_report_a_mass_expiry_once_and_in_time() {
         others.push(reg);
     }
     for _ in 0..60 {
-        assert!(matches!(next(&mut events).await, RegistryEvent::Joined(_)));
+        assert!(matches!(
+            next_event(&mut events, T).await,
+            RegistryEvent::Joined(_)
+        ));
     }
     // Let every handle look at the namespace, then every doomed handle goes.
+    // Kept as a wait for time: each handle's sweeper takes that look
+    // (poked by its publish) on its own task, and nothing outside shows
+    // when it is done.
     sleep(Duration::from_millis(300)).await;
     drop(others);
     let gone = Instant::now();
 
     let mut expired = std::collections::HashSet::new();
     while expired.len() < doomed.len() {
-        match next(&mut events).await {
+        match next_event(&mut events, T).await {
             RegistryEvent::Expired { name, instance } => {
                 let r = doomed
                     .iter()
@@ -640,12 +650,15 @@ async fn one_handle_with_many_names_sweeps_at_the_interval() {
         .expect("publish");
     }
     for _ in 0..100 {
-        assert!(matches!(next(&mut events).await, RegistryEvent::Joined(_)));
+        assert!(matches!(
+            next_event(&mut events, T).await,
+            RegistryEvent::Joined(_)
+        ));
     }
     let published = Instant::now();
     let mut expired = 0;
     while expired < 100 {
-        match next(&mut events).await {
+        match next_event(&mut events, T).await {
             RegistryEvent::Expired { .. } => expired += 1,
             other => panic!("unexpected {other:?}"),
         }
@@ -714,6 +727,7 @@ async fn one_publishing_watching_handle_stays_within_its_command_budget() {
             ev.expect("event");
         }
     });
+    // Real time: a heartbeat period of warm-up, as a node's.
     sleep(period).await;
     reg.refresh(&n, &r.name, r.instance, ttl)
         .await
@@ -722,6 +736,7 @@ async fn one_publishing_watching_handle_stays_within_its_command_budget() {
     let (total0, calls0) = command_counts(&server);
     let start = Instant::now();
     for _ in 0..periods {
+        // Real time: the load of a node is counted over heartbeat periods.
         sleep(period).await;
         reg.refresh(&n, &r.name, r.instance, ttl)
             .await
@@ -762,7 +777,10 @@ async fn one_publishing_watching_handle_stays_within_its_command_budget() {
     reg.publish(&other, ttl, NamePolicy::Takeover)
         .await
         .expect("publish");
-    assert_eq!(next(&mut events).await, RegistryEvent::Joined(other));
+    assert_eq!(
+        next_event(&mut events, T).await,
+        RegistryEvent::Joined(other)
+    );
 }
 
 async fn wait_for(events: &mut masse::Events, what: &str, pred: impl Fn(&NodeEvent) -> bool) {
@@ -847,6 +865,7 @@ async fn nodes_survive_redis_being_killed_and_restarted() {
     })
     .await;
     // Past the ttl, with the registry gone: still reachable by name.
+    // Real time: the outage must outlast the records' ttl.
     sleep(ttl * 2).await;
     ping(&cli, "srv").await;
 
@@ -858,18 +877,15 @@ async fn nodes_survive_redis_being_killed_and_restarted() {
     .await;
     // Both records are back, published again by their nodes.
     let fresh = connect(&url).await;
-    let deadline = Instant::now() + T;
-    loop {
+    eventually(T, "both records published again", || async {
         let found = fresh.lookup(&n, &Pattern::any()).await.expect("lookup");
         if names(&found) == ["cli", "srv"] {
-            break;
+            Ok(Some(()))
+        } else {
+            Err(format!("{found:?}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "records not re-published: {found:?}"
-        );
-        sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     tracing::info!(after = ?restarted.elapsed(), "records re-published after the restart");
     // The watcher learns that its history is gone, then follows again.
     let mut resynced = false;

@@ -18,10 +18,9 @@ use futures::StreamExt;
 use masse::{
     Error, InstanceId, NamePolicy, Namespace, Pattern, PeerRecord, Registry, RegistryEvent,
 };
-use masse_integration_tests::echo_forever;
 use masse_integration_tests::redis::{RedisCluster, RedisServer, Resp, cluster_command};
+use masse_integration_tests::{echo_forever, eventually, next_event};
 use masse_redis::{RedisConfig, RedisRegistry};
-use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{Instant, sleep, timeout};
 
 const T: Duration = Duration::from_secs(10);
@@ -73,15 +72,16 @@ async fn raw(send: &Raw, args: &[&[u8]]) -> Resp {
     .expect("raw command task")
 }
 
-/// Polls a watch all along (so that it lives through outages) into a channel.
-fn forward(
-    mut events: masse::BoxStream<'static, masse::Result<RegistryEvent>>,
-) -> UnboundedReceiver<RegistryEvent> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+/// A watch's events, queued by a task that polls the watch all along.
+type Watch = futures::channel::mpsc::UnboundedReceiver<masse::Result<RegistryEvent>>;
+
+/// Polls a watch all along (so that it lives through outages) into a
+/// channel, read with [`next_event`] or [`drain_for`].
+fn forward(mut events: masse::BoxStream<'static, masse::Result<RegistryEvent>>) -> Watch {
+    let (tx, rx) = futures::channel::mpsc::unbounded();
     tokio::spawn(async move {
         while let Some(ev) = events.next().await {
-            let ev = ev.expect("a watch yields events, not errors");
-            if tx.send(ev).is_err() {
+            if tx.unbounded_send(ev).is_err() {
                 return;
             }
         }
@@ -89,21 +89,17 @@ fn forward(
     rx
 }
 
-async fn next(rx: &mut UnboundedReceiver<RegistryEvent>) -> RegistryEvent {
-    match timeout(T, rx.recv()).await {
-        Ok(Some(ev)) => ev,
-        other => panic!("expected an event, got {other:?}"),
-    }
-}
-
 /// Everything the watcher yields for `d`.
-async fn drain_for(rx: &mut UnboundedReceiver<RegistryEvent>, d: Duration) -> Vec<RegistryEvent> {
+async fn drain_for(watch: &mut Watch, d: Duration) -> Vec<RegistryEvent> {
     let until = Instant::now() + d;
     let mut out = Vec::new();
-    while let Ok(Some(ev)) =
-        timeout(until.saturating_duration_since(Instant::now()), rx.recv()).await
+    while let Ok(Some(ev)) = timeout(
+        until.saturating_duration_since(Instant::now()),
+        watch.next(),
+    )
+    .await
     {
-        out.push(ev);
+        out.push(ev.expect("a watch yields events, not errors"));
     }
     out
 }
@@ -400,7 +396,7 @@ async fn malformed_entries_scenario(url: &str, send: Raw, n: Namespace) {
     let published = Instant::now();
     let mut seen = Vec::new();
     loop {
-        let ev = next(&mut watch).await;
+        let ev = next_event(&mut watch, T).await;
         let done = matches!(&ev, RegistryEvent::Expired { name, .. } if name.as_str() == "short-1");
         seen.push(ev);
         if done {
@@ -563,11 +559,14 @@ async fn a_malformed_entry_is_logged_once() {
             assert_eq!(ev, RegistryEvent::Joined(want.clone()));
         }
     }
-    sleep(Duration::from_millis(1000)).await; // several sweeps
-    assert_eq!(
-        server.command(&[b"EXISTS", dead.as_bytes()]).ok(),
-        Some(Resp::Int(0))
-    );
+    // The publish had the sweeper look at once: the expired entry is swept.
+    eventually(T, "dead-json swept", || async {
+        server.command(&[b"EXISTS", dead.as_bytes()]).ok() == Some(Resp::Int(0))
+    })
+    .await;
+    // Real time: a quiet window of two sweep intervals (250 ms), in which
+    // no warning may come again.
+    sleep(Duration::from_millis(500)).await;
     assert_eq!(logs.count(bad), 1, "bad-json: one warning");
     assert_eq!(logs.count(dead), 1, "dead-json: one warning, when swept");
     assert_eq!(
@@ -641,13 +640,18 @@ async fn scripts_never_half_apply_and_writers_repair() {
         reg.publish(r, long, NamePolicy::Takeover)
             .await
             .expect("publish");
-        assert_eq!(next(&mut watch).await, RegistryEvent::Joined(r.clone()));
+        assert_eq!(
+            next_event(&mut watch, T).await,
+            RegistryEvent::Joined(r.clone())
+        );
     }
     let index = format!("masse:{{{n}}}:index");
     let events = format!("masse:{{{n}}}:events");
     let seq = format!("masse:{{{n}}}:seq");
     let peer_b = format!("masse:{{{n}}}:peer:b");
-    // Let the handle look at the namespace once.
+    // Let the handle look at the namespace once. Kept as a wait for time:
+    // its sweeper takes that first look (poked by the watch and the
+    // publishes) on its own task, and nothing outside shows when it is done.
     sleep(Duration::from_millis(400)).await;
 
     // --- The index replaced by a string.
@@ -661,6 +665,8 @@ async fn scripts_never_half_apply_and_writers_repair() {
     );
     assert_registry_error_naming(reg.lookup(&n, &Pattern::any()).await, &index, "lookup *");
     // The handle's sweeper runs every 250 ms meanwhile and is refused too.
+    // Real time: a quiet window of several sweep intervals, in which
+    // nothing may be written.
     sleep(Duration::from_millis(800)).await;
     assert_eq!(
         snapshot(&send, &n, true).await,
@@ -709,6 +715,8 @@ async fn scripts_never_half_apply_and_writers_repair() {
         &events,
         "unpublish",
     );
+    // Real time: a quiet window of several sweep intervals (250 ms), in
+    // which nothing may be written.
     sleep(Duration::from_millis(800)).await;
     assert_eq!(
         snapshot(&send, &n, true).await,
@@ -724,16 +732,19 @@ async fn scripts_never_half_apply_and_writers_repair() {
         Resp::Simple("stream".into())
     );
     assert_eq!(
-        next(&mut watch).await,
+        next_event(&mut watch, T).await,
         RegistryEvent::Resync,
         "the old stream is gone"
     );
-    assert_eq!(next(&mut watch).await, RegistryEvent::Joined(c.clone()));
+    assert_eq!(
+        next_event(&mut watch, T).await,
+        RegistryEvent::Joined(c.clone())
+    );
     reg.unpublish(&n, &c.name, c.instance)
         .await
         .expect("unpublish");
     assert_eq!(
-        next(&mut watch).await,
+        next_event(&mut watch, T).await,
         RegistryEvent::Left {
             name: c.name.clone(),
             instance: c.instance
@@ -749,6 +760,8 @@ async fn scripts_never_half_apply_and_writers_repair() {
         &seq,
         "unpublish",
     );
+    // Real time: a quiet window of several sweep intervals (250 ms), in
+    // which nothing may be written.
     sleep(Duration::from_millis(800)).await;
     assert_eq!(
         snapshot(&send, &n, true).await,
@@ -763,11 +776,14 @@ async fn scripts_never_half_apply_and_writers_repair() {
         .await
         .expect("publish");
     assert_eq!(
-        next(&mut watch).await,
+        next_event(&mut watch, T).await,
         RegistryEvent::Resync,
         "the counter was replaced"
     );
-    assert_eq!(next(&mut watch).await, RegistryEvent::Joined(d.clone()));
+    assert_eq!(
+        next_event(&mut watch, T).await,
+        RegistryEvent::Joined(d.clone())
+    );
 
     // --- A record key turned into a list: it is nobody's record any more.
     raw(&send, &[b"DEL", peer_b.as_bytes()]).await;
@@ -799,7 +815,10 @@ async fn scripts_never_half_apply_and_writers_repair() {
     reg.publish(&b, long, NamePolicy::Exclusive)
         .await
         .expect("publish over a list");
-    assert_eq!(next(&mut watch).await, RegistryEvent::Joined(b.clone()));
+    assert_eq!(
+        next_event(&mut watch, T).await,
+        RegistryEvent::Joined(b.clone())
+    );
     assert_eq!(
         names(&reg.lookup(&n, &Pattern::any()).await.expect("lookup")),
         ["a", "b", "d"]
@@ -831,7 +850,10 @@ async fn a_lost_index_keeps_live_names_owned() {
         reg.publish(r, long, NamePolicy::Takeover)
             .await
             .expect("publish");
-        assert_eq!(next(&mut watch).await, RegistryEvent::Joined(r.clone()));
+        assert_eq!(
+            next_event(&mut watch, T).await,
+            RegistryEvent::Joined(r.clone())
+        );
     }
     let index = format!("masse:{{{n}}}:index");
     server.command(&[b"DEL", index.as_bytes()]).expect("DEL");
@@ -858,7 +880,10 @@ async fn a_lost_index_keeps_live_names_owned() {
     reg.publish(&b2, long, NamePolicy::Takeover)
         .await
         .expect("takeover");
-    assert_eq!(next(&mut watch).await, RegistryEvent::Updated(b2.clone()));
+    assert_eq!(
+        next_event(&mut watch, T).await,
+        RegistryEvent::Updated(b2.clone())
+    );
     match reg.refresh(&n, &b.name, b.instance, long).await {
         Err(Error::NameLost { .. }) => {}
         other => panic!("the old owner of b: {other:?}"),
@@ -901,16 +926,14 @@ async fn a_node_heartbeat_repairs_a_corrupted_index() {
         .command(&[b"SET", index.as_bytes(), b"garbage"])
         .expect("SET");
     let broken = Instant::now();
-    assert!(reg.lookup(&n, &Pattern::any()).await.is_err());
-    loop {
-        if let Ok(found) = reg.lookup(&n, &Pattern::any()).await
-            && names(&found) == ["healer"]
-        {
-            break;
+    assert_registry_error_naming(reg.lookup(&n, &Pattern::any()).await, &index, "lookup *");
+    eventually(T, "the node to repair the index", || async {
+        match reg.lookup(&n, &Pattern::any()).await {
+            Ok(found) => Ok((names(&found) == ["healer"]).then_some(())),
+            Err(e) => Err(e),
         }
-        assert!(broken.elapsed() < T, "the node did not repair the index");
-        sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     eprintln!(
         "corrupted index repaired by a heartbeat after {:?}",
         broken.elapsed()
@@ -943,19 +966,28 @@ async fn a_watch_whose_stream_vanished_resyncs_once() {
     reg.publish(&a, long, NamePolicy::Takeover)
         .await
         .expect("publish");
-    assert_eq!(next(&mut watch).await, RegistryEvent::Joined(a.clone()));
+    assert_eq!(
+        next_event(&mut watch, T).await,
+        RegistryEvent::Joined(a.clone())
+    );
     server.command(&[b"FLUSHALL"]).expect("FLUSHALL");
     let b = record(&n, "b");
     reg.publish(&b, long, NamePolicy::Takeover)
         .await
         .expect("publish");
-    assert_eq!(next(&mut watch).await, RegistryEvent::Resync);
-    assert_eq!(next(&mut watch).await, RegistryEvent::Joined(b.clone()));
+    assert_eq!(next_event(&mut watch, T).await, RegistryEvent::Resync);
+    assert_eq!(
+        next_event(&mut watch, T).await,
+        RegistryEvent::Joined(b.clone())
+    );
     let c = record(&n, "c");
     reg.publish(&c, long, NamePolicy::Takeover)
         .await
         .expect("publish");
-    assert_eq!(next(&mut watch).await, RegistryEvent::Joined(c.clone()));
+    assert_eq!(
+        next_event(&mut watch, T).await,
+        RegistryEvent::Joined(c.clone())
+    );
 
     // Deleted under a caught-up watcher: nothing lost, no Resync.
     server
@@ -965,7 +997,10 @@ async fn a_watch_whose_stream_vanished_resyncs_once() {
     reg.publish(&d, long, NamePolicy::Takeover)
         .await
         .expect("publish");
-    assert_eq!(next(&mut watch).await, RegistryEvent::Joined(d.clone()));
+    assert_eq!(
+        next_event(&mut watch, T).await,
+        RegistryEvent::Joined(d.clone())
+    );
     drop(watch);
 
     // Deleted before a watcher read it: one Resync, then the next events.
@@ -1100,7 +1135,10 @@ async fn restart_empty_recovers_publish_watch_and_sweep() {
     reg.publish(&a, T, NamePolicy::Takeover)
         .await
         .expect("publish");
-    assert_eq!(next(&mut watch).await, RegistryEvent::Joined(a.clone()));
+    assert_eq!(
+        next_event(&mut watch, T).await,
+        RegistryEvent::Joined(a.clone())
+    );
 
     server.kill();
     assert!(
@@ -1116,23 +1154,31 @@ async fn restart_empty_recovers_publish_watch_and_sweep() {
         match reg.publish(&b, T, NamePolicy::Takeover).await {
             Ok(()) => break,
             Err(e) if e.is_transient() && restarted.elapsed() < T => {
+                // Real time: the back-off of a retry loop, which counts its
+                // attempts for the report below.
                 sleep(Duration::from_millis(10)).await
             }
             Err(e) => panic!("publish after restart: {e}"),
         }
     }
     let to_publish = restarted.elapsed();
-    assert_eq!(next(&mut watch).await, RegistryEvent::Resync);
-    assert_eq!(next(&mut watch).await, RegistryEvent::Joined(b.clone()));
+    assert_eq!(next_event(&mut watch, T).await, RegistryEvent::Resync);
+    assert_eq!(
+        next_event(&mut watch, T).await,
+        RegistryEvent::Joined(b.clone())
+    );
     let to_watch = restarted.elapsed();
     // Sweeps after the empty restart: a short record expires once.
     let c = record(&n, "c");
     reg.publish(&c, SHORT_TTL, NamePolicy::Takeover)
         .await
         .expect("publish");
-    assert_eq!(next(&mut watch).await, RegistryEvent::Joined(c.clone()));
     assert_eq!(
-        next(&mut watch).await,
+        next_event(&mut watch, T).await,
+        RegistryEvent::Joined(c.clone())
+    );
+    assert_eq!(
+        next_event(&mut watch, T).await,
         RegistryEvent::Expired {
             name: c.name.clone(),
             instance: c.instance
@@ -1211,9 +1257,12 @@ async fn rediss_cluster_url_reaches_a_tls_cluster() {
     reg.publish(&r, SHORT_TTL, NamePolicy::Takeover)
         .await
         .expect("publish");
-    assert_eq!(next(&mut watch).await, RegistryEvent::Joined(r.clone()));
     assert_eq!(
-        next(&mut watch).await,
+        next_event(&mut watch, T).await,
+        RegistryEvent::Joined(r.clone())
+    );
+    assert_eq!(
+        next_event(&mut watch, T).await,
         RegistryEvent::Expired {
             name: r.name.clone(),
             instance: r.instance

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use masse::{Error, Node, NodeEvent, Pattern, Registry};
 use masse_integration_tests::redis::RedisServer;
-use masse_integration_tests::{echo_forever, fnv1a, init_tracing, payload};
+use masse_integration_tests::{echo_forever, eventually, fnv1a, init_tracing, payload};
 use masse_redis::RedisRegistry;
 use std::sync::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -69,6 +69,7 @@ async fn flow(mut s: masse::PeerStream, seed: u64, stop: Arc<AtomicBool>) -> u64
         assert_eq!(fnv1a(&back), fnv1a(&data), "echoed bytes differ");
         total += CHUNK as u64;
         round += 1;
+        // Real time: paces the traffic, so that it flows all through the fault.
         sleep(Duration::from_millis(5)).await;
     }
     s.shutdown().await.ok();
@@ -143,11 +144,16 @@ async fn redis_restarted_empty_under_streams_and_dials() {
                     }
                     Err(_) => panic!("a dial to {peer} hung"),
                 }
+                // Real time: paces the dials, so that they go on all through the fault.
                 sleep(Duration::from_millis(20)).await;
             }
         })
     };
-    sleep(Duration::from_millis(300)).await;
+    // Traffic flows before the fault: a few dials by name got through.
+    eventually(T, "dials before the fault", || async {
+        dials_ok.load(Ordering::Relaxed) >= 5
+    })
+    .await;
 
     server.kill();
     wait_for(&mut events, "RegistryUnavailable", |e| {
@@ -156,6 +162,8 @@ async fn redis_restarted_empty_under_streams_and_dials() {
     .await;
     // A peer dies while the registry is gone: no goodbye, no unpublish.
     drop(doomed);
+    // Real time: the outage outlasts the ttl, so that the doomed peer's
+    // record would have expired by the time Redis is back.
     sleep(TTL * 2).await;
 
     server.restart();
@@ -168,16 +176,16 @@ async fn redis_restarted_empty_under_streams_and_dials() {
     // Every live peer is published again.
     let fresh = RedisRegistry::connect(&url).await.expect("connect");
     let ns = "resync".parse().expect("namespace");
-    let deadline = Instant::now() + T;
-    loop {
+    eventually(T, "every live peer published again", || async {
         let found = fresh.lookup(&ns, &Pattern::any()).await.expect("lookup");
         let names: Vec<&str> = found.iter().map(|r| r.name.as_str()).collect();
         if names == ["cli", "srv-0", "srv-1", "srv-2", "srv-3"] {
-            break;
+            Ok(Some(()))
+        } else {
+            Err(format!("{names:?}"))
         }
-        assert!(Instant::now() < deadline, "not re-published: {names:?}");
-        sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     let republished_after = restarted.elapsed();
     wait_for(
         &mut events,
@@ -188,6 +196,7 @@ async fn redis_restarted_empty_under_streams_and_dials() {
     let gone_after = restarted.elapsed();
 
     // Keep flowing a while longer: a late spurious event would show here.
+    // Real time: a quiet window of two ttls.
     sleep(TTL * 2).await;
     stop.store(true, Ordering::Relaxed);
     let mut bytes = 0;

@@ -12,7 +12,7 @@ use masse::{
     Node, NodeBuilder, PeerName, PeerRecord, Protocol, QuicInterface, RefuseCode, Registry,
     RegistryEvent, TcpInterface, TlsInterface,
 };
-use masse_integration_tests::{echo_forever, init_tracing};
+use masse_integration_tests::{echo_forever, eventually, init_tracing};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -177,7 +177,11 @@ async fn an_impostor_is_refused_by_dialers_holding_the_victims_record() {
 
     // The victim goes away; an impostor takes its name AND its address, with its own key.
     drop(victim);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Its port is let go once its listener has closed.
+    eventually(T, "the victim's port to be free", || async {
+        std::net::TcpListener::bind(("127.0.0.1", victim_port)).is_ok()
+    })
+    .await;
     let impostor = base("victim", "sec-imp")
         .registry(reg.clone())
         .interface(TlsInterface::new(format!("127.0.0.1:{victim_port}")))

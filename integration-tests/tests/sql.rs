@@ -9,20 +9,18 @@ use std::time::Duration;
 use futures::StreamExt;
 use masse::testkit::RegistryConformance;
 use masse::{
-    BoxStream, DynRegistry, Error, InstanceId, NamePolicy, Namespace, NodeEvent, Pattern, PeerName,
+    DynRegistry, Error, InstanceId, NamePolicy, Namespace, NodeEvent, Pattern, PeerName,
     PeerRecord, Registry, RegistryEvent,
 };
 use masse_integration_tests::mariadb::MariaDbServer;
 use masse_integration_tests::postgres::PostgresServer;
-use masse_integration_tests::{echo_forever, init_tracing};
+use masse_integration_tests::{echo_forever, eventually, init_tracing, next_event};
 use masse_sql::{SqlConfig, SqlRegistry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
 
 const POLL: Duration = Duration::from_millis(100);
 const T: Duration = Duration::from_secs(10);
-
-type Events = BoxStream<'static, masse::Result<RegistryEvent>>;
 
 /// A server the tests can kill and bring back.
 trait Database {
@@ -210,7 +208,7 @@ async fn unreadable_and_newer_records(url: String) {
         .await
         .unwrap();
     assert_eq!(
-        next(&mut w).await,
+        next_event(&mut w, T).await,
         RegistryEvent::Updated(challenger.clone())
     );
 }
@@ -231,13 +229,6 @@ async fn mariadb_unreadable_and_newer_records() {
         return;
     };
     unreadable_and_newer_records(db.url()).await;
-}
-
-async fn next(w: &mut Events) -> RegistryEvent {
-    match timeout(T, w.next()).await {
-        Ok(Some(Ok(ev))) => ev,
-        other => panic!("expected an event, got {other:?}"),
-    }
 }
 
 /// Waits for the first node event that `pick` accepts.
@@ -294,7 +285,7 @@ async fn outage_under_running_nodes(db: &mut impl Database, ns_name: &str) {
     drop(s);
     let mut joined: Vec<String> = Vec::new();
     for _ in 0..2 {
-        match next(&mut watch).await {
+        match next_event(&mut watch, T).await {
             RegistryEvent::Joined(r) => joined.push(r.name.to_string()),
             other => panic!("expected Joined, got {other:?}"),
         }
@@ -310,6 +301,7 @@ async fn outage_under_running_nodes(db: &mut impl Database, ns_name: &str) {
     .await;
     assert!(error.is_transient(), "a transient error: {error}");
     // Past the ttl: the records are stale in the database, the cache still works.
+    // Real time: the outage must outlast the records' ttl on the database's clock.
     tokio::time::sleep(ttl * 2).await;
     let mut s = timeout(T, cli.connect("srv"))
         .await
@@ -319,9 +311,13 @@ async fn outage_under_running_nodes(db: &mut impl Database, ns_name: &str) {
     s.read_exact(&mut b).await.unwrap();
     assert_eq!(&b, b"z");
     drop(s);
+    let r = observer.lookup(&ns, &Pattern::any()).await;
     assert!(
-        observer.lookup(&ns, &Pattern::any()).await.is_err(),
-        "lookups fail while the database is down"
+        matches!(
+            r,
+            Err(Error::RegistryUnavailable { .. } | Error::Timeout { .. })
+        ),
+        "lookups fail while the database is down: {r:?}"
     );
 
     db.restart();
@@ -352,7 +348,7 @@ async fn outage_under_running_nodes(db: &mut impl Database, ns_name: &str) {
     .into_iter()
     .collect();
     while seen != want {
-        let (name, kind) = match next(&mut watch).await {
+        let (name, kind) = match next_event(&mut watch, T).await {
             RegistryEvent::Joined(r) => (r.name.to_string(), "joined"),
             RegistryEvent::Updated(r) => (r.name.to_string(), "updated"),
             RegistryEvent::Left { name, .. } => (name.to_string(), "left"),
@@ -432,8 +428,18 @@ async fn postgres_notify_wakes_watchers() {
     let writer = SqlRegistry::connect_with(&pg.url(), slow).await.unwrap();
     let ns: Namespace = "notify".parse().unwrap();
     let mut w = watcher.watch(&ns).await.unwrap();
-    // Let the listener start (it wakes everyone once when it does).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait for the listener to start: a first record reaches the watcher
+    // only through a wake-up (the listener wakes everyone once it listens,
+    // then on every NOTIFY), unless the 10 s poll comes first.
+    let first = record("notify", "first");
+    writer
+        .publish(&first, Duration::from_secs(60), NamePolicy::Takeover)
+        .await
+        .unwrap();
+    assert_eq!(
+        next_event(&mut w, Duration::from_secs(15)).await,
+        RegistryEvent::Joined(first)
+    );
     for i in 0..3 {
         let r = record("notify", &format!("n{i}"));
         let published = Instant::now();
@@ -470,17 +476,13 @@ async fn postgres_watchers_poll_while_the_listener_is_cut() {
     // The listening connection also runs the background work, so its last
     // query is not `LISTEN`: it goes by its application name.
     let listeners = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'masse-lane'";
-    let wait_listeners = |n: &'static str| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while pg.psql(listeners) != n {
-            assert!(
-                Instant::now() < deadline,
-                "expected {n} listening connections"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    let wait_listeners = async |n: &'static str| {
+        eventually(T, &format!("{n} listening connections"), || async {
+            pg.psql(listeners) == n
+        })
+        .await
     };
-    wait_listeners("2");
+    wait_listeners("2").await;
 
     let mut publish_and_see = async |name: &str, within: Duration, why: &str| {
         let r = record("cut", name);
@@ -506,7 +508,7 @@ async fn postgres_watchers_poll_while_the_listener_is_cut() {
     assert_eq!(cut, "2");
     publish_and_see("during", Duration::from_secs(2), "short polling while cut").await;
 
-    wait_listeners("2");
+    wait_listeners("2").await;
     publish_and_see(
         "after",
         Duration::from_secs(2),
@@ -630,19 +632,20 @@ async fn wait_connections(
     within: Duration,
     what: &str,
 ) {
-    let deadline = Instant::now() + within;
-    loop {
-        let c = count.clone();
-        let n = tokio::task::spawn_blocking(c).await.unwrap();
-        if n == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {n} server connections after {within:?}, expected {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        within,
+        &format!("{want} server connections {what}"),
+        || async {
+            let c = count.clone();
+            let n = tokio::task::spawn_blocking(c).await.unwrap();
+            if n == want {
+                Ok(Some(()))
+            } else {
+                Err(format!("{n} server connections"))
+            }
+        },
+    )
+    .await
 }
 
 /// A started node (publishing with heartbeats, watching its namespace)
@@ -679,6 +682,8 @@ async fn node_at_rest_holds_one_connection(
         let c = count.clone();
         let n = tokio::task::spawn_blocking(c).await.unwrap();
         assert_eq!(n, 1, "{backend}: server connections of a node at rest");
+        // Real time: sampling a window of several heartbeats, polls and
+        // sweeps, in which nothing may open a second connection.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -795,6 +800,7 @@ async fn postgres_ninety_handles_fit_the_default_max_connections() {
             while sampling.load(std::sync::atomic::Ordering::Relaxed) {
                 let n = pg_connections(&pg);
                 most.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+                // Real time: the sampling period of a count taken all along.
                 std::thread::sleep(Duration::from_millis(50));
             }
         })
@@ -815,6 +821,7 @@ async fn postgres_ninety_handles_fit_the_default_max_connections() {
         let (beat, failures) = (reg.clone(), failures.clone());
         beats.push(tokio::spawn(async move {
             loop {
+                // Real time: a heartbeat period, as a node's.
                 tokio::time::sleep(ttl / 3).await;
                 if let Err(e) = beat.refresh(&r.namespace, &r.name, r.instance, ttl).await {
                     tracing::warn!(name = %r.name, error = %e, "heartbeat failed");

@@ -18,7 +18,7 @@ use masse::{Error, Events, Namespace, Node, NodeEvent, Pattern, Registry};
 use masse_integration_tests::mariadb::MariaDbServer;
 use masse_integration_tests::postgres::PostgresServer;
 use masse_integration_tests::server::require_binary;
-use masse_integration_tests::{echo_forever, init_tracing};
+use masse_integration_tests::{echo_forever, eventually, init_tracing};
 use masse_sql::{SqlConfig, SqlRegistry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
@@ -65,6 +65,7 @@ async fn dial(from: &Node, to: &str) {
             Ok(Ok(s)) => break s,
             Ok(Err(e @ Error::NotFound { .. })) if Instant::now() < deadline => {
                 tracing::debug!(error = %e, "not found yet; dialing again");
+                // Real time: the back-off of a retry loop.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Ok(Err(e)) => panic!("{} → {to}: {e}", from.name()),
@@ -126,23 +127,20 @@ async fn restored(events: &mut Events) {
 async fn both_published(url: &str, ns: &str, nodes: [&Node; 2]) {
     let reg = connect(url).await;
     let ns: Namespace = ns.parse().unwrap();
-    let deadline = Instant::now() + T;
-    loop {
-        if let Ok(found) = reg.lookup(&ns, &Pattern::any()).await
-            && nodes.iter().all(|n| {
-                found
-                    .iter()
-                    .any(|r| r.name == *n.name() && r.instance == n.instance())
-            })
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "both nodes not published again within {T:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(T, "both nodes published again", || async {
+        let found = reg.lookup(&ns, &Pattern::any()).await?;
+        Ok::<_, Error>(
+            nodes
+                .iter()
+                .all(|n| {
+                    found
+                        .iter()
+                        .any(|r| r.name == *n.name() && r.instance == n.instance())
+                })
+                .then_some(()),
+        )
+    })
+    .await;
 }
 
 /// What a fault cycle measured, from the fault's removal.
@@ -178,6 +176,7 @@ async fn fault_cycle(
     unavailable(&mut ev_b).await;
     // The fault lasts two ttls: both records are past their expiry (where
     // the database can still be read, lookups no longer find them).
+    // Real time: the records' ttl must run out on the database's clock.
     tokio::time::sleep(TTL * 2).await;
 
     tokio::task::block_in_place(remove);
@@ -415,14 +414,10 @@ async fn sqlite_file_swapped(what: &str, ns_name: &str, swap: impl FnOnce(&Path)
     // Every handle here let go of the old file: its write-ahead log is gone
     // (the last one to close it removed it). Only now may a new handle open
     // the path, or SQLite would read the old log into the new file.
-    let deadline = Instant::now() + T;
-    while old_wal.is_some() && file_id(&wal) == old_wal {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: the old WAL is still there"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(T, &format!("{what}: the old WAL gone"), || async {
+        old_wal.is_none() || file_id(&wal) != old_wal
+    })
+    .await;
     both_published(&url, ns_name, [&a, &b]).await;
     let published = swapped.elapsed();
     assert_ne!(file_id(&db), Some(old_main), "{what}: a new file");
@@ -749,22 +744,19 @@ async fn bad_rows_next_to_good_ones(url: &str, raw: &dyn RawSql) {
     assert_eq!(reached, ["good-1", "good-2"]);
 
     // Every expired row is gone, readable or not (any namespace).
-    let deadline = Instant::now() + T;
-    loop {
+    eventually(T, "every expired bad row swept", || async {
         let left = tokio::task::block_in_place(|| {
             raw.sql(&format!(
                 "SELECT count(*) FROM masse_peers WHERE expires_at <= {PAST}"
             ))
         });
         if left == "0" {
-            break;
+            Ok(Some(()))
+        } else {
+            Err(format!("{left} left"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "{left} expired bad rows not swept"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     // Their removal wrote no event that names them.
     let named = tokio::task::block_in_place(|| {
         raw.sql(
@@ -823,18 +815,14 @@ async fn sqlite_damaged_own_row_is_published_again() {
     });
     let reg = connect(&url).await;
     let ns: Namespace = "damaged".parse().unwrap();
-    let deadline = Instant::now() + T;
-    loop {
+    eventually(T, "alpha published again", || async {
         let found = reg.lookup(&ns, &"alpha".parse().unwrap()).await.unwrap();
         let instance = tokio::task::block_in_place(|| {
             raw.sql("SELECT typeof(instance) FROM masse_peers WHERE name = 'alpha'")
         });
-        if instance == "text" && found.iter().any(|r| r.instance == node.instance()) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "alpha not published again");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        instance == "text" && found.iter().any(|r| r.instance == node.instance())
+    })
+    .await;
     eprintln!(
         "RECOVERY damaged own row: published again after {:?}",
         damaged.elapsed()

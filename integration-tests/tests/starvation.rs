@@ -22,7 +22,7 @@ use masse::{
     ConnectContext, Endpoint, Fingerprint, Identity, InstanceId, Interface, MemoryRegistry, Node,
     PeerRecord, Protocol, QuicInterface, RefuseCode, TcpInterface, TlsInterface,
 };
-use masse_integration_tests::init_tracing;
+use masse_integration_tests::{eventually, init_tracing};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -128,21 +128,22 @@ async fn idle_sockets_cannot_keep_a_dialer_out(protocol: Protocol, idle: usize) 
 
     // Every idle socket is released by the server at its deadline: only
     // our own ends stay open.
-    let released_by = Instant::now() + DEADLINE + Duration::from_secs(3);
-    loop {
-        let extra = open_fds().saturating_sub(baseline);
-        if extra <= idle + 16 {
-            eprintln!(
-                "{protocol}: server released the idle sockets ({extra} descriptors above baseline, our {idle} ends included)"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < released_by,
-            "{protocol}: {extra} descriptors above baseline long after the deadline"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let extra = eventually(
+        DEADLINE + Duration::from_secs(3),
+        &format!("{protocol}: the server to release the idle sockets"),
+        || async {
+            let extra = open_fds().saturating_sub(baseline);
+            if extra <= idle + 16 {
+                Ok(Some(extra))
+            } else {
+                Err(format!("{extra} descriptors above baseline"))
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "{protocol}: server released the idle sockets ({extra} descriptors above baseline, our {idle} ends included)"
+    );
     // And the node still serves.
     echo_by_name(&client, "server").await;
     drop(sockets);
@@ -221,20 +222,20 @@ async fn stalled_quic_handshakes_cannot_keep_a_dialer_out(stalled: usize) {
     // has reached the server (how fast depends on the machine's CPU), or
     // until shortly before the first stalled handshake's deadline.
     let t0 = Instant::now();
-    loop {
+    let flooded = eventually(deadline, "the flood to reach the server", || async {
         let s = server.stats();
         let seen = s.handshakes_in_progress + s.silent_evictions;
-        if s.silent_evictions > 0 && seen >= (stalled / 2) as u64 {
-            break;
-        }
-        if t0.elapsed() > deadline - Duration::from_secs(2) {
-            assert!(
-                s.silent_evictions > 0,
-                "the flood never filled the budget: {s:?}"
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        s.silent_evictions > 0 && seen >= (stalled / 2) as u64
+    });
+    if timeout(deadline - Duration::from_secs(2), flooded)
+        .await
+        .is_err()
+    {
+        let s = server.stats();
+        assert!(
+            s.silent_evictions > 0,
+            "the flood never filled the budget: {s:?}"
+        );
     }
     eprintln!("quic: the flood reached the server in {:?}", t0.elapsed());
     let before = server.stats();
@@ -254,16 +255,20 @@ async fn stalled_quic_handshakes_cannot_keep_a_dialer_out(stalled: usize) {
     for t in tasks {
         t.abort();
     }
-    let released_by = Instant::now() + deadline + Duration::from_secs(3);
-    loop {
-        let s = server.stats();
-        if s.handshakes_in_progress == 0 {
-            eprintln!("quic: every stalled handshake released");
-            break;
-        }
-        assert!(Instant::now() < released_by, "{s:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        deadline + Duration::from_secs(3),
+        "every stalled handshake released",
+        || async {
+            let s = server.stats();
+            if s.handshakes_in_progress == 0 {
+                Ok(Some(()))
+            } else {
+                Err(format!("{s:?}"))
+            }
+        },
+    )
+    .await;
+    eprintln!("quic: every stalled handshake released");
     echo_by_name(&client, "server").await;
     client.shutdown().await.unwrap();
     server.shutdown().await.unwrap();

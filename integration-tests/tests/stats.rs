@@ -197,6 +197,7 @@ async fn a_bad_stats_answer_is_a_clean_error() {
     // Never answers: the connect timeout ends the wait.
     fake.serve_service(STATS_SERVICE, |mut s| async move {
         let _ = s.write_all(b"{").await;
+        // Real time: a peer that stays silent past the dialer's timeout.
         tokio::time::sleep(Duration::from_secs(30)).await;
     });
     match timeout(T, client.remote_stats("fake")).await.unwrap() {
