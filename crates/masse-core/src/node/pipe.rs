@@ -522,14 +522,19 @@ impl Answer {
 }
 
 struct Shared {
-    answer: Mutex<Answer>,
+    /// `None` once the stream is open and the [`Verdict`] took it: what the
+    /// handshake needed (the dialer, its timer, the replay) is freed then,
+    /// not kept for the life of the stream.
+    answer: Mutex<Option<Box<Answer>>>,
     wakers: Arc<Wakers>,
 }
 
 impl Nudge for Shared {
     fn nudge(&self, cx: &mut Context<'_>) -> bool {
         let mut guard = self.lock();
-        let a = &mut *guard;
+        let Some(a) = guard.as_deref_mut() else {
+            return true;
+        };
         if a.hello_sent == a.hello.len() {
             return true;
         }
@@ -542,7 +547,7 @@ impl Nudge for Shared {
 }
 
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Answer> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Box<Answer>>> {
         self.answer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -702,8 +707,11 @@ impl std::fmt::Debug for Established {
 impl Established {
     pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         self.0.wakers.established.register(cx.waker());
-        let mut a = self.0.lock();
-        self.0.poll_answer(&mut a, true)
+        match self.0.lock().as_deref_mut() {
+            Some(a) => self.0.poll_answer(a, true),
+            // The stream opened and moved to the fast path.
+            None => Poll::Ready(Ok(())),
+        }
     }
 }
 
@@ -735,7 +743,7 @@ impl Verdict {
             reached,
         };
         let shared = Arc::new(Shared {
-            answer: Mutex::new(answer),
+            answer: Mutex::new(Some(Box::new(answer))),
             wakers: Arc::new(Wakers::default()),
         });
         if hold_back {
@@ -750,11 +758,16 @@ impl Verdict {
         (verdict, Established(shared))
     }
 
-    /// Once the answer is in: moves the stream to the fast path.
-    fn take_open(&mut self, a: &mut Answer) {
-        if matches!(a.state, State::Open) && self.open.is_none() {
+    /// Once the answer is in: moves the stream to the fast path and frees
+    /// the handshake's state.
+    fn take_open(&mut self, answer: &mut Option<Box<Answer>>) {
+        if let Some(a) = answer.as_deref_mut()
+            && matches!(a.state, State::Open)
+            && self.open.is_none()
+        {
             self.open = a.io.take();
             self.leftover = std::mem::take(&mut a.frame);
+            *answer = None;
         }
     }
 
@@ -763,11 +776,14 @@ impl Verdict {
     fn poll_before_write(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<Result<()>> {
         let shared = self.shared.clone();
         shared.wakers.write.register(cx.waker());
-        let mut a = shared.lock();
+        let mut guard = shared.lock();
+        let Some(a) = guard.as_deref_mut() else {
+            return Poll::Ready(Ok(()));
+        };
         let pending = matches!(a.state, State::Pending);
         // A refusal already here fails this write; a redial makes it wait.
-        if let Poll::Ready(r) = shared.poll_answer(&mut a, false) {
-            self.take_open(&mut a);
+        if let Poll::Ready(r) = shared.poll_answer(a, false) {
+            self.take_open(&mut guard);
             return Poll::Ready(r);
         }
         if !pending || !matches!(a.state, State::Pending) {
@@ -786,7 +802,9 @@ impl Verdict {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let mut guard = self.shared.lock();
-        let a = &mut *guard;
+        let Some(a) = guard.as_deref_mut() else {
+            return Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()));
+        };
         let Some(io) = a.io.as_mut() else {
             return Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()));
         };
@@ -818,9 +836,11 @@ impl AsyncRead for Verdict {
         if this.open.is_none() {
             let shared = this.shared.clone();
             shared.wakers.read.register(cx.waker());
-            let mut a = shared.lock();
-            ready!(shared.poll_answer(&mut a, true))?;
-            this.take_open(&mut a);
+            let mut guard = shared.lock();
+            if let Some(a) = guard.as_deref_mut() {
+                ready!(shared.poll_answer(a, true))?;
+                this.take_open(&mut guard);
+            }
         }
         if this.leftover.serve(buf) {
             return Poll::Ready(Ok(()));
@@ -882,10 +902,12 @@ impl AsyncWrite for Verdict {
         let shared = this.shared.clone();
         shared.wakers.write.register(cx.waker());
         let mut guard = shared.lock();
-        if !matches!(guard.state, State::Pending | State::Open) {
-            ready!(shared.poll_answer(&mut guard, true))?;
+        let Some(a) = guard.as_deref_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        if !matches!(a.state, State::Pending | State::Open) {
+            ready!(shared.poll_answer(a, true))?;
         }
-        let a = &mut *guard;
         match a.io.as_mut() {
             Some(io) => {
                 ready!(poll_write_all(io, cx, &a.hello, &mut a.hello_sent))?;
@@ -903,13 +925,15 @@ impl AsyncWrite for Verdict {
         let shared = this.shared.clone();
         shared.wakers.write.register(cx.waker());
         let mut guard = shared.lock();
-        guard.shutdown = true;
-        if !matches!(guard.state, State::Pending | State::Open) {
+        let Some(a) = guard.as_deref_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        a.shutdown = true;
+        if !matches!(a.state, State::Pending | State::Open) {
             // The replay shuts the fresh stream down after it.
-            ready!(shared.poll_answer(&mut guard, true))?;
+            ready!(shared.poll_answer(a, true))?;
             return Poll::Ready(Ok(()));
         }
-        let a = &mut *guard;
         match a.io.as_mut() {
             Some(io) => {
                 ready!(poll_write_all(io, cx, &a.hello, &mut a.hello_sent))?;
