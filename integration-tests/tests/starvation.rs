@@ -247,7 +247,10 @@ async fn stalled_quic_handshakes_cannot_keep_a_dialer_out(stalled: usize) {
         .await
         .expect("a dialer gets in past the stalled handshakes");
     eprintln!("quic: connect by name + echo past {stalled} stalled handshakes: {took:?}");
-    assert!(took < Duration::from_secs(1), "{took:?}");
+    // A dialer kept out would wait for the first stalled handshake's
+    // deadline; a third of it proves it got in past them, with room
+    // for a flood whose handshakes still take CPU on a loaded two-core machine.
+    assert!(took < deadline / 3, "{took:?}");
     assert!(before.silent_evictions > 0, "{before:?}");
     // The stalled dialers give up (until then they resend their `Initial`,
     // which the server takes for a new handshake each time), and what they
