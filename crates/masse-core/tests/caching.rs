@@ -1,6 +1,8 @@
 //! CachingRegistry behaviour beyond the conformance suite: hits, coalescing,
 //! negative caching, stale serving, invalidation and patching of in-flight fetches.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -17,18 +19,14 @@ use masse_core::{
 struct TestBackend {
     inner: MemoryRegistry,
     lookups: Arc<AtomicU64>,
-    /// Sleep after reading the answer (so changes can land during a fetch).
-    delay_ms: Arc<AtomicU64>,
+    /// While true, a lookup reads its answer, then holds it until this
+    /// turns false (so lookups can join it and changes land during it).
+    hold: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Answers read from `inner` so far.
+    answers: Arc<AtomicU64>,
     failing: Arc<AtomicBool>,
     /// Flipped to end every open watch stream with an error.
     break_watch: Arc<tokio::sync::Notify>,
-}
-
-fn down() -> Error {
-    Error::unavailable(
-        "test",
-        std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "backend is down"),
-    )
 }
 
 #[async_trait]
@@ -51,18 +49,17 @@ impl Registry for TestBackend {
     async fn lookup(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<PeerRecord>> {
         self.lookups.fetch_add(1, Ordering::SeqCst);
         if self.failing.load(Ordering::SeqCst) {
-            return Err(down());
+            return Err(common::down("test"));
         }
         let found = self.inner.lookup(ns, pattern).await?;
-        let delay = self.delay_ms.load(Ordering::SeqCst);
-        if delay > 0 {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-        }
+        self.answers.fetch_add(1, Ordering::SeqCst);
+        let mut hold = self.hold.subscribe();
+        let _ = hold.wait_for(|held| !*held).await;
         Ok(found)
     }
     async fn watch(&self, ns: &Namespace) -> Result<BoxStream<'static, Result<RegistryEvent>>> {
         if self.failing.load(Ordering::SeqCst) {
-            return Err(down());
+            return Err(common::down("test"));
         }
         let inner = self.inner.watch(ns).await?;
         // Registered now, so that a break right after `watch` returns counts.
@@ -70,7 +67,7 @@ impl Registry for TestBackend {
         notified.as_mut().enable();
         let broken = Box::pin(async move {
             notified.await;
-            Err(down())
+            Err(common::down("test"))
         });
         // The events, until `break_watch` fires; then an error.
         Ok(futures::stream::select(inner, futures::stream::once(broken)).boxed())
@@ -89,18 +86,15 @@ fn pat(p: &str) -> Pattern {
     p.parse().unwrap()
 }
 
+/// How long a change may take to reach the cache.
+const SETTLE: Duration = Duration::from_secs(2);
+
 async fn until(mut cond: impl FnMut() -> bool) {
     eventually(async || cond()).await
 }
 
-async fn eventually(mut cond: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
-        if cond().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("condition not reached within 2 s");
+async fn eventually(cond: impl AsyncFnMut() -> bool) {
+    common::wait_until("the cache's condition", SETTLE, cond).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,7 +163,7 @@ async fn repeated_lookups_hit_the_cache_and_follow_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_lookups_are_coalesced() {
     let backend = TestBackend::default();
-    backend.delay_ms.store(100, Ordering::SeqCst);
+    backend.hold.send_replace(true);
     backend
         .publish(&rec("w-1"), Duration::from_secs(30), NamePolicy::Takeover)
         .await
@@ -182,6 +176,12 @@ async fn concurrent_lookups_are_coalesced() {
             cache.lookup(&ns(), &pat("w-*")).await
         }));
     }
+    // The backend holds its answer until every other lookup joined the first.
+    common::wait_until("99 lookups join the first", SETTLE, async || {
+        cache.stats().coalesced == 99
+    })
+    .await;
+    backend.hold.send_replace(false);
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap().len(), 1);
     }
@@ -195,10 +195,12 @@ async fn concurrent_lookups_are_coalesced() {
     assert_eq!(stats.coalesced, 99, "{stats:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// On a paused clock: a miss expires exactly after `negative_ttl`.
+#[tokio::test(start_paused = true)]
 async fn misses_are_cached_briefly() {
     let backend = TestBackend::default();
-    let config = CachingConfig::default().with_negative_ttl(Duration::from_millis(300));
+    let negative_ttl = Duration::from_millis(300);
+    let config = CachingConfig::default().with_negative_ttl(negative_ttl);
     let cache = CachingRegistry::with_config(backend.clone(), config);
     let _ = cache.lookup(&ns(), &pat("ghost")).await.unwrap();
     until(|| cache.is_synced(&ns())).await;
@@ -212,7 +214,14 @@ async fn misses_are_cached_briefly() {
         calls,
         "a miss is cached"
     );
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::advance(negative_ttl - Duration::from_millis(1)).await;
+    assert!(cache.lookup(&ns(), &pat("ghost")).await.unwrap().is_empty());
+    assert_eq!(
+        backend.lookups.load(Ordering::SeqCst),
+        calls,
+        "a miss is cached for negative_ttl"
+    );
+    tokio::time::advance(Duration::from_millis(2)).await;
     assert!(cache.lookup(&ns(), &pat("ghost")).await.unwrap().is_empty());
     assert_eq!(
         backend.lookups.load(Ordering::SeqCst),
@@ -235,10 +244,13 @@ async fn misses_are_cached_briefly() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// On a paused clock: the backend is asked again exactly `retry_after` after
+/// it failed.
+#[tokio::test(start_paused = true)]
 async fn stale_answers_are_served_and_flagged_while_the_backend_is_down() {
     let backend = TestBackend::default();
-    let config = CachingConfig::default().with_retry_after(Duration::from_millis(100));
+    let retry_after = Duration::from_millis(100);
+    let config = CachingConfig::default().with_retry_after(retry_after);
     let cache = CachingRegistry::with_config(backend.clone(), config);
     backend
         .publish(&rec("db-1"), Duration::from_secs(30), NamePolicy::Takeover)
@@ -275,7 +287,8 @@ async fn stale_answers_are_served_and_flagged_while_the_backend_is_down() {
     // Recovery: the watch comes back and answers are fresh again.
     backend.failing.store(false, Ordering::SeqCst);
     until(|| cache.is_synced(&ns())).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The failed lookup of "unknown" holds lookups off for retry_after.
+    tokio::time::advance(retry_after).await;
     let fresh = cache.lookup_cached(&ns(), &pat("db-1")).await.unwrap();
     assert_ne!(fresh.freshness, Freshness::Stale);
 }
@@ -316,23 +329,34 @@ async fn a_change_during_a_fetch_is_not_lost() {
     let _ = cache.lookup(&ns(), &pat("x")).await.unwrap();
     until(|| cache.is_synced(&ns())).await;
 
-    // The backend reads its answer, then takes 200 ms to return it; meanwhile n-2 joins.
-    backend.delay_ms.store(200, Ordering::SeqCst);
+    // The backend reads its answer, then holds it; meanwhile n-2 joins, and
+    // the cache has the event before the answer comes back.
+    let mut events = cache.subscribe(&ns()).await;
+    backend.hold.send_replace(true);
+    let answers = backend.answers.load(Ordering::SeqCst);
     let c2 = cache.clone();
     let fetch = tokio::spawn(async move { c2.lookup(&ns(), &pat("n-*")).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    common::wait_until("the backend reads its answer", SETTLE, async || {
+        backend.answers.load(Ordering::SeqCst) > answers
+    })
+    .await;
+    let n2 = rec("n-2");
     backend
-        .publish(&rec("n-2"), Duration::from_secs(30), NamePolicy::Takeover)
+        .publish(&n2, Duration::from_secs(30), NamePolicy::Takeover)
         .await
         .unwrap();
+    match tokio::time::timeout(SETTLE, events.recv()).await {
+        Ok(Ok(RegistryEvent::Joined(r))) => assert_eq!(r, n2),
+        other => panic!("expected n-2 to join, got {other:?}"),
+    }
     let calls = backend.lookups.load(Ordering::SeqCst);
+    backend.hold.send_replace(false);
     let fetched = fetch.await.unwrap().unwrap();
     assert_eq!(
         fetched.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
         ["n-1", "n-2"],
         "the backend's answer predates the join; the event that arrived meanwhile was applied to it"
     );
-    backend.delay_ms.store(0, Ordering::SeqCst);
     let hit = cache.lookup_cached(&ns(), &pat("n-*")).await.unwrap();
     assert_eq!(hit.freshness, Freshness::Cached);
     assert_eq!(hit.records.len(), 2);
