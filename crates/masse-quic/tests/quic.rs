@@ -4,6 +4,8 @@
 
 #![allow(clippy::print_stderr)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,31 +104,26 @@ async fn accepted_streams_report_the_dialer_and_share_one_connection() {
 #[tokio::test]
 async fn a_node_dials_from_its_listening_socket() {
     init_tracing();
+    /// `from` dials `to` with its own identity; what `to` accepts.
+    async fn dial(from: &Server, to: &mut Server) -> Accepted {
+        let mut dialed = from
+            .quic
+            .connect(
+                &to.ep,
+                &record(&to.ep, Some(to.id.fingerprint())),
+                &connect_ctx(&from.id),
+            )
+            .await
+            .unwrap();
+        open_and_echo(&mut dialed, &mut to.listener).await
+    }
     let mut a = server(QuicInterface::new("127.0.0.1:0")).await;
     let mut b = server(QuicInterface::new("127.0.0.1:0")).await;
-    let mut dialed = a
-        .quic
-        .connect(
-            &b.ep,
-            &record(&b.ep, Some(b.id.fingerprint())),
-            &connect_ctx(&a.id),
-        )
-        .await
-        .unwrap();
-    let accepted = open_and_echo(&mut dialed, &mut b.listener).await;
+    let accepted = dial(&a, &mut b).await;
     assert_eq!(accepted.remote_addr, Some(a.ep.socket_addr().unwrap()));
     assert_eq!(accepted.peer_identity, Some(a.id.fingerprint()));
     // And the other way round.
-    let mut dialed = b
-        .quic
-        .connect(
-            &a.ep,
-            &record(&a.ep, Some(a.id.fingerprint())),
-            &connect_ctx(&b.id),
-        )
-        .await
-        .unwrap();
-    let accepted = open_and_echo(&mut dialed, &mut a.listener).await;
+    let accepted = dial(&b, &mut a).await;
     assert_eq!(accepted.remote_addr, Some(b.ep.socket_addr().unwrap()));
 }
 
@@ -305,17 +302,6 @@ async fn close(mut d: BoxIo, mut a: Accepted) {
         .unwrap();
 }
 
-/// Waits until no stream the client opened is counted any more.
-async fn drained(client: &QuicInterface) {
-    timeout(STEP, async {
-        while client.pooled_streams().iter().flatten().any(|n| *n > 0) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("streams still counted: {:?}", client.pooled_streams()));
-}
-
 #[tokio::test]
 async fn past_every_pooled_connection_s_stream_limit_connect_is_refused_as_busy_at_once() {
     init_tracing();
@@ -352,17 +338,15 @@ async fn past_every_pooled_connection_s_stream_limit_connect_is_refused_as_busy_
     // Its credit comes back after an acknowledgement and a round trip.
     let (d, a) = open.remove(0);
     close(d, a).await;
-    timeout(STEP, async {
-        while client.pooled_streams() != vec![vec![1, 2]] {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    common::until_streams(&client, "the closed stream uncounted", STEP, |c| {
+        c == [vec![1, 2]]
     })
-    .await
-    .expect("the closed stream stayed counted");
+    .await;
     let mut d = timeout(STEP, async {
         loop {
             match client.connect(&s.ep, &rec, &patient).await {
                 Err(e) if e.refuse_code() == Some(RefuseCode::Busy) => {
+                    // Back-off of a retry until the credit is back.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 other => break other.unwrap(),
@@ -400,7 +384,7 @@ async fn streams_past_one_connection_s_limit_go_on_another_and_back_to_the_first
         for (d, a) in open {
             close(d, a).await;
         }
-        drained(&client).await;
+        common::drained(&client, STEP).await;
         assert_eq!(client.pooled_connections(), 3);
         // The next stream goes on the first connection again, and the
         // extra ones, idle, are closed.
@@ -411,7 +395,7 @@ async fn streams_past_one_connection_s_limit_go_on_another_and_back_to_the_first
         let a = open_and_echo(&mut d, &mut s.listener).await;
         assert_eq!(client.pooled_streams(), vec![vec![1]], "round {round}");
         close(d, a).await;
-        drained(&client).await;
+        common::drained(&client, STEP).await;
     }
 }
 
@@ -438,8 +422,10 @@ async fn without_a_listener_connections_are_refused_and_streams_reset() {
     let _ = d.write_all(b"hello").await;
     let _ = d.flush().await;
     let mut buf = [0u8; 8];
-    let r = timeout(STEP, d.read(&mut buf)).await.expect("read hung");
-    assert!(r.is_err(), "expected a reset stream, read {r:?}");
+    match timeout(STEP, d.read(&mut buf)).await.expect("read hung") {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        Ok(n) => panic!("expected a reset stream, read {n} bytes"),
+    }
 
     // A new connection is refused at once.
     let other = QuicInterface::new("127.0.0.1:0");
@@ -496,6 +482,7 @@ async fn a_restarted_peer_is_redialed() {
                 listener = Some(l);
                 break;
             }
+            // Back-off of a retry until the OS lets the address go.
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
