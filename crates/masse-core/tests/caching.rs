@@ -3,76 +3,15 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use common::TestBackend;
+
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures::StreamExt;
 use masse_core::{
-    BoxStream, CachingConfig, CachingRegistry, Error, Freshness, InstanceId, MemoryRegistry,
-    NamePolicy, Namespace, Pattern, PeerName, PeerRecord, Registry, RegistryEvent, Result,
-    async_trait,
+    CachingConfig, CachingRegistry, Error, Freshness, InstanceId, NamePolicy, Namespace, Pattern,
+    PeerRecord, Registry, RegistryEvent,
 };
-
-/// A backend that counts lookups, can be slowed down and can be made to fail.
-#[derive(Debug, Clone, Default)]
-struct TestBackend {
-    inner: MemoryRegistry,
-    lookups: Arc<AtomicU64>,
-    /// While true, a lookup reads its answer, then holds it until this
-    /// turns false (so lookups can join it and changes land during it).
-    hold: Arc<tokio::sync::watch::Sender<bool>>,
-    /// Answers read from `inner` so far.
-    answers: Arc<AtomicU64>,
-    failing: Arc<AtomicBool>,
-    /// Flipped to end every open watch stream with an error.
-    break_watch: Arc<tokio::sync::Notify>,
-}
-
-#[async_trait]
-impl Registry for TestBackend {
-    async fn publish(&self, record: &PeerRecord, ttl: Duration, policy: NamePolicy) -> Result<()> {
-        self.inner.publish(record, ttl, policy).await
-    }
-    async fn refresh(
-        &self,
-        ns: &Namespace,
-        name: &PeerName,
-        instance: InstanceId,
-        ttl: Duration,
-    ) -> Result<()> {
-        self.inner.refresh(ns, name, instance, ttl).await
-    }
-    async fn unpublish(&self, ns: &Namespace, name: &PeerName, instance: InstanceId) -> Result<()> {
-        self.inner.unpublish(ns, name, instance).await
-    }
-    async fn lookup(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<PeerRecord>> {
-        self.lookups.fetch_add(1, Ordering::SeqCst);
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(common::down("test"));
-        }
-        let found = self.inner.lookup(ns, pattern).await?;
-        self.answers.fetch_add(1, Ordering::SeqCst);
-        let mut hold = self.hold.subscribe();
-        let _ = hold.wait_for(|held| !*held).await;
-        Ok(found)
-    }
-    async fn watch(&self, ns: &Namespace) -> Result<BoxStream<'static, Result<RegistryEvent>>> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(common::down("test"));
-        }
-        let inner = self.inner.watch(ns).await?;
-        // Registered now, so that a break right after `watch` returns counts.
-        let mut notified = Box::pin(self.break_watch.clone().notified_owned());
-        notified.as_mut().enable();
-        let broken = Box::pin(async move {
-            notified.await;
-            Err(common::down("test"))
-        });
-        // The events, until `break_watch` fires; then an error.
-        Ok(futures::stream::select(inner, futures::stream::once(broken)).boxed())
-    }
-}
 
 fn ns() -> Namespace {
     "cache-test".parse().unwrap()

@@ -9,15 +9,16 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use common::TestBackend;
+
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use masse_core::{
-    BoxStream, CachingConfig, CachingRegistry, Error, Freshness, InstanceId, Lease, MemoryRegistry,
-    NamePolicy, Namespace, Pattern, PeerName, PeerRecord, Registry, RegistryEvent, Result,
-    async_trait,
+    CachingConfig, CachingRegistry, Error, Freshness, InstanceId, MemoryRegistry, NamePolicy,
+    Namespace, Pattern, PeerRecord, Registry, RegistryEvent,
 };
 use tokio::sync::broadcast;
 use tokio::time::{Instant, timeout};
@@ -27,50 +28,6 @@ const GRACE: Duration = Duration::from_secs(3);
 const LONG: Duration = Duration::from_secs(600);
 /// One poll interval, and a hair: a timer due with the poll may fire first.
 const WITHIN: Duration = Duration::from_millis(210);
-
-/// A `MemoryRegistry` whose `watch` is `Unsupported`, and whose lookups can
-/// be made to fail.
-#[derive(Debug, Clone, Default)]
-struct NoWatch {
-    inner: MemoryRegistry,
-    failing: Arc<AtomicBool>,
-    lookups: Arc<AtomicU64>,
-}
-
-#[async_trait]
-impl Registry for NoWatch {
-    async fn publish(&self, record: &PeerRecord, ttl: Duration, policy: NamePolicy) -> Result<()> {
-        self.inner.publish(record, ttl, policy).await
-    }
-    async fn refresh(
-        &self,
-        ns: &Namespace,
-        name: &PeerName,
-        instance: InstanceId,
-        ttl: Duration,
-    ) -> Result<()> {
-        self.inner.refresh(ns, name, instance, ttl).await
-    }
-    async fn unpublish(&self, ns: &Namespace, name: &PeerName, instance: InstanceId) -> Result<()> {
-        self.inner.unpublish(ns, name, instance).await
-    }
-    async fn lookup(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<PeerRecord>> {
-        self.lookups.fetch_add(1, Ordering::SeqCst);
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(common::down("no-watch"));
-        }
-        self.inner.lookup(ns, pattern).await
-    }
-    async fn lookup_leases(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<Lease>> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(common::down("no-watch"));
-        }
-        self.inner.lookup_leases(ns, pattern).await
-    }
-    async fn watch(&self, _: &Namespace) -> Result<BoxStream<'static, Result<RegistryEvent>>> {
-        Err(Error::Unsupported("this test registry cannot watch".into()))
-    }
-}
 
 fn config() -> CachingConfig {
     CachingConfig::default()
@@ -188,7 +145,7 @@ impl tracing::Subscriber for Logs {
 #[tokio::test(start_paused = true)]
 async fn polls_turn_changes_into_events_once_each() {
     let (logs, _guard) = Logs::capture();
-    let backend = NoWatch::default();
+    let backend = TestBackend::without_watch();
     let cache = CachingRegistry::with_config(backend.clone(), config());
     let anchor = rec("other");
     backend
@@ -311,7 +268,7 @@ async fn polls_turn_changes_into_events_once_each() {
 /// a change shows within one interval.
 #[tokio::test(start_paused = true)]
 async fn cached_lookups_see_changes_within_one_interval() {
-    let backend = NoWatch::default();
+    let backend = TestBackend::without_watch();
     let cache = CachingRegistry::with_config(backend.clone(), config());
     let anchor = rec("other");
     backend
@@ -373,7 +330,7 @@ async fn cached_lookups_see_changes_within_one_interval() {
 /// came back around it is not lost for good.
 #[tokio::test(start_paused = true)]
 async fn an_entry_fetched_between_polls_is_rebased_on_the_next_one() {
-    let backend = NoWatch::default();
+    let backend = TestBackend::without_watch();
     let cache = CachingRegistry::with_config(backend.clone(), config());
     let a = rec("a");
     let anchor = rec("other");
@@ -420,7 +377,7 @@ async fn an_entry_fetched_between_polls_is_rebased_on_the_next_one() {
 #[tokio::test(start_paused = true)]
 async fn a_failing_poll_serves_stale_answers_and_recovers_with_the_right_events() {
     let (logs, _guard) = Logs::capture();
-    let backend = NoWatch::default();
+    let backend = TestBackend::without_watch();
     let cache = CachingRegistry::with_config(backend.clone(), config());
     let (anchor, a) = (rec("other"), rec("a"));
     backend
@@ -509,7 +466,7 @@ async fn a_failing_poll_serves_stale_answers_and_recovers_with_the_right_events(
 /// changes after `watch` returned, once each.
 #[tokio::test(start_paused = true)]
 async fn a_watch_stream_is_fed_by_polls() {
-    let backend = NoWatch::default();
+    let backend = TestBackend::without_watch();
     let cache = CachingRegistry::with_config(backend.clone(), config());
     let (anchor, a) = (rec("other"), rec("a"));
     backend
@@ -548,7 +505,7 @@ async fn a_watch_stream_is_fed_by_polls() {
 /// as for a backend that is down.
 #[tokio::test(start_paused = true)]
 async fn a_watch_whose_first_poll_fails_is_an_error() {
-    let backend = NoWatch::default();
+    let backend = TestBackend::without_watch();
     backend.failing.store(true, Ordering::SeqCst);
     let cache = CachingRegistry::with_config(backend.clone(), config());
     match cache.watch(&ns()).await {
@@ -563,7 +520,7 @@ async fn a_watch_whose_first_poll_fails_is_an_error() {
 /// `Expired` once, unless they come back.
 #[tokio::test(start_paused = true)]
 async fn an_emptied_namespace_is_settled_after_the_grace() {
-    let backend = NoWatch::default();
+    let backend = TestBackend::without_watch();
     let cache = CachingRegistry::with_config(backend.clone(), config());
     let (a, b) = (rec("a"), rec("b"));
     backend
@@ -605,7 +562,7 @@ async fn an_emptied_namespace_is_settled_after_the_grace() {
 /// runs its polling case against it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_without_watch_passes_the_conformance_suite() {
-    let shared = NoWatch::default();
+    let shared = TestBackend::without_watch();
     masse_core::testkit::RegistryConformance::new(move || {
         let handle = shared.clone();
         async move { Arc::new(handle) as masse_core::DynRegistry }
