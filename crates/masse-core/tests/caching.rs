@@ -3,14 +3,14 @@
 
 mod common;
 
-use common::TestBackend;
+use common::{TestBackend, publish};
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use masse_core::{
-    CachingConfig, CachingRegistry, Error, Freshness, InstanceId, NamePolicy, Namespace, Pattern,
-    PeerRecord, Registry, RegistryEvent,
+    CachingConfig, CachingRegistry, Error, Freshness, InstanceId, Namespace, Pattern, PeerRecord,
+    Registry, RegistryEvent,
 };
 
 fn ns() -> Namespace {
@@ -40,10 +40,7 @@ async fn eventually(cond: impl AsyncFnMut() -> bool) {
 async fn repeated_lookups_hit_the_cache_and_follow_events() {
     let backend = TestBackend::default();
     let cache = CachingRegistry::new(backend.clone());
-    backend
-        .publish(&rec("db-1"), Duration::from_secs(30), NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &rec("db-1")).await;
 
     let first = cache.lookup_cached(&ns(), &pat("db-*")).await.unwrap();
     assert_eq!(first.freshness, Freshness::Fetched);
@@ -65,10 +62,7 @@ async fn repeated_lookups_hit_the_cache_and_follow_events() {
 
     // A peer joining elsewhere shows up in the cached answer without a backend call.
     let joined = rec("db-2");
-    backend
-        .publish(&joined, Duration::from_secs(30), NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &joined).await;
     eventually(async || {
         cache
             .lookup_cached(&ns(), &pat("db-*"))
@@ -103,10 +97,7 @@ async fn repeated_lookups_hit_the_cache_and_follow_events() {
 async fn concurrent_lookups_are_coalesced() {
     let backend = TestBackend::default();
     backend.hold.send_replace(true);
-    backend
-        .publish(&rec("w-1"), Duration::from_secs(30), NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &rec("w-1")).await;
     let cache = CachingRegistry::new(backend.clone());
     let mut tasks = Vec::new();
     for _ in 0..100 {
@@ -169,10 +160,7 @@ async fn misses_are_cached_briefly() {
     );
     // A join is seen at once, negative entry or not.
     let g = rec("ghost");
-    backend
-        .publish(&g, Duration::from_secs(30), NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &g).await;
     eventually(async || {
         cache
             .lookup(&ns(), &pat("ghost"))
@@ -191,10 +179,7 @@ async fn stale_answers_are_served_and_flagged_while_the_backend_is_down() {
     let retry_after = Duration::from_millis(100);
     let config = CachingConfig::default().with_retry_after(retry_after);
     let cache = CachingRegistry::with_config(backend.clone(), config);
-    backend
-        .publish(&rec("db-1"), Duration::from_secs(30), NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &rec("db-1")).await;
     let _ = cache.lookup(&ns(), &pat("db-1")).await.unwrap();
     until(|| cache.is_synced(&ns())).await;
     let _ = cache.lookup(&ns(), &pat("db-1")).await.unwrap();
@@ -236,10 +221,7 @@ async fn stale_answers_are_served_and_flagged_while_the_backend_is_down() {
 async fn invalidate_forces_a_fresh_lookup() {
     let backend = TestBackend::default();
     let cache = CachingRegistry::new(backend.clone());
-    backend
-        .publish(&rec("db-1"), Duration::from_secs(30), NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &rec("db-1")).await;
     let _ = cache.lookup(&ns(), &pat("db-1")).await.unwrap();
     until(|| cache.is_synced(&ns())).await;
     let _ = cache.lookup(&ns(), &pat("db-*")).await.unwrap();
@@ -261,10 +243,7 @@ async fn invalidate_forces_a_fresh_lookup() {
 async fn a_change_during_a_fetch_is_not_lost() {
     let backend = TestBackend::default();
     let cache = CachingRegistry::new(backend.clone());
-    backend
-        .publish(&rec("n-1"), Duration::from_secs(30), NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &rec("n-1")).await;
     let _ = cache.lookup(&ns(), &pat("x")).await.unwrap();
     until(|| cache.is_synced(&ns())).await;
 
@@ -280,10 +259,7 @@ async fn a_change_during_a_fetch_is_not_lost() {
     })
     .await;
     let n2 = rec("n-2");
-    backend
-        .publish(&n2, Duration::from_secs(30), NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &n2).await;
     match tokio::time::timeout(SETTLE, events.recv()).await {
         Ok(Ok(RegistryEvent::Joined(r))) => assert_eq!(r, n2),
         other => panic!("expected n-2 to join, got {other:?}"),

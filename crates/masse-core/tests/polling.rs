@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::TestBackend;
+use common::{TestBackend, publish};
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -148,10 +148,7 @@ async fn polls_turn_changes_into_events_once_each() {
     let backend = TestBackend::without_watch();
     let cache = CachingRegistry::with_config(backend.clone(), config());
     let anchor = rec("other");
-    backend
-        .publish(&anchor, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &anchor).await;
     let mut events = cache.subscribe(&ns()).await;
     assert!(
         cache.is_synced(&ns()),
@@ -161,10 +158,7 @@ async fn polls_turn_changes_into_events_once_each() {
 
     // Another process publishes a: Joined, within one interval.
     let a = rec("a");
-    backend
-        .publish(&a, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &a).await;
     assert_eq!(
         next_within(&mut events, WITHIN).await,
         RegistryEvent::Joined(a.clone())
@@ -174,15 +168,9 @@ async fn polls_turn_changes_into_events_once_each() {
     // It changes its metadata, twice between two polls: one Updated, with
     // the last version.
     let mut a2 = a.clone().with_metadata("zone", "b");
-    backend
-        .publish(&a2, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &a2).await;
     a2.metadata.insert("zone".into(), "c".into());
-    backend
-        .publish(&a2, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &a2).await;
     assert_eq!(
         next_within(&mut events, WITHIN).await,
         RegistryEvent::Updated(a2.clone())
@@ -190,10 +178,7 @@ async fn polls_turn_changes_into_events_once_each() {
 
     // Another instance takes the name over: Updated, not a departure.
     let a3 = rec("a");
-    backend
-        .publish(&a3, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &a3).await;
     assert_eq!(
         next_within(&mut events, WITHIN).await,
         RegistryEvent::Updated(a3.clone())
@@ -271,10 +256,7 @@ async fn cached_lookups_see_changes_within_one_interval() {
     let backend = TestBackend::without_watch();
     let cache = CachingRegistry::with_config(backend.clone(), config());
     let anchor = rec("other");
-    backend
-        .publish(&anchor, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &anchor).await;
     let first = cache.lookup_cached(&ns(), &pat("*")).await.unwrap();
     assert_eq!(*first.records, vec![anchor.clone()]);
     let hit = cache.lookup_cached(&ns(), &pat("*")).await.unwrap();
@@ -290,10 +272,7 @@ async fn cached_lookups_see_changes_within_one_interval() {
 
     // A joins: visible within one interval, from cache.
     let a = rec("a");
-    backend
-        .publish(&a, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &a).await;
     common::wait_until("a seen from the cache", bound, async || {
         let got = cache.lookup_cached(&ns(), &pat("*")).await.unwrap();
         assert_eq!(got.freshness, Freshness::Cached);
@@ -334,24 +313,15 @@ async fn an_entry_fetched_between_polls_is_rebased_on_the_next_one() {
     let cache = CachingRegistry::with_config(backend.clone(), config());
     let a = rec("a");
     let anchor = rec("other");
-    backend
-        .publish(&anchor, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
-    backend
-        .publish(&a, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &anchor).await;
+    publish(&backend, &a).await;
     let mut events = cache.subscribe(&ns()).await;
     // a is away for a moment between two polls, and a lookup (not cached
     // yet) catches it away.
     backend.unpublish(&ns(), &a.name, a.instance).await.unwrap();
     let away = cache.lookup_cached(&ns(), &pat("a*")).await.unwrap();
     assert!(away.records.is_empty());
-    backend
-        .publish(&a, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &a).await;
     // The view never saw it go: no event; the entry follows the next poll.
     common::wait_until(
         "a back in the entry after the next poll",
@@ -380,14 +350,8 @@ async fn a_failing_poll_serves_stale_answers_and_recovers_with_the_right_events(
     let backend = TestBackend::without_watch();
     let cache = CachingRegistry::with_config(backend.clone(), config());
     let (anchor, a) = (rec("other"), rec("a"));
-    backend
-        .publish(&anchor, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
-    backend
-        .publish(&a, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &anchor).await;
+    publish(&backend, &a).await;
     let mut events = cache.subscribe(&ns()).await;
     let mut stream = cache.watch(&ns()).await.unwrap();
     let known = cache.lookup_cached(&ns(), &pat("*")).await.unwrap();
@@ -405,10 +369,7 @@ async fn a_failing_poll_serves_stale_answers_and_recovers_with_the_right_events(
     assert_eq!(*stale.records, vec![a.clone(), anchor.clone()]);
     // Meanwhile b joins and a leaves, and several polls fail.
     let b = rec("b");
-    backend
-        .publish(&b, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &b).await;
     backend.unpublish(&ns(), &a.name, a.instance).await.unwrap();
     // Nothing is reported while the polls fail.
     quiet(&mut events, Duration::from_secs(2)).await;
@@ -469,10 +430,7 @@ async fn a_watch_stream_is_fed_by_polls() {
     let backend = TestBackend::without_watch();
     let cache = CachingRegistry::with_config(backend.clone(), config());
     let (anchor, a) = (rec("other"), rec("a"));
-    backend
-        .publish(&anchor, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &anchor).await;
     let mut stream = cache.watch(&ns()).await.unwrap();
     let mut next = async || match timeout(WITHIN, stream.next()).await {
         Ok(Some(Ok(ev))) => Some(ev),
@@ -480,16 +438,10 @@ async fn a_watch_stream_is_fed_by_polls() {
         Err(_) => None,
     };
     assert_eq!(next().await, None, "nothing about what was there before");
-    backend
-        .publish(&a, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &a).await;
     assert_eq!(next().await, Some(RegistryEvent::Joined(a.clone())));
     let a2 = a.clone().with_service("rpc");
-    backend
-        .publish(&a2, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &a2).await;
     assert_eq!(next().await, Some(RegistryEvent::Updated(a2.clone())));
     backend
         .unpublish(&ns(), &a2.name, a2.instance)
@@ -523,14 +475,8 @@ async fn an_emptied_namespace_is_settled_after_the_grace() {
     let backend = TestBackend::without_watch();
     let cache = CachingRegistry::with_config(backend.clone(), config());
     let (a, b) = (rec("a"), rec("b"));
-    backend
-        .publish(&a, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
-    backend
-        .publish(&b, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &a).await;
+    publish(&backend, &b).await;
     let mut events = cache.subscribe(&ns()).await;
     backend.unpublish(&ns(), &a.name, a.instance).await.unwrap();
     backend.unpublish(&ns(), &b.name, b.instance).await.unwrap();
@@ -542,10 +488,7 @@ async fn an_emptied_namespace_is_settled_after_the_grace() {
     assert_eq!(*kept.records, vec![a.clone(), b.clone()]);
     assert_eq!(kept.freshness, Freshness::Stale);
     // b's owner re-publishes within the grace (as after a registry restart).
-    backend
-        .publish(&b, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &b).await;
     assert_eq!(
         next_within(&mut events, GRACE + POLL * 2).await,
         expired(&a)

@@ -98,6 +98,15 @@ impl Registry for TestBackend {
     }
 }
 
+/// Publishes `r` for longer than any test runs (as another process would,
+/// when `registry` is the backend under a cache).
+pub(crate) async fn publish(registry: &impl Registry, r: &PeerRecord) {
+    registry
+        .publish(r, Duration::from_secs(600), NamePolicy::Takeover)
+        .await
+        .unwrap();
+}
+
 /// The error of a test backend called `backend` that is down.
 pub(crate) fn down(backend: &'static str) -> Error {
     Error::unavailable(
