@@ -505,21 +505,18 @@ async fn an_emptied_namespace_is_settled_after_the_grace() {
 /// runs its polling case against it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_without_watch_passes_the_conformance_suite() {
-    let shared = TestBackend::without_watch();
-    masse_core::testkit::RegistryConformance::new(move || {
-        let handle = shared.clone();
-        async move { Arc::new(handle) as masse_core::DynRegistry }
-    })
-    .without_watch()
-    .run()
-    .await;
+    suite_without_watch(TestBackend::without_watch()).await;
 }
 
 /// A registry that can watch may not hide behind `without_watch`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[should_panic(expected = "declared without watch, but watch succeeded")]
 async fn the_suite_refuses_a_watching_registry_declared_without_watch() {
-    let shared = MemoryRegistry::new();
+    suite_without_watch(MemoryRegistry::new()).await;
+}
+
+/// The conformance suite on handles of `shared`, declared without watch.
+async fn suite_without_watch(shared: impl Registry + Clone + 'static) {
     masse_core::testkit::RegistryConformance::new(move || {
         let handle = shared.clone();
         async move { Arc::new(handle) as masse_core::DynRegistry }

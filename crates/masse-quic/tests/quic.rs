@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use masse_core::{
     Accepted, BindContext, BoxIo, ConnectContext, Endpoint, Error, Identity, InstanceId, Interface,
-    Listener, Protocol, RefuseCode,
+    Listener, PeerRecord, Protocol, RefuseCode,
 };
 use masse_quic::QuicInterface;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,9 +20,7 @@ use tokio::time::timeout;
 
 const STEP: Duration = Duration::from_secs(10);
 
-use masse_core::testkit::fixtures::init_tracing;
-
-use masse_core::testkit::fixtures::{bind_ctx, connect_ctx, identity, record};
+use masse_core::testkit::fixtures::{bind_ctx, connect_ctx, identity, init_tracing, record};
 
 async fn accept(listener: &mut Box<dyn Listener>) -> Accepted {
     timeout(STEP, listener.accept())
@@ -58,6 +56,20 @@ struct Server {
     id: Arc<Identity>,
 }
 
+impl Server {
+    /// Its record: the endpoint, and the fingerprint a dialer pins.
+    fn record(&self) -> PeerRecord {
+        record(&self.ep, Some(self.id.fingerprint()))
+    }
+
+    /// `client` dials it through `quic`.
+    async fn dial(&self, quic: &QuicInterface, client: &Arc<Identity>) -> BoxIo {
+        quic.connect(&self.ep, &self.record(), &connect_ctx(client))
+            .await
+            .unwrap_or_else(|e| panic!("dial {}: {e}", self.ep))
+    }
+}
+
 async fn server(quic: QuicInterface) -> Server {
     let id = identity("server");
     let listener = quic.bind(&bind_ctx(&id)).await.unwrap();
@@ -77,7 +89,7 @@ async fn accepted_streams_report_the_dialer_and_share_one_connection() {
     let mut s = server(QuicInterface::new("127.0.0.1:0")).await;
     let client_id = identity("client");
     let client = QuicInterface::new("127.0.0.1:0");
-    let rec = record(&s.ep, Some(s.id.fingerprint()));
+    let rec = s.record();
     let mut remotes = Vec::new();
     for _ in 0..5 {
         let mut dialed = client
@@ -106,15 +118,7 @@ async fn a_node_dials_from_its_listening_socket() {
     init_tracing();
     /// `from` dials `to` with its own identity; what `to` accepts.
     async fn dial(from: &Server, to: &mut Server) -> Accepted {
-        let mut dialed = from
-            .quic
-            .connect(
-                &to.ep,
-                &record(&to.ep, Some(to.id.fingerprint())),
-                &connect_ctx(&from.id),
-            )
-            .await
-            .unwrap();
+        let mut dialed = to.dial(&from.quic, &from.id).await;
         open_and_echo(&mut dialed, &mut to.listener).await
     }
     let mut a = server(QuicInterface::new("127.0.0.1:0")).await;
@@ -151,7 +155,7 @@ async fn wrong_fingerprint_is_unauthorized_and_the_listener_keeps_working() {
         }
     }
     assert_eq!(client.pooled_connections(), 0);
-    let right = record(&s.ep, Some(s.id.fingerprint()));
+    let right = s.record();
     let mut dialed = client
         .connect(&s.ep, &right, &connect_ctx(&client_id))
         .await
@@ -189,7 +193,7 @@ async fn missing_own_identity_is_a_config_error() {
         "d".parse().unwrap(),
         InstanceId::random(),
     );
-    let rec = record(&s.ep, Some(s.id.fingerprint()));
+    let rec = s.record();
     match bare.connect(&s.ep, &rec, &ctx).await {
         Err(Error::Config(msg)) => assert!(msg.contains("identity"), "{msg}"),
         Err(other) => panic!("expected Config, got {other:?}"),
@@ -250,14 +254,7 @@ async fn client_without_certificate_is_refused() {
 
     // The listener keeps serving authenticated clients.
     let client_id = identity("client");
-    let mut dialed = QuicInterface::new("127.0.0.1:0")
-        .connect(
-            &s.ep,
-            &record(&s.ep, Some(s.id.fingerprint())),
-            &connect_ctx(&client_id),
-        )
-        .await
-        .unwrap();
+    let mut dialed = s.dial(&QuicInterface::new("127.0.0.1:0"), &client_id).await;
     let accepted = open_and_echo(&mut dialed, &mut s.listener).await;
     assert_eq!(accepted.peer_identity, Some(client_id.fingerprint()));
 }
@@ -278,14 +275,7 @@ async fn garbage_datagrams_do_not_stall_the_listener() {
             .unwrap();
     }
     let client_id = identity("client");
-    let mut dialed = QuicInterface::new("127.0.0.1:0")
-        .connect(
-            &s.ep,
-            &record(&s.ep, Some(s.id.fingerprint())),
-            &connect_ctx(&client_id),
-        )
-        .await
-        .unwrap();
+    let mut dialed = s.dial(&QuicInterface::new("127.0.0.1:0"), &client_id).await;
     open_and_echo(&mut dialed, &mut s.listener).await;
 }
 
@@ -310,7 +300,7 @@ async fn past_every_pooled_connection_s_stream_limit_connect_is_refused_as_busy_
     let mut s = server(QuicInterface::new("127.0.0.1:0").max_concurrent_streams(2)).await;
     let client_id = identity("client");
     let client = QuicInterface::new("127.0.0.1:0").max_connections_per_peer(2);
-    let rec = record(&s.ep, Some(s.id.fingerprint()));
+    let rec = s.record();
     let mut open = Vec::new();
     for _ in 0..4 {
         let mut d = client
@@ -367,7 +357,7 @@ async fn streams_past_one_connection_s_limit_go_on_another_and_back_to_the_first
     let mut s = server(QuicInterface::new("127.0.0.1:0").max_concurrent_streams(3)).await;
     let client_id = identity("client");
     let client = QuicInterface::new("127.0.0.1:0");
-    let rec = record(&s.ep, Some(s.id.fingerprint()));
+    let rec = s.record();
     for round in 0..2 {
         let mut open = Vec::new();
         for _ in 0..7 {
@@ -407,7 +397,7 @@ async fn without_a_listener_connections_are_refused_and_streams_reset() {
     let s = server(QuicInterface::new("127.0.0.1:0")).await;
     let client_id = identity("client");
     let client = QuicInterface::new("127.0.0.1:0");
-    let rec = record(&s.ep, Some(s.id.fingerprint()));
+    let rec = s.record();
     let mut listener = s.listener;
     let mut d = client
         .connect(&s.ep, &rec, &connect_ctx(&client_id))
@@ -547,17 +537,9 @@ async fn wrong_protocol_and_bad_addresses() {
 
 #[tokio::test]
 async fn dialing_works_with_an_unparsable_bind_address() {
-    let s = server(QuicInterface::new("127.0.0.1:0")).await;
-    let mut listener = s.listener;
+    let mut s = server(QuicInterface::new("127.0.0.1:0")).await;
     let client_id = identity("client");
     let bad = QuicInterface::new("not an address");
-    let mut d = bad
-        .connect(
-            &s.ep,
-            &record(&s.ep, Some(s.id.fingerprint())),
-            &connect_ctx(&client_id),
-        )
-        .await
-        .unwrap();
-    open_and_echo(&mut d, &mut listener).await;
+    let mut d = s.dial(&bad, &client_id).await;
+    open_and_echo(&mut d, &mut s.listener).await;
 }

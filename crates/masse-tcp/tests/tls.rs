@@ -19,9 +19,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::rustls;
 
-use masse_core::testkit::fixtures::init_tracing;
-
-use masse_core::testkit::fixtures::{bind_ctx, connect_ctx, identity, record};
+use masse_core::testkit::fixtures::{bind_ctx, connect_ctx, identity, init_tracing, record};
 
 const STEP: Duration = Duration::from_secs(10);
 
