@@ -28,12 +28,14 @@ fn pat(p: &str) -> Pattern {
 /// How long a change may take to reach the cache.
 const SETTLE: Duration = Duration::from_secs(2);
 
-async fn until(mut cond: impl FnMut() -> bool) {
-    eventually(async || cond()).await
-}
-
-async fn eventually(cond: impl AsyncFnMut() -> bool) {
-    common::wait_until("the cache's condition", SETTLE, cond).await
+/// Waits until the cache's watch on `ns()` is synced (`want`) or broken.
+async fn synced(cache: &CachingRegistry<TestBackend>, want: bool) {
+    let what = if want {
+        "the watch synced"
+    } else {
+        "the watch broken"
+    };
+    common::wait_until(what, SETTLE, async || cache.is_synced(&ns()) == want).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,7 +46,7 @@ async fn repeated_lookups_hit_the_cache_and_follow_events() {
 
     let first = cache.lookup_cached(&ns(), &pat("db-*")).await.unwrap();
     assert_eq!(first.freshness, Freshness::Fetched);
-    until(|| cache.is_synced(&ns())).await;
+    synced(&cache, true).await;
     // The first fetch may have raced the watch being established; after it is,
     // one more fetch and then only hits.
     let _ = cache.lookup_cached(&ns(), &pat("db-*")).await.unwrap();
@@ -63,7 +65,7 @@ async fn repeated_lookups_hit_the_cache_and_follow_events() {
     // A peer joining elsewhere shows up in the cached answer without a backend call.
     let joined = rec("db-2");
     publish(&backend, &joined).await;
-    eventually(async || {
+    common::wait_until("db-2 seen from the cache", SETTLE, async || {
         cache
             .lookup_cached(&ns(), &pat("db-*"))
             .await
@@ -76,7 +78,7 @@ async fn repeated_lookups_hit_the_cache_and_follow_events() {
         .unpublish(&ns(), &joined.name, joined.instance)
         .await
         .unwrap();
-    eventually(async || {
+    common::wait_until("db-2 gone from the cache", SETTLE, async || {
         cache
             .lookup_cached(&ns(), &pat("db-*"))
             .await
@@ -133,7 +135,7 @@ async fn misses_are_cached_briefly() {
     let config = CachingConfig::default().with_negative_ttl(negative_ttl);
     let cache = CachingRegistry::with_config(backend.clone(), config);
     let _ = cache.lookup(&ns(), &pat("ghost")).await.unwrap();
-    until(|| cache.is_synced(&ns())).await;
+    synced(&cache, true).await;
     assert!(cache.lookup(&ns(), &pat("ghost")).await.unwrap().is_empty());
     let calls = backend.lookups.load(Ordering::SeqCst);
     for _ in 0..10 {
@@ -161,7 +163,7 @@ async fn misses_are_cached_briefly() {
     // A join is seen at once, negative entry or not.
     let g = rec("ghost");
     publish(&backend, &g).await;
-    eventually(async || {
+    common::wait_until("the joined ghost found", SETTLE, async || {
         cache
             .lookup(&ns(), &pat("ghost"))
             .await
@@ -181,12 +183,12 @@ async fn stale_answers_are_served_and_flagged_while_the_backend_is_down() {
     let cache = CachingRegistry::with_config(backend.clone(), config);
     publish(&backend, &rec("db-1")).await;
     let _ = cache.lookup(&ns(), &pat("db-1")).await.unwrap();
-    until(|| cache.is_synced(&ns())).await;
+    synced(&cache, true).await;
     let _ = cache.lookup(&ns(), &pat("db-1")).await.unwrap();
 
     backend.failing.store(true, Ordering::SeqCst);
     backend.break_watch.notify_waiters();
-    until(|| !cache.is_synced(&ns())).await;
+    synced(&cache, false).await;
 
     let stale = cache.lookup_cached(&ns(), &pat("db-1")).await.unwrap();
     assert_eq!(
@@ -210,7 +212,7 @@ async fn stale_answers_are_served_and_flagged_while_the_backend_is_down() {
 
     // Recovery: the watch comes back and answers are fresh again.
     backend.failing.store(false, Ordering::SeqCst);
-    until(|| cache.is_synced(&ns())).await;
+    synced(&cache, true).await;
     // The failed lookup of "unknown" holds lookups off for retry_after.
     tokio::time::advance(retry_after).await;
     let fresh = cache.lookup_cached(&ns(), &pat("db-1")).await.unwrap();
@@ -223,7 +225,7 @@ async fn invalidate_forces_a_fresh_lookup() {
     let cache = CachingRegistry::new(backend.clone());
     publish(&backend, &rec("db-1")).await;
     let _ = cache.lookup(&ns(), &pat("db-1")).await.unwrap();
-    until(|| cache.is_synced(&ns())).await;
+    synced(&cache, true).await;
     let _ = cache.lookup(&ns(), &pat("db-*")).await.unwrap();
     let _ = cache.lookup(&ns(), &pat("db-1")).await.unwrap();
     let _ = cache.lookup(&ns(), &pat("other")).await.unwrap();
@@ -245,7 +247,7 @@ async fn a_change_during_a_fetch_is_not_lost() {
     let cache = CachingRegistry::new(backend.clone());
     publish(&backend, &rec("n-1")).await;
     let _ = cache.lookup(&ns(), &pat("x")).await.unwrap();
-    until(|| cache.is_synced(&ns())).await;
+    synced(&cache, true).await;
 
     // The backend reads its answer, then holds it; meanwhile n-2 joins, and
     // the cache has the event before the answer comes back.
