@@ -98,7 +98,7 @@ async fn repeated_lookups_hit_the_cache_and_follow_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_lookups_are_coalesced() {
     let backend = TestBackend::default();
-    backend.hold.send_replace(true);
+    backend.hold.send_replace(Some("w-*".into()));
     publish(&backend, &rec("w-1")).await;
     let cache = CachingRegistry::new(backend.clone());
     let mut tasks = Vec::new();
@@ -113,7 +113,7 @@ async fn concurrent_lookups_are_coalesced() {
         cache.stats().coalesced == 99
     })
     .await;
-    backend.hold.send_replace(false);
+    backend.hold.send_replace(None);
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap().len(), 1);
     }
@@ -252,12 +252,11 @@ async fn a_change_during_a_fetch_is_not_lost() {
     // The backend reads its answer, then holds it; meanwhile n-2 joins, and
     // the cache has the event before the answer comes back.
     let mut events = cache.subscribe(&ns()).await;
-    backend.hold.send_replace(true);
-    let answers = backend.answers.load(Ordering::SeqCst);
+    backend.hold.send_replace(Some("n-*".into()));
     let c2 = cache.clone();
     let fetch = tokio::spawn(async move { c2.lookup(&ns(), &pat("n-*")).await });
     common::wait_until("the backend reads its answer", SETTLE, async || {
-        backend.answers.load(Ordering::SeqCst) > answers
+        backend.held.load(Ordering::SeqCst) == 1
     })
     .await;
     let n2 = rec("n-2");
@@ -267,7 +266,7 @@ async fn a_change_during_a_fetch_is_not_lost() {
         other => panic!("expected n-2 to join, got {other:?}"),
     }
     let calls = backend.lookups.load(Ordering::SeqCst);
-    backend.hold.send_replace(false);
+    backend.hold.send_replace(None);
     let fetched = fetch.await.unwrap().unwrap();
     assert_eq!(
         fetched.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),

@@ -21,11 +21,13 @@ use tokio::time::Instant;
 pub(crate) struct TestBackend {
     pub(crate) inner: MemoryRegistry,
     pub(crate) lookups: Arc<AtomicU64>,
-    /// While true, a lookup reads its answer, then holds it until this
-    /// turns false (so lookups can join it and changes land during it).
-    pub(crate) hold: Arc<tokio::sync::watch::Sender<bool>>,
-    /// Answers read from `inner` so far.
-    pub(crate) answers: Arc<AtomicU64>,
+    /// While it names a pattern, a lookup of that pattern reads its answer,
+    /// then holds it until this changes (so lookups can join it and changes
+    /// land during it). Other lookups, such as the cache's listing of the
+    /// namespace, go through.
+    pub(crate) hold: Arc<tokio::sync::watch::Sender<Option<String>>>,
+    /// Answers read and held so far.
+    pub(crate) held: Arc<AtomicU64>,
     /// While true, every call fails as a backend that is down.
     pub(crate) failing: Arc<AtomicBool>,
     /// Flipped to end every open watch stream with an error.
@@ -67,9 +69,12 @@ impl Registry for TestBackend {
             return Err(down("test"));
         }
         let found = self.inner.lookup(ns, pattern).await?;
-        self.answers.fetch_add(1, Ordering::SeqCst);
         let mut hold = self.hold.subscribe();
-        let _ = hold.wait_for(|held| !*held).await;
+        let held = |h: &Option<String>| h.as_deref() == Some(pattern.as_str());
+        if held(&hold.borrow_and_update()) {
+            self.held.fetch_add(1, Ordering::SeqCst);
+            let _ = hold.wait_for(|h| !held(h)).await;
+        }
         Ok(found)
     }
     async fn lookup_leases(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<Lease>> {
