@@ -67,8 +67,8 @@ impl Chatter {
                     Ok(stream) => {
                         let who = stream.peer().to_string();
                         let (_, w) = tokio::io::split(stream);
+                        boxes.lock().await.push((who.clone(), w));
                         show(format!("* {who} is here"));
-                        boxes.lock().await.push((who, w));
                     }
                     Err(e) => tracing::warn!(error = %e, "could not reach a chatter"),
                 }
@@ -89,6 +89,28 @@ impl Chatter {
     }
 }
 
+/// Waits (up to 10 s) until `n` lines starting with `prefix` were shown.
+async fn wait_for_lines(
+    shown: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    n: usize,
+    prefix: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut left = n;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, shown.recv()).await {
+            Ok(Some(line)) if line.starts_with(prefix) => left -= 1,
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => {
+                return Err(
+                    format!("{left} of {n} lines starting with {prefix:?} never came").into(),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     masse_examples::init_logging();
@@ -96,21 +118,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if arg == "demo" {
         // Three chatters in one process, on their own in-process registry.
         let registry: masse::DynRegistry = Arc::new(masse::MemoryRegistry::new());
+        let (seen, mut shown) = tokio::sync::mpsc::unbounded_channel::<String>();
         let mut room = Vec::new();
         for name in ["chat-ann", "chat-bob", "chat-cy"] {
-            let me = name.to_owned();
+            let (me, seen) = (name.to_owned(), seen.clone());
             room.push(
                 Chatter::join(name, registry.clone(), move |l| {
-                    println!("{me:>9} sees {l}")
+                    println!("{me:>9} sees {l}");
+                    let _ = seen.send(l);
                 })
                 .await?,
             );
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        // Each of the three sees the two others arrive, then hears them.
+        let pairs = room.len() * (room.len() - 1);
+        wait_for_lines(&mut shown, pairs, "* ").await?;
         for (i, c) in room.iter().enumerate() {
             c.say(&format!("hello from {} ({i})", c.node.name())).await;
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        wait_for_lines(&mut shown, pairs, "[").await?;
         // Hang up everywhere first, so no node waits on another's open stream.
         for c in &room {
             c.outboxes.lock().await.clear();

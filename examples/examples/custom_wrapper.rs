@@ -53,6 +53,8 @@ async fn main() -> masse::Result<()> {
     let client = start("client", Duration::ZERO).await?;
 
     let mut incoming = server.incoming();
+    // Told when the server is done with a stream (and has closed it).
+    let (served, mut served_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(mut s) = incoming.accept().await {
             let mut text = Vec::new();
@@ -62,6 +64,8 @@ async fn main() -> masse::Result<()> {
                     .await;
                 let _ = s.shutdown().await;
             }
+            drop(s);
+            let _ = served.send(());
         }
     });
 
@@ -75,8 +79,8 @@ async fn main() -> masse::Result<()> {
     let took = started.elapsed();
     let app_bytes = s.bytes_out();
     drop(s);
-    // Let both ends close before reading the meter.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Both ends closed before the meter is read.
+    served_rx.recv().await;
     let on_wire = wire.totals();
     println!("server says: {answer}");
     println!(

@@ -43,5 +43,9 @@ async fn tenants_are_isolated() {
             .unwrap()
             .is_empty()
     );
-    assert!(TenantRegistry::new("a.b", shared.clone()).is_err());
+    match TenantRegistry::new("a.b", shared.clone()) {
+        Err(masse::Error::Config(why)) => assert!(why.contains("without '.'"), "{why}"),
+        Err(other) => panic!("expected a config error, got {other:?}"),
+        Ok(_) => panic!("a tenant with a '.' was accepted"),
+    }
 }

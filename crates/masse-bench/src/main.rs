@@ -320,8 +320,8 @@ mod tests {
         };
         assert_eq!(parse(&["cache", "--quick"]), Ok(Some(quick_cache)));
         assert_eq!(parse(&["--help"]), Ok(None));
-        assert!(parse(&["--fast"]).is_err());
-        assert!(parse(&["a", "b"]).is_err());
+        assert_eq!(parse(&["--fast"]), Err("unknown option --fast".into()));
+        assert_eq!(parse(&["a", "b"]), Err("more than one filter: b".into()));
     }
 
     #[test]

@@ -340,8 +340,19 @@ mod tests {
         assert_eq!(parse_duration("3"), Ok(ms(3000)));
         assert_eq!(parse_duration("2m"), Ok(ms(120_000)));
         assert_eq!(parse_duration("1h"), Ok(ms(3_600_000)));
-        for bad in ["", "s", "1x", "-1s", "1..2s", "1e400s"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        for (bad, why) in [
+            ("", "invalid duration \"\""),
+            ("s", "invalid duration \"s\""),
+            ("1x", "invalid duration unit \"x\""),
+            ("-1s", "invalid duration \"-1s\""),
+            ("1..2s", "invalid duration \"1..2s\""),
+            ("1e400s", "invalid duration unit \"e400s\""),
+            ("99999999999999999999999h", "is out of range"),
+        ] {
+            match parse_duration(bad) {
+                Err(e) => assert!(e.contains(why), "{bad:?}: {e:?} lacks {why:?}"),
+                Ok(d) => panic!("{bad:?} parsed as {d:?}"),
+            }
         }
     }
 
@@ -349,8 +360,14 @@ mod tests {
     fn key_values_parse() {
         assert_eq!(parse_key_value("zone=b"), Ok(("zone".into(), "b".into())));
         assert_eq!(parse_key_value("k="), Ok(("k".into(), String::new())));
-        assert!(parse_key_value("=v").is_err());
-        assert!(parse_key_value("novalue").is_err());
+        assert_eq!(
+            parse_key_value("=v"),
+            Err("expected KEY=VALUE, got \"=v\"".into())
+        );
+        assert_eq!(
+            parse_key_value("novalue"),
+            Err("expected KEY=VALUE, got \"novalue\"".into())
+        );
     }
 
     #[test]
@@ -378,7 +395,20 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(Cli::try_parse_from(["masse", "ping", "x", "-c", "0"]).is_err());
-        assert!(Cli::try_parse_from(["masse", "--interface", "carrier-pigeon", "peers"]).is_err());
+        for (args, kind) in [
+            (
+                &["masse", "ping", "x", "-c", "0"][..],
+                clap::error::ErrorKind::ValueValidation,
+            ),
+            (
+                &["masse", "--interface", "carrier-pigeon", "peers"][..],
+                clap::error::ErrorKind::InvalidValue,
+            ),
+        ] {
+            match Cli::try_parse_from(args) {
+                Err(e) => assert_eq!(e.kind(), kind, "{args:?}: {e}"),
+                Ok(cli) => panic!("{args:?} parsed as {cli:?}"),
+            }
+        }
     }
 }

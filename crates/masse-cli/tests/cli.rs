@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -59,23 +59,32 @@ struct Proc {
     child: Child,
     /// Kept open (and silent) while the process lives, when no input was given.
     _stdin: Option<ChildStdin>,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
+    output: Arc<Collected>,
     readers: Vec<thread::JoinHandle<()>>,
 }
 
-fn collect(pipe: impl Read + Send + 'static) -> (Arc<Mutex<String>>, thread::JoinHandle<()>) {
-    let buf = Arc::new(Mutex::new(String::new()));
-    let b = buf.clone();
-    let h = thread::spawn(move || {
+/// What a process wrote so far (stdout, stderr), and a signal at each line.
+#[derive(Default)]
+struct Collected {
+    text: Mutex<[String; 2]>,
+    grew: Condvar,
+}
+
+/// Appends each line of `pipe` to `output.text[which]`, signalling it.
+fn collect(
+    pipe: impl Read + Send + 'static,
+    output: Arc<Collected>,
+    which: usize,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
         let mut r = BufReader::new(pipe);
         let mut line = String::new();
         while matches!(r.read_line(&mut line), Ok(n) if n > 0) {
-            b.lock().unwrap().push_str(&line);
+            output.text.lock().unwrap()[which].push_str(&line);
+            output.grew.notify_all();
             line.clear();
         }
-    });
-    (buf, h)
+    })
 }
 
 impl Proc {
@@ -93,39 +102,39 @@ impl Proc {
             }
             None => Some(input),
         };
-        let (stdout, h1) = collect(child.stdout.take().unwrap());
-        let (stderr, h2) = collect(child.stderr.take().unwrap());
+        let output = Arc::new(Collected::default());
+        let h1 = collect(child.stdout.take().unwrap(), output.clone(), 0);
+        let h2 = collect(child.stderr.take().unwrap(), output.clone(), 1);
         Proc {
             child,
             _stdin: input,
-            stdout,
-            stderr,
+            output,
             readers: vec![h1, h2],
         }
     }
 
     fn stdout(&self) -> String {
-        self.stdout.lock().unwrap().clone()
+        self.output.text.lock().unwrap()[0].clone()
     }
 
     fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.output.text.lock().unwrap()[1].clone()
     }
 
-    /// Waits until `pred` holds for (stdout, stderr).
+    /// Waits until `pred` holds for (stdout, stderr), checking at each line.
     fn wait_for(&self, what: &str, pred: impl Fn(&str, &str) -> bool) {
         let deadline = Instant::now() + T;
-        while Instant::now() < deadline {
-            if pred(&self.stdout(), &self.stderr()) {
-                return;
+        let mut text = self.output.text.lock().unwrap();
+        while !pred(&text[0], &text[1]) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!(
+                    "timed out waiting for {what}; stdout:\n{}\nstderr:\n{}",
+                    text[0], text[1]
+                );
             }
-            thread::sleep(Duration::from_millis(10));
+            text = self.output.grew.wait_timeout(text, left).unwrap().0;
         }
-        panic!(
-            "timed out waiting for {what}; stdout:\n{}\nstderr:\n{}",
-            self.stdout(),
-            self.stderr()
-        );
     }
 
     /// True while the process has not exited.
@@ -159,6 +168,7 @@ impl Proc {
                     self.stderr()
                 );
             }
+            // The interval of a bounded poll: std has no wait with a timeout.
             thread::sleep(Duration::from_millis(10));
         };
         for h in self.readers.drain(..) {
@@ -358,12 +368,16 @@ fn watch_reconciles_a_registry_restarted_empty() {
     redis.kill();
     doomed.child.kill().expect("SIGKILL the doomed listener");
     let _ = doomed.child.wait();
-    thread::sleep(Duration::from_secs(1));
+    // The registry is restarted once the watch has seen it go.
+    watch.wait_for("the watch to see the registry go", |_, err| {
+        err.contains("redis registry watch lost its connection")
+    });
     redis.restart();
     watch.wait_for("doomed reported gone", |out, _| {
         out.contains(" expired doomed ")
     });
-    // Long enough for a late or doubled line to show.
+    // Long enough for a late or doubled line to show (nothing must happen
+    // in this window, so it is real time).
     thread::sleep(Duration::from_secs(2));
     let out = watch.stdout();
     let after: Vec<&str> = out

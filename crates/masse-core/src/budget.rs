@@ -274,9 +274,11 @@ mod tests {
             .await
             .expect("the longest silent is evicted");
         assert!(
-            tokio::time::timeout(Duration::from_millis(20), second.evicted())
-                .await
-                .is_err()
+            matches!(
+                tokio::time::timeout(Duration::from_millis(20), second.evicted()).await,
+                Err(tokio::time::error::Elapsed { .. })
+            ),
+            "only the longest silent is evicted"
         );
         drop(first);
         assert_eq!(budget.in_progress(), 2, "an evicted ticket held no place");
@@ -292,7 +294,10 @@ mod tests {
         a.heard().await;
         // b spoke too, but the one place is a's: b waits.
         let waiting = tokio::time::timeout(Duration::from_millis(20), b.heard()).await;
-        assert!(waiting.is_err());
+        assert!(
+            matches!(waiting, Err(tokio::time::error::Elapsed { .. })),
+            "b got the place a holds"
+        );
         // a waits on its peer again: the place goes to b.
         a.waiting();
         tokio::time::timeout(Duration::from_secs(1), b.heard())
@@ -303,9 +308,11 @@ mod tests {
             drop(budget.admit());
         }
         assert!(
-            tokio::time::timeout(Duration::from_millis(20), b.evicted())
-                .await
-                .is_err()
+            matches!(
+                tokio::time::timeout(Duration::from_millis(20), b.evicted()).await,
+                Err(tokio::time::error::Elapsed { .. })
+            ),
+            "a speaking ticket was evicted"
         );
         drop(b);
         a.heard().await;

@@ -1,81 +1,17 @@
 //! CachingRegistry behaviour beyond the conformance suite: hits, coalescing,
 //! negative caching, stale serving, invalidation and patching of in-flight fetches.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+mod common;
+
+use common::{TestBackend, publish};
+
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures::StreamExt;
 use masse_core::{
-    BoxStream, CachingConfig, CachingRegistry, Error, Freshness, InstanceId, MemoryRegistry,
-    NamePolicy, Namespace, Pattern, PeerName, PeerRecord, Registry, RegistryEvent, Result,
-    async_trait,
+    CachingConfig, CachingRegistry, Error, Freshness, InstanceId, Namespace, Pattern, PeerRecord,
+    Registry, RegistryEvent,
 };
-
-/// A backend that counts lookups, can be slowed down and can be made to fail.
-#[derive(Debug, Clone, Default)]
-struct TestBackend {
-    inner: MemoryRegistry,
-    lookups: Arc<AtomicU64>,
-    /// Sleep after reading the answer (so changes can land during a fetch).
-    delay_ms: Arc<AtomicU64>,
-    failing: Arc<AtomicBool>,
-    /// Flipped to end every open watch stream with an error.
-    break_watch: Arc<tokio::sync::Notify>,
-}
-
-fn down() -> Error {
-    Error::unavailable(
-        "test",
-        std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "backend is down"),
-    )
-}
-
-#[async_trait]
-impl Registry for TestBackend {
-    async fn publish(&self, record: &PeerRecord, ttl: Duration, policy: NamePolicy) -> Result<()> {
-        self.inner.publish(record, ttl, policy).await
-    }
-    async fn refresh(
-        &self,
-        ns: &Namespace,
-        name: &PeerName,
-        instance: InstanceId,
-        ttl: Duration,
-    ) -> Result<()> {
-        self.inner.refresh(ns, name, instance, ttl).await
-    }
-    async fn unpublish(&self, ns: &Namespace, name: &PeerName, instance: InstanceId) -> Result<()> {
-        self.inner.unpublish(ns, name, instance).await
-    }
-    async fn lookup(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<PeerRecord>> {
-        self.lookups.fetch_add(1, Ordering::SeqCst);
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(down());
-        }
-        let found = self.inner.lookup(ns, pattern).await?;
-        let delay = self.delay_ms.load(Ordering::SeqCst);
-        if delay > 0 {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-        }
-        Ok(found)
-    }
-    async fn watch(&self, ns: &Namespace) -> Result<BoxStream<'static, Result<RegistryEvent>>> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(down());
-        }
-        let inner = self.inner.watch(ns).await?;
-        // Registered now, so that a break right after `watch` returns counts.
-        let mut notified = Box::pin(self.break_watch.clone().notified_owned());
-        notified.as_mut().enable();
-        let broken = Box::pin(async move {
-            notified.await;
-            Err(down())
-        });
-        // The events, until `break_watch` fires; then an error.
-        Ok(futures::stream::select(inner, futures::stream::once(broken)).boxed())
-    }
-}
 
 fn ns() -> Namespace {
     "cache-test".parse().unwrap()
@@ -89,32 +25,28 @@ fn pat(p: &str) -> Pattern {
     p.parse().unwrap()
 }
 
-async fn until(mut cond: impl FnMut() -> bool) {
-    eventually(async || cond()).await
-}
+/// How long a change may take to reach the cache.
+const SETTLE: Duration = Duration::from_secs(2);
 
-async fn eventually(mut cond: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
-        if cond().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("condition not reached within 2 s");
+/// Waits until the cache's watch on `ns()` is synced (`want`) or broken.
+async fn synced(cache: &CachingRegistry<TestBackend>, want: bool) {
+    let what = if want {
+        "the watch synced"
+    } else {
+        "the watch broken"
+    };
+    common::wait_until(what, SETTLE, async || cache.is_synced(&ns()) == want).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_lookups_hit_the_cache_and_follow_events() {
     let backend = TestBackend::default();
     let cache = CachingRegistry::new(backend.clone());
-    backend
-        .publish(&rec("db-1"), Duration::from_secs(30), NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &rec("db-1")).await;
 
     let first = cache.lookup_cached(&ns(), &pat("db-*")).await.unwrap();
     assert_eq!(first.freshness, Freshness::Fetched);
-    until(|| cache.is_synced(&ns())).await;
+    synced(&cache, true).await;
     // The first fetch may have raced the watch being established; after it is,
     // one more fetch and then only hits.
     let _ = cache.lookup_cached(&ns(), &pat("db-*")).await.unwrap();
@@ -132,11 +64,8 @@ async fn repeated_lookups_hit_the_cache_and_follow_events() {
 
     // A peer joining elsewhere shows up in the cached answer without a backend call.
     let joined = rec("db-2");
-    backend
-        .publish(&joined, Duration::from_secs(30), NamePolicy::Takeover)
-        .await
-        .unwrap();
-    eventually(async || {
+    publish(&backend, &joined).await;
+    common::wait_until("db-2 seen from the cache", SETTLE, async || {
         cache
             .lookup_cached(&ns(), &pat("db-*"))
             .await
@@ -149,7 +78,7 @@ async fn repeated_lookups_hit_the_cache_and_follow_events() {
         .unpublish(&ns(), &joined.name, joined.instance)
         .await
         .unwrap();
-    eventually(async || {
+    common::wait_until("db-2 gone from the cache", SETTLE, async || {
         cache
             .lookup_cached(&ns(), &pat("db-*"))
             .await
@@ -169,11 +98,8 @@ async fn repeated_lookups_hit_the_cache_and_follow_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_lookups_are_coalesced() {
     let backend = TestBackend::default();
-    backend.delay_ms.store(100, Ordering::SeqCst);
-    backend
-        .publish(&rec("w-1"), Duration::from_secs(30), NamePolicy::Takeover)
-        .await
-        .unwrap();
+    backend.hold.send_replace(Some("w-*".into()));
+    publish(&backend, &rec("w-1")).await;
     let cache = CachingRegistry::new(backend.clone());
     let mut tasks = Vec::new();
     for _ in 0..100 {
@@ -182,6 +108,12 @@ async fn concurrent_lookups_are_coalesced() {
             cache.lookup(&ns(), &pat("w-*")).await
         }));
     }
+    // The backend holds its answer until every other lookup joined the first.
+    common::wait_until("99 lookups join the first", SETTLE, async || {
+        cache.stats().coalesced == 99
+    })
+    .await;
+    backend.hold.send_replace(None);
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap().len(), 1);
     }
@@ -195,13 +127,15 @@ async fn concurrent_lookups_are_coalesced() {
     assert_eq!(stats.coalesced, 99, "{stats:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// On a paused clock: a miss expires exactly after `negative_ttl`.
+#[tokio::test(start_paused = true)]
 async fn misses_are_cached_briefly() {
     let backend = TestBackend::default();
-    let config = CachingConfig::default().with_negative_ttl(Duration::from_millis(300));
+    let negative_ttl = Duration::from_millis(300);
+    let config = CachingConfig::default().with_negative_ttl(negative_ttl);
     let cache = CachingRegistry::with_config(backend.clone(), config);
     let _ = cache.lookup(&ns(), &pat("ghost")).await.unwrap();
-    until(|| cache.is_synced(&ns())).await;
+    synced(&cache, true).await;
     assert!(cache.lookup(&ns(), &pat("ghost")).await.unwrap().is_empty());
     let calls = backend.lookups.load(Ordering::SeqCst);
     for _ in 0..10 {
@@ -212,7 +146,14 @@ async fn misses_are_cached_briefly() {
         calls,
         "a miss is cached"
     );
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::advance(negative_ttl - Duration::from_millis(1)).await;
+    assert!(cache.lookup(&ns(), &pat("ghost")).await.unwrap().is_empty());
+    assert_eq!(
+        backend.lookups.load(Ordering::SeqCst),
+        calls,
+        "a miss is cached for negative_ttl"
+    );
+    tokio::time::advance(Duration::from_millis(2)).await;
     assert!(cache.lookup(&ns(), &pat("ghost")).await.unwrap().is_empty());
     assert_eq!(
         backend.lookups.load(Ordering::SeqCst),
@@ -221,11 +162,8 @@ async fn misses_are_cached_briefly() {
     );
     // A join is seen at once, negative entry or not.
     let g = rec("ghost");
-    backend
-        .publish(&g, Duration::from_secs(30), NamePolicy::Takeover)
-        .await
-        .unwrap();
-    eventually(async || {
+    publish(&backend, &g).await;
+    common::wait_until("the joined ghost found", SETTLE, async || {
         cache
             .lookup(&ns(), &pat("ghost"))
             .await
@@ -235,22 +173,22 @@ async fn misses_are_cached_briefly() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// On a paused clock: the backend is asked again exactly `retry_after` after
+/// it failed.
+#[tokio::test(start_paused = true)]
 async fn stale_answers_are_served_and_flagged_while_the_backend_is_down() {
     let backend = TestBackend::default();
-    let config = CachingConfig::default().with_retry_after(Duration::from_millis(100));
+    let retry_after = Duration::from_millis(100);
+    let config = CachingConfig::default().with_retry_after(retry_after);
     let cache = CachingRegistry::with_config(backend.clone(), config);
-    backend
-        .publish(&rec("db-1"), Duration::from_secs(30), NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &rec("db-1")).await;
     let _ = cache.lookup(&ns(), &pat("db-1")).await.unwrap();
-    until(|| cache.is_synced(&ns())).await;
+    synced(&cache, true).await;
     let _ = cache.lookup(&ns(), &pat("db-1")).await.unwrap();
 
     backend.failing.store(true, Ordering::SeqCst);
     backend.break_watch.notify_waiters();
-    until(|| !cache.is_synced(&ns())).await;
+    synced(&cache, false).await;
 
     let stale = cache.lookup_cached(&ns(), &pat("db-1")).await.unwrap();
     assert_eq!(
@@ -274,8 +212,9 @@ async fn stale_answers_are_served_and_flagged_while_the_backend_is_down() {
 
     // Recovery: the watch comes back and answers are fresh again.
     backend.failing.store(false, Ordering::SeqCst);
-    until(|| cache.is_synced(&ns())).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    synced(&cache, true).await;
+    // The failed lookup of "unknown" holds lookups off for retry_after.
+    tokio::time::advance(retry_after).await;
     let fresh = cache.lookup_cached(&ns(), &pat("db-1")).await.unwrap();
     assert_ne!(fresh.freshness, Freshness::Stale);
 }
@@ -284,12 +223,9 @@ async fn stale_answers_are_served_and_flagged_while_the_backend_is_down() {
 async fn invalidate_forces_a_fresh_lookup() {
     let backend = TestBackend::default();
     let cache = CachingRegistry::new(backend.clone());
-    backend
-        .publish(&rec("db-1"), Duration::from_secs(30), NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &rec("db-1")).await;
     let _ = cache.lookup(&ns(), &pat("db-1")).await.unwrap();
-    until(|| cache.is_synced(&ns())).await;
+    synced(&cache, true).await;
     let _ = cache.lookup(&ns(), &pat("db-*")).await.unwrap();
     let _ = cache.lookup(&ns(), &pat("db-1")).await.unwrap();
     let _ = cache.lookup(&ns(), &pat("other")).await.unwrap();
@@ -309,30 +245,34 @@ async fn invalidate_forces_a_fresh_lookup() {
 async fn a_change_during_a_fetch_is_not_lost() {
     let backend = TestBackend::default();
     let cache = CachingRegistry::new(backend.clone());
-    backend
-        .publish(&rec("n-1"), Duration::from_secs(30), NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &rec("n-1")).await;
     let _ = cache.lookup(&ns(), &pat("x")).await.unwrap();
-    until(|| cache.is_synced(&ns())).await;
+    synced(&cache, true).await;
 
-    // The backend reads its answer, then takes 200 ms to return it; meanwhile n-2 joins.
-    backend.delay_ms.store(200, Ordering::SeqCst);
+    // The backend reads its answer, then holds it; meanwhile n-2 joins, and
+    // the cache has the event before the answer comes back.
+    let mut events = cache.subscribe(&ns()).await;
+    backend.hold.send_replace(Some("n-*".into()));
     let c2 = cache.clone();
     let fetch = tokio::spawn(async move { c2.lookup(&ns(), &pat("n-*")).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    backend
-        .publish(&rec("n-2"), Duration::from_secs(30), NamePolicy::Takeover)
-        .await
-        .unwrap();
+    common::wait_until("the backend reads its answer", SETTLE, async || {
+        backend.held.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let n2 = rec("n-2");
+    publish(&backend, &n2).await;
+    match tokio::time::timeout(SETTLE, events.recv()).await {
+        Ok(Ok(RegistryEvent::Joined(r))) => assert_eq!(r, n2),
+        other => panic!("expected n-2 to join, got {other:?}"),
+    }
     let calls = backend.lookups.load(Ordering::SeqCst);
+    backend.hold.send_replace(None);
     let fetched = fetch.await.unwrap().unwrap();
     assert_eq!(
         fetched.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
         ["n-1", "n-2"],
         "the backend's answer predates the join; the event that arrived meanwhile was applied to it"
     );
-    backend.delay_ms.store(0, Ordering::SeqCst);
     let hit = cache.lookup_cached(&ns(), &pat("n-*")).await.unwrap();
     assert_eq!(hit.freshness, Freshness::Cached);
     assert_eq!(hit.records.len(), 2);

@@ -7,16 +7,19 @@
 //! Logs go to a subscriber of the test's own, on the test's thread (a
 //! current-thread runtime runs every task there).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+mod common;
+
+use common::{TestBackend, publish};
+
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use masse_core::Subscription;
 use masse_core::{
-    BoxStream, CachingConfig, CachingRegistry, Error, Freshness, InstanceId, Lease, MemoryRegistry,
-    NamePolicy, Namespace, Pattern, PeerName, PeerRecord, Registry, RegistryEvent, Result,
-    async_trait,
+    CachingConfig, CachingRegistry, Error, Freshness, InstanceId, MemoryRegistry, NamePolicy,
+    Namespace, Pattern, PeerRecord, Registry, RegistryEvent,
 };
 use tokio::time::{Instant, timeout};
 
@@ -25,57 +28,6 @@ const GRACE: Duration = Duration::from_secs(3);
 const LONG: Duration = Duration::from_secs(600);
 /// One poll interval, and a hair: a timer due with the poll may fire first.
 const WITHIN: Duration = Duration::from_millis(210);
-
-/// A `MemoryRegistry` whose `watch` is `Unsupported`, and whose lookups can
-/// be made to fail.
-#[derive(Debug, Clone, Default)]
-struct NoWatch {
-    inner: MemoryRegistry,
-    failing: Arc<AtomicBool>,
-    lookups: Arc<AtomicU64>,
-}
-
-fn down() -> Error {
-    Error::unavailable(
-        "no-watch",
-        std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "backend is down"),
-    )
-}
-
-#[async_trait]
-impl Registry for NoWatch {
-    async fn publish(&self, record: &PeerRecord, ttl: Duration, policy: NamePolicy) -> Result<()> {
-        self.inner.publish(record, ttl, policy).await
-    }
-    async fn refresh(
-        &self,
-        ns: &Namespace,
-        name: &PeerName,
-        instance: InstanceId,
-        ttl: Duration,
-    ) -> Result<()> {
-        self.inner.refresh(ns, name, instance, ttl).await
-    }
-    async fn unpublish(&self, ns: &Namespace, name: &PeerName, instance: InstanceId) -> Result<()> {
-        self.inner.unpublish(ns, name, instance).await
-    }
-    async fn lookup(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<PeerRecord>> {
-        self.lookups.fetch_add(1, Ordering::SeqCst);
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(down());
-        }
-        self.inner.lookup(ns, pattern).await
-    }
-    async fn lookup_leases(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<Lease>> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(down());
-        }
-        self.inner.lookup_leases(ns, pattern).await
-    }
-    async fn watch(&self, _: &Namespace) -> Result<BoxStream<'static, Result<RegistryEvent>>> {
-        Err(Error::Unsupported("this test registry cannot watch".into()))
-    }
-}
 
 fn config() -> CachingConfig {
     CachingConfig::default()
@@ -190,13 +142,10 @@ impl tracing::Subscriber for Logs {
 #[tokio::test(start_paused = true)]
 async fn polls_turn_changes_into_events_once_each() {
     let (logs, _guard) = Logs::capture();
-    let backend = NoWatch::default();
+    let backend = TestBackend::without_watch();
     let cache = CachingRegistry::with_config(backend.clone(), config());
     let anchor = rec("other");
-    backend
-        .publish(&anchor, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &anchor).await;
     let mut events = cache.subscribe(&ns()).await;
     assert!(
         cache.is_synced(&ns()),
@@ -206,10 +155,7 @@ async fn polls_turn_changes_into_events_once_each() {
 
     // Another process publishes a: Joined, within one interval.
     let a = rec("a");
-    backend
-        .publish(&a, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &a).await;
     assert_eq!(
         next_within(&mut events, WITHIN).await,
         RegistryEvent::Joined(a.clone())
@@ -219,15 +165,9 @@ async fn polls_turn_changes_into_events_once_each() {
     // It changes its metadata, twice between two polls: one Updated, with
     // the last version.
     let mut a2 = a.clone().with_metadata("zone", "b");
-    backend
-        .publish(&a2, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &a2).await;
     a2.metadata.insert("zone".into(), "c".into());
-    backend
-        .publish(&a2, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &a2).await;
     assert_eq!(
         next_within(&mut events, WITHIN).await,
         RegistryEvent::Updated(a2.clone())
@@ -235,10 +175,7 @@ async fn polls_turn_changes_into_events_once_each() {
 
     // Another instance takes the name over: Updated, not a departure.
     let a3 = rec("a");
-    backend
-        .publish(&a3, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &a3).await;
     assert_eq!(
         next_within(&mut events, WITHIN).await,
         RegistryEvent::Updated(a3.clone())
@@ -313,13 +250,10 @@ async fn polls_turn_changes_into_events_once_each() {
 /// a change shows within one interval.
 #[tokio::test(start_paused = true)]
 async fn cached_lookups_see_changes_within_one_interval() {
-    let backend = NoWatch::default();
+    let backend = TestBackend::without_watch();
     let cache = CachingRegistry::with_config(backend.clone(), config());
     let anchor = rec("other");
-    backend
-        .publish(&anchor, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &anchor).await;
     let first = cache.lookup_cached(&ns(), &pat("*")).await.unwrap();
     assert_eq!(*first.records, vec![anchor.clone()]);
     let hit = cache.lookup_cached(&ns(), &pat("*")).await.unwrap();
@@ -335,41 +269,22 @@ async fn cached_lookups_see_changes_within_one_interval() {
 
     // A joins: visible within one interval, from cache.
     let a = rec("a");
-    backend
-        .publish(&a, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
-    let changed = Instant::now();
-    loop {
+    publish(&backend, &a).await;
+    common::wait_until("a seen from the cache", bound, async || {
         let got = cache.lookup_cached(&ns(), &pat("*")).await.unwrap();
         assert_eq!(got.freshness, Freshness::Cached);
-        if got.records.contains(&a) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        changed.elapsed() <= bound,
-        "seen after {:?}",
-        changed.elapsed()
-    );
+        got.records.contains(&a)
+    })
+    .await;
 
     // A leaves: gone within one interval.
     backend.unpublish(&ns(), &a.name, a.instance).await.unwrap();
-    let changed = Instant::now();
-    loop {
+    common::wait_until("a gone from the cache", bound, async || {
         let got = cache.lookup_cached(&ns(), &pat("*")).await.unwrap();
         assert_eq!(got.freshness, Freshness::Cached);
-        if *got.records == vec![anchor.clone()] {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        changed.elapsed() <= bound,
-        "gone after {:?}",
-        changed.elapsed()
-    );
+        *got.records == vec![anchor.clone()]
+    })
+    .await;
     let exact = cache.lookup_cached(&ns(), &pat("other")).await.unwrap();
     assert_eq!(
         (exact.freshness, &*exact.records),
@@ -391,32 +306,33 @@ async fn cached_lookups_see_changes_within_one_interval() {
 /// came back around it is not lost for good.
 #[tokio::test(start_paused = true)]
 async fn an_entry_fetched_between_polls_is_rebased_on_the_next_one() {
-    let backend = NoWatch::default();
+    let backend = TestBackend::without_watch();
     let cache = CachingRegistry::with_config(backend.clone(), config());
     let a = rec("a");
     let anchor = rec("other");
-    backend
-        .publish(&anchor, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
-    backend
-        .publish(&a, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &anchor).await;
+    publish(&backend, &a).await;
     let mut events = cache.subscribe(&ns()).await;
     // a is away for a moment between two polls, and a lookup (not cached
     // yet) catches it away.
     backend.unpublish(&ns(), &a.name, a.instance).await.unwrap();
     let away = cache.lookup_cached(&ns(), &pat("a*")).await.unwrap();
     assert!(away.records.is_empty());
-    backend
-        .publish(&a, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &a).await;
     // The view never saw it go: no event; the entry follows the next poll.
-    tokio::time::sleep(POLL + Duration::from_millis(10)).await;
-    let back = cache.lookup_cached(&ns(), &pat("a*")).await.unwrap();
-    assert_eq!(*back.records, vec![a]);
+    common::wait_until(
+        "a back in the entry after the next poll",
+        POLL + Duration::from_millis(10),
+        async || {
+            *cache
+                .lookup_cached(&ns(), &pat("a*"))
+                .await
+                .unwrap()
+                .records
+                == [a.clone()]
+        },
+    )
+    .await;
     quiet(&mut events, POLL * 3).await;
 }
 
@@ -428,42 +344,34 @@ async fn an_entry_fetched_between_polls_is_rebased_on_the_next_one() {
 #[tokio::test(start_paused = true)]
 async fn a_failing_poll_serves_stale_answers_and_recovers_with_the_right_events() {
     let (logs, _guard) = Logs::capture();
-    let backend = NoWatch::default();
+    let backend = TestBackend::without_watch();
     let cache = CachingRegistry::with_config(backend.clone(), config());
     let (anchor, a) = (rec("other"), rec("a"));
-    backend
-        .publish(&anchor, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
-    backend
-        .publish(&a, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &anchor).await;
+    publish(&backend, &a).await;
     let mut events = cache.subscribe(&ns()).await;
     let mut stream = cache.watch(&ns()).await.unwrap();
     let known = cache.lookup_cached(&ns(), &pat("*")).await.unwrap();
     assert_eq!(*known.records, vec![a.clone(), anchor.clone()]);
 
     backend.failing.store(true, Ordering::SeqCst);
-    let failed = Instant::now();
-    while cache.is_synced(&ns()) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(failed.elapsed() <= POLL + Duration::from_millis(10));
+    common::wait_until(
+        "the failing poll makes the namespace unsynced",
+        POLL + Duration::from_millis(10),
+        async || !cache.is_synced(&ns()),
+    )
+    .await;
     let stale = cache.lookup_cached(&ns(), &pat("*")).await.unwrap();
     assert_eq!(stale.freshness, Freshness::Stale);
     assert_eq!(*stale.records, vec![a.clone(), anchor.clone()]);
     // Meanwhile b joins and a leaves, and several polls fail.
     let b = rec("b");
-    backend
-        .publish(&b, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &b).await;
     backend.unpublish(&ns(), &a.name, a.instance).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Nothing is reported while the polls fail.
+    quiet(&mut events, Duration::from_secs(2)).await;
     let failures = backend.lookups.load(Ordering::SeqCst);
     assert!(failures >= 4, "polls are retried: {failures} lookups");
-    quiet(&mut events, Duration::ZERO).await;
 
     backend.failing.store(false, Ordering::SeqCst);
     let recovered = Instant::now();
@@ -516,13 +424,10 @@ async fn a_failing_poll_serves_stale_answers_and_recovers_with_the_right_events(
 /// changes after `watch` returned, once each.
 #[tokio::test(start_paused = true)]
 async fn a_watch_stream_is_fed_by_polls() {
-    let backend = NoWatch::default();
+    let backend = TestBackend::without_watch();
     let cache = CachingRegistry::with_config(backend.clone(), config());
     let (anchor, a) = (rec("other"), rec("a"));
-    backend
-        .publish(&anchor, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &anchor).await;
     let mut stream = cache.watch(&ns()).await.unwrap();
     let mut next = async || match timeout(WITHIN, stream.next()).await {
         Ok(Some(Ok(ev))) => Some(ev),
@@ -530,16 +435,10 @@ async fn a_watch_stream_is_fed_by_polls() {
         Err(_) => None,
     };
     assert_eq!(next().await, None, "nothing about what was there before");
-    backend
-        .publish(&a, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &a).await;
     assert_eq!(next().await, Some(RegistryEvent::Joined(a.clone())));
     let a2 = a.clone().with_service("rpc");
-    backend
-        .publish(&a2, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &a2).await;
     assert_eq!(next().await, Some(RegistryEvent::Updated(a2.clone())));
     backend
         .unpublish(&ns(), &a2.name, a2.instance)
@@ -555,7 +454,7 @@ async fn a_watch_stream_is_fed_by_polls() {
 /// as for a backend that is down.
 #[tokio::test(start_paused = true)]
 async fn a_watch_whose_first_poll_fails_is_an_error() {
-    let backend = NoWatch::default();
+    let backend = TestBackend::without_watch();
     backend.failing.store(true, Ordering::SeqCst);
     let cache = CachingRegistry::with_config(backend.clone(), config());
     match cache.watch(&ns()).await {
@@ -570,30 +469,23 @@ async fn a_watch_whose_first_poll_fails_is_an_error() {
 /// `Expired` once, unless they come back.
 #[tokio::test(start_paused = true)]
 async fn an_emptied_namespace_is_settled_after_the_grace() {
-    let backend = NoWatch::default();
+    let backend = TestBackend::without_watch();
     let cache = CachingRegistry::with_config(backend.clone(), config());
     let (a, b) = (rec("a"), rec("b"));
-    backend
-        .publish(&a, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
-    backend
-        .publish(&b, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &a).await;
+    publish(&backend, &b).await;
     let mut events = cache.subscribe(&ns()).await;
     backend.unpublish(&ns(), &a.name, a.instance).await.unwrap();
     backend.unpublish(&ns(), &b.name, b.instance).await.unwrap();
     let emptied = Instant::now();
-    tokio::time::sleep(POLL * 2).await;
+    // Two polls see the namespace empty (a window on the paused clock): no
+    // event, and the names are kept, flagged stale.
+    quiet(&mut events, POLL * 2).await;
     let kept = cache.lookup_cached(&ns(), &pat("*")).await.unwrap();
     assert_eq!(*kept.records, vec![a.clone(), b.clone()]);
     assert_eq!(kept.freshness, Freshness::Stale);
     // b's owner re-publishes within the grace (as after a registry restart).
-    backend
-        .publish(&b, LONG, NamePolicy::Takeover)
-        .await
-        .unwrap();
+    publish(&backend, &b).await;
     assert_eq!(
         next_within(&mut events, GRACE + POLL * 2).await,
         expired(&a)
@@ -610,21 +502,18 @@ async fn an_emptied_namespace_is_settled_after_the_grace() {
 /// runs its polling case against it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registry_without_watch_passes_the_conformance_suite() {
-    let shared = NoWatch::default();
-    masse_core::testkit::RegistryConformance::new(move || {
-        let handle = shared.clone();
-        async move { Arc::new(handle) as masse_core::DynRegistry }
-    })
-    .without_watch()
-    .run()
-    .await;
+    suite_without_watch(TestBackend::without_watch()).await;
 }
 
 /// A registry that can watch may not hide behind `without_watch`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[should_panic(expected = "declared without watch, but watch succeeded")]
 async fn the_suite_refuses_a_watching_registry_declared_without_watch() {
-    let shared = MemoryRegistry::new();
+    suite_without_watch(MemoryRegistry::new()).await;
+}
+
+/// The conformance suite on handles of `shared`, declared without watch.
+async fn suite_without_watch(shared: impl Registry + Clone + 'static) {
     masse_core::testkit::RegistryConformance::new(move || {
         let handle = shared.clone();
         async move { Arc::new(handle) as masse_core::DynRegistry }

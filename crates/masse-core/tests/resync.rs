@@ -2,6 +2,10 @@
 //! empty under running watchers. Live owners re-publish within the grace and
 //! are never reported gone; a dead one is reported `Expired` exactly once;
 //! lookups keep answering with the last known record meanwhile.
+//!
+//! The tests run on a paused Tokio clock: the grace passes in no real time.
+
+mod common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -185,6 +189,7 @@ async fn restarted_empty(break_watches: bool) {
 
     backend.restart_empty(break_watches);
     // a comes back as it was; c comes back as a new instance; b is dead.
+    // They re-publish a while after the restart (time on the paused clock).
     tokio::time::sleep(GRACE / 4).await;
     backend
         .publish(&a, TTL, NamePolicy::Exclusive)
@@ -237,12 +242,12 @@ async fn restarted_empty(break_watches: bool) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_registry_restarted_empty_under_a_broken_watch_reconciles() {
     restarted_empty(true).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_resync_marker_reconciles_without_breaking_the_watch() {
     restarted_empty(false).await;
 }
@@ -293,7 +298,7 @@ async fn a_watch_that_starts_while_the_backend_is_down_fails() {
 
 /// Between the restart and the watch coming back, a lookup reaches the empty
 /// registry: it must not make a live name `NotFound`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn an_answer_while_the_watch_is_down_keeps_known_names() {
     let backend = Restartable::new();
     let (a, b) = (rec("a"), rec("b"));
@@ -315,13 +320,12 @@ async fn an_answer_while_the_watch_is_down_keeps_known_names() {
         .store(true, std::sync::atomic::Ordering::SeqCst);
     backend.restart_empty(true);
     // As with a server that died: the watch is down before anyone asks.
-    for _ in 0..200 {
-        if !cache.is_synced(&ns()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(!cache.is_synced(&ns()), "the watch noticed the restart");
+    common::wait_until(
+        "the watch notices the restart",
+        Duration::from_secs(2),
+        async || !cache.is_synced(&ns()),
+    )
+    .await;
     // Until the watch is back, every answer keeps a and b (flagged stale).
     let until = Instant::now() + GRACE;
     while Instant::now() < until {
@@ -329,6 +333,7 @@ async fn an_answer_while_the_watch_is_down_keeps_known_names() {
             let got = cache.lookup_cached(&ns(), &pat(p)).await.unwrap();
             assert_eq!(got.records.as_slice(), std::slice::from_ref(want), "{p}");
         }
+        // Checked through the whole grace (time on the paused clock).
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let got = cache.lookup_cached(&ns(), &pat("*")).await.unwrap();

@@ -3,15 +3,10 @@
 
 use std::sync::Arc;
 
+use masse_core::DynInterface;
 use masse_core::testkit::InterfaceConformance;
-use masse_core::{DynInterface, Identity};
+use masse_core::testkit::fixtures::{identity, init_tracing};
 use masse_quic::QuicInterface;
-
-use masse_core::testkit::fixtures::init_tracing;
-
-fn identity() -> Arc<Identity> {
-    Arc::new(Identity::generate("conformance").expect("generate identity"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_ipv4_loopback() {
@@ -19,7 +14,7 @@ async fn conformance_ipv4_loopback() {
     InterfaceConformance::new(|| async {
         Arc::new(QuicInterface::new("127.0.0.1:0")) as DynInterface
     })
-    .identity(identity())
+    .identity(identity("conformance"))
     .streams(1000)
     .payload_max(64 * 1024)
     .run()
@@ -37,7 +32,7 @@ async fn conformance_ipv6_loopback() {
         return;
     }
     InterfaceConformance::new(|| async { Arc::new(QuicInterface::new("[::1]:0")) as DynInterface })
-        .identity(identity())
+        .identity(identity("conformance"))
         .streams(200)
         .run()
         .await;

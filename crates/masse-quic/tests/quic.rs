@@ -4,13 +4,15 @@
 
 #![allow(clippy::print_stderr)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use masse_core::{
     Accepted, BindContext, BoxIo, ConnectContext, Endpoint, Error, Identity, InstanceId, Interface,
-    Listener, Protocol, RefuseCode,
+    Listener, PeerRecord, Protocol, RefuseCode,
 };
 use masse_quic::QuicInterface;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,9 +20,7 @@ use tokio::time::timeout;
 
 const STEP: Duration = Duration::from_secs(10);
 
-use masse_core::testkit::fixtures::init_tracing;
-
-use masse_core::testkit::fixtures::{bind_ctx, connect_ctx, identity, record};
+use masse_core::testkit::fixtures::{bind_ctx, connect_ctx, identity, init_tracing, record};
 
 async fn accept(listener: &mut Box<dyn Listener>) -> Accepted {
     timeout(STEP, listener.accept())
@@ -56,6 +56,20 @@ struct Server {
     id: Arc<Identity>,
 }
 
+impl Server {
+    /// Its record: the endpoint, and the fingerprint a dialer pins.
+    fn record(&self) -> PeerRecord {
+        record(&self.ep, Some(self.id.fingerprint()))
+    }
+
+    /// `client` dials it through `quic`.
+    async fn dial(&self, quic: &QuicInterface, client: &Arc<Identity>) -> BoxIo {
+        quic.connect(&self.ep, &self.record(), &connect_ctx(client))
+            .await
+            .unwrap_or_else(|e| panic!("dial {}: {e}", self.ep))
+    }
+}
+
 async fn server(quic: QuicInterface) -> Server {
     let id = identity("server");
     let listener = quic.bind(&bind_ctx(&id)).await.unwrap();
@@ -75,7 +89,7 @@ async fn accepted_streams_report_the_dialer_and_share_one_connection() {
     let mut s = server(QuicInterface::new("127.0.0.1:0")).await;
     let client_id = identity("client");
     let client = QuicInterface::new("127.0.0.1:0");
-    let rec = record(&s.ep, Some(s.id.fingerprint()));
+    let rec = s.record();
     let mut remotes = Vec::new();
     for _ in 0..5 {
         let mut dialed = client
@@ -102,31 +116,18 @@ async fn accepted_streams_report_the_dialer_and_share_one_connection() {
 #[tokio::test]
 async fn a_node_dials_from_its_listening_socket() {
     init_tracing();
+    /// `from` dials `to` with its own identity; what `to` accepts.
+    async fn dial(from: &Server, to: &mut Server) -> Accepted {
+        let mut dialed = to.dial(&from.quic, &from.id).await;
+        open_and_echo(&mut dialed, &mut to.listener).await
+    }
     let mut a = server(QuicInterface::new("127.0.0.1:0")).await;
     let mut b = server(QuicInterface::new("127.0.0.1:0")).await;
-    let mut dialed = a
-        .quic
-        .connect(
-            &b.ep,
-            &record(&b.ep, Some(b.id.fingerprint())),
-            &connect_ctx(&a.id),
-        )
-        .await
-        .unwrap();
-    let accepted = open_and_echo(&mut dialed, &mut b.listener).await;
+    let accepted = dial(&a, &mut b).await;
     assert_eq!(accepted.remote_addr, Some(a.ep.socket_addr().unwrap()));
     assert_eq!(accepted.peer_identity, Some(a.id.fingerprint()));
     // And the other way round.
-    let mut dialed = b
-        .quic
-        .connect(
-            &a.ep,
-            &record(&a.ep, Some(a.id.fingerprint())),
-            &connect_ctx(&b.id),
-        )
-        .await
-        .unwrap();
-    let accepted = open_and_echo(&mut dialed, &mut a.listener).await;
+    let accepted = dial(&b, &mut a).await;
     assert_eq!(accepted.remote_addr, Some(b.ep.socket_addr().unwrap()));
 }
 
@@ -154,7 +155,7 @@ async fn wrong_fingerprint_is_unauthorized_and_the_listener_keeps_working() {
         }
     }
     assert_eq!(client.pooled_connections(), 0);
-    let right = record(&s.ep, Some(s.id.fingerprint()));
+    let right = s.record();
     let mut dialed = client
         .connect(&s.ep, &right, &connect_ctx(&client_id))
         .await
@@ -192,7 +193,7 @@ async fn missing_own_identity_is_a_config_error() {
         "d".parse().unwrap(),
         InstanceId::random(),
     );
-    let rec = record(&s.ep, Some(s.id.fingerprint()));
+    let rec = s.record();
     match bare.connect(&s.ep, &rec, &ctx).await {
         Err(Error::Config(msg)) => assert!(msg.contains("identity"), "{msg}"),
         Err(other) => panic!("expected Config, got {other:?}"),
@@ -242,23 +243,18 @@ async fn client_without_certificate_is_refused() {
         text.contains("116") || text.to_lowercase().contains("certificate"),
         "{text}"
     );
+    // A window in which nothing may be accepted.
     assert!(
-        timeout(Duration::from_millis(300), s.listener.accept())
-            .await
-            .is_err(),
+        matches!(
+            timeout(Duration::from_millis(300), s.listener.accept()).await,
+            Err(tokio::time::error::Elapsed { .. })
+        ),
         "a client without a certificate was accepted"
     );
 
     // The listener keeps serving authenticated clients.
     let client_id = identity("client");
-    let mut dialed = QuicInterface::new("127.0.0.1:0")
-        .connect(
-            &s.ep,
-            &record(&s.ep, Some(s.id.fingerprint())),
-            &connect_ctx(&client_id),
-        )
-        .await
-        .unwrap();
+    let mut dialed = s.dial(&QuicInterface::new("127.0.0.1:0"), &client_id).await;
     let accepted = open_and_echo(&mut dialed, &mut s.listener).await;
     assert_eq!(accepted.peer_identity, Some(client_id.fingerprint()));
 }
@@ -279,14 +275,7 @@ async fn garbage_datagrams_do_not_stall_the_listener() {
             .unwrap();
     }
     let client_id = identity("client");
-    let mut dialed = QuicInterface::new("127.0.0.1:0")
-        .connect(
-            &s.ep,
-            &record(&s.ep, Some(s.id.fingerprint())),
-            &connect_ctx(&client_id),
-        )
-        .await
-        .unwrap();
+    let mut dialed = s.dial(&QuicInterface::new("127.0.0.1:0"), &client_id).await;
     open_and_echo(&mut dialed, &mut s.listener).await;
 }
 
@@ -305,24 +294,13 @@ async fn close(mut d: BoxIo, mut a: Accepted) {
         .unwrap();
 }
 
-/// Waits until no stream the client opened is counted any more.
-async fn drained(client: &QuicInterface) {
-    timeout(STEP, async {
-        while client.pooled_streams().iter().flatten().any(|n| *n > 0) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("streams still counted: {:?}", client.pooled_streams()));
-}
-
 #[tokio::test]
 async fn past_every_pooled_connection_s_stream_limit_connect_is_refused_as_busy_at_once() {
     init_tracing();
     let mut s = server(QuicInterface::new("127.0.0.1:0").max_concurrent_streams(2)).await;
     let client_id = identity("client");
     let client = QuicInterface::new("127.0.0.1:0").max_connections_per_peer(2);
-    let rec = record(&s.ep, Some(s.id.fingerprint()));
+    let rec = s.record();
     let mut open = Vec::new();
     for _ in 0..4 {
         let mut d = client
@@ -352,17 +330,15 @@ async fn past_every_pooled_connection_s_stream_limit_connect_is_refused_as_busy_
     // Its credit comes back after an acknowledgement and a round trip.
     let (d, a) = open.remove(0);
     close(d, a).await;
-    timeout(STEP, async {
-        while client.pooled_streams() != vec![vec![1, 2]] {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    common::until_streams(&client, "the closed stream uncounted", STEP, |c| {
+        c == [vec![1, 2]]
     })
-    .await
-    .expect("the closed stream stayed counted");
+    .await;
     let mut d = timeout(STEP, async {
         loop {
             match client.connect(&s.ep, &rec, &patient).await {
                 Err(e) if e.refuse_code() == Some(RefuseCode::Busy) => {
+                    // Back-off of a retry until the credit is back.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 other => break other.unwrap(),
@@ -381,7 +357,7 @@ async fn streams_past_one_connection_s_limit_go_on_another_and_back_to_the_first
     let mut s = server(QuicInterface::new("127.0.0.1:0").max_concurrent_streams(3)).await;
     let client_id = identity("client");
     let client = QuicInterface::new("127.0.0.1:0");
-    let rec = record(&s.ep, Some(s.id.fingerprint()));
+    let rec = s.record();
     for round in 0..2 {
         let mut open = Vec::new();
         for _ in 0..7 {
@@ -400,7 +376,7 @@ async fn streams_past_one_connection_s_limit_go_on_another_and_back_to_the_first
         for (d, a) in open {
             close(d, a).await;
         }
-        drained(&client).await;
+        common::drained(&client, STEP).await;
         assert_eq!(client.pooled_connections(), 3);
         // The next stream goes on the first connection again, and the
         // extra ones, idle, are closed.
@@ -411,7 +387,7 @@ async fn streams_past_one_connection_s_limit_go_on_another_and_back_to_the_first
         let a = open_and_echo(&mut d, &mut s.listener).await;
         assert_eq!(client.pooled_streams(), vec![vec![1]], "round {round}");
         close(d, a).await;
-        drained(&client).await;
+        common::drained(&client, STEP).await;
     }
 }
 
@@ -421,7 +397,7 @@ async fn without_a_listener_connections_are_refused_and_streams_reset() {
     let s = server(QuicInterface::new("127.0.0.1:0")).await;
     let client_id = identity("client");
     let client = QuicInterface::new("127.0.0.1:0");
-    let rec = record(&s.ep, Some(s.id.fingerprint()));
+    let rec = s.record();
     let mut listener = s.listener;
     let mut d = client
         .connect(&s.ep, &rec, &connect_ctx(&client_id))
@@ -438,8 +414,10 @@ async fn without_a_listener_connections_are_refused_and_streams_reset() {
     let _ = d.write_all(b"hello").await;
     let _ = d.flush().await;
     let mut buf = [0u8; 8];
-    let r = timeout(STEP, d.read(&mut buf)).await.expect("read hung");
-    assert!(r.is_err(), "expected a reset stream, read {r:?}");
+    match timeout(STEP, d.read(&mut buf)).await.expect("read hung") {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        Ok(n) => panic!("expected a reset stream, read {n} bytes"),
+    }
 
     // A new connection is refused at once.
     let other = QuicInterface::new("127.0.0.1:0");
@@ -496,6 +474,7 @@ async fn a_restarted_peer_is_redialed() {
                 listener = Some(l);
                 break;
             }
+            // Back-off of a retry until the OS lets the address go.
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
@@ -558,17 +537,9 @@ async fn wrong_protocol_and_bad_addresses() {
 
 #[tokio::test]
 async fn dialing_works_with_an_unparsable_bind_address() {
-    let s = server(QuicInterface::new("127.0.0.1:0")).await;
-    let mut listener = s.listener;
+    let mut s = server(QuicInterface::new("127.0.0.1:0")).await;
     let client_id = identity("client");
     let bad = QuicInterface::new("not an address");
-    let mut d = bad
-        .connect(
-            &s.ep,
-            &record(&s.ep, Some(s.id.fingerprint())),
-            &connect_ctx(&client_id),
-        )
-        .await
-        .unwrap();
-    open_and_echo(&mut d, &mut listener).await;
+    let mut d = s.dial(&bad, &client_id).await;
+    open_and_echo(&mut d, &mut s.listener).await;
 }

@@ -194,8 +194,19 @@ mod tests {
                 tls: true
             }
         );
-        assert!(p("redis+cluster://a:1,b:2/3").is_err());
-        assert!(p("redis+cluster://a:1,,b:2").is_err());
+        for (url, why) in [
+            ("redis+cluster://a:1,b:2/3", "takes no database"),
+            ("redis+cluster://a:1,,b:2", "empty host"),
+        ] {
+            assert!(
+                matches!(
+                    p(url),
+                    Err(masse_core::Error::InvalidAddress { ref reason, .. }) if reason.contains(why)
+                ),
+                "{url}: {:?}",
+                p(url)
+            );
+        }
     }
 
     #[test]

@@ -70,7 +70,9 @@ mod tests {
         assert_eq!(decode_record(&ns, "a", json.as_bytes()), Ok(r));
         let why = decode_record(&ns, "b", json.as_bytes()).unwrap_err();
         assert!(why.contains("prod/a"), "{why}");
-        assert!(decode_record(&"other".parse().unwrap(), "a", json.as_bytes()).is_err());
-        assert!(decode_record(&ns, "a", b"\xff\x00garbage").is_err());
+        let why = decode_record(&"other".parse().unwrap(), "a", json.as_bytes()).unwrap_err();
+        assert!(why.contains("prod/a"), "{why}");
+        let garbage = decode_record(&ns, "a", b"\xff\x00garbage").unwrap_err();
+        assert!(garbage.contains("malformed peer record"), "{garbage}");
     }
 }

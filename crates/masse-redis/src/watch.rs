@@ -382,31 +382,49 @@ mod tests {
                 instance: r.instance
             })
         );
-        for bad in [
-            f(&[
-                ("type", "joined".into()),
-                ("name", "a".into()),
-                ("record", "{".into()),
-            ]),
-            f(&[
-                ("type", "joined".into()),
-                ("name", "b".into()),
-                ("record", r.to_json()),
-            ]),
-            f(&[
-                ("type", "left".into()),
-                ("name", "a b".into()),
-                ("instance", r.instance.to_string()),
-            ]),
-            f(&[
-                ("type", "left".into()),
-                ("name", "a".into()),
-                ("instance", "zz".into()),
-            ]),
-            f(&[("type", "exploded".into()), ("name", "a".into())]),
-            f(&[]),
+        for (bad, why) in [
+            (
+                f(&[
+                    ("type", "joined".into()),
+                    ("name", "a".into()),
+                    ("record", "{".into()),
+                ]),
+                "malformed peer record",
+            ),
+            (
+                f(&[
+                    ("type", "joined".into()),
+                    ("name", "b".into()),
+                    ("record", r.to_json()),
+                ]),
+                "stored under this key",
+            ),
+            (
+                f(&[
+                    ("type", "left".into()),
+                    ("name", "a b".into()),
+                    ("instance", r.instance.to_string()),
+                ]),
+                "invalid peer name",
+            ),
+            (
+                f(&[
+                    ("type", "left".into()),
+                    ("name", "a".into()),
+                    ("instance", "zz".into()),
+                ]),
+                "invalid instance id",
+            ),
+            (
+                f(&[("type", "exploded".into()), ("name", "a".into())]),
+                "unknown event type",
+            ),
+            (f(&[]), "no `type` field"),
         ] {
-            assert!(decode_event(&ns, &bad).is_err(), "{bad:?}");
+            match decode_event(&ns, &bad) {
+                Err(e) => assert!(e.contains(why), "{bad:?}: {e:?} lacks {why:?}"),
+                Ok(ev) => panic!("{bad:?} decoded as {ev:?}"),
+            }
         }
     }
 }

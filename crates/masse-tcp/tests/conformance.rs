@@ -1,5 +1,7 @@
 //! The masse interface conformance suite, on IPv4 and IPv6 loopback.
 
+mod common;
+
 use std::sync::Arc;
 
 use masse_core::DynInterface;
@@ -23,11 +25,7 @@ async fn conformance_ipv4_loopback() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_ipv6_loopback() {
     init_tracing();
-    if let Err(e) = std::net::TcpListener::bind("[::1]:0") {
-        tracing::warn!(
-            error = %e,
-            "SKIPPED conformance_ipv6_loopback: this host cannot bind [::1]:0 (no IPv6 loopback)"
-        );
+    if common::without_ipv6_loopback("conformance_ipv6_loopback") {
         return;
     }
     masse_core::testkit::interface_conformance(|| async {

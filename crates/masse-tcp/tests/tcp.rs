@@ -4,37 +4,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use masse_core::{
-    BindContext, ConnectContext, Endpoint, Error, InstanceId, Interface, PeerRecord, Protocol,
-};
+use masse_core::testkit::fixtures::{plain_bind_ctx, plain_connect_ctx, record};
+use masse_core::{Endpoint, Error, Interface, Protocol};
 use masse_tcp::TcpInterface;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
-
-fn bind_ctx() -> BindContext {
-    BindContext::new(
-        "test".parse().unwrap(),
-        "acceptor".parse().unwrap(),
-        InstanceId::random(),
-    )
-}
-
-fn connect_ctx() -> ConnectContext {
-    ConnectContext::new(
-        "test".parse().unwrap(),
-        "dialer".parse().unwrap(),
-        InstanceId::random(),
-    )
-}
-
-fn peer(ep: &Endpoint) -> PeerRecord {
-    PeerRecord::new(
-        "test".parse().unwrap(),
-        "acceptor".parse().unwrap(),
-        InstanceId::random(),
-    )
-    .with_endpoint(ep.clone())
-}
 
 /// Dials `ep`, sends a line, and expects the acceptor (`listener`) to see it
 /// and the remote address to be the dialer's local one.
@@ -45,7 +19,7 @@ async fn round_trip(
 ) {
     let mut dialed = timeout(
         Duration::from_secs(10),
-        tcp.connect(&ep, &peer(&ep), &connect_ctx()),
+        tcp.connect(&ep, &record(&ep, None), &plain_connect_ctx()),
     )
     .await
     .expect("connect hung")
@@ -65,7 +39,7 @@ async fn round_trip(
 #[tokio::test]
 async fn loopback_bind_advertises_exactly_that_address() {
     let tcp = TcpInterface::new("127.0.0.1:0");
-    let mut listener = tcp.bind(&bind_ctx()).await.unwrap();
+    let mut listener = tcp.bind(&plain_bind_ctx()).await.unwrap();
     let eps = listener.endpoints();
     assert_eq!(eps.len(), 1, "{eps:?}");
     assert_eq!(*eps[0].protocol(), Protocol::TCP);
@@ -77,7 +51,7 @@ async fn loopback_bind_advertises_exactly_that_address() {
 #[tokio::test]
 async fn wildcard_bind_advertises_reachable_host_addresses() {
     let tcp = TcpInterface::new("0.0.0.0:0");
-    let mut listener = tcp.bind(&bind_ctx()).await.unwrap();
+    let mut listener = tcp.bind(&plain_bind_ctx()).await.unwrap();
     let eps = listener.endpoints();
     assert!(!eps.is_empty());
     let port = eps[0].socket_addr().unwrap().port();
@@ -104,7 +78,7 @@ async fn wildcard_bind_advertises_reachable_host_addresses() {
 #[tokio::test]
 async fn wildcard_with_include_loopback_lists_loopback_last() {
     let tcp = TcpInterface::new("0.0.0.0:0").include_loopback(true);
-    let listener = tcp.bind(&bind_ctx()).await.unwrap();
+    let listener = tcp.bind(&plain_bind_ctx()).await.unwrap();
     let eps = listener.endpoints();
     let last = eps.last().expect("endpoints");
     assert!(last.socket_addr().unwrap().ip().is_loopback(), "{eps:?}");
@@ -117,7 +91,7 @@ async fn advertise_overrides_and_fills_the_port() {
     let tcp = TcpInterface::new("127.0.0.1:0")
         .advertise(public)
         .advertise(fixed);
-    let listener = tcp.bind(&bind_ctx()).await.unwrap();
+    let listener = tcp.bind(&plain_bind_ctx()).await.unwrap();
     let eps = listener.endpoints();
     assert_eq!(eps.len(), 2, "{eps:?}");
     assert_eq!(eps[0].socket_addr().unwrap().ip(), public.ip());
@@ -128,10 +102,10 @@ async fn advertise_overrides_and_fills_the_port() {
 #[tokio::test]
 async fn bind_in_use_is_an_io_error() {
     let tcp = TcpInterface::new("127.0.0.1:0");
-    let listener = tcp.bind(&bind_ctx()).await.unwrap();
+    let listener = tcp.bind(&plain_bind_ctx()).await.unwrap();
     let taken = listener.endpoints()[0].socket_addr().unwrap();
     let again = TcpInterface::from_addr(taken);
-    match again.bind(&bind_ctx()).await {
+    match again.bind(&plain_bind_ctx()).await {
         Err(Error::Io(e)) => {
             assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
             assert!(e.to_string().contains(&taken.to_string()), "{e}");
@@ -145,7 +119,7 @@ async fn bind_in_use_is_an_io_error() {
 #[tokio::test]
 async fn invalid_address_is_reported_by_bind() {
     let tcp = TcpInterface::new("localhost:4100");
-    match tcp.bind(&bind_ctx()).await {
+    match tcp.bind(&plain_bind_ctx()).await {
         Err(Error::InvalidAddress { reason, .. }) => {
             assert!(reason.contains("host names"), "{reason}")
         }
@@ -161,10 +135,13 @@ async fn invalid_address_is_reported_by_bind() {
 #[tokio::test]
 async fn refused_connect_is_a_transient_io_error() {
     let tcp = TcpInterface::new("127.0.0.1:0");
-    let listener = tcp.bind(&bind_ctx()).await.unwrap();
+    let listener = tcp.bind(&plain_bind_ctx()).await.unwrap();
     let ep = listener.endpoints()[0].clone();
     drop(listener);
-    let err = match tcp.connect(&ep, &peer(&ep), &connect_ctx()).await {
+    let err = match tcp
+        .connect(&ep, &record(&ep, None), &plain_connect_ctx())
+        .await
+    {
         Err(e) => e,
         Ok(_) => panic!("connected to a closed port"),
     };
@@ -178,7 +155,8 @@ async fn other_protocols_are_unsupported() {
     let tcp = TcpInterface::new("127.0.0.1:0");
     let ep: Endpoint = "quic://127.0.0.1:4433".parse().unwrap();
     assert!(matches!(
-        tcp.connect(&ep, &peer(&ep), &connect_ctx()).await,
+        tcp.connect(&ep, &record(&ep, None), &plain_connect_ctx())
+            .await,
         Err(Error::Unsupported(_))
     ));
 }
@@ -194,13 +172,16 @@ async fn connect_timeout_is_honoured() {
     let ep = Endpoint::new(Protocol::TCP, stuck.local_addr().unwrap());
     let tcp = TcpInterface::new("127.0.0.1:0");
     let limit = Duration::from_millis(300);
-    let ctx = connect_ctx().with_connect_timeout(limit);
+    let ctx = plain_connect_ctx().with_connect_timeout(limit);
     let mut held = Vec::new();
     for _ in 0..16 {
         let started = std::time::Instant::now();
-        match timeout(Duration::from_secs(5), tcp.connect(&ep, &peer(&ep), &ctx))
-            .await
-            .expect("connect ignored its timeout")
+        match timeout(
+            Duration::from_secs(5),
+            tcp.connect(&ep, &record(&ep, None), &ctx),
+        )
+        .await
+        .expect("connect ignored its timeout")
         {
             Ok(io) => held.push(io),
             Err(Error::Timeout { what, after }) => {

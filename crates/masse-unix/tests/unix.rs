@@ -9,40 +9,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use masse_core::testkit::InterfaceConformance;
-use masse_core::{
-    BindContext, ConnectContext, DynInterface, Endpoint, Error, InstanceId, Interface, PeerRecord,
-    Protocol,
-};
+use masse_core::testkit::fixtures::{plain_bind_ctx, plain_connect_ctx, record};
+use masse_core::{BindContext, DynInterface, Endpoint, Error, InstanceId, Interface, Protocol};
 use masse_unix::UnixInterface;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
 const T: Duration = Duration::from_secs(10);
-
-fn bind_ctx() -> BindContext {
-    BindContext::new(
-        "unix-test".parse().unwrap(),
-        "acceptor".parse().unwrap(),
-        InstanceId::random(),
-    )
-}
-
-fn connect_ctx() -> ConnectContext {
-    ConnectContext::new(
-        "unix-test".parse().unwrap(),
-        "dialer".parse().unwrap(),
-        InstanceId::random(),
-    )
-}
-
-fn peer(ep: &Endpoint) -> PeerRecord {
-    PeerRecord::new(
-        "unix-test".parse().unwrap(),
-        "acceptor".parse().unwrap(),
-        InstanceId::random(),
-    )
-    .with_endpoint(ep.clone())
-}
 
 fn is_socket(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
@@ -67,14 +40,17 @@ async fn streams_carry_the_peers_credentials_and_the_file_goes_on_close() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.sock");
     let unix = UnixInterface::at(&path);
-    let mut listener = unix.bind(&bind_ctx()).await.unwrap();
+    let mut listener = unix.bind(&plain_bind_ctx()).await.unwrap();
     let ep = listener.endpoints()[0].clone();
     assert_eq!(ep.protocol(), &Protocol::UNIX);
     assert_eq!(ep.unix_path(), Some(path.as_path()));
     assert_eq!(ep.to_string(), format!("unix://{}", path.display()));
     assert!(is_socket(&path));
 
-    let mut dialed = unix.connect(&ep, &peer(&ep), &connect_ctx()).await.unwrap();
+    let mut dialed = unix
+        .connect(&ep, &record(&ep, None), &plain_connect_ctx())
+        .await
+        .unwrap();
     let accepted = timeout(T, listener.accept()).await.unwrap().unwrap();
     assert_eq!(accepted.remote_addr, None);
     let creds = accepted.peer_credentials.expect("SO_PEERCRED");
@@ -90,7 +66,7 @@ async fn streams_carry_the_peers_credentials_and_the_file_goes_on_close() {
     listener.close().await;
     assert!(!path.exists(), "the socket file is removed on close");
     // Dropped without close: removed too.
-    let listener = unix.bind(&bind_ctx()).await.unwrap();
+    let listener = unix.bind(&plain_bind_ctx()).await.unwrap();
     assert!(is_socket(&path));
     drop(listener);
     assert!(!path.exists(), "the socket file is removed on drop");
@@ -105,10 +81,13 @@ async fn a_stale_socket_is_replaced_and_a_live_one_is_not_stolen() {
     drop(std_listener);
     assert!(is_socket(&path));
     let unix = UnixInterface::at(&path);
-    let live = unix.bind(&bind_ctx()).await.expect("stale socket replaced");
+    let live = unix
+        .bind(&plain_bind_ctx())
+        .await
+        .expect("stale socket replaced");
 
     // Someone accepts there now: a second bind must not take it.
-    match unix.bind(&bind_ctx()).await {
+    match unix.bind(&plain_bind_ctx()).await {
         Err(Error::Io(e)) => {
             assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse, "{e}");
             assert!(e.to_string().contains(&path.display().to_string()), "{e}");
@@ -122,7 +101,7 @@ async fn a_stale_socket_is_replaced_and_a_live_one_is_not_stolen() {
     // Not a socket: refused, and left alone.
     let file = dir.path().join("notes.txt");
     std::fs::write(&file, b"keep me").unwrap();
-    match UnixInterface::at(&file).bind(&bind_ctx()).await {
+    match UnixInterface::at(&file).bind(&plain_bind_ctx()).await {
         Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}"),
         Err(e) => panic!("expected AlreadyExists, got {e:?}"),
         Ok(_) => panic!("bound over a regular file"),
@@ -135,7 +114,10 @@ async fn a_vanished_or_dead_socket_is_a_stale_address() {
     let dir = tempfile::tempdir().unwrap();
     let unix = UnixInterface::new();
     let gone = Endpoint::unix(dir.path().join("gone.sock")).unwrap();
-    let err = match unix.connect(&gone, &peer(&gone), &connect_ctx()).await {
+    let err = match unix
+        .connect(&gone, &record(&gone, None), &plain_connect_ctx())
+        .await
+    {
         Err(e) => e,
         Ok(_) => panic!("connected to nothing"),
     };
@@ -145,7 +127,10 @@ async fn a_vanished_or_dead_socket_is_a_stale_address() {
     let dead_path = dir.path().join("dead.sock");
     drop(std::os::unix::net::UnixListener::bind(&dead_path).unwrap());
     let dead = Endpoint::unix(&dead_path).unwrap();
-    let err = match unix.connect(&dead, &peer(&dead), &connect_ctx()).await {
+    let err = match unix
+        .connect(&dead, &record(&dead, None), &plain_connect_ctx())
+        .await
+    {
         Err(e) => e,
         Ok(_) => panic!("connected to a dead socket"),
     };
@@ -153,7 +138,8 @@ async fn a_vanished_or_dead_socket_is_a_stale_address() {
 
     let tcp: Endpoint = "tcp://127.0.0.1:1".parse().unwrap();
     assert!(matches!(
-        unix.connect(&tcp, &peer(&tcp), &connect_ctx()).await,
+        unix.connect(&tcp, &record(&tcp, None), &plain_connect_ctx())
+            .await,
         Err(Error::Unsupported(_))
     ));
 }
@@ -161,7 +147,7 @@ async fn a_vanished_or_dead_socket_is_a_stale_address() {
 /// The default path: in a private directory, named after the node.
 #[tokio::test]
 async fn the_default_path_is_private_and_named_after_the_node() {
-    let ctx = bind_ctx();
+    let ctx = plain_bind_ctx();
     let mut listener = UnixInterface::new().bind(&ctx).await.unwrap();
     let path: PathBuf = listener.endpoints()[0].unix_path().unwrap().to_owned();
     let dir = path.parent().unwrap().to_owned();
@@ -178,7 +164,7 @@ async fn the_default_path_is_private_and_named_after_the_node() {
     assert_eq!(mode & 0o077, 0, "{}: {mode:o}", dir.display());
     let file = path.file_name().unwrap().to_str().unwrap();
     let instance = ctx.instance.to_string();
-    assert_eq!(file, format!("unix-test.acceptor.{}.sock", &instance[..16]));
+    assert_eq!(file, format!("test.acceptor.{}.sock", &instance[..16]));
     listener.close().await;
     assert!(!path.exists());
 
@@ -195,7 +181,7 @@ async fn the_default_path_is_private_and_named_after_the_node() {
     );
     drop(listener);
     let long = BindContext::new(
-        "unix-test".parse().unwrap(),
+        "test".parse().unwrap(),
         "n".repeat(120).parse().unwrap(),
         InstanceId::random(),
     );
@@ -218,7 +204,7 @@ async fn the_default_path_is_private_and_named_after_the_node() {
 async fn an_explicit_path_too_long_is_an_error() {
     let long = PathBuf::from(format!("/tmp/{}.sock", "x".repeat(200)));
     assert!(matches!(
-        UnixInterface::at(long).bind(&bind_ctx()).await,
+        UnixInterface::at(long).bind(&plain_bind_ctx()).await,
         Err(Error::InvalidAddress { .. })
     ));
 }

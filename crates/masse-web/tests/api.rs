@@ -54,6 +54,8 @@ async fn until(app: &Router, what: &str, check: impl Fn(&Value) -> bool) -> Valu
             Instant::now() < deadline,
             "timed out waiting for {what}: {v:#}"
         );
+        // The interval of a bounded poll: a peer's state follows the wall
+        // clock (evasive below half its ttl), so the listing is asked again.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -935,7 +935,10 @@ mod tests {
         protocol_err(decode(&b), "version 0");
         let mut h = hello();
         h.version = 0;
-        assert!(Message::Hello(h).validate().is_err());
+        assert!(matches!(
+            Message::Hello(h).validate(),
+            Err(Error::Config(reason)) if reason.contains("version 0")
+        ));
     }
 
     #[test]
@@ -1066,7 +1069,10 @@ mod tests {
         assert_eq!(e.insert(1, vec![1]).unwrap(), None);
         assert_eq!(e.insert(1, vec![2]).unwrap(), Some(vec![1]));
         assert_eq!(e.get(1), Some(&[2u8][..]));
-        assert!(e.insert(2, vec![0; MAX_EXTENSIONS]).is_err());
+        assert!(matches!(
+            e.insert(2, vec![0; MAX_EXTENSIONS]),
+            Err(Error::Config(_))
+        ));
         assert_eq!(e.len(), 1);
         assert_eq!(e.remove(1), Some(vec![2]));
         assert!(e.is_empty());
@@ -1075,7 +1081,10 @@ mod tests {
         for t in 0..=254u8 {
             many.insert(t, Vec::new()).unwrap();
         }
-        assert!(many.insert(255, Vec::new()).is_err());
+        assert!(matches!(
+            many.insert(255, Vec::new()),
+            Err(Error::Config(_))
+        ));
         let w: Message = Welcome {
             instance: InstanceId::from_u128(3),
             extensions: many,
@@ -1109,7 +1118,10 @@ mod tests {
         h.service = Some("x".repeat(300));
         // encode still produces a frame, which the peer rejects.
         protocol_err(decode(&body(&h.into())), "invalid service");
-        assert!(hello().with_service("a b").is_err());
+        assert!(matches!(
+            hello().with_service("a b"),
+            Err(Error::InvalidName { .. })
+        ));
     }
 
     #[test]
@@ -1155,7 +1167,10 @@ mod tests {
         let (mut a, _b) = tokio::io::duplex(64);
         let mut h = hello();
         h.service = Some(String::new());
-        assert!(write_message(&mut a, &h.into()).await.is_err());
+        assert!(matches!(
+            write_message(&mut a, &h.into()).await,
+            Err(Error::InvalidName { .. })
+        ));
     }
 
     #[tokio::test]
