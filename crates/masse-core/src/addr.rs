@@ -108,6 +108,29 @@ pub fn advertised_endpoints(
         .collect()
 }
 
+/// Checks the addresses a listener is told to advertise instead of its own
+/// (the `overrides` of [`advertised_addrs`]) before it binds: a peer must be
+/// able to dial each, so an unspecified IP (`0.0.0.0`, `::`) is an
+/// [`Error::InvalidAddress`] of kind `"advertised address"`. Port 0 is
+/// fine: it stands for the port bound.
+///
+/// ```
+/// use masse_core::addr::check_advertised;
+///
+/// assert!(check_advertised(&["10.0.0.7:0".parse().unwrap()]).is_ok());
+/// assert!(check_advertised(&["0.0.0.0:4100".parse().unwrap()]).is_err());
+/// ```
+pub fn check_advertised(overrides: &[SocketAddr]) -> Result<()> {
+    match overrides.iter().find(|a| a.ip().is_unspecified()) {
+        Some(bad) => Err(Error::InvalidAddress {
+            kind: "advertised address",
+            input: bad.to_string(),
+            reason: "a peer cannot dial an unspecified address; advertise a concrete IP".into(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The IP addresses of the host's interfaces that are not administratively or
 /// physically down. An empty list (and a warning) if they cannot be read.
 pub fn host_ips() -> Vec<IpAddr> {
@@ -274,5 +297,21 @@ mod tests {
     fn host_ips_does_not_panic() {
         // Whatever the machine has; loopback is normally among them.
         let _ = host_ips();
+    }
+
+    #[test]
+    fn advertised_overrides_must_be_dialable() {
+        assert!(check_advertised(&[]).is_ok());
+        assert!(check_advertised(&[sa("203.0.113.9:0"), sa("[2001:db8::1]:443")]).is_ok());
+        for bad in ["0.0.0.0:0", "[::]:4100"] {
+            match check_advertised(&[sa("10.0.0.7:1"), sa(bad)]) {
+                Err(Error::InvalidAddress {
+                    kind: "advertised address",
+                    input,
+                    ..
+                }) => assert_eq!(input, bad),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 }

@@ -17,11 +17,39 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong in masse, split into cases a caller can act on.
 ///
 /// Errors are cheap to clone: sources are reference-counted.
+///
+/// Branch on the variant (under [`Error::Connect`], on [`root`](Self::root)),
+/// never on the message. In short:
+///
+/// - **fix the input or configuration, do not retry:**
+///   [`InvalidName`](Self::InvalidName), [`InvalidPattern`](Self::InvalidPattern),
+///   [`InvalidAddress`](Self::InvalidAddress), [`Config`](Self::Config),
+///   [`Unsupported`](Self::Unsupported), [`RegistryUnauthorized`](Self::RegistryUnauthorized),
+///   [`Unauthorized`](Self::Unauthorized);
+/// - **retry later, with backoff** ([`is_transient`](Self::is_transient)):
+///   [`RegistryUnavailable`](Self::RegistryUnavailable), [`Timeout`](Self::Timeout),
+///   [`Refused`](Self::Refused) with [`RefuseCode::Busy`], connection-level [`Io`](Self::Io);
+/// - **look the name up again** ([`is_stale_address`](Self::is_stale_address);
+///   the node does it once by itself): [`WrongPeer`](Self::WrongPeer), stale
+///   refusals ([`RefuseCode::is_stale`]), an address nobody answers at;
+/// - **the name's state in the registry:** [`NotFound`](Self::NotFound),
+///   [`NameTaken`](Self::NameTaken), [`NameLost`](Self::NameLost);
+/// - **stop:** [`Closed`](Self::Closed), [`Registry`](Self::Registry),
+///   [`Protocol`](Self::Protocol).
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A name, namespace or service name is not valid. `position` is the byte
     /// offset of the first offending character, if one character is at fault.
+    ///
+    /// Returned by [`PeerName::new`](crate::PeerName::new),
+    /// [`Namespace::new`](crate::Namespace::new),
+    /// [`validate_service`](crate::validate_service), and by the calls that
+    /// take names as text: [`NodeBuilder::start`](crate::NodeBuilder::start)
+    /// (its name, namespace and services), [`Node::connect`](crate::Node::connect)
+    /// and [`connect_service`](crate::Node::connect_service) (the target and
+    /// service), before anything is sent. The input is wrong: fix it;
+    /// retrying the same input fails the same way.
     #[error("invalid {kind} {input:?}: {reason}")]
     InvalidName {
         /// What was being parsed: `"peer name"`, `"namespace"`, `"service"`.
@@ -35,6 +63,11 @@ pub enum Error {
     },
 
     /// A glob pattern could not be compiled.
+    ///
+    /// Returned when a pattern is parsed: [`Pattern::new`](crate::Pattern::new)
+    /// and the calls that take one as text ([`Node::to`](crate::Node::to)'s
+    /// dials, [`Node::peers`](crate::Node::peers)), before the registry is
+    /// asked. Fix the pattern; retrying fails the same way.
     #[error("invalid pattern {input:?} at byte {position}: {reason}")]
     InvalidPattern {
         /// The rejected pattern (truncated to 200 bytes).
@@ -45,7 +78,16 @@ pub enum Error {
         reason: &'static str,
     },
 
-    /// An endpoint, URL or address could not be parsed.
+    /// An endpoint, URL or address could not be parsed, or cannot be used.
+    ///
+    /// Returned when one is parsed: an [`Endpoint`](crate::Endpoint), a
+    /// `masse://namespace/name` target of [`Node::connect`](crate::Node::connect),
+    /// an instance id or fingerprint, an interface's bind address
+    /// (`TcpInterface::try_new`, or [`Interface::bind`](crate::Interface::bind)
+    /// for one given as text), an advertised address a peer cannot dial
+    /// ([`addr::check_advertised`](crate::addr::check_advertised), at bind),
+    /// a registry URL (when the registry is opened). The configuration or
+    /// input is wrong: fix it; retrying fails the same way.
     #[error("invalid {kind} {input:?}: {reason}")]
     InvalidAddress {
         /// What was being parsed: `"endpoint"`, `"socket address"`, `"url"`, ...
@@ -57,10 +99,28 @@ pub enum Error {
     },
 
     /// A configuration value is out of range or inconsistent.
+    ///
+    /// Returned when the setting is checked: by
+    /// [`NodeBuilder::start`](crate::NodeBuilder::start) (a namespace secret
+    /// too short, inconsistent options), when a registry is opened (its
+    /// configuration, client settings such as TLS options), by an identity
+    /// file that cannot serve, and by `tls` and `quic` interfaces that have
+    /// no identity to present ([`Interface::bind`](crate::Interface::bind),
+    /// [`Interface::connect`](crate::Interface::connect)). Final: fix the
+    /// configuration; the node does not retry it.
     #[error("invalid configuration: {0}")]
     Config(String),
 
     /// No live peer matches the name or pattern.
+    ///
+    /// Returned by [`Node::connect`](crate::Node::connect),
+    /// [`connect_service`](crate::Node::connect_service),
+    /// [`Node::to`](crate::Node::to) and
+    /// [`Node::remote_stats`](crate::Node::remote_stats) when the lookup
+    /// (through the node's cache) finds no record: the peer has not
+    /// published yet, has expired or left. Never wrapped in
+    /// [`Error::Connect`]. Not transient by itself: retry later only if the
+    /// peer is expected to come (a fleet starting up), otherwise report it.
     #[error("no peer named {name:?} in namespace {namespace:?}")]
     NotFound {
         /// The namespace searched.
@@ -70,6 +130,14 @@ pub enum Error {
     },
 
     /// The peer that answered is not the one that was dialed (stale address).
+    ///
+    /// Returned by a dial (inside [`Error::Connect`] at
+    /// [`ConnectStep::Handshake`]) when the acceptor at the record's address
+    /// refuses with [`RefuseCode::WrongPeer`]: the address now belongs to
+    /// another peer. The node has then already looked the name up again and
+    /// dialed the fresh record once ([`is_stale_address`](Self::is_stale_address));
+    /// seeing it, the registry still names that address (a record not yet
+    /// expired): retry after the peer's TTL, or report it.
     #[error("dialed {expected:?} but reached {actual:?}")]
     WrongPeer {
         /// The name that was dialed.
@@ -82,6 +150,16 @@ pub enum Error {
     /// match the fingerprint its record publishes, it lacks the namespace
     /// secret, or it refused ours. (The *registry* refusing this process's
     /// credentials is [`Error::RegistryUnauthorized`].)
+    ///
+    /// Returned by a dial, inside [`Error::Connect`]: at
+    /// [`ConnectStep::Transport`] when a `tls` or `quic` peer presents
+    /// another certificate than its record pins (or its record pins none),
+    /// or rejects ours; at [`ConnectStep::Handshake`] when the namespace
+    /// secret's challenge fails either way or the acceptor refuses with
+    /// [`RefuseCode::Unauthorized`]. At the transport step the node first
+    /// looks the name up again once (a squatter on an address the peer
+    /// left); what reaches the caller is final: fix the secret or identity,
+    /// do not retry.
     #[error("unauthorized: {reason}")]
     Unauthorized {
         /// Why, as far as it is safe to say.
@@ -90,6 +168,14 @@ pub enum Error {
 
     /// [`NamePolicy::Exclusive`](crate::NamePolicy::Exclusive) publish while another
     /// live instance holds the name.
+    ///
+    /// Returned by [`Registry::publish`](crate::Registry::publish) with that
+    /// policy, and so by [`NodeBuilder::start`](crate::NodeBuilder::start)
+    /// of a node built with [`name_policy`](crate::NodeBuilder::name_policy)
+    /// `Exclusive` (the default, `Takeover`, never fails so). `holder` is
+    /// alive now: use another name, wait for its record to expire (it stops
+    /// refreshing), or publish with `Takeover`. Retrying at once fails the
+    /// same way.
     #[error("name {name:?} is held by live instance {holder}")]
     NameTaken {
         /// The contested name.
@@ -100,6 +186,14 @@ pub enum Error {
 
     /// A refresh was refused because this instance no longer owns its name
     /// (it expired, or another instance took it over).
+    ///
+    /// Returned by [`Registry::refresh`](crate::Registry::refresh). A node's
+    /// heartbeat handles it itself (it publishes again if nobody else holds
+    /// the name, and otherwise gives the name up and says so in its
+    /// events), so applications meet it only when they call a registry
+    /// directly: publish again (`Exclusive` takes the name back only if it
+    /// is free, failing with [`Error::NameTaken`] otherwise) or stop using
+    /// the name. Retrying the refresh fails the same way.
     #[error("name {name:?} is no longer owned by instance {instance}")]
     NameLost {
         /// The lost name.
@@ -110,6 +204,17 @@ pub enum Error {
 
     /// The registry backend cannot be reached (connection refused, server gone,
     /// pool exhausted). Retrying later may succeed.
+    ///
+    /// Returned by every registry call and by opening a registry when the
+    /// server or file cannot be reached or written *for now*: refused, reset
+    /// or timed-out connections, a call not answered within the backend's
+    /// call timeout (the source may then be an [`Error::Timeout`] of
+    /// [`Operation::RegistryCall`]), a server shutting down, starting, in
+    /// recovery or read-only, a full disk, a busy SQLite file, a Redis
+    /// cluster failing over. Inside [`Error::Connect`] at
+    /// [`ConnectStep::Lookup`] when a dial could not look the name up.
+    /// Transient ([`is_transient`](Self::is_transient)): retry with backoff;
+    /// a node keeps serving from its cache meanwhile and retries by itself.
     #[error("registry {backend} unavailable: {source}")]
     RegistryUnavailable {
         /// The backend's name: `"redis"`, `"postgres"`, `"memory"`, ...
@@ -124,6 +229,11 @@ pub enum Error {
     /// trust). Distinct from [`Error::Unauthorized`], which is a *peer*
     /// refusing a stream: the fix here is in the registry URL or the
     /// registry's user management, and retrying will not help.
+    ///
+    /// Returned mostly when a registry is opened (the first connection and
+    /// its first command authenticate), and by any later call whose user
+    /// lost a permission it needs. Final: fix the URL or the server's users
+    /// and start again.
     #[error("registry {backend} refused the credentials: {source}")]
     RegistryUnauthorized {
         /// The backend's name.
@@ -135,6 +245,12 @@ pub enum Error {
 
     /// The registry backend answered with a failure that retrying will not fix
     /// (bad query, corrupt schema, permission denied).
+    ///
+    /// Returned by any registry call whose failure is not about reaching the
+    /// server: a statement the database rejects, a schema or key of the
+    /// wrong shape (damaged data: nothing was written), an answer masse
+    /// cannot read. Final for that call: report it; the registry's data or
+    /// schema needs attention.
     #[error("registry {backend} failed: {source}")]
     Registry {
         /// The backend's name.
@@ -145,7 +261,14 @@ pub enum Error {
     },
 
     /// An operation did not complete in time. Branch on
-    /// [`what`](Operation) to tell a slow peer from a slow registry.
+    /// [`what`](Operation) to tell a slow peer from a slow registry (each
+    /// [`Operation`] says which calls return it).
+    ///
+    /// Transient ([`is_transient`](Self::is_transient)): retry with backoff.
+    /// Inside [`Error::Connect`] at [`ConnectStep::Transport`] or
+    /// [`ConnectStep::Handshake`] it also says the address may be stale (a
+    /// silent address), and the node has already looked the name up again
+    /// once.
     #[error("{what} timed out after {after:?}")]
     Timeout {
         /// What was being waited for.
@@ -156,6 +279,15 @@ pub enum Error {
 
     /// The remote side broke the wire protocol (malformed, oversized or
     /// unexpected message).
+    ///
+    /// Returned by the masse handshake (inside [`Error::Connect`] at
+    /// [`ConnectStep::Handshake`] for a dial): bytes that are not masse's, a
+    /// message too large or out of order; by a QUIC or TLS handshake that
+    /// fails for another reason than a certificate; and by
+    /// [`PeerRecord::from_json`](crate::PeerRecord::from_json) for a
+    /// malformed record. At the handshake step the node treats it as a
+    /// stale address (another program on the port) and looks the name up
+    /// again once; what reaches the caller is final.
     #[error("protocol error: {reason}")]
     Protocol {
         /// What was wrong with the bytes received.
@@ -163,6 +295,15 @@ pub enum Error {
     },
 
     /// The remote side understood the request and refused it.
+    ///
+    /// Returned by a dial, inside [`Error::Connect`] at
+    /// [`ConnectStep::Handshake`], when the acceptor answers with a refusal
+    /// (every [`RefuseCode`] but `WrongPeer` and `Unauthorized`, which have
+    /// their own variants), and by a QUIC dial whose pooled connections are
+    /// all full ([`RefuseCode::Busy`]). Branch on `code`: each
+    /// [`RefuseCode`] says what to do. Stale codes were already retried
+    /// once after a fresh lookup; [`RefuseCode::Busy`] is
+    /// [transient](Self::is_transient).
     #[error("refused by peer ({code}): {reason}")]
     Refused {
         /// Machine-readable reason.
@@ -172,14 +313,40 @@ pub enum Error {
     },
 
     /// Something asked of a backend or interface that it does not support.
+    ///
+    /// Returned by a dial (inside [`Error::Connect`] at
+    /// [`ConnectStep::Transport`]) when the peer advertises no endpoint this
+    /// node's interfaces speak, by an interface asked to dial a scheme it
+    /// does not speak, by [`Registry::watch`](crate::Registry::watch) on a
+    /// backend without change notifications (the cache then polls), and by
+    /// helpers that need what is missing (a wrapper outside a Tokio
+    /// runtime). Final: add the interface or feature, or take another path.
     #[error("unsupported: {0}")]
     Unsupported(String),
 
     /// The node, listener or registry handle was shut down.
+    ///
+    /// Returned by a [`Node`](crate::Node)'s calls after
+    /// [`Node::shutdown`](crate::Node::shutdown) (`"node"`), by
+    /// [`Listener::accept`](crate::Listener::accept) once the listener is
+    /// done (closed, or broken by a fatal accept error reported before), and
+    /// by a [`CachingRegistry`](crate::CachingRegistry) shutting down (a
+    /// watch it can no longer start). Never wrapped in
+    /// [`Error::Connect`]. Final: stop using the handle.
     #[error("{0} is closed")]
     Closed(&'static str),
 
     /// An I/O error from a socket or file.
+    ///
+    /// Returned by interfaces ([`Interface::bind`](crate::Interface::bind),
+    /// [`Interface::connect`](crate::Interface::connect),
+    /// [`Listener::accept`](crate::Listener::accept)), by reads and writes
+    /// of streams, and by identity and socket files; usually with what was
+    /// being done in its message ([`Error::io_context`]). Branch on the
+    /// [`kind`](std::io::Error::kind): connection-level kinds are
+    /// [transient](Self::is_transient), those of [`is_stale_io`] say nobody
+    /// answers at the address (the node looks the name up again once);
+    /// `AddrInUse`, `PermissionDenied` and the like need a fix.
     #[error("I/O error: {0}")]
     Io(#[source] Arc<std::io::Error>),
 
@@ -214,21 +381,44 @@ pub enum Operation {
     /// Opening a transport connection or stream to a peer (TCP, TLS, QUIC,
     /// Unix socket), or a whole connect by name (lookup, dial, handshake)
     /// past the node's connect timeout.
+    ///
+    /// From [`Interface::connect`](crate::Interface::connect) past
+    /// [`ConnectContext::connect_timeout`](crate::ConnectContext::connect_timeout)
+    /// (see [`dial_within`](crate::dial_within)) and from
+    /// [`Node::connect`](crate::Node::connect) and its kin. A silent
+    /// address: the node looks the name up again once; then retry later.
     Connect,
     /// The masse handshake on an open connection (the peer did not answer
     /// `Hello` / `Welcome` in time).
+    ///
+    /// From a dial (inside [`Error::Connect`] at
+    /// [`ConnectStep::Handshake`], or on [`PeerStream::established`](crate::PeerStream::established)).
+    /// The node looks the name up again once (something else may listen
+    /// there); then retry later: the peer may be overloaded.
     Handshake,
     /// A QUIC connection to the peer had no stream credit left and none came
     /// back in time.
+    ///
+    /// From a QUIC [`Interface::connect`](crate::Interface::connect): the
+    /// peer has as many streams open from us as it allows. Retry once some
+    /// of them end, or raise the peer's stream limit.
     StreamCredit,
     /// Opening a registry: connecting to its server, setting up its storage.
+    ///
+    /// From the backends' `connect` (the SQL registry's whole opening
+    /// deadline). Retry later, or check that the server runs.
     RegistryConnect,
     /// A call to a reachable registry (lookup, publish, refresh, ...) that
     /// did not answer in time.
+    ///
+    /// From the node's heartbeat and its registry cache, directly; from the
+    /// SQL backend as the source of an [`Error::RegistryUnavailable`] (a
+    /// call not answered in time is an unavailable registry, on every
+    /// backend). Retry with backoff.
     RegistryCall,
     /// Reading a peer's stats with
     /// [`Node::remote_stats`](crate::Node::remote_stats) (the dial and the
-    /// reply together).
+    /// reply together). Retry later; the peer may be busy or gone.
     RemoteStats,
 }
 
@@ -249,15 +439,25 @@ impl fmt::Display for Operation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ConnectStep {
-    /// Looking the name up in the registry (or its cache).
+    /// Looking the name up in the registry (or its cache). The error
+    /// inside is a registry one ([`Error::RegistryUnavailable`],
+    /// [`Error::Timeout`], ...): retry when the registry is back.
+    /// ([`Error::NotFound`] is never wrapped.)
     Lookup,
     /// The interface's connect: TCP connect, TLS or QUIC handshake, or
-    /// finding an endpoint this node can speak at all.
+    /// finding an endpoint this node can speak at all. The error inside is
+    /// [`Error::Io`], [`Error::Timeout`], [`Error::Unauthorized`] (these may
+    /// mean a stale address: the node looked the name up again once),
+    /// [`Error::Unsupported`] (no common protocol: final) or
+    /// [`Error::Config`] (no identity: final).
     Transport,
     /// The masse handshake: `Hello`, the namespace secret's challenge, and the
-    /// acceptor's answer (a refusal arrives here).
+    /// acceptor's answer (a refusal arrives here). The error inside is
+    /// [`Error::Refused`], [`Error::WrongPeer`], [`Error::Unauthorized`],
+    /// [`Error::Timeout`], [`Error::Protocol`] or [`Error::Io`].
     Handshake,
-    /// The dialing node's own wrapper chain.
+    /// The dialing node's own wrapper chain: the error is the one a
+    /// wrapper returned; what to do depends on that wrapper.
     Wrapper,
 }
 
@@ -284,31 +484,44 @@ impl std::fmt::Display for ConnectStep {
 #[non_exhaustive]
 pub enum RefuseCode {
     /// The acceptor is not the name that was dialed: the address now belongs
-    /// to another peer. Stale.
+    /// to another peer. Stale: the dialer gets [`Error::WrongPeer`] after
+    /// its node looked the name up again once.
     WrongPeer,
-    /// The dialer is in another namespace.
+    /// The dialer is in another namespace. Final: the two nodes are
+    /// configured for different namespaces.
     WrongNamespace,
-    /// The acceptor does not offer the requested service.
+    /// The acceptor does not offer the requested service
+    /// ([`Node::connect_service`](crate::Node::connect_service)). Final for
+    /// this peer: another instance, or a later version of it, may offer it.
     NoSuchService,
     /// The dialer could not prove who it is (namespace secret, or a
-    /// certificate that is not the one registered for its name).
+    /// certificate that is not the one registered for its name). The dialer
+    /// gets [`Error::Unauthorized`]. Final: fix the secret or identity.
     Unauthorized,
     /// The acceptor is overloaded (its queue for the stream is full, too many
-    /// handshakes) or shutting down. Retry later or elsewhere.
+    /// handshakes) or shutting down. Retry later or elsewhere
+    /// ([`Error::is_transient`] is true).
     Busy,
-    /// The protocol version or a requested feature is not supported.
+    /// The protocol version or a requested feature is not supported. Final
+    /// until one side is upgraded.
     Unsupported,
     /// The acceptor holds the name, but as another instance than the one the
-    /// dialer's record named (the peer restarted). Stale.
+    /// dialer's record named (the peer restarted). Stale: the node looks
+    /// the name up again and dials the fresh record once.
     WrongInstance,
     /// The acceptor lost the name to another instance (a takeover) and no
-    /// longer accepts for it. Stale.
+    /// longer accepts for it. Stale: the node looks the name up again and
+    /// dials the fresh record once.
     NameLost,
     /// One of the acceptor's wrappers refused the stream; the reason is the
-    /// wrapper's error.
+    /// wrapper's error. What to do depends on that wrapper (an access rule:
+    /// final; a rate limit: later).
     WrapperFailed,
     /// The acceptor could not check the dialer because its registry is
-    /// unreachable and its cache does not know the dialer. Retry later.
+    /// unreachable and its cache does not know the dialer. Retry later,
+    /// with backoff. (Not counted by [`Error::is_transient`], which covers
+    /// this process's own registry and [`Busy`](Self::Busy) only: check
+    /// [`Error::refuse_code`] for it.)
     RegistryUnavailable,
 }
 
@@ -550,8 +763,20 @@ impl Error {
         }
     }
 
-    /// True for failures that are expected to go away on their own (backend
-    /// down, timeouts, connection-level I/O errors): worth a retry with backoff.
+    /// True for failures that are expected to go away on their own: worth a
+    /// retry with backoff. Looks under any [`Error::Connect`] context
+    /// ([`root`](Self::root)) and covers exactly:
+    ///
+    /// - [`Error::RegistryUnavailable`] (this process's registry);
+    /// - [`Error::Timeout`], whatever the [`Operation`];
+    /// - [`Error::Io`] of kind `ConnectionRefused`, `ConnectionReset`,
+    ///   `ConnectionAborted`, `BrokenPipe`, `TimedOut`, `Interrupted` or
+    ///   `UnexpectedEof`;
+    /// - [`Error::Refused`] with [`RefuseCode::Busy`].
+    ///
+    /// Everything else is false, including a refusal with
+    /// [`RefuseCode::RegistryUnavailable`] (the peer's registry: retrying
+    /// later may help, see its docs) and [`Error::NotFound`].
     pub fn is_transient(&self) -> bool {
         match self.root() {
             Error::RegistryUnavailable { .. } | Error::Timeout { .. } => true,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::endpoint::{Endpoint, Protocol};
-use crate::error::Result;
+use crate::error::{Error, Operation, Result};
 use crate::identity::Identity;
 use crate::io::BoxIo;
 use crate::name::{Namespace, PeerName};
@@ -311,3 +311,38 @@ impl<T: Listener + ?Sized> Listener for Box<T> {
 
 /// An interface chosen at run time.
 pub type DynInterface = Arc<dyn Interface>;
+
+/// Runs `dial` (a transport connect) for at most `limit`, failing as
+/// [`Interface::connect`] should: [`Error::Timeout`] with
+/// [`Operation::Connect`] when `limit` passes, [`Error::Io`] of the socket
+/// error's kind in the context `connect to {target}`
+/// ([`Error::io_context`]) when the dial fails. Both let the node tell a
+/// stale address ([`Error::is_stale_address`]).
+///
+/// ```no_run
+/// # async fn run() {
+/// use std::time::Duration;
+/// use masse_core::{Error, dial_within};
+///
+/// let dial = tokio::net::TcpStream::connect("127.0.0.1:1");
+/// match dial_within(Duration::from_secs(1), "tcp://127.0.0.1:1", dial).await {
+///     Ok(_stream) => {}
+///     Err(Error::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused),
+///     Err(other) => panic!("{other}"),
+/// }
+/// # }
+/// ```
+pub async fn dial_within<T>(
+    limit: Duration,
+    target: impl fmt::Display,
+    dial: impl Future<Output = std::io::Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, dial).await {
+        Ok(Ok(io)) => Ok(io),
+        Ok(Err(e)) => Err(Error::io_context(e, format!("connect to {target}"))),
+        Err(_) => Err(Error::Timeout {
+            what: Operation::Connect,
+            after: limit,
+        }),
+    }
+}

@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod accept;
 mod budget;
 mod endpoint;
 mod error;
@@ -31,6 +32,7 @@ mod node;
 pub mod testkit;
 pub mod wrappers;
 
+pub use accept::{AcceptBackoff, AcceptFailure};
 pub use budget::{HandshakeBudget, Ticket};
 pub use caching::{
     CacheStats, CachedLookup, CachingConfig, CachingRegistry, Freshness, Subscription,
@@ -43,6 +45,7 @@ pub use identity::tls;
 pub use identity::{Identity, fingerprint_of_cert};
 pub use interface::{
     Accepted, BindContext, ConnectContext, DynInterface, Interface, Listener, PeerCredentials,
+    dial_within,
 };
 pub use io::{BoxIo, Io};
 pub use liveness::{Lease, Liveness, LivenessChange, LivenessTracker};

@@ -549,13 +549,7 @@ impl Interface for QuicInterface {
     }
 
     async fn bind(&self, ctx: &BindContext) -> Result<Box<dyn Listener>> {
-        if let Some(bad) = self.advertise.iter().find(|a| a.ip().is_unspecified()) {
-            return Err(Error::InvalidAddress {
-                kind: "advertised address",
-                input: bad.to_string(),
-                reason: "a peer cannot dial an unspecified address; advertise a concrete IP".into(),
-            });
-        }
+        masse_core::addr::check_advertised(&self.advertise)?;
         let identity = self.pick_identity(ctx.identity.as_ref(), "accept")?;
         let crypto = QuicServerConfig::try_from(server_config(identity)?).map_err(|e| {
             Error::Config(format!("cannot build the QUIC server configuration: {e}"))
@@ -575,7 +569,7 @@ impl Interface for QuicInterface {
         let endpoint = self.main_endpoint(&mut state)?;
         let local = endpoint
             .local_addr()
-            .map_err(|e| io_error(e, "read the address bound for quic"))?;
+            .map_err(|e| Error::io_context(e, "read the address bound for quic"))?;
         endpoint.set_server_config(Some(config));
         let generation = {
             let mut sink = lock(&state.sink);
@@ -920,11 +914,11 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A QUIC endpoint on a UDP socket bound to `addr`, without a server role yet.
 fn new_endpoint(addr: SocketAddr) -> Result<quinn::Endpoint> {
-    let socket =
-        std::net::UdpSocket::bind(addr).map_err(|e| io_error(e, &format!("bind quic {addr}")))?;
+    let socket = std::net::UdpSocket::bind(addr)
+        .map_err(|e| Error::io_context(e, format!("bind quic {addr}")))?;
     let runtime = Arc::new(quinn::TokioRuntime);
     quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
-        .map_err(|e| io_error(e, &format!("start a quic endpoint on {addr}")))
+        .map_err(|e| Error::io_context(e, format!("start a quic endpoint on {addr}")))
 }
 
 /// Can an endpoint bound to `local` send to `remote`? Same family (or an
@@ -936,11 +930,6 @@ fn can_reach(local: SocketAddr, remote: SocketAddr) -> bool {
     let scope =
         local.ip().is_unspecified() || local.ip().is_loopback() == remote.ip().is_loopback();
     family && scope
-}
-
-/// An I/O error that says what was being done.
-fn io_error(e: std::io::Error, what: &str) -> Error {
-    Error::from(std::io::Error::new(e.kind(), format!("{what}: {e}")))
 }
 
 fn connect_error(endpoint: &Endpoint, e: quinn::ConnectError) -> Error {

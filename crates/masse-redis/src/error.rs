@@ -60,7 +60,6 @@ impl std::error::Error for Damaged {}
 ///   [`Error::Registry`] naming the key
 /// - anything else → [`Error::Registry`]
 pub(crate) fn map(e: RedisError) -> Error {
-    let code = e.code().unwrap_or_default().to_ascii_uppercase();
     match e.kind() {
         ErrorKind::AuthenticationFailed => {
             return refused(
@@ -83,8 +82,8 @@ pub(crate) fn map(e: RedisError) -> Error {
         }
         _ => {}
     }
-    match code.as_str() {
-        "NOAUTH" => {
+    match ExtensionCode::of(&e) {
+        Some(ExtensionCode::NoAuth) => {
             return refused(
                 format!(
                     "redis requires a password (NOAUTH): put the user and password in the registry URL, redis://user:password@host ({e})"
@@ -92,7 +91,7 @@ pub(crate) fn map(e: RedisError) -> Error {
                 e,
             );
         }
-        "WRONGPASS" => {
+        Some(ExtensionCode::WrongPass) => {
             return refused(
                 format!(
                     "redis refused the credentials (WRONGPASS): check the user name and password in the registry URL ({e})"
@@ -100,13 +99,13 @@ pub(crate) fn map(e: RedisError) -> Error {
                 e,
             );
         }
-        "NOPERM" => {
+        Some(ExtensionCode::NoPerm) => {
             return refused(
                 format!("the redis user lacks a permission masse needs (NOPERM): {e}"),
                 e,
             );
         }
-        "MASSECORRUPT" => {
+        Some(ExtensionCode::MasseCorrupt) => {
             let detail = e.detail().unwrap_or_default();
             return Error::registry(
                 BACKEND,
@@ -115,7 +114,7 @@ pub(crate) fn map(e: RedisError) -> Error {
                 },
             );
         }
-        "MASSEBADARG" => {
+        Some(ExtensionCode::MasseBadArg) => {
             let detail = e.detail().unwrap_or_default();
             return Error::registry(
                 BACKEND,
@@ -124,7 +123,7 @@ pub(crate) fn map(e: RedisError) -> Error {
                 },
             );
         }
-        _ => {}
+        None => {}
     }
     if let Some(tls) = tls_error(&e) {
         let hint = format!(
@@ -132,26 +131,31 @@ pub(crate) fn map(e: RedisError) -> Error {
         );
         return refused(hint, e);
     }
-    // The cluster client reports a failed first connection to every seed
-    // node as an I/O error with the cause flattened into text.
-    if e.kind() == ErrorKind::Io
-        && let Some(detail) = e.detail()
-    {
-        const TLS: [&str; 2] = ["invalid peer certificate", "received fatal alert"];
-        const AUTH: [&str; 4] = ["WRONGPASS", "NOAUTH", "NOPERM", "AuthenticationFailed"];
-        if TLS.iter().any(|m| detail.contains(m)) {
+    match flattened_cluster_cause(&e) {
+        Some(ClusterCause::Tls(detail)) => {
             let hint = format!(
                 "TLS with the redis cluster failed: {detail} (for a private CA, set RedisConfig::with_tls_root_certificate)"
             );
             return refused(hint, e);
         }
-        if AUTH.iter().any(|m| detail.contains(m)) {
+        Some(ClusterCause::Credentials(detail)) => {
             let hint = format!(
                 "the redis cluster refused the credentials: check the user name and password in the registry URL ({detail})"
             );
             return refused(hint, e);
         }
+        // Typed from here on: an I/O error of kind `TimedOut` around the
+        // driver's, which `tls_hint` and callers recognise by kind.
+        Some(ClusterCause::TimedOut) => {
+            return Error::unavailable(
+                BACKEND,
+                std::io::Error::new(std::io::ErrorKind::TimedOut, e),
+            );
+        }
+        None => {}
     }
+    // `LOADING` (a server still loading its data set) is
+    // `ServerErrorKind::BusyLoading` to the driver.
     let transient = e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
@@ -171,12 +175,97 @@ pub(crate) fn map(e: RedisError) -> Error {
                         | ServerErrorKind::Ask
                         | ServerErrorKind::ReadOnly
                 )
-        )
-        || code == "LOADING";
+        );
     if transient {
         Error::unavailable(BACKEND, e)
     } else {
         Error::registry(BACKEND, e)
+    }
+}
+
+/// A server error code that redis 1.8.1 has no [`ServerErrorKind`] for
+/// (it reports them as [`ErrorKind::Extension`] with the code as sent), and
+/// that masse branches on. The code is the first word of a RESP error reply:
+/// the protocol's machine-readable part, not its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ExtensionCode {
+    /// `NOAUTH`: the server wants credentials and got none.
+    NoAuth,
+    /// `WRONGPASS`: wrong user name or password (outside the driver's own
+    /// `AUTH` at connect, which it reports as
+    /// [`ErrorKind::AuthenticationFailed`]).
+    WrongPass,
+    /// `NOPERM` when the driver did not map it to [`ServerErrorKind::NoPerm`].
+    NoPerm,
+    /// `MASSECORRUPT`: a masse script found a namespace key of the wrong
+    /// type and wrote nothing.
+    MasseCorrupt,
+    /// `MASSEBADARG`: a masse script refused an argument and wrote nothing.
+    MasseBadArg,
+}
+
+impl ExtensionCode {
+    /// The code of `e`, if it is a server error with one of these codes
+    /// (compared without regard to case).
+    fn of(e: &RedisError) -> Option<ExtensionCode> {
+        let code = e.code()?;
+        [
+            ("NOAUTH", ExtensionCode::NoAuth),
+            ("WRONGPASS", ExtensionCode::WrongPass),
+            ("NOPERM", ExtensionCode::NoPerm),
+            ("MASSECORRUPT", ExtensionCode::MasseCorrupt),
+            ("MASSEBADARG", ExtensionCode::MasseBadArg),
+        ]
+        .into_iter()
+        .find_map(|(name, c)| code.eq_ignore_ascii_case(name).then_some(c))
+    }
+}
+
+/// Why a redis cluster client failed its first connection, as far as
+/// [`flattened_cluster_cause`] can tell.
+#[derive(Debug, PartialEq, Eq)]
+enum ClusterCause<'a> {
+    /// The TLS handshake with the seed nodes failed (a certificate refused
+    /// either way); the driver's text of it.
+    Tls(&'a str),
+    /// A seed node refused the credentials; the driver's text of it.
+    Credentials(&'a str),
+    /// Connecting to the seed nodes timed out.
+    TimedOut,
+}
+
+/// The cause of a redis cluster client's failed first connection.
+///
+/// **Text, because nothing else is left:** redis 1.8.1's cluster client
+/// (`ClusterConnInner::create_initial_connections`) reports that no seed node
+/// could be reached as an [`ErrorKind::Io`] error, "Failed to create initial
+/// connections", whose detail is the last node's error *flattened with
+/// `to_string()`*: its `ErrorKind`, its `io::Error` and the rustls error
+/// behind it are gone, so [`tls_error`], [`RedisError::kind`] and
+/// [`RedisError::is_timeout`] cannot see them. This function is the only
+/// place that reads error text; it looks only at such errors (kind `Io`,
+/// no I/O error inside, a detail) and knows the texts redis 1.8.1 and
+/// rustls 0.23 write. Everything else is `None` and classified by type.
+fn flattened_cluster_cause(e: &RedisError) -> Option<ClusterCause<'_>> {
+    // Typed errors carry their cause; only the flattened one has none.
+    if e.kind() != ErrorKind::Io || std::error::Error::source(e).is_some() {
+        return None;
+    }
+    let detail = e.detail()?;
+    // rustls::Error::InvalidCertificate and ::AlertReceived.
+    const TLS: [&str; 2] = ["invalid peer certificate", "received fatal alert"];
+    // Server codes, and redis's Debug of ErrorKind::AuthenticationFailed.
+    const CREDENTIALS: [&str; 4] = ["WRONGPASS", "NOAUTH", "NOPERM", "AuthenticationFailed"];
+    // io::ErrorKind::TimedOut's text ("timed out", "connection timed out").
+    const TIMED_OUT: &str = "timed out";
+    if TLS.iter().any(|m| detail.contains(m)) {
+        Some(ClusterCause::Tls(detail))
+    } else if CREDENTIALS.iter().any(|m| detail.contains(m)) {
+        Some(ClusterCause::Credentials(detail))
+    } else if detail.to_ascii_lowercase().contains(TIMED_OUT) {
+        Some(ClusterCause::TimedOut)
+    } else {
+        None
     }
 }
 
@@ -196,11 +285,13 @@ fn tls_error(e: &RedisError) -> Option<&rustls::Error> {
 /// A first connection over TLS that timed out: the usual cause is a server
 /// that does not speak TLS on that port (it waits for the rest of what it
 /// takes for a command), so say so.
+///
+/// A timeout is recognised by type: the source is an I/O error of kind
+/// `TimedOut` (from [`timed_out`], or a cluster's first connection) or a
+/// [`RedisError`] that [`is_timeout`](RedisError::is_timeout).
 pub(crate) fn tls_hint(e: Error, tls: bool) -> Error {
     match e {
-        Error::RegistryUnavailable { backend, source }
-            if tls && source.to_string().contains("timed out") =>
-        {
+        Error::RegistryUnavailable { backend, source } if tls && is_timeout(&*source) => {
             Error::unavailable(
                 backend,
                 std::io::Error::new(
@@ -213,6 +304,16 @@ pub(crate) fn tls_hint(e: Error, tls: bool) -> Error {
         }
         other => other,
     }
+}
+
+/// Whether a backend failure is a timeout.
+fn is_timeout(source: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    source
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        || source
+            .downcast_ref::<RedisError>()
+            .is_some_and(RedisError::is_timeout)
 }
 
 /// The error for a command that got no answer in time.
@@ -342,5 +443,93 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    fn initial(detail: &str) -> RedisError {
+        RedisError::from((
+            ErrorKind::Io,
+            "Failed to create initial connections",
+            detail.to_owned(),
+        ))
+    }
+
+    #[test]
+    fn flattened_cluster_causes() {
+        for (detail, cause) in [
+            (
+                "Io: invalid peer certificate: UnknownIssuer",
+                Some(ClusterCause::Tls(
+                    "Io: invalid peer certificate: UnknownIssuer",
+                )),
+            ),
+            (
+                "Io: received fatal alert: BadCertificate",
+                Some(ClusterCause::Tls(
+                    "Io: received fatal alert: BadCertificate",
+                )),
+            ),
+            (
+                "WRONGPASS invalid username-password pair",
+                Some(ClusterCause::Credentials(
+                    "WRONGPASS invalid username-password pair",
+                )),
+            ),
+            (
+                "Password authentication failed - AuthenticationFailed",
+                Some(ClusterCause::Credentials(
+                    "Password authentication failed - AuthenticationFailed",
+                )),
+            ),
+            ("timed out", Some(ClusterCause::TimedOut)),
+            (
+                "Connection timed out (os error 110)",
+                Some(ClusterCause::TimedOut),
+            ),
+            ("Connection refused (os error 111)", None),
+        ] {
+            assert_eq!(flattened_cluster_cause(&initial(detail)), cause, "{detail}");
+        }
+        // Typed errors are never read as text, whatever they say.
+        let typed = RedisError::from(std::io::Error::other("invalid peer certificate"));
+        assert_eq!(flattened_cluster_cause(&typed), None);
+        let other_kind = RedisError::from((ErrorKind::Client, "x", "timed out".to_owned()));
+        assert_eq!(flattened_cluster_cause(&other_kind), None);
+        match map(initial("Io: timed out")) {
+            Error::RegistryUnavailable { source, .. } => assert!(is_timeout(&*source)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn tls_hint_knows_timeouts_by_type() {
+        const HINT: &str = "this is a TLS URL";
+        let ours = timed_out("the connection", Duration::from_secs(1));
+        assert!(tls_hint(ours.clone(), true).to_string().contains(HINT));
+        assert!(!tls_hint(ours, false).to_string().contains(HINT));
+        let driver = map(RedisError::from(std::io::Error::from(
+            std::io::ErrorKind::TimedOut,
+        )));
+        let hinted = tls_hint(driver, true);
+        assert!(hinted.to_string().contains(HINT), "{hinted}");
+        assert!(hinted.is_transient());
+        let cluster = tls_hint(map(initial("Io: timed out")), true);
+        assert!(cluster.to_string().contains(HINT), "{cluster}");
+        // A message that only says "timed out" is not a timeout.
+        let text = Error::unavailable(BACKEND, std::io::Error::other("the lease timed out"));
+        assert!(!tls_hint(text, true).to_string().contains(HINT));
+        let refused = map(RedisError::from(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
+        assert!(!tls_hint(refused, true).to_string().contains(HINT));
+    }
+
+    #[test]
+    fn extension_codes_ignore_case() {
+        let e = redis::make_extension_error("noauth".to_owned(), None);
+        assert_eq!(ExtensionCode::of(&e), Some(ExtensionCode::NoAuth));
+        let e = redis::make_extension_error("MASSEBADARG".to_owned(), None);
+        assert_eq!(ExtensionCode::of(&e), Some(ExtensionCode::MasseBadArg));
+        let e = redis::make_extension_error("SOMETHING".to_owned(), None);
+        assert_eq!(ExtensionCode::of(&e), None);
     }
 }

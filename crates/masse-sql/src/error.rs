@@ -77,7 +77,7 @@ pub(crate) fn is_unavailable(e: &sqlx::Error) -> bool {
                     "57P01" | "57P02" | "57P03" | "53300" | "25006" | "53100" | "53200" | "58030"
                 )
                 // PostgreSQL: the database does not take connections now.
-                || (code == "55000" && db.message().contains("accepting connections"))
+                || pg_refuses_session(db.as_ref())
                 || sqlite_unwritable(db.as_ref())
                 || mysql_number(db.as_ref()).is_some_and(|n| {
                     // too many connections, server shutdown, lock wait
@@ -119,6 +119,14 @@ pub(crate) fn is_retryable(e: &sqlx::Error) -> bool {
     matches!(code, "40001" | "40P01")
         || sqlite_busy(db.as_ref())
         || mysql_number(db.as_ref()).is_some_and(|n| matches!(n, 1205 | 1213))
+}
+
+/// SQLite answered SQLITE_BUSY or SQLITE_LOCKED (any extended code):
+/// another connection holds the lock it needs; trying again shortly
+/// succeeds. Judged by the result code, never the message.
+#[cfg(feature = "sqlite")]
+pub(crate) fn is_sqlite_busy(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if sqlite_busy(db.as_ref()))
 }
 
 /// SQLITE_BUSY and SQLITE_LOCKED, with their extended codes.
@@ -173,6 +181,35 @@ fn pg(db: &dyn sqlx::error::DatabaseError) -> bool {
 #[cfg(not(feature = "postgres"))]
 fn pg(_db: &dyn sqlx::error::DatabaseError) -> bool {
     false
+}
+
+/// PostgreSQL ended the session because the database does not take
+/// connections now: SQLSTATE 55000 (`object_not_in_prerequisite_state`) at
+/// severity `FATAL`. That is how PostgreSQL refuses a session to a database
+/// closed to connections (`ALTER DATABASE … ALLOW_CONNECTIONS false`, while
+/// it is being created or dropped); it passes when the database opens again.
+///
+/// The code alone is not enough: at severity `ERROR` the same SQLSTATE
+/// reports a *statement* run in the wrong state (`currval` before
+/// `nextval`, …), the request's own fault, which retrying does not fix. The
+/// severity (a typed field, read from the non-localized `V` field) tells
+/// the two apart without reading the message.
+#[cfg(feature = "postgres")]
+fn pg_refuses_session(db: &dyn sqlx::error::DatabaseError) -> bool {
+    db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .is_some_and(|pg| pg_session_refusal(pg.code(), pg.severity()))
+}
+
+#[cfg(not(feature = "postgres"))]
+fn pg_refuses_session(_db: &dyn sqlx::error::DatabaseError) -> bool {
+    false
+}
+
+/// See [`pg_refuses_session`].
+#[cfg(feature = "postgres")]
+fn pg_session_refusal(code: &str, severity: sqlx::postgres::PgSeverity) -> bool {
+    use sqlx::postgres::PgSeverity;
+    code == "55000" && matches!(severity, PgSeverity::Fatal | PgSeverity::Panic)
 }
 
 #[cfg(feature = "mysql")]
@@ -238,5 +275,24 @@ mod tests {
         assert!(!poisons(&sqlx::Error::PoolTimedOut));
         assert!(!poisons(&sqlx::Error::RowNotFound));
         assert!(!is_unauthorized(&io));
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn postgres_session_refusals_by_code_and_severity() {
+        use sqlx::postgres::PgSeverity;
+        assert!(pg_session_refusal("55000", PgSeverity::Fatal));
+        // The same code on a statement: the request's fault.
+        assert!(!pg_session_refusal("55000", PgSeverity::Error));
+        assert!(!pg_session_refusal("57P03", PgSeverity::Fatal));
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn only_database_errors_are_sqlite_busy() {
+        // A message that says "locked" is not a lock: only a result code is.
+        let io = sqlx::Error::Io(std::io::Error::other("database is locked"));
+        assert!(!is_sqlite_busy(&io));
+        assert!(!is_sqlite_busy(&sqlx::Error::Protocol("busy".into())));
     }
 }

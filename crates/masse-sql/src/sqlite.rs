@@ -12,7 +12,7 @@ use sqlx::{Connection, Pool, Sqlite};
 
 use crate::config::SqlConfig;
 use crate::dialect::Dialect;
-use crate::error::{Fail, map_err};
+use crate::error::{Fail, is_sqlite_busy, map_err};
 use crate::registry::Connected;
 use crate::store::{Purge, Reopen, Store, reusable};
 
@@ -151,7 +151,7 @@ async fn open_file(
         };
         match opened {
             Ok(pool) => return Ok(pool),
-            Err(e) if attempt < 8 && is_locked(&e) => {
+            Err(e) if attempt < 8 && is_sqlite_busy(&e) => {
                 attempt += 1;
                 tracing::debug!(attempt, error = %e, "sqlite file busy while opening; retrying");
                 tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
@@ -316,14 +316,6 @@ impl Reopen<Sqlite> for FileWatch {
         tracing::info!(path = %self.path.display(), "registry database file reopened");
         Ok(Some(pool))
     }
-}
-
-/// SQLite's "database is locked" / "busy" answers.
-fn is_locked(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(d) if {
-        let m = d.message().to_ascii_lowercase();
-        m.contains("locked") || m.contains("busy")
-    })
 }
 
 /// Creates the tables; `BEGIN IMMEDIATE` makes processes that start together take turns.

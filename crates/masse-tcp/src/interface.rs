@@ -2,12 +2,12 @@
 
 use std::net::SocketAddr;
 
-use masse_core::addr::parse_socket_addr;
 use std::time::Duration;
 
+use masse_core::addr::{check_advertised, parse_socket_addr};
 use masse_core::{
     BindContext, BoxIo, ConnectContext, Endpoint, Error, Interface, Listener, PeerRecord, Protocol,
-    Result, async_trait,
+    Result, async_trait, dial_within,
 };
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -106,46 +106,32 @@ impl TcpInterface {
         self
     }
 
-    fn set_nodelay(&self, stream: &TcpStream, what: &str) {
-        if self.nodelay
-            && let Err(e) = stream.set_nodelay(true)
-        {
-            tracing::debug!(error = %e, what, "cannot set TCP_NODELAY");
-        }
-    }
-
     /// Binds and listens as configured; the listener advertises `protocol`
     /// endpoints. Shared by the plain and the TLS interface.
     pub(crate) fn bind_tcp(&self, protocol: Protocol) -> Result<TcpListener> {
         let addr = self.addr.clone()?;
-        if let Some(bad) = self.advertise.iter().find(|a| a.ip().is_unspecified()) {
-            return Err(Error::InvalidAddress {
-                kind: "advertised address",
-                input: bad.to_string(),
-                reason: "a peer cannot dial an unspecified address; advertise a concrete IP".into(),
-            });
-        }
+        check_advertised(&self.advertise)?;
         let socket = match addr {
             SocketAddr::V4(_) => TcpSocket::new_v4(),
             SocketAddr::V6(_) => TcpSocket::new_v6(),
         }
-        .map_err(|e| io_context(e, format!("create a socket to bind {protocol} {addr}")))?;
+        .map_err(|e| Error::io_context(e, format!("create a socket to bind {protocol} {addr}")))?;
         // What std's TcpListener::bind does: a restarted node can rebind its
         // port while old connections linger in TIME_WAIT. (On Windows the
         // option would let two listeners share a port, so it stays off.)
         #[cfg(unix)]
-        socket
-            .set_reuseaddr(true)
-            .map_err(|e| io_context(e, format!("set SO_REUSEADDR to bind {protocol} {addr}")))?;
+        socket.set_reuseaddr(true).map_err(|e| {
+            Error::io_context(e, format!("set SO_REUSEADDR to bind {protocol} {addr}"))
+        })?;
         socket
             .bind(addr)
-            .map_err(|e| io_context(e, format!("bind {protocol} {addr}")))?;
+            .map_err(|e| Error::io_context(e, format!("bind {protocol} {addr}")))?;
         let listener = socket
             .listen(self.backlog)
-            .map_err(|e| io_context(e, format!("listen on {protocol} {addr}")))?;
-        let local = listener
-            .local_addr()
-            .map_err(|e| io_context(e, format!("read the address bound for {protocol} {addr}")))?;
+            .map_err(|e| Error::io_context(e, format!("listen on {protocol} {addr}")))?;
+        let local = listener.local_addr().map_err(|e| {
+            Error::io_context(e, format!("read the address bound for {protocol} {addr}"))
+        })?;
         Ok(TcpListener::new(
             listener,
             Advertised {
@@ -161,8 +147,8 @@ impl TcpInterface {
     /// Connects to `addr` within `limit` and sets `TCP_NODELAY` as
     /// configured. Shared by the plain and the TLS interface.
     pub(crate) async fn dial(&self, addr: SocketAddr, limit: Duration) -> Result<TcpStream> {
-        let stream = connect_within(addr, limit).await?;
-        self.set_nodelay(&stream, "dialed");
+        let stream = dial_within(limit, format!("tcp://{addr}"), TcpStream::connect(addr)).await?;
+        set_nodelay(self.nodelay, &stream, "dialed");
         Ok(stream)
     }
 }
@@ -211,26 +197,17 @@ impl Interface for TcpInterface {
     }
 }
 
-/// Connects to `addr`, giving up with [`Error::Timeout`] after `limit`.
-async fn connect_within(addr: SocketAddr, limit: Duration) -> Result<TcpStream> {
-    match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(e)) => Err(io_context(e, format!("connect to tcp://{addr}"))),
-        Err(_) => Err(Error::Timeout {
-            what: masse_core::Operation::Connect,
-            after: limit,
-        }),
+/// Sets `TCP_NODELAY` on a `what` ("dialed", "accepted") socket if
+/// `nodelay`; a failure is only logged (the stream works without it).
+pub(crate) fn set_nodelay(nodelay: bool, stream: &TcpStream, what: &str) {
+    if nodelay && let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, what, "cannot set TCP_NODELAY");
     }
 }
 
 /// Parses a bind address, explaining the usual mistakes.
 fn parse_addr(input: &str) -> Result<SocketAddr> {
     parse_socket_addr("tcp socket address", input)
-}
-
-/// An I/O error that says what was being done (see [`Error::io_context`]).
-pub(crate) fn io_context(e: std::io::Error, what: String) -> Error {
-    Error::io_context(e, what)
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::interface::{TcpInterface, io_context};
+use crate::interface::TcpInterface;
 use crate::listener::{Advertised, TcpListener};
 
 /// TLS 1.3 streams over TCP: binds a TCP listener, dials `tls://` endpoints,
@@ -281,7 +281,7 @@ fn dial_error(endpoint: &Endpoint, e: std::io::Error) -> Error {
         .and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>())
     {
         Some(tls) => handshake_error(&what, tls),
-        None => io_context(e, format!("tls handshake with {what}")),
+        None => Error::io_context(e, format!("tls handshake with {what}")),
     }
 }
 

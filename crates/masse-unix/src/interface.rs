@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use masse_core::{
     BindContext, BoxIo, ConnectContext, Endpoint, Error, Interface, Listener, PeerRecord, Protocol,
-    Result, async_trait,
+    Result, async_trait, dial_within,
 };
 use tokio::net::UnixStream;
 
 use crate::listener::UnixListener;
-use crate::path::{Existing, MAX_PATH, context, default_dir, default_path, inspect};
+use crate::path::{Existing, MAX_PATH, default_dir, default_path, inspect};
 
 /// Streams over Unix domain sockets, at `unix:///path` endpoints: peers on
 /// one host, with their operating-system credentials (see the crate docs).
@@ -78,15 +78,15 @@ impl UnixInterface {
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
-    std::path::absolute(p).map_err(|e| context(e, format!("resolve {}", p.display())))
+    std::path::absolute(p).map_err(|e| Error::io_context(e, format!("resolve {}", p.display())))
 }
 
 /// This process's user id, as the kernel reports it for a socket pair.
 async fn own_uid() -> Result<u32> {
-    let (a, _b) = UnixStream::pair().map_err(|e| context(e, "socketpair".into()))?;
+    let (a, _b) = UnixStream::pair().map_err(|e| Error::io_context(e, "socketpair"))?;
     a.peer_cred()
         .map(|c| c.uid())
-        .map_err(|e| context(e, "SO_PEERCRED".into()))
+        .map_err(|e| Error::io_context(e, "SO_PEERCRED"))
 }
 
 #[async_trait]
@@ -102,7 +102,7 @@ impl Interface for UnixInterface {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(context(e, format!("remove {}", path.display()))),
+                Err(e) => return Err(Error::io_context(e, format!("remove {}", path.display()))),
             }
         }
         let listener = UnixListener::bind(path)?;
@@ -119,7 +119,6 @@ impl Interface for UnixInterface {
         let path = endpoint.unix_path().ok_or_else(|| {
             Error::Unsupported(format!("the unix interface cannot dial {endpoint}"))
         })?;
-        let limit = ctx.connect_timeout;
         let dial = async {
             let mut pause = BACKLOG_RETRY_MIN;
             loop {
@@ -133,16 +132,8 @@ impl Interface for UnixInterface {
                 }
             }
         };
-        match tokio::time::timeout(limit, dial).await {
-            Ok(Ok(stream)) => {
-                tracing::debug!(peer = %peer.name, %endpoint, "unix connected");
-                Ok(Box::new(stream))
-            }
-            Ok(Err(e)) => Err(context(e, format!("connect to {endpoint}"))),
-            Err(_) => Err(Error::Timeout {
-                what: masse_core::Operation::Connect,
-                after: limit,
-            }),
-        }
+        let stream = dial_within(ctx.connect_timeout, endpoint, dial).await?;
+        tracing::debug!(peer = %peer.name, %endpoint, "unix connected");
+        Ok(Box::new(stream))
     }
 }

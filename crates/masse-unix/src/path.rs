@@ -33,10 +33,10 @@ fn private_dir(dir: &Path, uid: u32) -> Result<()> {
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => return Ok(()),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(context(e, format!("create {}", dir.display()))),
+        Err(e) => return Err(Error::io_context(e, format!("create {}", dir.display()))),
     }
     let meta = std::fs::symlink_metadata(dir)
-        .map_err(|e| context(e, format!("stat {}", dir.display())))?;
+        .map_err(|e| Error::io_context(e, format!("stat {}", dir.display())))?;
     if !meta.is_dir() {
         return Err(Error::Config(format!(
             "{} is not a directory; cannot put unix sockets there",
@@ -88,10 +88,10 @@ pub(crate) async fn inspect(path: &Path) -> Result<Existing> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Existing::Nothing),
-        Err(e) => return Err(context(e, format!("stat {}", path.display()))),
+        Err(e) => return Err(Error::io_context(e, format!("stat {}", path.display()))),
     };
     if !meta.file_type().is_socket() {
-        return Err(context(
+        return Err(Error::io_context(
             std::io::Error::new(
                 ErrorKind::AlreadyExists,
                 "a file that is not a socket is in the way; not removing it",
@@ -100,7 +100,7 @@ pub(crate) async fn inspect(path: &Path) -> Result<Existing> {
         ));
     }
     match tokio::net::UnixStream::connect(path).await {
-        Ok(_) => Err(context(
+        Ok(_) => Err(Error::io_context(
             std::io::Error::new(
                 ErrorKind::AddrInUse,
                 "another process accepts on this socket",
@@ -108,7 +108,7 @@ pub(crate) async fn inspect(path: &Path) -> Result<Existing> {
             format!("bind unix://{}", path.display()),
         )),
         // A full backlog: someone is there.
-        Err(e) if e.kind() == ErrorKind::WouldBlock => Err(context(
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Err(Error::io_context(
             std::io::Error::new(
                 ErrorKind::AddrInUse,
                 "another process listens on this socket",
@@ -116,7 +116,7 @@ pub(crate) async fn inspect(path: &Path) -> Result<Existing> {
             format!("bind unix://{}", path.display()),
         )),
         Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(Existing::Stale),
-        Err(e) => Err(context(e, format!("probe {}", path.display()))),
+        Err(e) => Err(Error::io_context(e, format!("probe {}", path.display()))),
     }
 }
 
@@ -125,11 +125,6 @@ pub(crate) fn file_id(path: &Path) -> Option<(u64, u64)> {
     std::fs::symlink_metadata(path)
         .ok()
         .map(|m| (m.dev(), m.ino()))
-}
-
-/// An I/O error that says what was being done (see [`Error::io_context`]).
-pub(crate) fn context(e: std::io::Error, what: String) -> Error {
-    Error::io_context(e, what)
 }
 
 #[cfg(test)]
