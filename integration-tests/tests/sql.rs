@@ -517,6 +517,42 @@ async fn postgres_watchers_poll_while_the_listener_is_cut() {
     .await;
 }
 
+/// A session the server ends under an idle handle (an administrator's
+/// `pg_terminate_backend`, a failover's shutdown) costs the next call
+/// nothing: it sees the error on the dead connection and runs once more on
+/// a fresh one, instead of failing with `RegistryUnavailable` while the
+/// server is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_call_after_the_server_ended_the_session_succeeds() {
+    init_tracing();
+    let Some(pg) = PostgresServer::start() else {
+        return;
+    };
+    let writer = connect(&pg.url()).await;
+    let ns: Namespace = "ended".parse().unwrap();
+    for round in 0..5 {
+        let r = record("ended", &format!("w-{round}"));
+        writer
+            .publish(&r, Duration::from_secs(60), NamePolicy::Takeover)
+            .await
+            .unwrap();
+        let ended = pg.psql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+        );
+        assert_ne!(ended, "0", "round {round}: no session to end");
+        let found = writer
+            .lookup(&ns, &Pattern::from(&r.name))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: lookup after the session ended: {e}"));
+        assert_eq!(found, vec![r.clone()], "round {round}");
+        writer
+            .publish(&r, Duration::from_secs(60), NamePolicy::Takeover)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: publish after the session ended: {e}"));
+    }
+}
+
 /// Nodes starting together on an empty database all create the schema
 /// (idempotently, under a lock) and work.
 async fn many_handles_create_the_schema_at_once(url: String) {

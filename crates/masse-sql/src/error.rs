@@ -90,15 +90,22 @@ pub(crate) fn is_unavailable(e: &sqlx::Error) -> bool {
 }
 
 /// Failures after which the connection should not be reused: the link is
-/// broken, or SQLite found the file unwritable (it may have opened it
-/// read-only, for good), or a PostgreSQL session is read-only.
+/// broken, the server ended the session (PostgreSQL's administrator or
+/// crash shutdown, `pg_terminate_backend`, a connection exception; MySQL's
+/// server shutdown), SQLite found the file unwritable (it may have opened
+/// it read-only, for good), or a PostgreSQL session is read-only.
 pub(crate) fn poisons(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => {
             let code = db.code();
             let code = code.as_deref().unwrap_or("");
-            code == "25006" || (sqlite_unwritable(db.as_ref()) && !busy_code(code))
+            let pg_session_ended =
+                pg(db.as_ref()) && (code.starts_with("08") || matches!(code, "57P01" | "57P02"));
+            pg_session_ended
+                || code == "25006"
+                || mysql_number(db.as_ref()).is_some_and(|n| n == 1053)
+                || (sqlite_unwritable(db.as_ref()) && !busy_code(code))
         }
         _ => false,
     }
