@@ -28,7 +28,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///   [`Unauthorized`](Self::Unauthorized);
 /// - **retry later, with backoff** ([`is_transient`](Self::is_transient)):
 ///   [`RegistryUnavailable`](Self::RegistryUnavailable), [`Timeout`](Self::Timeout),
-///   [`Refused`](Self::Refused) with [`RefuseCode::Busy`], connection-level [`Io`](Self::Io);
+///   [`Refused`](Self::Refused) with [`RefuseCode::Busy`] or
+///   [`RefuseCode::RegistryUnavailable`], connection-level [`Io`](Self::Io);
 /// - **look the name up again** ([`is_stale_address`](Self::is_stale_address);
 ///   the node does it once by itself): [`WrongPeer`](Self::WrongPeer), stale
 ///   refusals ([`RefuseCode::is_stale`]), an address nobody answers at;
@@ -519,9 +520,7 @@ pub enum RefuseCode {
     WrapperFailed,
     /// The acceptor could not check the dialer because its registry is
     /// unreachable and its cache does not know the dialer. Retry later,
-    /// with backoff. (Not counted by [`Error::is_transient`], which covers
-    /// this process's own registry and [`Busy`](Self::Busy) only: check
-    /// [`Error::refuse_code`] for it.)
+    /// with backoff ([`Error::is_transient`] is true for it).
     RegistryUnavailable,
 }
 
@@ -772,11 +771,12 @@ impl Error {
     /// - [`Error::Io`] of kind `ConnectionRefused`, `ConnectionReset`,
     ///   `ConnectionAborted`, `BrokenPipe`, `TimedOut`, `Interrupted` or
     ///   `UnexpectedEof`;
-    /// - [`Error::Refused`] with [`RefuseCode::Busy`].
+    /// - [`Error::Refused`] with [`RefuseCode::Busy`] or
+    ///   [`RefuseCode::RegistryUnavailable`] (the acceptor could not check
+    ///   the dialer because its own registry is down: it passes when that
+    ///   registry is back).
     ///
-    /// Everything else is false, including a refusal with
-    /// [`RefuseCode::RegistryUnavailable`] (the peer's registry: retrying
-    /// later may help, see its docs) and [`Error::NotFound`].
+    /// Everything else is false, including [`Error::NotFound`].
     pub fn is_transient(&self) -> bool {
         match self.root() {
             Error::RegistryUnavailable { .. } | Error::Timeout { .. } => true,
@@ -791,7 +791,7 @@ impl Error {
                     | std::io::ErrorKind::UnexpectedEof
             ),
             Error::Refused {
-                code: RefuseCode::Busy,
+                code: RefuseCode::Busy | RefuseCode::RegistryUnavailable,
                 ..
             } => true,
             _ => false,
@@ -870,6 +870,20 @@ mod tests {
         let Error::Io(io) = &e else { panic!("{e:?}") };
         assert_eq!(io.kind(), K::ConnectionRefused);
         assert!(std::error::Error::source(&**io).is_some());
+    }
+
+    #[test]
+    fn transient_refusals_are_busy_and_the_peers_registry_down() {
+        let refused = |code| Error::Refused {
+            code,
+            reason: String::new(),
+        };
+        for code in RefuseCode::ALL {
+            let want = matches!(code, RefuseCode::Busy | RefuseCode::RegistryUnavailable);
+            assert_eq!(refused(code).is_transient(), want, "{code:?}");
+            let dialed = refused(code).in_connect("b", None, ConnectStep::Handshake);
+            assert_eq!(dialed.is_transient(), want, "{code:?} under Connect");
+        }
     }
 
     #[test]
