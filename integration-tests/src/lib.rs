@@ -21,7 +21,28 @@ use masse::{
 };
 
 pub use masse::testkit::fixtures::{fnv1a, init_tracing, next_event, payload};
-pub use wait::eventually;
+pub use wait::{eventually, node_event};
+
+/// A namespace; panics if `s` is not a valid one.
+pub fn ns(s: &str) -> Namespace {
+    s.parse().expect("namespace")
+}
+
+/// A record of `name` in `ns`, a fresh instance, with one TCP endpoint
+/// (`127.0.0.1:4100`, which nothing dials).
+pub fn record(ns: &Namespace, name: &str) -> PeerRecord {
+    PeerRecord::new(
+        ns.clone(),
+        name.parse().expect("name"),
+        InstanceId::random(),
+    )
+    .with_endpoint("tcp://127.0.0.1:4100".parse().expect("endpoint"))
+}
+
+/// The names of `records`, in their order.
+pub fn names(records: &[PeerRecord]) -> Vec<&str> {
+    records.iter().map(|r| r.name.as_str()).collect()
+}
 
 /// A builder for a node on loopback TCP, in `namespace`, on `registry`.
 pub fn node(name: &str, namespace: &str, registry: &MemoryRegistry) -> NodeBuilder {

@@ -84,3 +84,32 @@ where
         pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
+
+/// The first node event within `within` that `pick` turns into a value.
+///
+/// Panics, naming `what`, if the node's events lag (some were lost, so
+/// the one awaited may be among them), end, or nothing picked arrives in
+/// time.
+pub async fn node_event<X>(
+    events: &mut masse::Events,
+    within: Duration,
+    what: &str,
+    mut pick: impl FnMut(&masse::NodeEvent) -> Option<X>,
+) -> X {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, events.recv()).await {
+            Ok(Some(masse::NodeEvent::Lagged { .. })) => {
+                panic!("node events lagged while waiting for {what}")
+            }
+            Ok(Some(ev)) => {
+                if let Some(x) = pick(&ev) {
+                    return x;
+                }
+            }
+            Ok(None) => panic!("node events ended while waiting for {what}"),
+            Err(_) => panic!("no {what} within {within:?}"),
+        }
+    }
+}

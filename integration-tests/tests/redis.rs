@@ -13,13 +13,15 @@ use std::time::Duration;
 use futures::StreamExt;
 use masse::testkit::RegistryConformance;
 use masse::{
-    DynRegistry, Error, InstanceId, NamePolicy, Namespace, NodeEvent, Pattern, PeerName,
-    PeerRecord, Registry, RegistryEvent,
+    DynRegistry, Error, NamePolicy, Namespace, NodeEvent, Pattern, PeerName, PeerRecord, Registry,
+    RegistryEvent,
 };
 use masse_integration_tests::redis::{
     RedisCluster, RedisOptions, RedisServer, Resp, cluster_command, raw_command,
 };
-use masse_integration_tests::{echo_forever, eventually, next_event};
+use masse_integration_tests::{
+    echo_forever, eventually, names, next_event, node_event, ns, record,
+};
 use masse_redis::{RedisConfig, RedisRegistry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, sleep, timeout};
@@ -33,19 +35,6 @@ async fn connect(url: &str) -> RedisRegistry {
     RedisRegistry::connect(url)
         .await
         .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
-}
-
-fn ns(s: &str) -> Namespace {
-    s.parse().expect("namespace")
-}
-
-fn record(ns: &Namespace, name: &str) -> PeerRecord {
-    PeerRecord::new(
-        ns.clone(),
-        name.parse().expect("name"),
-        InstanceId::random(),
-    )
-    .with_endpoint("tcp://127.0.0.1:4100".parse().expect("endpoint"))
 }
 
 fn ok(reply: io::Result<Resp>) -> Resp {
@@ -449,10 +438,6 @@ async fn foreign_data_is_skipped_not_fatal() {
     );
 }
 
-fn names(records: &[PeerRecord]) -> Vec<&str> {
-    records.iter().map(|r| r.name.as_str()).collect()
-}
-
 async fn publish_retrying(reg: &RedisRegistry, r: &PeerRecord) {
     let deadline = Instant::now() + T;
     loop {
@@ -783,19 +768,6 @@ async fn one_publishing_watching_handle_stays_within_its_command_budget() {
     );
 }
 
-async fn wait_for(events: &mut masse::Events, what: &str, pred: impl Fn(&NodeEvent) -> bool) {
-    let deadline = Instant::now() + T;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match timeout(left, events.recv()).await {
-            Ok(Some(ev)) if pred(&ev) => return,
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("node gone while waiting for {what}"),
-            Err(_) => panic!("no {what} within {T:?}"),
-        }
-    }
-}
-
 async fn ping(node: &masse::Node, peer: &str) {
     let mut s = timeout(T, node.connect(peer))
         .await
@@ -852,7 +824,7 @@ async fn nodes_survive_redis_being_killed_and_restarted() {
     ping(&cli, "srv").await; // warms the cache
 
     server.kill();
-    wait_for(&mut ev, "RegistryUnavailable", |e| {
+    node_event(&mut ev, T, "RegistryUnavailable", |e| {
         matches!(
             e,
             NodeEvent::RegistryUnavailable {
@@ -862,6 +834,7 @@ async fn nodes_survive_redis_being_killed_and_restarted() {
                 } | Error::Timeout { .. }
             }
         )
+        .then_some(())
     })
     .await;
     // Past the ttl, with the registry gone: still reachable by name.
@@ -871,8 +844,8 @@ async fn nodes_survive_redis_being_killed_and_restarted() {
 
     server.restart();
     let restarted = Instant::now();
-    wait_for(&mut ev, "RegistryRestored", |e| {
-        matches!(e, NodeEvent::RegistryRestored)
+    node_event(&mut ev, T, "RegistryRestored", |e| {
+        matches!(e, NodeEvent::RegistryRestored).then_some(())
     })
     .await;
     // Both records are back, published again by their nodes.

@@ -15,11 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use masse::{
-    Error, InstanceId, NamePolicy, Namespace, Pattern, PeerRecord, Registry, RegistryEvent,
-};
+use masse::{Error, InstanceId, NamePolicy, Namespace, Pattern, Registry, RegistryEvent};
 use masse_integration_tests::redis::{RedisCluster, RedisServer, Resp, cluster_command};
-use masse_integration_tests::{echo_forever, eventually, next_event};
+use masse_integration_tests::{echo_forever, eventually, names, next_event, ns, record};
 use masse_redis::{RedisConfig, RedisRegistry};
 use tokio::time::{Instant, sleep, timeout};
 
@@ -33,23 +31,6 @@ async fn connect(url: &str) -> RedisRegistry {
     RedisRegistry::connect(url)
         .await
         .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
-}
-
-fn ns(s: &str) -> Namespace {
-    s.parse().expect("namespace")
-}
-
-fn record(ns: &Namespace, name: &str) -> PeerRecord {
-    PeerRecord::new(
-        ns.clone(),
-        name.parse().expect("name"),
-        InstanceId::random(),
-    )
-    .with_endpoint("tcp://127.0.0.1:4100".parse().expect("endpoint"))
-}
-
-fn names(records: &[PeerRecord]) -> Vec<&str> {
-    records.iter().map(|r| r.name.as_str()).collect()
 }
 
 fn ok(reply: io::Result<Resp>) -> Resp {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use masse::{Error, Node, NodeEvent, Pattern, Registry};
 use masse_integration_tests::redis::RedisServer;
-use masse_integration_tests::{echo_forever, eventually, fnv1a, init_tracing, payload};
+use masse_integration_tests::{echo_forever, eventually, fnv1a, init_tracing, node_event, payload};
 use masse_redis::RedisRegistry;
 use std::sync::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,21 +37,6 @@ async fn node(url: &str, name: &str) -> Node {
         .start()
         .await
         .unwrap_or_else(|e| panic!("start {name}: {e}"))
-}
-
-/// Waits for the first event matching `pred`.
-async fn wait_for(events: &mut masse::Events, what: &str, pred: impl Fn(&NodeEvent) -> bool) {
-    let deadline = Instant::now() + T;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match timeout(left, events.recv()).await {
-            Ok(Some(NodeEvent::Lagged { .. })) => panic!("{what}: node events lagged"),
-            Ok(Some(e)) if pred(&e) => return,
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("node gone while waiting for {what}"),
-            Err(_) => panic!("no {what} within {T:?}"),
-        }
-    }
 }
 
 /// Streams `CHUNK`-byte payloads through an echo peer until `stop`,
@@ -156,8 +141,8 @@ async fn redis_restarted_empty_under_streams_and_dials() {
     .await;
 
     server.kill();
-    wait_for(&mut events, "RegistryUnavailable", |e| {
-        matches!(e, NodeEvent::RegistryUnavailable { .. })
+    node_event(&mut events, T, "RegistryUnavailable", |e| {
+        matches!(e, NodeEvent::RegistryUnavailable { .. }).then_some(())
     })
     .await;
     // A peer dies while the registry is gone: no goodbye, no unpublish.
@@ -168,8 +153,8 @@ async fn redis_restarted_empty_under_streams_and_dials() {
 
     server.restart();
     let restarted = Instant::now();
-    wait_for(&mut events, "RegistryRestored", |e| {
-        matches!(e, NodeEvent::RegistryRestored)
+    node_event(&mut events, T, "RegistryRestored", |e| {
+        matches!(e, NodeEvent::RegistryRestored).then_some(())
     })
     .await;
     let restored_after = restarted.elapsed();
@@ -187,11 +172,9 @@ async fn redis_restarted_empty_under_streams_and_dials() {
     })
     .await;
     let republished_after = restarted.elapsed();
-    wait_for(
-        &mut events,
-        "PeerExpired for doomed",
-        |e| matches!(e, NodeEvent::PeerExpired { name, .. } if name.as_str() == "doomed"),
-    )
+    node_event(&mut events, T, "PeerExpired for doomed", |e| {
+        matches!(e, NodeEvent::PeerExpired { name, .. } if name.as_str() == "doomed").then_some(())
+    })
     .await;
     let gone_after = restarted.elapsed();
 

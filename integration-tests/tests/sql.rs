@@ -9,12 +9,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use masse::testkit::RegistryConformance;
 use masse::{
-    DynRegistry, Error, InstanceId, NamePolicy, Namespace, NodeEvent, Pattern, PeerName,
-    PeerRecord, Registry, RegistryEvent,
+    DynRegistry, Error, NamePolicy, Namespace, NodeEvent, Pattern, PeerName, Registry,
+    RegistryEvent,
 };
 use masse_integration_tests::mariadb::MariaDbServer;
 use masse_integration_tests::postgres::PostgresServer;
-use masse_integration_tests::{echo_forever, eventually, init_tracing, next_event};
+use masse_integration_tests::{
+    echo_forever, eventually, init_tracing, next_event, node_event, record,
+};
 use masse_sql::{SqlConfig, SqlRegistry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
@@ -139,24 +141,16 @@ async fn mariadb_conformance() {
     assert_eq!(other.backend(), "mysql");
 }
 
-fn record(ns: &str, name: &str) -> PeerRecord {
-    PeerRecord::new(
-        ns.parse().unwrap(),
-        name.parse().unwrap(),
-        InstanceId::random(),
-    )
-}
-
 /// Garbage is skipped, a record from a newer writer (`version` 99, unknown
 /// fields) is read, and nothing panics.
 async fn unreadable_and_newer_records(url: String) {
     let reg = connect(&url).await;
     let ns: Namespace = "odd-records".parse().unwrap();
-    let good = record("odd-records", "good");
+    let good = record(&"odd-records".parse().unwrap(), "good");
     reg.publish(&good, Duration::from_secs(60), NamePolicy::Takeover)
         .await
         .unwrap();
-    let newer = record("odd-records", "newer");
+    let newer = record(&"odd-records".parse().unwrap(), "newer");
     let json = newer.to_json().replacen(
         "\"version\":1",
         "\"version\":99,\"hologram\":{\"beams\":[1,2,3]},\"colour\":\"ultraviolet\"",
@@ -196,7 +190,7 @@ async fn unreadable_and_newer_records(url: String) {
         );
     }
     // An unreadable holder still holds its name for an exclusive publisher.
-    let challenger = record("odd-records", "broken");
+    let challenger = record(&"odd-records".parse().unwrap(), "broken");
     assert!(matches!(
         reg.publish(&challenger, Duration::from_secs(60), NamePolicy::Exclusive)
             .await,
@@ -229,27 +223,6 @@ async fn mariadb_unreadable_and_newer_records() {
         return;
     };
     unreadable_and_newer_records(db.url()).await;
-}
-
-/// Waits for the first node event that `pick` accepts.
-async fn node_event<T>(
-    events: &mut masse::Events,
-    what: &str,
-    mut pick: impl FnMut(NodeEvent) -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + T;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match timeout(left, events.recv()).await {
-            Ok(Some(ev)) => {
-                if let Some(t) = pick(ev) {
-                    return t;
-                }
-            }
-            Ok(None) => panic!("node events ended while waiting for {what}"),
-            Err(_) => panic!("no {what} within {T:?}"),
-        }
-    }
 }
 
 /// The database dies under two running nodes and a watcher on another
@@ -294,8 +267,8 @@ async fn outage_under_running_nodes(db: &mut impl Database, ns_name: &str) {
     assert_eq!(joined, ["cli", "srv"]);
 
     db.kill();
-    let error = node_event(&mut ev, "RegistryUnavailable", |e| match e {
-        NodeEvent::RegistryUnavailable { error } => Some(error),
+    let error = node_event(&mut ev, T, "RegistryUnavailable", |e| match e {
+        NodeEvent::RegistryUnavailable { error } => Some(error.clone()),
         _ => None,
     })
     .await;
@@ -324,7 +297,7 @@ async fn outage_under_running_nodes(db: &mut impl Database, ns_name: &str) {
     // Someone comes and goes right after the restart, before the watcher's
     // poller has necessarily reconnected: the cursor must still catch it.
     let other = connect(&url).await;
-    let visitor = record(ns_name, "visitor");
+    let visitor = record(&ns_name.parse().unwrap(), "visitor");
     other
         .publish(&visitor, Duration::from_secs(60), NamePolicy::Exclusive)
         .await
@@ -333,7 +306,7 @@ async fn outage_under_running_nodes(db: &mut impl Database, ns_name: &str) {
         .unpublish(&ns, &visitor.name, visitor.instance)
         .await
         .unwrap();
-    node_event(&mut ev, "RegistryRestored", |e| {
+    node_event(&mut ev, T, "RegistryRestored", |e| {
         matches!(e, NodeEvent::RegistryRestored).then_some(())
     })
     .await;
@@ -431,7 +404,7 @@ async fn postgres_notify_wakes_watchers() {
     // Wait for the listener to start: a first record reaches the watcher
     // only through a wake-up (the listener wakes everyone once it listens,
     // then on every NOTIFY), unless the 10 s poll comes first.
-    let first = record("notify", "first");
+    let first = record(&"notify".parse().unwrap(), "first");
     writer
         .publish(&first, Duration::from_secs(60), NamePolicy::Takeover)
         .await
@@ -441,7 +414,7 @@ async fn postgres_notify_wakes_watchers() {
         RegistryEvent::Joined(first)
     );
     for i in 0..3 {
-        let r = record("notify", &format!("n{i}"));
+        let r = record(&"notify".parse().unwrap(), &format!("n{i}"));
         let published = Instant::now();
         writer
             .publish(&r, Duration::from_secs(60), NamePolicy::Takeover)
@@ -485,7 +458,7 @@ async fn postgres_watchers_poll_while_the_listener_is_cut() {
     wait_listeners("2").await;
 
     let mut publish_and_see = async |name: &str, within: Duration, why: &str| {
-        let r = record("cut", name);
+        let r = record(&"cut".parse().unwrap(), name);
         writer
             .publish(&r, Duration::from_secs(60), NamePolicy::Takeover)
             .await
@@ -531,7 +504,7 @@ async fn postgres_a_call_after_the_server_ended_the_session_succeeds() {
     let writer = connect(&pg.url()).await;
     let ns: Namespace = "ended".parse().unwrap();
     for round in 0..5 {
-        let r = record("ended", &format!("w-{round}"));
+        let r = record(&"ended".parse().unwrap(), &format!("w-{round}"));
         writer
             .publish(&r, Duration::from_secs(60), NamePolicy::Takeover)
             .await
@@ -568,7 +541,7 @@ async fn many_handles_create_the_schema_at_once(url: String) {
     }
     for (i, h) in handles.iter().enumerate() {
         h.publish(
-            &record("schema", &format!("n{i}")),
+            &record(&"schema".parse().unwrap(), &format!("n{i}")),
             Duration::from_secs(60),
             NamePolicy::Exclusive,
         )
@@ -614,7 +587,7 @@ async fn postgres_over_tls() {
     let url = format!("{}?sslmode=require", pg.url());
     match SqlRegistry::connect_with(&url, config()).await {
         Ok(reg) => {
-            let r = record("tls", "secure");
+            let r = record(&"tls".parse().unwrap(), "secure");
             reg.publish(&r, Duration::from_secs(60), NamePolicy::Exclusive)
                 .await
                 .unwrap();
@@ -767,13 +740,13 @@ async fn node_at_rest_holds_one_connection(
 
     // Events still reach the node at once.
     let other = SqlRegistry::connect_with(&url, config).await.unwrap();
-    let r = record(ns_name, "rest-b");
+    let r = record(&ns_name.parse().unwrap(), "rest-b");
     let published = Instant::now();
     other
         .publish(&r, Duration::from_secs(60), NamePolicy::Takeover)
         .await
         .unwrap();
-    node_event(&mut events, "PeerJoined rest-b", |ev| match ev {
+    node_event(&mut events, T, "PeerJoined rest-b", |ev| match ev {
         NodeEvent::PeerJoined(p) if p.name.as_str() == "rest-b" => Some(()),
         _ => None,
     })
@@ -852,7 +825,7 @@ async fn postgres_ninety_handles_fit_the_default_max_connections() {
             .await
             .unwrap_or_else(|e| panic!("handle {i}: {e}"));
         watchers.push(reg.watch(&ns).await.unwrap());
-        let r = record(ns_name, &format!("n{i:02}"));
+        let r = record(&ns_name.parse().unwrap(), &format!("n{i:02}"));
         reg.publish(&r, ttl, NamePolicy::Takeover).await.unwrap();
         let (beat, failures) = (reg.clone(), failures.clone());
         beats.push(tokio::spawn(async move {
@@ -879,7 +852,7 @@ async fn postgres_ninety_handles_fit_the_default_max_connections() {
     .await;
 
     // One more name from one of them: every watcher sees it.
-    let news = record(ns_name, "news");
+    let news = record(&ns_name.parse().unwrap(), "news");
     let published = Instant::now();
     handles[0]
         .publish(&news, ttl, NamePolicy::Takeover)

@@ -18,7 +18,7 @@ use masse::{Error, Events, Namespace, Node, NodeEvent, Pattern, Registry};
 use masse_integration_tests::mariadb::MariaDbServer;
 use masse_integration_tests::postgres::PostgresServer;
 use masse_integration_tests::server::require_binary;
-use masse_integration_tests::{echo_forever, eventually, init_tracing};
+use masse_integration_tests::{echo_forever, eventually, init_tracing, node_event};
 use masse_sql::{SqlConfig, SqlRegistry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
@@ -82,44 +82,30 @@ async fn dial(from: &Node, to: &str) {
     assert_eq!(back, msg.as_bytes());
 }
 
-/// Waits for the first node event `pick` accepts; a `NameLost` on the way fails.
-async fn node_event<X>(
-    events: &mut Events,
-    what: &str,
-    mut pick: impl FnMut(&NodeEvent) -> Option<X>,
-) -> X {
-    let deadline = Instant::now() + T;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match timeout(left, events.recv()).await {
-            Ok(Some(ev)) => {
-                assert!(
-                    !matches!(ev, NodeEvent::NameLost { .. }),
-                    "the node lost its name while waiting for {what}"
-                );
-                if let Some(x) = pick(&ev) {
-                    return x;
-                }
-            }
-            Ok(None) => panic!("node events ended while waiting for {what}"),
-            Err(_) => panic!("no {what} within {T:?}"),
-        }
-    }
-}
-
 async fn unavailable(events: &mut Events) -> Error {
-    node_event(events, "RegistryUnavailable", |e| match e {
+    node_event(events, T, "RegistryUnavailable", |e| match e {
         NodeEvent::RegistryUnavailable { error } => Some(error.clone()),
-        _ => None,
+        e => kept_name(e),
     })
     .await
 }
 
 async fn restored(events: &mut Events) {
-    node_event(events, "RegistryRestored", |e| {
+    node_event(events, T, "RegistryRestored", |e| {
+        kept_name::<()>(e);
         matches!(e, NodeEvent::RegistryRestored).then_some(())
     })
     .await
+}
+
+/// Nothing, after checking that `e` is not the node losing its name (a
+/// fault must not cost a node its name).
+fn kept_name<X>(e: &NodeEvent) -> Option<X> {
+    assert!(
+        !matches!(e, NodeEvent::NameLost { .. }),
+        "the node lost its name: {e:?}"
+    );
+    None
 }
 
 /// Polls a fresh handle until both nodes' records, with their own

@@ -3,27 +3,12 @@
 
 mod common;
 
-use common::{TestBackend, publish};
+use common::{TestBackend, ns, pat, publish, rec};
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use masse_core::{
-    CachingConfig, CachingRegistry, Error, Freshness, InstanceId, Namespace, Pattern, PeerRecord,
-    Registry, RegistryEvent,
-};
-
-fn ns() -> Namespace {
-    "cache-test".parse().unwrap()
-}
-
-fn rec(name: &str) -> PeerRecord {
-    PeerRecord::new(ns(), name.parse().unwrap(), InstanceId::random())
-}
-
-fn pat(p: &str) -> Pattern {
-    p.parse().unwrap()
-}
+use masse_core::{CachingConfig, CachingRegistry, Error, Freshness, Registry, RegistryEvent};
 
 /// How long a change may take to reach the cache.
 const SETTLE: Duration = Duration::from_secs(2);

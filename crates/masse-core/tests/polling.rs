@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{TestBackend, publish};
+use common::{TestBackend, ns, pat, publish, rec};
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -18,8 +18,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use masse_core::Subscription;
 use masse_core::{
-    CachingConfig, CachingRegistry, Error, Freshness, InstanceId, MemoryRegistry, NamePolicy,
-    Namespace, Pattern, PeerRecord, Registry, RegistryEvent,
+    CachingConfig, CachingRegistry, Error, Freshness, MemoryRegistry, NamePolicy, PeerRecord,
+    Registry, RegistryEvent,
 };
 use tokio::time::{Instant, timeout};
 
@@ -33,19 +33,6 @@ fn config() -> CachingConfig {
     CachingConfig::default()
         .with_poll_interval(POLL)
         .with_resync_grace(GRACE)
-}
-
-fn ns() -> Namespace {
-    "poll-test".parse().unwrap()
-}
-
-fn rec(name: &str) -> PeerRecord {
-    PeerRecord::new(ns(), name.parse().unwrap(), InstanceId::random())
-        .with_endpoint("tcp://127.0.0.1:1".parse().unwrap())
-}
-
-fn pat(p: &str) -> Pattern {
-    p.parse().unwrap()
 }
 
 fn expired(r: &PeerRecord) -> RegistryEvent {

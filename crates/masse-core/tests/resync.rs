@@ -10,6 +10,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{ns, pat, rec};
 use futures::StreamExt;
 use masse_core::{
     BoxStream, CachingConfig, CachingRegistry, Error, Freshness, InstanceId, Lease, MemoryRegistry,
@@ -125,18 +126,6 @@ where
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(f(tx));
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-fn ns() -> Namespace {
-    "resync".parse().unwrap()
-}
-
-fn rec(name: &str) -> PeerRecord {
-    PeerRecord::new(ns(), name.parse().unwrap(), InstanceId::random())
-}
-
-fn pat(s: &str) -> Pattern {
-    Pattern::new(s).unwrap()
 }
 
 const TTL: Duration = Duration::from_secs(60);

@@ -15,6 +15,23 @@ use masse_core::{
 };
 use tokio::time::Instant;
 
+/// The namespace the tests use.
+pub(crate) fn ns() -> Namespace {
+    "test".parse().expect("namespace")
+}
+
+/// A record of `name` in [`ns`], a fresh instance, with an endpoint nobody
+/// dials.
+pub(crate) fn rec(name: &str) -> PeerRecord {
+    PeerRecord::new(ns(), name.parse().expect("name"), InstanceId::random())
+        .with_endpoint("tcp://127.0.0.1:1".parse().expect("endpoint"))
+}
+
+/// A pattern; panics if `p` is not a valid one.
+pub(crate) fn pat(p: &str) -> Pattern {
+    p.parse().expect("pattern")
+}
+
 /// A `MemoryRegistry` that counts lookups, and can be made to fail, to hold
 /// its answers, to break its watches, or to have no watch at all.
 #[derive(Debug, Clone, Default)]
