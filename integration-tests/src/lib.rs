@@ -44,6 +44,14 @@ pub fn names(records: &[PeerRecord]) -> Vec<&str> {
     records.iter().map(|r| r.name.as_str()).collect()
 }
 
+/// A Redis registry handle for `url`; panics, naming the URL, if it cannot
+/// connect (a test fixture).
+pub async fn connect_redis(url: &str) -> masse_redis::RedisRegistry {
+    masse_redis::RedisRegistry::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+}
+
 /// A builder for a node on loopback TCP, in `namespace`, on `registry`.
 pub fn node(name: &str, namespace: &str, registry: &MemoryRegistry) -> NodeBuilder {
     init_tracing();

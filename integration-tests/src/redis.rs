@@ -79,6 +79,16 @@ impl Resp {
     }
 }
 
+/// The reply of a raw command, which must not be an error; panics
+/// otherwise (a test fixture).
+pub fn ok(reply: io::Result<Resp>) -> Resp {
+    match reply {
+        Ok(Resp::Error(e)) => panic!("redis error: {e}"),
+        Ok(r) => r,
+        Err(e) => panic!("raw command failed: {e}"),
+    }
+}
+
 /// Sends one command to `127.0.0.1:port` (after `AUTH password`, if given)
 /// and reads its reply. Arguments are binary-safe.
 pub fn raw_command(port: u16, password: Option<&str>, args: &[&[u8]]) -> io::Result<Resp> {

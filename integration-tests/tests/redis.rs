@@ -17,10 +17,10 @@ use masse::{
     RegistryEvent,
 };
 use masse_integration_tests::redis::{
-    RedisCluster, RedisOptions, RedisServer, Resp, cluster_command, raw_command,
+    RedisCluster, RedisOptions, RedisServer, Resp, cluster_command, ok, raw_command,
 };
 use masse_integration_tests::{
-    echo_forever, eventually, names, next_event, node_event, ns, record,
+    connect_redis, echo_forever, eventually, names, next_event, node_event, ns, record,
 };
 use masse_redis::{RedisConfig, RedisRegistry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,20 +30,6 @@ use tokio::time::{Instant, sleep, timeout};
 const TTL: Duration = Duration::from_millis(600);
 const SLACK: Duration = Duration::from_secs(1);
 const T: Duration = Duration::from_secs(10);
-
-async fn connect(url: &str) -> RedisRegistry {
-    RedisRegistry::connect(url)
-        .await
-        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
-}
-
-fn ok(reply: io::Result<Resp>) -> Resp {
-    match reply {
-        Ok(Resp::Error(e)) => panic!("redis error: {e}"),
-        Ok(r) => r,
-        Err(e) => panic!("raw command failed: {e}"),
-    }
-}
 
 /// Stores `bytes` as the record of `name`, live for a long time, the way
 /// a foreign or broken writer would: straight into the hash and the index.
@@ -88,7 +74,7 @@ fn lose_history(send: impl Fn(&[&[u8]]) -> io::Result<Resp>, ns: &Namespace) {
 fn suite(url: String) -> RegistryConformance {
     RegistryConformance::new(move || {
         let url = url.clone();
-        async move { Arc::new(connect(&url).await) as DynRegistry }
+        async move { Arc::new(connect_redis(&url).await) as DynRegistry }
     })
     .ttl(TTL)
     .slack(SLACK)
@@ -142,7 +128,7 @@ async fn conformance_cluster() {
         .await;
     // The namespaces really are spread over the masters (hash tags differ),
     // and each namespace's keys sit together on one of them.
-    let reg = connect(&cluster.url()).await;
+    let reg = connect_redis(&cluster.url()).await;
     let mut owners = std::collections::BTreeSet::new();
     for i in 0..12 {
         let n = ns(&format!("spread-{i}"));
@@ -176,7 +162,7 @@ async fn cluster_master_lost_and_back() {
     let Some(mut cluster) = RedisCluster::start() else {
         return;
     };
-    let reg = connect(&cluster.url()).await;
+    let reg = connect_redis(&cluster.url()).await;
     // Two namespaces on two different masters.
     let owner = |cluster: &RedisCluster, n: &Namespace| {
         let key = format!("masse:{{{n}}}:index");
@@ -329,7 +315,7 @@ async fn credentials_are_checked_and_never_shown() {
         other => panic!("no password: expected RegistryUnauthorized, got {other:?}"),
     }
 
-    let reg = connect(&server.url()).await;
+    let reg = connect_redis(&server.url()).await;
     let debug = format!("{reg:?}");
     assert!(!debug.contains("default-pw-1"), "{debug}");
     assert!(debug.contains("***"), "{debug}");
@@ -337,7 +323,7 @@ async fn credentials_are_checked_and_never_shown() {
         .await
         .expect("publish with the default user");
 
-    let alice = connect(&server.url_with("alice:alice-pw-2")).await;
+    let alice = connect_redis(&server.url_with("alice:alice-pw-2")).await;
     assert_eq!(
         alice
             .lookup(&n, &Pattern::any())
@@ -348,7 +334,7 @@ async fn credentials_are_checked_and_never_shown() {
     );
 
     // Connected, but not allowed to run scripts: a clear Unauthorized, not a generic failure.
-    let limited = connect(&server.url_with("noscript:noscript-pw-3")).await;
+    let limited = connect_redis(&server.url_with("noscript:noscript-pw-3")).await;
     match limited
         .publish(&record(&n, "b"), T, NamePolicy::Takeover)
         .await
@@ -365,7 +351,7 @@ async fn foreign_data_is_skipped_not_fatal() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let reg = connect(&server.url()).await;
+    let reg = connect_redis(&server.url()).await;
     let n = ns("t-foreign");
     let mut events = reg.watch(&n).await.expect("watch");
     let good = record(&n, "good");
@@ -457,7 +443,7 @@ async fn watch_resumes_after_its_connection_is_killed() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let reg = connect(&server.url()).await;
+    let reg = connect_redis(&server.url()).await;
     let n = ns("t-resume");
     let mut events = reg.watch(&n).await.expect("watch");
     let a = record(&n, "a");
@@ -472,7 +458,7 @@ async fn watch_resumes_after_its_connection_is_killed() {
     // Drop every client connection (the watcher's too); the data stays.
     ok(server.command(&[b"CLIENT", b"KILL", b"TYPE", b"normal"]));
     // Changes made while the watcher is reconnecting.
-    let other = connect(&server.url()).await;
+    let other = connect_redis(&server.url()).await;
     let (b, c) = (record(&n, "b"), record(&n, "c"));
     publish_retrying(&other, &b).await;
     publish_retrying(&other, &c).await;
@@ -622,7 +608,7 @@ async fn one_handle_with_many_names_sweeps_at_the_interval() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let reg = connect(&server.url()).await;
+    let reg = connect_redis(&server.url()).await;
     let n = ns("t-many");
     let mut events = reg.watch(&n).await.expect("watch");
     for i in 0..100 {
@@ -700,7 +686,7 @@ async fn one_publishing_watching_handle_stays_within_its_command_budget() {
     let ttl = Duration::from_secs(10);
     let period = ttl / 3;
     let periods = 3;
-    let reg = connect(&server.url()).await;
+    let reg = connect_redis(&server.url()).await;
     let n = ns("t-budget");
     let r = record(&n, "node");
     reg.publish(&r, ttl, NamePolicy::Exclusive)
@@ -796,7 +782,7 @@ async fn nodes_survive_redis_being_killed_and_restarted() {
         async move {
             masse::Node::builder(name)
                 .namespace("t-restart")
-                .registry(connect(&url).await)
+                .registry(connect_redis(&url).await)
                 .interface(masse::TcpInterface::new("127.0.0.1:0"))
                 .ttl(ttl)
                 .start()
@@ -811,7 +797,7 @@ async fn nodes_survive_redis_being_killed_and_restarted() {
     // A watcher polled all along, so that it lives through the outage:
     // its connection breaks, it reconnects with backoff, then finds the
     // server's event counter (or the entries after its position) reset.
-    let watcher = connect(&url).await;
+    let watcher = connect_redis(&url).await;
     let mut polled = watcher.watch(&n).await.expect("watch");
     let (tx, mut watch) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -849,7 +835,7 @@ async fn nodes_survive_redis_being_killed_and_restarted() {
     })
     .await;
     // Both records are back, published again by their nodes.
-    let fresh = connect(&url).await;
+    let fresh = connect_redis(&url).await;
     eventually(T, "both records published again", || async {
         let found = fresh.lookup(&n, &Pattern::any()).await.expect("lookup");
         if names(&found) == ["cli", "srv"] {
@@ -901,11 +887,11 @@ async fn heartbeats_of_100_handles_for_30s_without_spurious_expiry() {
     let n = ns("t-heartbeat");
     let ttl = Duration::from_secs(1);
     let run_for = Duration::from_secs(30);
-    let watcher = connect(&url).await;
+    let watcher = connect_redis(&url).await;
     let mut events = watcher.watch(&n).await.expect("watch");
     let mut handles = Vec::new();
     for _ in 0..100 {
-        handles.push(connect(&url).await);
+        handles.push(connect_redis(&url).await);
     }
     let start = Instant::now() + Duration::from_millis(200);
     let mut tasks = Vec::new();

@@ -16,8 +16,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use masse::{Error, InstanceId, NamePolicy, Namespace, Pattern, Registry, RegistryEvent};
-use masse_integration_tests::redis::{RedisCluster, RedisServer, Resp, cluster_command};
-use masse_integration_tests::{echo_forever, eventually, names, next_event, ns, record};
+use masse_integration_tests::redis::{RedisCluster, RedisServer, Resp, cluster_command, ok};
+use masse_integration_tests::{
+    connect_redis, echo_forever, eventually, names, next_event, ns, record,
+};
 use masse_redis::{RedisConfig, RedisRegistry};
 use tokio::time::{Instant, sleep, timeout};
 
@@ -26,20 +28,6 @@ const SHORT_TTL: Duration = Duration::from_millis(600);
 
 /// Sends one raw command (to a server, or to a cluster following MOVED).
 type Raw = Arc<dyn Fn(&[&[u8]]) -> io::Result<Resp> + Send + Sync>;
-
-async fn connect(url: &str) -> RedisRegistry {
-    RedisRegistry::connect(url)
-        .await
-        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
-}
-
-fn ok(reply: io::Result<Resp>) -> Resp {
-    match reply {
-        Ok(Resp::Error(e)) => panic!("redis error: {e}"),
-        Ok(r) => r,
-        Err(e) => panic!("raw command failed: {e}"),
-    }
-}
 
 /// Runs raw commands off the async runtime.
 async fn raw(send: &Raw, args: &[&[u8]]) -> Resp {
@@ -88,7 +76,7 @@ async fn drain_for(watch: &mut Watch, d: Duration) -> Vec<RegistryEvent> {
 async fn start_node(url: &str, namespace: &str, name: &str) -> masse::Node {
     masse::Node::builder(name)
         .namespace(namespace)
-        .registry(connect(url).await)
+        .registry(connect_redis(url).await)
         .interface(masse::TcpInterface::new("127.0.0.1:0"))
         .ttl(Duration::from_secs(3))
         .start()
@@ -151,7 +139,7 @@ const INST: &[u8] = b"0123456789abcdef0123456789abcdef";
 /// (skipped), all next to good peers that resolve, get dialled and expire
 /// with exactly one `Expired` each.
 async fn malformed_entries_scenario(url: &str, send: Raw, n: Namespace) {
-    let reg = connect(url).await;
+    let reg = connect_redis(url).await;
     let mut watch = forward(reg.watch(&n).await.expect("watch"));
     let good1 = start_node(url, n.as_str(), "good-1").await;
     echo_forever(&good1).await;
@@ -491,7 +479,7 @@ async fn a_malformed_entry_is_logged_once() {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
     let n = ns("f-once");
-    let reg = connect(&server.url()).await;
+    let reg = connect_redis(&server.url()).await;
     let mut w1 = reg.watch(&n).await.expect("watch");
     let mut w2 = reg.watch(&n).await.expect("watch");
     let good = record(&n, "good");
@@ -613,7 +601,7 @@ async fn scripts_never_half_apply_and_writers_repair() {
     let send: Raw =
         Arc::new(move |a: &[&[u8]]| masse_integration_tests::redis::raw_command(port, None, a));
     let n = ns("f-scripts");
-    let reg = connect(&server.url()).await;
+    let reg = connect_redis(&server.url()).await;
     let mut watch = forward(reg.watch(&n).await.expect("watch"));
     let long = Duration::from_secs(60);
     let (a, b) = (record(&n, "a"), record(&n, "b"));
@@ -822,7 +810,7 @@ async fn a_lost_index_keeps_live_names_owned() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let reg = connect(&server.url()).await;
+    let reg = connect_redis(&server.url()).await;
     let n = ns("f-owned");
     let long = Duration::from_secs(60);
     let mut watch = forward(reg.watch(&n).await.expect("watch"));
@@ -894,13 +882,13 @@ async fn a_node_heartbeat_repairs_a_corrupted_index() {
     let ttl = Duration::from_millis(900);
     let node = masse::Node::builder("healer")
         .namespace("f-heal")
-        .registry(connect(&url).await)
+        .registry(connect_redis(&url).await)
         .interface(masse::TcpInterface::new("127.0.0.1:0"))
         .ttl(ttl)
         .start()
         .await
         .expect("start");
-    let reg = connect(&url).await;
+    let reg = connect_redis(&url).await;
     let index = format!("masse:{{{n}}}:index");
     server.command(&[b"DEL", index.as_bytes()]).expect("DEL");
     server
@@ -936,7 +924,7 @@ async fn a_watch_whose_stream_vanished_resyncs_once() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let reg = connect(&server.url()).await;
+    let reg = connect_redis(&server.url()).await;
     let n = ns("f-vanish");
     let events_key = format!("masse:{{{n}}}:events");
     let long = Duration::from_secs(60);
@@ -1072,7 +1060,7 @@ async fn a_replaced_stream_starts_above_the_old_one() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let reg = connect(&server.url()).await;
+    let reg = connect_redis(&server.url()).await;
     let n = ns("f-first-id");
     let events_key = format!("masse:{{{n}}}:events");
     let long = Duration::from_secs(60);
@@ -1109,7 +1097,7 @@ async fn restart_empty_recovers_publish_watch_and_sweep() {
     let Some(mut server) = RedisServer::start() else {
         return;
     };
-    let reg = connect(&server.url()).await;
+    let reg = connect_redis(&server.url()).await;
     let n = ns("f-restart");
     let mut watch = forward(reg.watch(&n).await.expect("watch"));
     let a = record(&n, "a");

@@ -20,20 +20,15 @@ use tokio::time::timeout;
 
 const STEP: Duration = Duration::from_secs(10);
 
-use masse_core::testkit::fixtures::{bind_ctx, connect_ctx, identity, init_tracing, record};
-
-async fn accept(listener: &mut Box<dyn Listener>) -> Accepted {
-    timeout(STEP, listener.accept())
-        .await
-        .expect("accept hung")
-        .expect("accept failed")
-}
+use masse_core::testkit::fixtures::{
+    accept_within, bind_ctx, connect_ctx, identity, init_tracing, record,
+};
 
 /// Sends one byte (which makes the stream visible), accepts it, echoes it.
 async fn open_and_echo(dialed: &mut BoxIo, listener: &mut Box<dyn Listener>) -> Accepted {
     dialed.write_all(b"x").await.unwrap();
     dialed.flush().await.unwrap();
-    let mut accepted = accept(listener).await;
+    let mut accepted = accept_within(listener, STEP).await;
     let mut b = [0u8; 1];
     timeout(STEP, accepted.io.read_exact(&mut b))
         .await

@@ -106,6 +106,7 @@ async fn two_thousand_concurrent_streams_to_one_peer_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_every_allowed_connection_full_a_connect_is_refused_as_busy_at_once() {
+    masse_core::testkit::fixtures::init_tracing();
     let reg = MemoryRegistry::new();
     let server = start(
         "echo",
@@ -161,7 +162,11 @@ async fn with_every_allowed_connection_full_a_connect_is_refused_as_busy_at_once
                 // Back-off of a retry until the credit is back.
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            Err(e) => panic!("stream {} of 16 again: {e:?}", reopened.len() + 1),
+            Err(e) => panic!(
+                "stream {} of 16 again: {e:?}; streams per connection {:?}",
+                reopened.len() + 1,
+                quic.pooled_streams()
+            ),
         }
     }
     assert_eq!(quic.pooled_streams(), vec![vec![8, 8]]);

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use masse_core::testkit::InterfaceConformance;
 use masse_core::{
-    Accepted, ConnectContext, DynInterface, Endpoint, Error, Identity, InstanceId, Interface,
-    Listener, Protocol,
+    ConnectContext, DynInterface, Endpoint, Error, Identity, InstanceId, Interface, Listener,
+    Protocol,
 };
 use masse_tcp::TlsInterface;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,16 +19,11 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::rustls;
 
-use masse_core::testkit::fixtures::{bind_ctx, connect_ctx, identity, init_tracing, record};
+use masse_core::testkit::fixtures::{
+    accept_within, bind_ctx, connect_ctx, identity, init_tracing, record,
+};
 
 const STEP: Duration = Duration::from_secs(10);
-
-async fn accept(listener: &mut Box<dyn Listener>) -> Accepted {
-    timeout(STEP, listener.accept())
-        .await
-        .expect("accept hung")
-        .expect("accept failed")
-}
 
 /// `client` dials the listener of `server` at `ep`, pinning its fingerprint.
 async fn dial(
@@ -99,14 +94,14 @@ async fn accepted_stream_reports_the_dialer_fingerprint() {
     let ep = listener.endpoints()[0].clone();
     assert_eq!(*ep.protocol(), Protocol::TLS);
     let mut dialed = dial(&tls, &ep, &server_id, &client_id).await;
-    let mut accepted = accept(&mut listener).await;
+    let mut accepted = accept_within(&mut listener, STEP).await;
     assert_eq!(accepted.peer_identity, Some(client_id.fingerprint()));
     assert!(accepted.remote_addr.is_some());
     echo_once(&mut dialed, &mut accepted.io).await;
 
     // A second dial (TLS session resumption) still reports the client.
     let mut dialed = dial(&tls, &ep, &server_id, &client_id).await;
-    let mut accepted = accept(&mut listener).await;
+    let mut accepted = accept_within(&mut listener, STEP).await;
     echo_once(&mut dialed, &mut accepted.io).await;
     assert_eq!(accepted.peer_identity, Some(client_id.fingerprint()));
 }
@@ -140,7 +135,7 @@ async fn wrong_fingerprint_is_unauthorized_and_the_listener_keeps_working() {
 
     // Nothing was accepted, and a correct dial still works.
     let mut dialed = dial(&tls, &ep, &server_id, &client_id).await;
-    let mut accepted = accept(&mut listener).await;
+    let mut accepted = accept_within(&mut listener, STEP).await;
     assert_eq!(accepted.peer_identity, Some(client_id.fingerprint()));
     echo_once(&mut dialed, &mut accepted.io).await;
 }
@@ -288,7 +283,7 @@ async fn client_without_certificate_is_refused() {
         .unwrap();
     s.write_all(b"x").await.unwrap();
     s.flush().await.unwrap();
-    let mut accepted = accept(&mut listener).await;
+    let mut accepted = accept_within(&mut listener, STEP).await;
     assert_eq!(accepted.peer_identity, Some(client_id.fingerprint()));
     let mut b = [0u8; 1];
     accepted.io.read_exact(&mut b).await.unwrap();
@@ -350,7 +345,7 @@ async fn silent_clients_do_not_stall_accept_and_time_out() {
     // A real dial is accepted at once regardless.
     let started = std::time::Instant::now();
     let mut dialed = dial(&tls, &ep, &server_id, &client_id).await;
-    let mut accepted = accept(&mut listener).await;
+    let mut accepted = accept_within(&mut listener, STEP).await;
     echo_once(&mut dialed, &mut accepted.io).await;
     assert!(
         started.elapsed() < Duration::from_millis(250),

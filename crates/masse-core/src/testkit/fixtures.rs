@@ -114,3 +114,16 @@ where
         Err(_) => panic!("nothing arrived within {within:?}"),
     }
 }
+
+/// The next stream `listener` accepts, within `within`; panics if it fails
+/// or hangs (a test fixture).
+pub async fn accept_within(
+    listener: &mut Box<dyn crate::Listener>,
+    within: std::time::Duration,
+) -> crate::Accepted {
+    match tokio::time::timeout(within, listener.accept()).await {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(e)) => panic!("accept failed: {e}"),
+        Err(_) => panic!("accept hung for {within:?}"),
+    }
+}
