@@ -52,6 +52,14 @@ pub async fn connect_redis(url: &str) -> masse_redis::RedisRegistry {
         .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
 }
 
+/// A SQL registry handle for `url` with `config`; panics, naming the URL,
+/// if it cannot connect (a test fixture).
+pub async fn connect_sql(url: &str, config: masse_sql::SqlConfig) -> masse_sql::SqlRegistry {
+    masse_sql::SqlRegistry::connect_with(url, config)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+}
+
 /// A builder for a node on loopback TCP, in `namespace`, on `registry`.
 pub fn node(name: &str, namespace: &str, registry: &MemoryRegistry) -> NodeBuilder {
     init_tracing();

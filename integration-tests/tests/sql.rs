@@ -15,7 +15,7 @@ use masse::{
 use masse_integration_tests::mariadb::MariaDbServer;
 use masse_integration_tests::postgres::PostgresServer;
 use masse_integration_tests::{
-    echo_forever, eventually, init_tracing, next_event, node_event, record,
+    connect_sql, echo_forever, eventually, init_tracing, next_event, node_event, record,
 };
 use masse_sql::{SqlConfig, SqlRegistry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -63,16 +63,10 @@ fn config() -> SqlConfig {
         .with_call_timeout(Duration::from_secs(2))
 }
 
-async fn connect(url: &str) -> SqlRegistry {
-    SqlRegistry::connect_with(url, config())
-        .await
-        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
-}
-
 /// Runs the suite; `reset_events` empties the event log and restarts its
 /// ids (as a restore from an old backup would), so that watchers resync.
 async fn conformance(url: String, reset_events: impl Fn() + Send + Sync + 'static) {
-    let raw = connect(&url).await;
+    let raw = connect_sql(&url, config()).await;
     let reset_events = Arc::new(reset_events);
     let started = Instant::now();
     RegistryConformance::new(move || {
@@ -137,14 +131,14 @@ async fn mariadb_conformance() {
     })
     .await;
     // The same server through the mariadb:// spelling.
-    let other = connect(&db.url().replacen("mysql://", "mariadb://", 1)).await;
+    let other = connect_sql(&db.url().replacen("mysql://", "mariadb://", 1), config()).await;
     assert_eq!(other.backend(), "mysql");
 }
 
 /// Garbage is skipped, a record from a newer writer (`version` 99, unknown
 /// fields) is read, and nothing panics.
 async fn unreadable_and_newer_records(url: String) {
-    let reg = connect(&url).await;
+    let reg = connect_sql(&url, config()).await;
     let ns: Namespace = "odd-records".parse().unwrap();
     let good = record(&"odd-records".parse().unwrap(), "good");
     reg.publish(&good, Duration::from_secs(60), NamePolicy::Takeover)
@@ -244,12 +238,18 @@ async fn outage_under_running_nodes(db: &mut impl Database, ns_name: &str) {
             .ttl(ttl)
     };
     let ns: Namespace = ns_name.parse().unwrap();
-    let observer = connect(&url).await;
+    let observer = connect_sql(&url, config()).await;
     let mut watch = observer.watch(&ns).await.unwrap();
 
-    let srv = build("srv", connect(&url).await).start().await.unwrap();
+    let srv = build("srv", connect_sql(&url, config()).await)
+        .start()
+        .await
+        .unwrap();
     echo_forever(&srv).await;
-    let cli = build("cli", connect(&url).await).start().await.unwrap();
+    let cli = build("cli", connect_sql(&url, config()).await)
+        .start()
+        .await
+        .unwrap();
     let mut ev = cli.events();
     let mut s = timeout(T, cli.connect("srv")).await.unwrap().unwrap(); // warms the cache
     s.write_all(b"a").await.unwrap();
@@ -296,7 +296,7 @@ async fn outage_under_running_nodes(db: &mut impl Database, ns_name: &str) {
     db.restart();
     // Someone comes and goes right after the restart, before the watcher's
     // poller has necessarily reconnected: the cursor must still catch it.
-    let other = connect(&url).await;
+    let other = connect_sql(&url, config()).await;
     let visitor = record(&ns_name.parse().unwrap(), "visitor");
     other
         .publish(&visitor, Duration::from_secs(60), NamePolicy::Exclusive)
@@ -501,7 +501,7 @@ async fn postgres_a_call_after_the_server_ended_the_session_succeeds() {
     let Some(pg) = PostgresServer::start() else {
         return;
     };
-    let writer = connect(&pg.url()).await;
+    let writer = connect_sql(&pg.url(), config()).await;
     let ns: Namespace = "ended".parse().unwrap();
     for round in 0..5 {
         let r = record(&"ended".parse().unwrap(), &format!("w-{round}"));

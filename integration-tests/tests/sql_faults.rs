@@ -18,7 +18,7 @@ use masse::{Error, Events, Namespace, Node, NodeEvent, Pattern, Registry};
 use masse_integration_tests::mariadb::MariaDbServer;
 use masse_integration_tests::postgres::PostgresServer;
 use masse_integration_tests::server::require_binary;
-use masse_integration_tests::{echo_forever, eventually, init_tracing, node_event};
+use masse_integration_tests::{connect_sql, echo_forever, eventually, init_tracing, node_event};
 use masse_sql::{SqlConfig, SqlRegistry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
@@ -36,16 +36,10 @@ fn config() -> SqlConfig {
         .with_busy_timeout(Duration::from_millis(300))
 }
 
-async fn connect(url: &str) -> SqlRegistry {
-    SqlRegistry::connect_with(url, config())
-        .await
-        .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
-}
-
 async fn start_node(name: &str, ns: &str, url: &str) -> Node {
     let node = Node::builder(name)
         .namespace(ns)
-        .registry(connect(url).await)
+        .registry(connect_sql(url, config()).await)
         .interface(masse::TcpInterface::new("127.0.0.1:0"))
         .ttl(TTL)
         .start()
@@ -111,7 +105,7 @@ fn kept_name<X>(e: &NodeEvent) -> Option<X> {
 /// Polls a fresh handle until both nodes' records, with their own
 /// instances, are readable.
 async fn both_published(url: &str, ns: &str, nodes: [&Node; 2]) {
-    let reg = connect(url).await;
+    let reg = connect_sql(url, config()).await;
     let ns: Namespace = ns.parse().unwrap();
     eventually(T, "both nodes published again", || async {
         let found = reg.lookup(&ns, &Pattern::any()).await?;
@@ -379,7 +373,7 @@ async fn sqlite_file_swapped(what: &str, ns_name: &str, swap: impl FnOnce(&Path)
     let a = start_node("alpha", ns_name, &url).await;
     let b = start_node("beta", ns_name, &url).await;
     let (mut ev_a, mut ev_b) = (a.events(), b.events());
-    let observer = connect(&url).await;
+    let observer = connect_sql(&url, config()).await;
     let mut watch = observer.watch(&ns).await.unwrap();
     dial(&a, "beta").await;
     dial(&b, "alpha").await;
@@ -601,7 +595,7 @@ const PAST: i64 = 1;
 /// rows are swept, without a bogus event.
 async fn bad_rows_next_to_good_ones(url: &str, raw: &dyn RawSql) {
     const NS: &str = "bad-rows";
-    let reg = connect(url).await;
+    let reg = connect_sql(url, config()).await;
     let ns: Namespace = NS.parse().unwrap();
     let good1 = start_node("good-1", NS, url).await;
     let good2 = start_node("good-2", NS, url).await;
@@ -772,7 +766,7 @@ async fn sqlite_bad_rows_next_to_good_ones() {
     let db = dir.join("reg.db");
     let url = format!("sqlite://{}", db.display());
     // The tables exist before the raw writes.
-    connect(&url).await;
+    connect_sql(&url, config()).await;
     bad_rows_next_to_good_ones(&url, &Sqlite3(db)).await;
 }
 
@@ -799,7 +793,7 @@ async fn sqlite_damaged_own_row_is_published_again() {
     tokio::task::block_in_place(|| {
         raw.sql("UPDATE masse_peers SET instance = X'00ff' WHERE name = 'alpha'")
     });
-    let reg = connect(&url).await;
+    let reg = connect_sql(&url, config()).await;
     let ns: Namespace = "damaged".parse().unwrap();
     eventually(T, "alpha published again", || async {
         let found = reg.lookup(&ns, &"alpha".parse().unwrap()).await.unwrap();
@@ -826,7 +820,7 @@ async fn postgres_bad_rows_next_to_good_ones() {
         return;
     };
     let url = pg.url();
-    connect(&url).await;
+    connect_sql(&url, config()).await;
     bad_rows_next_to_good_ones(&url, &pg).await;
 }
 
@@ -837,7 +831,7 @@ async fn mariadb_bad_rows_next_to_good_ones() {
         return;
     };
     let url = db.url();
-    connect(&url).await;
+    connect_sql(&url, config()).await;
     bad_rows_next_to_good_ones(&url, &db).await;
 }
 
@@ -893,7 +887,7 @@ async fn postgres_wrong_password_is_unauthorized() {
         "postgres://masse_pw_user:right-password@127.0.0.1:{}/postgres",
         pg.port()
     );
-    connect(&good).await;
+    connect_sql(&good, config()).await;
     for url in [
         good.replace("right-password", "wrong-password"),
         format!(

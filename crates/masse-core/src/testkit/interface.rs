@@ -271,7 +271,7 @@ impl Case {
     }
 
     /// Awaits `fut` within `limit`; fails the case on an error or a hang.
-    async fn step<T, E: fmt::Display>(
+    async fn step<T, E: std::error::Error + 'static>(
         &self,
         what: impl fmt::Display,
         limit: Duration,
@@ -284,16 +284,67 @@ impl Case {
     }
 }
 
+/// A failed step: what to tell, and whether the process ran out of file
+/// descriptors (worth a hint about `ulimit -n`).
+#[derive(Debug)]
+struct Failure {
+    msg: String,
+    out_of_fds: bool,
+}
+
+impl From<String> for Failure {
+    fn from(msg: String) -> Self {
+        Failure {
+            msg,
+            out_of_fds: false,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl From<Failure> for String {
+    fn from(f: Failure) -> Self {
+        f.msg
+    }
+}
+
+/// Whether `e`, or an error under it, is EMFILE or ENFILE (too many open
+/// files in the process or the system: 24 and 23 on Linux and the BSDs).
+fn out_of_fds(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let io = err
+            .downcast_ref::<std::io::Error>()
+            .or_else(|| err.downcast_ref::<Arc<std::io::Error>>().map(|a| &**a));
+        if io
+            .and_then(std::io::Error::raw_os_error)
+            .is_some_and(|code| code == 23 || code == 24)
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
 /// Awaits `fut` within `limit`, turning an error or a hang into a message.
-async fn within<T, E: fmt::Display>(
+async fn within<T, E: std::error::Error + 'static>(
     what: &impl fmt::Display,
     limit: Duration,
     fut: impl Future<Output = std::result::Result<T, E>>,
-) -> std::result::Result<T, String> {
+) -> std::result::Result<T, Failure> {
     match timeout(limit, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what} failed: {e}")),
-        Err(_) => Err(format!("{what} did not finish within {limit:?} (a hang)")),
+        Ok(Err(e)) => Err(Failure {
+            msg: format!("{what} failed: {e}"),
+            out_of_fds: out_of_fds(&e),
+        }),
+        Err(_) => Err(format!("{what} did not finish within {limit:?} (a hang)").into()),
     }
 }
 
@@ -577,7 +628,10 @@ impl Suite {
                 let data = random_bytes(seed, len);
                 checksum_dialer(&iface, &ep, &peer, &ctx, &data, limit)
                     .await
-                    .map_err(|e| format!("stream {i} ({len} bytes): {e}"))
+                    .map_err(|e| Failure {
+                        msg: format!("stream {i} ({len} bytes): {}", e.msg),
+                        ..e
+                    })
             });
         }
         drop(ready);
@@ -590,14 +644,12 @@ impl Suite {
             match res {
                 Ok(Ok(())) => ok += 1,
                 Ok(Err(e)) => failures.push(e),
-                Err(e) => failures.push(format!("a dialer task failed: {e}")),
+                Err(e) => failures.push(Failure::from(format!("a dialer task failed: {e}"))),
             }
         }
         if !failures.is_empty() {
-            let shown: Vec<_> = failures.iter().take(5).map(String::as_str).collect();
-            let out_of_fds = failures
-                .iter()
-                .any(|f| f.contains("Too many open files") || f.contains("os error 24"));
+            let shown: Vec<_> = failures.iter().take(5).map(|f| f.msg.as_str()).collect();
+            let out_of_fds = failures.iter().any(|f| f.out_of_fds);
             case.fail(format_args!(
                 "{} of {} streams failed, first ones: [{}]{}{}",
                 failures.len(),
@@ -745,7 +797,7 @@ async fn checksum_dialer(
     ctx: &ConnectContext,
     data: &[u8],
     limit: Duration,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), Failure> {
     let mut io = within(&"connect", limit, iface.connect(ep, peer, ctx)).await?;
     let sum = fnv1a(data);
     let mut frame = Vec::with_capacity(data.len() + 12);
@@ -755,17 +807,12 @@ async fn checksum_dialer(
     within(&"writing the payload", limit, io.write_all(&frame)).await?;
     let back = within(&"reading the echoed checksum", limit, io.read_u64()).await?;
     if back != sum {
-        return Err(format!(
-            "checksum came back as {back:016x}, expected {sum:016x}"
-        ));
+        return Err(format!("checksum came back as {back:016x}, expected {sum:016x}").into());
     }
     let mut rest = Vec::new();
     within(&"reading to EOF", limit, io.read_to_end(&mut rest)).await?;
     if !rest.is_empty() {
-        return Err(format!(
-            "{} unexpected bytes after the checksum",
-            rest.len()
-        ));
+        return Err(format!("{} unexpected bytes after the checksum", rest.len()).into());
     }
     within(&"closing", limit, io.shutdown()).await?;
     Ok(())
@@ -994,5 +1041,21 @@ mod tests {
         a.write_u64(1).await.unwrap();
         let err = server.await.unwrap().unwrap_err();
         assert!(err.contains("checksum"), "{err}");
+    }
+
+    #[test]
+    fn running_out_of_file_descriptors_is_found_under_any_context() {
+        let emfile = || std::io::Error::from_raw_os_error(24);
+        assert!(out_of_fds(&emfile()));
+        let dialed = crate::Error::io_context(emfile(), "connect to tcp://127.0.0.1:1").in_connect(
+            "peer",
+            None,
+            crate::ConnectStep::Transport,
+        );
+        assert!(out_of_fds(&dialed));
+        assert!(out_of_fds(&std::io::Error::from_raw_os_error(23)));
+        let refused =
+            crate::Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(!out_of_fds(&refused));
     }
 }
