@@ -444,6 +444,38 @@ impl RedisServer {
         raw_command(self.port, self.opts.password.as_deref(), args)
     }
 
+    /// The connections of watch readers: those whose last command was
+    /// `XREAD`, by client id.
+    pub fn watch_readers(&self) -> Vec<String> {
+        let list = match self.command(&[b"CLIENT", b"LIST"]) {
+            Ok(r) => r.text().unwrap_or_default(),
+            Err(e) => panic!("CLIENT LIST: {e}"),
+        };
+        list.lines()
+            .filter(|l| l.split(' ').any(|f| f == "cmd=xread"))
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Stops every watch reader where it is: the default user may no
+    /// longer `XREAD`, and the readers' connections are closed, so events
+    /// pile up (and may be trimmed or deleted) until
+    /// [`resume_watch_readers`](Self::resume_watch_readers).
+    pub fn stall_watch_readers(&self) {
+        let acl = self.command(&[b"ACL", b"SETUSER", b"default", b"-xread"]);
+        assert!(matches!(acl, Ok(Resp::Simple(_))), "ACL SETUSER: {acl:?}");
+        for id in self.watch_readers() {
+            let _ = self.command(&[b"CLIENT", b"KILL", b"ID", id.as_bytes()]);
+        }
+    }
+
+    /// Lets the watch readers read again.
+    pub fn resume_watch_readers(&self) {
+        let acl = self.command(&[b"ACL", b"SETUSER", b"default", b"+xread"]);
+        assert!(matches!(acl, Ok(Resp::Simple(_))), "ACL SETUSER: {acl:?}");
+    }
+
     /// The server's log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()

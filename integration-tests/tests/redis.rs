@@ -479,6 +479,64 @@ async fn watch_resumes_after_its_connection_is_killed() {
     );
 }
 
+/// The watch streams of one handle on one namespace share one reader (one
+/// connection, one `XREAD` per event); each gets exactly the events after
+/// its own `watch()`, and the reader stops with the last stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_of_one_handle_share_one_reader() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let reg = connect_redis(&server.url()).await;
+    let n = ns("t-share");
+    let mut first = reg.watch(&n).await.expect("watch");
+    let a = record(&n, "a");
+    reg.publish(&a, T, NamePolicy::Takeover)
+        .await
+        .expect("publish");
+    assert_eq!(next_event(&mut first, T).await, RegistryEvent::Joined(a));
+
+    let mut second = reg.watch(&n).await.expect("watch");
+    let b = record(&n, "b");
+    reg.publish(&b, T, NamePolicy::Takeover)
+        .await
+        .expect("publish");
+    assert_eq!(
+        next_event(&mut first, T).await,
+        RegistryEvent::Joined(b.clone())
+    );
+    // Not `a`, which came before its watch.
+    assert_eq!(next_event(&mut second, T).await, RegistryEvent::Joined(b));
+    eventually(T, "one reader for both streams", || async {
+        server.watch_readers().len() == 1
+    })
+    .await;
+
+    drop(first);
+    let c = record(&n, "c");
+    reg.publish(&c, T, NamePolicy::Takeover)
+        .await
+        .expect("publish");
+    assert_eq!(next_event(&mut second, T).await, RegistryEvent::Joined(c));
+
+    drop(second);
+    eventually(T, "the reader to stop with its last stream", || async {
+        server.watch_readers().is_empty()
+    })
+    .await;
+    // A new watch gets a new reader.
+    let mut third = reg.watch(&n).await.expect("watch");
+    let d = record(&n, "d");
+    reg.publish(&d, T, NamePolicy::Takeover)
+        .await
+        .expect("publish");
+    assert_eq!(next_event(&mut third, T).await, RegistryEvent::Joined(d));
+}
+
+/// A handle's reader that falls behind a trimmed event stream (here: it is
+/// stalled while 400 updates are published with `MAXLEN ~ 10`) tells its
+/// watchers `Resync`, then goes on with what is left, up to the latest
+/// update.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_behind_a_trimmed_stream_gets_resync() {
     let Some(server) = RedisServer::start() else {
@@ -490,6 +548,15 @@ async fn a_watcher_behind_a_trimmed_stream_gets_resync() {
     let n = ns("t-trim");
     let mut events = reg.watch(&n).await.expect("watch");
     let mut r = record(&n, "busy");
+    r.metadata.insert("round".into(), "start".into());
+    reg.publish(&r, T, NamePolicy::Takeover)
+        .await
+        .expect("publish");
+    assert!(matches!(
+        next_event(&mut events, T).await,
+        RegistryEvent::Joined(_)
+    ));
+    server.stall_watch_readers();
     for round in 0..400u32 {
         r.metadata.insert("round".into(), round.to_string());
         reg.publish(&r, T, NamePolicy::Takeover)
@@ -504,10 +571,11 @@ async fn a_watcher_behind_a_trimmed_stream_gets_resync() {
         len < 400,
         "the stream was trimmed (MAXLEN ~ 10): {len} entries"
     );
+    server.resume_watch_readers();
     assert_eq!(
         next_event(&mut events, T).await,
         RegistryEvent::Resync,
-        "the events the watcher had not read are gone"
+        "the events the reader had not read are gone"
     );
     // Then it goes on with what is left, up to the latest update.
     loop {

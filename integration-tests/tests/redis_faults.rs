@@ -974,6 +974,7 @@ async fn a_watch_whose_stream_vanished_resyncs_once() {
 
     // Deleted before a watcher read it: one Resync, then the next events.
     let mut lagging = reg.watch(&n).await.expect("watch");
+    server.stall_watch_readers();
     let e = record(&n, "e");
     reg.publish(&e, long, NamePolicy::Takeover)
         .await
@@ -989,6 +990,7 @@ async fn a_watch_whose_stream_vanished_resyncs_once() {
     reg.publish(&g, long, NamePolicy::Takeover)
         .await
         .expect("publish");
+    server.resume_watch_readers();
     let mut got = Vec::new();
     for _ in 0..3 {
         got.push(

@@ -90,6 +90,9 @@ pub(crate) struct Inner {
     sweeper: Mutex<Option<JoinHandle<()>>>,
     /// The malformed entries already logged.
     pub(crate) warned: masse_core::WarnOnce,
+    /// The reader of each watched namespace, shared by this handle's watch
+    /// streams of it.
+    pub(crate) hubs: crate::watch::Hubs,
 }
 
 impl Drop for Inner {
@@ -144,6 +147,7 @@ impl RedisRegistry {
             sweeper_id: InstanceId::random().to_string(),
             sweeper: Mutex::new(None),
             warned: masse_core::WarnOnce::new(),
+            hubs: crate::watch::Hubs::default(),
         });
         let task = tokio::spawn(sweeper(Arc::downgrade(&inner), inner.wake.clone()));
         *inner.sweeper.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);

@@ -6,14 +6,22 @@
 //! reconnect) means the server lost its data (a restart without
 //! persistence, a failover to a lagging replica). Either way it yields
 //! [`RegistryEvent::Resync`] so that the caller lists again.
+//!
+//! One reader ("hub") per handle and namespace runs the `XREAD` loop on one
+//! connection and fans the events out to every watch stream of that
+//! namespace on the handle, as masse-sql's hubs do: a thousand watch streams
+//! on twenty handles cost the server twenty reads per event, not a thousand.
+//! Each stream receives exactly the events whose `seq` is above the counter
+//! when its `watch()` returned.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::stream::BoxStream;
 use masse_core::{InstanceId, Namespace, PeerName, RegistryEvent, Result};
 use redis::Value;
+use tokio::sync::{Notify, mpsc};
 
 use crate::codec::decode_record;
 use crate::conn::Conn;
@@ -28,6 +36,62 @@ const READ_COUNT: usize = 512;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// Events a stream may have queued before it is marked lagging (it then
+/// gets `Resync` once there is room again, and the events in between are
+/// dropped).
+const STREAM_CAPACITY: usize = 4096;
+
+type EventTx = mpsc::Sender<Result<RegistryEvent>>;
+
+/// The hubs of one handle, by namespace.
+#[derive(Debug, Default)]
+pub(crate) struct Hubs(Mutex<HashMap<Namespace, Weak<Hub>>>);
+
+/// The reader of one namespace on one handle.
+#[derive(Debug)]
+struct Hub {
+    /// The streams it feeds. Locked across a new stream's position read,
+    /// so that no event the hub hands out falls between that read and the
+    /// stream's subscription (and the reader of a new hub starts at its
+    /// first stream's position).
+    state: Arc<tokio::sync::Mutex<HubState>>,
+    /// Told when a stream is dropped, so that the reader stops at once
+    /// after the last one.
+    left: Arc<Notify>,
+}
+
+#[derive(Debug, Default)]
+struct HubState {
+    subs: Vec<Sub>,
+    /// The reader stopped (its last stream was gone): a new watch makes a
+    /// new hub.
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Sub {
+    tx: EventTx,
+    /// The namespace's event counter when this stream's `watch()` returned:
+    /// it receives the events above it.
+    after: u64,
+    lagged: bool,
+}
+
+impl Sub {
+    fn send(&mut self, ev: RegistryEvent) {
+        if self.lagged {
+            match self.tx.try_send(Ok(RegistryEvent::Resync)) {
+                Ok(()) => self.lagged = false,
+                Err(_) => return,
+            }
+        }
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Ok(ev)) {
+            tracing::warn!("redis registry watcher is not keeping up; it will get a Resync");
+            self.lagged = true;
+        }
+    }
+}
+
 /// Starts a watch: the position is read before this returns, so every event
 /// after it is delivered.
 pub(crate) async fn watch(
@@ -36,28 +100,139 @@ pub(crate) async fn watch(
 ) -> Result<BoxStream<'static, Result<RegistryEvent>>> {
     inner.track(ns);
     let keys = NsKeys::new(ns);
+    let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
+    let (hub, mut state, fresh) = loop {
+        let found = {
+            let mut hubs = inner.hubs.0.lock().unwrap_or_else(|p| p.into_inner());
+            match hubs.get(ns).and_then(Weak::upgrade) {
+                Some(hub) => Ok(hub),
+                None => {
+                    let hub = Arc::new(Hub {
+                        state: Arc::new(tokio::sync::Mutex::new(HubState::default())),
+                        left: Arc::new(Notify::new()),
+                    });
+                    // Locked before anyone else can find it.
+                    let state = hub
+                        .state
+                        .clone()
+                        .try_lock_owned()
+                        .expect("a new hub is not locked");
+                    hubs.insert(ns.clone(), Arc::downgrade(&hub));
+                    Err((hub, state))
+                }
+            }
+        };
+        match found {
+            Ok(hub) => {
+                let state = hub.state.clone().lock_owned().await;
+                if !state.closed {
+                    break (hub, state, false);
+                }
+                // Its reader just stopped: make another.
+                let mut hubs = inner.hubs.0.lock().unwrap_or_else(|p| p.into_inner());
+                if hubs
+                    .get(ns)
+                    .is_some_and(|w| w.ptr_eq(&Arc::downgrade(&hub)))
+                {
+                    hubs.remove(ns);
+                }
+            }
+            Err((hub, state)) => break (hub, state, true),
+        }
+    };
     let mut conn = inner.conn.clone();
     let (seq, last_id) = position(&inner, &mut conn, &keys).await?;
-    tracing::debug!(namespace = %ns, seq, %last_id, "redis registry watch starts");
-    let watcher = Watcher {
-        inner,
-        ns: ns.clone(),
-        keys,
-        conn: None,
-        last_id,
-        seq,
-        pending: VecDeque::new(),
-        check_on_connect: false,
-        backoff: MIN_BACKOFF,
-        failing: false,
-    };
+    tracing::debug!(namespace = %ns, seq, %last_id, shared = !fresh, "redis registry watch starts");
+    state.subs.push(Sub {
+        tx,
+        after: seq,
+        lagged: false,
+    });
+    drop(state);
+    if fresh {
+        let watcher = Watcher {
+            inner,
+            ns: ns.clone(),
+            keys,
+            conn: None,
+            last_id,
+            seq,
+            pending: VecDeque::new(),
+            check_on_connect: false,
+            backoff: MIN_BACKOFF,
+            failing: false,
+        };
+        tokio::spawn(run(hub.clone(), watcher));
+    }
+    let guard = Left(hub.left.clone());
     Ok(Box::pin(futures::stream::unfold(
-        watcher,
-        |mut w| async move {
-            let ev = w.next().await;
-            Some((Ok(ev), w))
+        (rx, guard, hub),
+        |(mut rx, guard, hub)| async move {
+            let ev = rx.recv().await?;
+            Some((ev, (rx, guard, hub)))
         },
     )))
+}
+
+/// Tells the hub that a stream was dropped.
+struct Left(Arc<Notify>);
+
+impl Drop for Left {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
+}
+
+/// Reads for the hub's streams until the last one is dropped.
+async fn run(hub: Arc<Hub>, mut watcher: Watcher) {
+    let ns = watcher.ns.clone();
+    let inner = Arc::downgrade(&watcher.inner);
+    // The streams hold the hub; the reader holds it weakly, so the hub is
+    // gone (and a new watch makes a new one) once they all are.
+    let weak = Arc::downgrade(&hub);
+    let left = hub.left.clone();
+    drop(hub);
+    loop {
+        tokio::select! {
+            () = watcher.round() => {}
+            () = left.notified() => {}
+        }
+        let Some(hub) = weak.upgrade() else {
+            break;
+        };
+        let mut state = hub.state.lock().await;
+        let subs = &mut state.subs;
+        subs.retain(|s| !s.tx.is_closed());
+        while let Some((seq, ev)) = watcher.pending.pop_front() {
+            match seq {
+                // Lost events: everyone lists again, and takes what follows
+                // (after a server reset the counter starts over).
+                None => {
+                    for sub in subs.iter_mut() {
+                        sub.after = 0;
+                        sub.send(ev.clone());
+                    }
+                }
+                Some(seq) => {
+                    for sub in subs.iter_mut().filter(|s| seq > s.after) {
+                        sub.send(ev.clone());
+                    }
+                }
+            }
+        }
+        if subs.is_empty() {
+            state.closed = true;
+            break;
+        }
+    }
+    // A watch that made a new hub meanwhile keeps it; only ours is removed.
+    if let Some(inner) = inner.upgrade() {
+        let mut hubs = inner.hubs.0.lock().unwrap_or_else(|p| p.into_inner());
+        if hubs.get(&ns).is_some_and(|w| w.strong_count() == 0) {
+            hubs.remove(&ns);
+        }
+    }
+    tracing::debug!(namespace = %ns, "last redis registry watch gone; its reader stops");
 }
 
 /// `(seq, last id)` of the namespace's stream, read atomically.
@@ -87,7 +262,9 @@ struct Watcher {
     last_id: String,
     /// The `seq` of the last event read.
     seq: u64,
-    pending: VecDeque<RegistryEvent>,
+    /// Events read and not yet handed out, with their `seq` (`None` for
+    /// the `Resync` of lost events).
+    pending: VecDeque<(Option<u64>, RegistryEvent)>,
     /// After a reconnect: compare the server's counter with ours first.
     check_on_connect: bool,
     backoff: Duration,
@@ -95,28 +272,25 @@ struct Watcher {
 }
 
 impl Watcher {
-    /// The next event; waits (reconnecting as needed) until there is one.
-    async fn next(&mut self) -> RegistryEvent {
-        loop {
-            if let Some(ev) = self.pending.pop_front() {
-                return ev;
-            }
-            if let Err(e) = self.read().await {
-                self.conn = None;
-                self.check_on_connect = true;
-                if !self.failing {
-                    self.failing = true;
-                    if e.is_transient() {
-                        tracing::warn!(namespace = %self.ns, error = %e, "redis registry watch lost its connection; reconnecting and resuming");
-                    } else {
-                        tracing::warn!(namespace = %self.ns, key = %self.keys.events, error = %e, "redis registry watch cannot read the event stream; retrying until it is repaired");
-                    }
+    /// One round: one read (reconnecting as needed), or one back-off after
+    /// a failure. What it read is in `pending`. Cancel-safe: a round dropped
+    /// half-way loses nothing, as the position moves only with a reply.
+    async fn round(&mut self) {
+        if let Err(e) = self.read().await {
+            self.conn = None;
+            self.check_on_connect = true;
+            if !self.failing {
+                self.failing = true;
+                if e.is_transient() {
+                    tracing::warn!(namespace = %self.ns, error = %e, "redis registry watch lost its connection; reconnecting and resuming");
                 } else {
-                    tracing::debug!(namespace = %self.ns, error = %e, retry_in = ?self.backoff, "redis registry watch still failing");
+                    tracing::warn!(namespace = %self.ns, key = %self.keys.events, error = %e, "redis registry watch cannot read the event stream; retrying until it is repaired");
                 }
-                tokio::time::sleep(self.backoff).await;
-                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            } else {
+                tracing::debug!(namespace = %self.ns, error = %e, retry_in = ?self.backoff, "redis registry watch still failing");
             }
+            tokio::time::sleep(self.backoff).await;
+            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         }
     }
 
@@ -130,7 +304,7 @@ impl Watcher {
                     let (seq, last_id) = position(&self.inner, &mut c, &self.keys).await?;
                     if seq < self.seq {
                         tracing::warn!(namespace = %self.ns, ours = self.seq, server = seq, "redis registry lost its events (restart without persistence?); resync");
-                        self.pending.push_back(RegistryEvent::Resync);
+                        self.pending.push_back((None, RegistryEvent::Resync));
                         self.seq = seq;
                         self.last_id = last_id;
                     }
@@ -189,11 +363,11 @@ impl Watcher {
         };
         if seq != self.seq + 1 {
             tracing::warn!(namespace = %self.ns, expected = self.seq + 1, got = seq, "redis registry: events were lost (stream trimmed or server reset); resync");
-            self.pending.push_back(RegistryEvent::Resync);
+            self.pending.push_back((None, RegistryEvent::Resync));
         }
         self.seq = seq;
         match decode_event(&self.ns, &fields) {
-            Ok(ev) => self.pending.push_back(ev),
+            Ok(ev) => self.pending.push_back((Some(seq), ev)),
             Err(why) => warn_once!(
                 self.inner.warned,
                 &self.keys.events,
