@@ -434,6 +434,10 @@ async fn watchers(
     drop(tx);
     let watchers = WATCH_HANDLES * WATCH_STREAMS;
     let mut latencies = Vec::with_capacity(watchers * probes);
+    // The same, counted from the moment the publish returned (the server
+    // had committed it): what the watch path itself adds.
+    let mut after_commit = Vec::with_capacity(watchers * probes);
+    let mut publishes = Vec::with_capacity(probes);
     let mut missed = 0;
     for k in 0..probes {
         let r = record(&ns, &format!("probe-{k}"))?;
@@ -441,6 +445,8 @@ async fn watchers(
         publisher
             .publish(&r, LONG_TTL, NamePolicy::Takeover)
             .await?;
+        let committed = Instant::now();
+        publishes.push(millis(committed - sent));
         let deadline = sent + ARRIVAL_DEADLINE;
         let mut got = 0;
         while got < watchers {
@@ -448,6 +454,7 @@ async fn watchers(
                 Ok(Some((j, at))) if j == k => {
                     got += 1;
                     latencies.push(millis(at.saturating_duration_since(sent)));
+                    after_commit.push(millis(at.saturating_duration_since(committed)));
                 }
                 // A probe that came after its deadline: counted missed.
                 Ok(Some(_)) => {}
@@ -484,6 +491,24 @@ async fn watchers(
             missed as f64,
             0,
             "events",
+        ),
+        Figure::new(
+            format!("scale_watchers_{b}_publish_p50"),
+            percentile(&publishes, 50.0),
+            2,
+            "ms",
+        ),
+        Figure::new(
+            format!("scale_watchers_{b}_publish_max"),
+            percentile(&publishes, 100.0),
+            2,
+            "ms",
+        ),
+        Figure::new(
+            format!("scale_watchers_{b}_after_commit_p99"),
+            percentile(&after_commit, 99.0),
+            2,
+            "ms",
         ),
     ])
 }
