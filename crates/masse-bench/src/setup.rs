@@ -8,6 +8,10 @@
 //!   TLS 1.3 session resumption skips the certificates.
 //! - `quic`: a fresh `QuicInterface` per sample: a new UDP socket and a full
 //!   QUIC handshake.
+//! - `quic_long_lived`: one `QuicInterface` for all samples, as a running
+//!   node has, dialing a peer it has no connection to yet (a fresh server
+//!   per sample, started outside the timing): a full QUIC handshake from the
+//!   interface's existing socket. Compare with `quic_raw`.
 //! - `quic_raw`: a new raw quinn connection from one long-lived endpoint,
 //!   same configuration: the QUIC handshake without the new socket.
 //! - `quic_raw_new_socket`: the same from a new quinn client endpoint (new
@@ -111,18 +115,31 @@ async fn bench(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError
         .await
     };
 
-    let mut samples: [Vec<f64>; 6] = Default::default();
+    let long_lived = QuicInterface::new("127.0.0.1:0");
+    let quic_long_lived = async || {
+        let server = QuicInterface::new("127.0.0.1:0");
+        let listener = server.bind(&peers.bind_ctx()?).await?;
+        let record = peers.record(listener.endpoints().first().cloned().ok_or("no endpoint")?)?;
+        let task = echo_accepted(listener);
+        let ep = record.endpoints[0].clone();
+        let took = timed_echo(async { boxed(long_lived.connect(&ep, &record, &ctx).await) }).await;
+        task.abort();
+        took
+    };
+
+    let mut samples: [Vec<f64>; 7] = Default::default();
     for i in 0..warmup + iterations {
-        let mut taken = [0.0; 6];
-        for k in 0..6 {
-            let which = (i + k) % 6;
+        let mut taken = [0.0; 7];
+        for k in 0..7 {
+            let which = (i + k) % 7;
             let d = match which {
                 0 => raw_connect_echo(tcp_addr).await?,
                 1 => tls_full().await?,
                 2 => tls_resumed().await?,
                 3 => quic().await?,
                 4 => quic_raw().await?,
-                _ => quic_raw_new_socket().await?,
+                5 => quic_raw_new_socket().await?,
+                _ => quic_long_lived().await?,
             };
             taken[which] = micros(d);
         }
@@ -136,7 +153,15 @@ async fn bench(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError
     tls_task.abort();
     quic_task.abort();
     quinn_task.abort();
-    let [tcp, tls, tls_resumed, quic, quic_raw, quic_raw_new_socket] = samples;
+    let [
+        tcp,
+        tls,
+        tls_resumed,
+        quic,
+        quic_raw,
+        quic_raw_new_socket,
+        quic_long_lived,
+    ] = samples;
     Ok(vec![
         Figure::new("setup_tcp_p50", percentile(&tcp, 50.0), 1, "us"),
         Figure::new("setup_tls_p50", percentile(&tls, 50.0), 1, "us"),
@@ -153,6 +178,18 @@ async fn bench(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError
             percentile(&quic_raw_new_socket, 50.0),
             1,
             "us",
+        ),
+        Figure::new(
+            "setup_quic_long_lived_p50",
+            percentile(&quic_long_lived, 50.0),
+            1,
+            "us",
+        ),
+        Figure::new(
+            "setup_quic_long_lived_vs_raw",
+            percentile(&quic_long_lived, 50.0) / percentile(&quic_raw, 50.0),
+            2,
+            "x",
         ),
     ])
 }
