@@ -490,6 +490,62 @@ async fn postgres_watchers_poll_while_the_listener_is_cut() {
     .await;
 }
 
+/// A handle at rest looks for expired records every poll, and that look
+/// goes through the `expires_at` index: with 50 000 live names it must not
+/// read the whole table (it did: 80-140 ms a look at 100 000 names, on
+/// every handle, at every poll).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_expiry_probe_uses_the_index() {
+    init_tracing();
+    let Some(pg) = PostgresServer::start() else {
+        return;
+    };
+    let reg = connect_sql(&pg.url(), config()).await;
+    // The schema exists once a handle connected; fill it directly.
+    pg.psql(
+        "INSERT INTO masse_peers (namespace, name, instance, record, expires_at) \
+         SELECT 'crowd', 'n' || i, 'x', '{}', 9000000000000 FROM generate_series(1, 50000) i",
+    );
+    pg.psql("ANALYZE masse_peers");
+    let mut watch = reg.watch(&"quiet".parse().unwrap()).await.unwrap();
+    let seq_scans = || {
+        pg.psql("SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'masse_peers'")
+            .trim()
+            .parse::<i64>()
+            .expect("seq_scan count")
+    };
+    let expiry_lookups = || {
+        pg.psql(
+            "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = 'masse_peers_expires'",
+        )
+        .trim()
+        .parse::<i64>()
+        .expect("idx_scan count")
+    };
+    // Statistics reach pg_stat_* within about a second, and the probe runs
+    // at every poll (100 ms here): once its index scans show, what the
+    // handle did at connect is counted too.
+    let lookups = expiry_lookups();
+    eventually(
+        T,
+        "the expiry probe to show in the index statistics",
+        || async { expiry_lookups() > lookups },
+    )
+    .await;
+    let (scans, lookups) = (seq_scans(), expiry_lookups());
+    eventually(T, "five more expiry probes", || async {
+        expiry_lookups() >= lookups + 5
+    })
+    .await;
+    assert_eq!(seq_scans(), scans, "a poll read all of masse_peers");
+    assert!(
+        timeout(Duration::from_millis(10), watch.next())
+            .await
+            .is_err(),
+        "no event for a quiet namespace"
+    );
+}
+
 /// A session the server ends under an idle handle (an administrator's
 /// `pg_terminate_backend`, a failover's shutdown) costs the next call
 /// nothing: it sees the error on the dead connection and runs once more on

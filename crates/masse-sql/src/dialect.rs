@@ -92,8 +92,12 @@ impl Dialect for sqlx::Postgres {
     const BACKEND: &'static str = "postgres";
     // The listening connection doubles as the lane.
     type Link = sqlx::postgres::PgListener;
-    // clock_timestamp(), not now(): the latter is frozen at transaction start.
-    const NOW: &'static str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
+    // clock_timestamp(), not now(): the latter is frozen at transaction
+    // start. In a scalar subquery, because clock_timestamp() is volatile:
+    // compared with a column directly it is evaluated for every row and no
+    // index can serve the comparison; the subquery is evaluated once per
+    // statement, and `expires_at <= (...)` can use the index.
+    const NOW: &'static str = "(SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT)";
     const FOR_UPDATE: &'static str = " FOR UPDATE";
     const BEGIN: &'static str = "BEGIN";
     const NOTIFY: Option<&'static str> = Some("SELECT pg_notify($1, $2)");
@@ -245,8 +249,13 @@ pub(crate) mod templates {
          WHERE namespace = $1 AND name >= $2 AND name < $3 AND expires_at > {now} ORDER BY name";
     pub(crate) const LOOKUP_ALL: &str = "SELECT name, record, expires_at - {now} FROM masse_peers \
          WHERE namespace = $1 AND expires_at > {now} ORDER BY name";
+    // Ordered by the indexed column, so that every database walks the
+    // `expires_at` index from its start and stops at once: without the
+    // order, PostgreSQL guesses a third of the rows match and reads the
+    // whole table looking for one (80-140 ms a look at 100 000 names, on
+    // every handle, every poll).
     pub(crate) const PROBE_EXPIRED: &str =
-        "SELECT expires_at FROM masse_peers WHERE expires_at <= {now} LIMIT 1";
+        "SELECT expires_at FROM masse_peers WHERE expires_at <= {now} ORDER BY expires_at LIMIT 1";
     pub(crate) const SELECT_EXPIRED: &str = "SELECT namespace, name, instance FROM masse_peers \
          WHERE expires_at <= $1 ORDER BY namespace, name LIMIT $2{lock}";
     pub(crate) const DELETE_EXPIRED: &str = "DELETE FROM masse_peers \
