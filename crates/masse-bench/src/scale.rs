@@ -160,7 +160,8 @@ pub(crate) fn run(mode: Mode) -> Result<Vec<Figure>, BoxError> {
     let sizes = Sizes::of(mode);
     println!(
         "# scale: postgres with its default durability (fsync on), mariadb with \
-         innodb_flush_log_at_trx_commit=1 (its default); redis without persistence"
+         innodb_flush_log_at_trx_commit=1 and a 128 MiB buffer pool (its defaults); \
+         redis without persistence"
     );
     if let Some(limit) = open_files_limit()
         && limit < (sizes.redis_nodes as u64) * 4 + 512
