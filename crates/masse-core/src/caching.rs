@@ -865,7 +865,7 @@ impl<R: Registry> CachingRegistry<R> {
     /// backend is reachable.
     ///
     /// A subscription that falls more than 1 024 events behind gets
-    /// [`RecvError::Lagged`](RecvError::Lagged): list the
+    /// [`RecvError::Lagged`]: list the
     /// namespace again to catch up. It holds no memory while no event waits
     /// for it.
     pub async fn subscribe(&self, ns: &Namespace) -> Subscription<RegistryEvent> {
