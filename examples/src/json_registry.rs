@@ -393,12 +393,7 @@ impl Registry for JsonFileRegistry {
     }
 
     async fn lookup(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<PeerRecord>> {
-        Ok(self
-            .leases(ns, pattern)
-            .await?
-            .into_iter()
-            .map(|l| l.record)
-            .collect())
+        Ok(Lease::into_records(self.leases(ns, pattern).await?))
     }
 
     /// The time left is `expires_at_ms` minus this process's wall clock.

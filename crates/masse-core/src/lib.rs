@@ -57,7 +57,7 @@ pub use node::{
 pub use pattern::Pattern;
 pub use record::{Fingerprint, InstanceId, PeerRecord, now_millis};
 pub use redact::redact;
-pub use registry::{DynRegistry, NamePolicy, Registry, RegistryEvent};
+pub use registry::{DynRegistry, NamePolicy, Registry, RegistryEvent, WatchSender};
 pub use warn_once::WarnOnce;
 pub use wrapper::{Direction, DynWrapper, StreamContext, Wrapper};
 pub use wrappers::{Latency, MeterSnapshot, Metered};

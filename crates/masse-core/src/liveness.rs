@@ -35,6 +35,13 @@ impl Lease {
         Lease { record, expires_in }
     }
 
+    /// The records of `leases`, in their order: a backend's
+    /// [`Registry::lookup`](crate::Registry::lookup) from its
+    /// [`lookup_leases`](crate::Registry::lookup_leases).
+    pub fn into_records(leases: impl IntoIterator<Item = Lease>) -> Vec<PeerRecord> {
+        leases.into_iter().map(|lease| lease.record).collect()
+    }
+
     /// The TTL the peer publishes with ([`PeerRecord::ttl_ms`]).
     pub fn ttl(&self) -> Option<Duration> {
         self.record.ttl_ms.map(Duration::from_millis)

@@ -216,3 +216,83 @@ forward_registry!(Box);
 
 /// A registry chosen at run time.
 pub type DynRegistry = Arc<dyn Registry>;
+
+/// The sending end of one watch stream fed by a backend's shared reader:
+/// one reader per namespace that fans its events out to every watch stream
+/// of that namespace on the handle (as masse-redis and masse-sql do).
+///
+/// A stream holds up to its capacity of unread events. One that falls that
+/// far behind is marked lagging: the events meanwhile are dropped (the
+/// reader never waits for it), and once it has room again it gets one
+/// [`RegistryEvent::Resync`] before the next event, so that its caller lists
+/// again.
+#[derive(Debug)]
+pub struct WatchSender {
+    tx: tokio::sync::mpsc::Sender<Result<RegistryEvent>>,
+    lagged: bool,
+}
+
+impl WatchSender {
+    /// A sender and the receiving end of the stream it feeds, which holds
+    /// up to `capacity` events (at least one).
+    pub fn channel(
+        capacity: usize,
+    ) -> (
+        WatchSender,
+        tokio::sync::mpsc::Receiver<Result<RegistryEvent>>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+        (WatchSender { tx, lagged: false }, rx)
+    }
+
+    /// Queues `event` without waiting (see the type's docs for a stream
+    /// that lags).
+    pub fn send(&mut self, event: RegistryEvent) {
+        use tokio::sync::mpsc::error::TrySendError;
+        if self.lagged {
+            match self.tx.try_send(Ok(RegistryEvent::Resync)) {
+                Ok(()) => self.lagged = false,
+                Err(_) => return,
+            }
+        }
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Ok(event)) {
+            tracing::warn!("a registry watch stream is not keeping up; it will get a Resync");
+            self.lagged = true;
+        }
+    }
+
+    /// True once the stream was dropped: the reader can forget it.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+#[cfg(test)]
+mod watch_sender_tests {
+    use super::*;
+
+    fn left(i: u32) -> RegistryEvent {
+        RegistryEvent::Left {
+            name: format!("p{i}").parse().unwrap(),
+            instance: InstanceId::random(),
+        }
+    }
+
+    #[test]
+    fn a_stream_that_lags_gets_one_resync_then_the_newer_events() {
+        let (mut tx, mut rx) = WatchSender::channel(2);
+        let (a, b, c, d) = (left(1), left(2), left(3), left(4));
+        tx.send(a.clone());
+        tx.send(b.clone());
+        tx.send(c); // full: dropped, and the stream lags
+        assert_eq!(rx.try_recv().unwrap().unwrap(), a);
+        assert_eq!(rx.try_recv().unwrap().unwrap(), b);
+        tx.send(d.clone());
+        assert_eq!(rx.try_recv().unwrap().unwrap(), RegistryEvent::Resync);
+        assert_eq!(rx.try_recv().unwrap().unwrap(), d);
+        assert!(rx.try_recv().is_err());
+        assert!(!tx.is_closed());
+        drop(rx);
+        assert!(tx.is_closed());
+    }
+}

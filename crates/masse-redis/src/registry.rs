@@ -612,12 +612,7 @@ impl Registry for RedisRegistry {
     }
 
     async fn lookup(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<PeerRecord>> {
-        Ok(self
-            .leases(ns, pattern)
-            .await?
-            .into_iter()
-            .map(|lease| lease.record)
-            .collect())
+        Ok(Lease::into_records(self.leases(ns, pattern).await?))
     }
 
     /// The time left is the record's `expires` (ms, in its hash, in step

@@ -19,9 +19,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use futures::stream::BoxStream;
-use masse_core::{InstanceId, Namespace, PeerName, RegistryEvent, Result};
+use masse_core::{InstanceId, Namespace, PeerName, RegistryEvent, Result, WatchSender};
 use redis::Value;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::codec::decode_record;
 use crate::conn::Conn;
@@ -40,8 +40,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// gets `Resync` once there is room again, and the events in between are
 /// dropped).
 const STREAM_CAPACITY: usize = 4096;
-
-type EventTx = mpsc::Sender<Result<RegistryEvent>>;
 
 /// The hubs of one handle, by namespace.
 #[derive(Debug, Default)]
@@ -70,26 +68,10 @@ struct HubState {
 
 #[derive(Debug)]
 struct Sub {
-    tx: EventTx,
+    tx: WatchSender,
     /// The namespace's event counter when this stream's `watch()` returned:
     /// it receives the events above it.
     after: u64,
-    lagged: bool,
-}
-
-impl Sub {
-    fn send(&mut self, ev: RegistryEvent) {
-        if self.lagged {
-            match self.tx.try_send(Ok(RegistryEvent::Resync)) {
-                Ok(()) => self.lagged = false,
-                Err(_) => return,
-            }
-        }
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Ok(ev)) {
-            tracing::warn!("redis registry watcher is not keeping up; it will get a Resync");
-            self.lagged = true;
-        }
-    }
 }
 
 /// Starts a watch: the position is read before this returns, so every event
@@ -100,7 +82,7 @@ pub(crate) async fn watch(
 ) -> Result<BoxStream<'static, Result<RegistryEvent>>> {
     inner.track(ns);
     let keys = NsKeys::new(ns);
-    let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
+    let (tx, rx) = WatchSender::channel(STREAM_CAPACITY);
     let (hub, mut state, fresh) = loop {
         let found = {
             let mut hubs = inner.hubs.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -143,11 +125,7 @@ pub(crate) async fn watch(
     let mut conn = inner.conn.clone();
     let (seq, last_id) = position(&inner, &mut conn, &keys).await?;
     tracing::debug!(namespace = %ns, seq, %last_id, shared = !fresh, "redis registry watch starts");
-    state.subs.push(Sub {
-        tx,
-        after: seq,
-        lagged: false,
-    });
+    state.subs.push(Sub { tx, after: seq });
     drop(state);
     if fresh {
         let watcher = Watcher {
@@ -210,12 +188,12 @@ async fn run(hub: Arc<Hub>, mut watcher: Watcher) {
                 None => {
                     for sub in subs.iter_mut() {
                         sub.after = 0;
-                        sub.send(ev.clone());
+                        sub.tx.send(ev.clone());
                     }
                 }
                 Some(seq) => {
                     for sub in subs.iter_mut().filter(|s| seq > s.after) {
-                        sub.send(ev.clone());
+                        sub.tx.send(ev.clone());
                     }
                 }
             }

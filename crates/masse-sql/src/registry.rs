@@ -12,9 +12,9 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use masse_core::{
     Error, InstanceId, Lease, NamePolicy, Namespace, Pattern, PeerName, PeerRecord, Registry,
-    RegistryEvent, Result,
+    RegistryEvent, Result, WatchSender,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::address::{open, redact, scheme};
 use crate::codec;
@@ -454,12 +454,7 @@ impl Registry for SqlRegistry {
     }
 
     async fn lookup(&self, ns: &Namespace, pattern: &Pattern) -> Result<Vec<PeerRecord>> {
-        Ok(self
-            .leases(ns, pattern)
-            .await?
-            .into_iter()
-            .map(|lease| lease.record)
-            .collect())
+        Ok(Lease::into_records(self.leases(ns, pattern).await?))
     }
 
     /// The time left is the row's `expires_at` minus the database's clock
@@ -469,7 +464,7 @@ impl Registry for SqlRegistry {
     }
 
     async fn watch(&self, ns: &Namespace) -> Result<BoxStream<'static, Result<RegistryEvent>>> {
-        let (tx, mut rx) = mpsc::channel(STREAM_CAPACITY);
+        let (tx, mut rx) = WatchSender::channel(STREAM_CAPACITY);
         loop {
             let hub = self.inner.hub(ns);
             let mut st = hub.state.lock().await;

@@ -11,8 +11,8 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use masse_core::{Namespace, RegistryEvent, Result};
-use tokio::sync::{Mutex, Notify, mpsc, watch};
+use masse_core::{Namespace, RegistryEvent, WatchSender};
+use tokio::sync::{Mutex, Notify, watch};
 
 use crate::codec;
 use crate::dialect::EVENT_BATCH;
@@ -23,8 +23,6 @@ use crate::store::{Backend, RawEvent};
 /// Events a stream may have queued before it is marked lagging (it then gets
 /// `Resync` once there is room again, and the events in between are dropped).
 pub(crate) const STREAM_CAPACITY: usize = 4096;
-
-pub(crate) type EventTx = mpsc::Sender<Result<RegistryEvent>>;
 
 /// The poller of one namespace on one handle.
 #[derive(Debug)]
@@ -51,10 +49,9 @@ pub(crate) struct HubState {
 
 #[derive(Debug)]
 pub(crate) struct Sub {
-    tx: EventTx,
+    tx: WatchSender,
     /// The newest event id when this stream's `watch()` returned.
     after: i64,
-    lagged: bool,
 }
 
 impl Hub {
@@ -69,30 +66,11 @@ impl Hub {
 
 impl HubState {
     /// Adds a stream that receives the events after `head`.
-    pub(crate) fn subscribe(&mut self, tx: EventTx, head: i64) {
+    pub(crate) fn subscribe(&mut self, tx: WatchSender, head: i64) {
         if self.cursor.is_none() {
             self.cursor = Some(head);
         }
-        self.subs.push(Sub {
-            tx,
-            after: head,
-            lagged: false,
-        });
-    }
-}
-
-impl Sub {
-    fn send(&mut self, ev: RegistryEvent) {
-        if self.lagged {
-            match self.tx.try_send(Ok(RegistryEvent::Resync)) {
-                Ok(()) => self.lagged = false,
-                Err(_) => return,
-            }
-        }
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Ok(ev)) {
-            tracing::warn!("registry watcher is not keeping up; it will get a Resync");
-            self.lagged = true;
-        }
+        self.subs.push(Sub { tx, after: head });
     }
 }
 
@@ -157,7 +135,7 @@ async fn poll(ns: &Namespace, st: &mut HubState, backend: &dyn Backend) -> Resul
         st.cursor = Some(head);
         for sub in &mut st.subs {
             sub.after = head;
-            sub.send(RegistryEvent::Resync);
+            sub.tx.send(RegistryEvent::Resync);
         }
         return Ok(());
     }
@@ -167,7 +145,7 @@ async fn poll(ns: &Namespace, st: &mut HubState, backend: &dyn Backend) -> Resul
         st.cursor = Some(head);
         for sub in &mut st.subs {
             sub.after = head;
-            sub.send(RegistryEvent::Resync);
+            sub.tx.send(RegistryEvent::Resync);
         }
         return Ok(());
     }
@@ -201,11 +179,11 @@ async fn poll(ns: &Namespace, st: &mut HubState, backend: &dyn Backend) -> Resul
     for sub in &mut st.subs {
         if pruned > cursor.max(sub.after) {
             tracing::warn!(namespace = %ns, cursor = cursor.max(sub.after), pruned, "events were pruned before this watcher read them; Resync");
-            sub.send(RegistryEvent::Resync);
+            sub.tx.send(RegistryEvent::Resync);
         }
         for (id, ev) in &events {
             if *id > sub.after {
-                sub.send(ev.clone());
+                sub.tx.send(ev.clone());
             }
         }
     }
