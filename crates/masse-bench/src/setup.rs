@@ -11,7 +11,12 @@
 //! - `quic_long_lived`: one `QuicInterface` for all samples, as a running
 //!   node has, dialing a peer it has no connection to yet (a fresh server
 //!   per sample, started outside the timing): a full QUIC handshake from the
-//!   interface's existing socket. Compare with `quic_raw`.
+//!   interface's existing socket.
+//! - `quic_raw_fresh_server`: the same with raw quinn, from one long-lived
+//!   client endpoint to a fresh raw quinn server per sample: the baseline
+//!   of `quic_long_lived`. (Against the one long-lived server of `quic_raw`
+//!   a client resumes its TLS session and meets a warm endpoint, which a
+//!   peer dialed for the first time cannot offer.)
 //! - `quic_raw`: a new raw quinn connection from one long-lived endpoint,
 //!   same configuration: the QUIC handshake without the new socket.
 //! - `quic_raw_new_socket`: the same from a new quinn client endpoint (new
@@ -127,11 +132,27 @@ async fn bench(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError
         took
     };
 
-    let mut samples: [Vec<f64>; 7] = Default::default();
+    let quic_raw_fresh_server = async || {
+        let server = peers.quinn_server()?;
+        let addr = server.local_addr()?;
+        let task = echo_quinn(server);
+        let took = timed_echo(async {
+            let conn = quinn_client
+                .connect_with(quinn_config.clone(), addr, "masse")?
+                .await?;
+            let (send, recv) = conn.open_bi().await?;
+            Ok::<_, BoxError>(tokio::io::join(recv, send))
+        })
+        .await;
+        task.abort();
+        took
+    };
+
+    let mut samples: [Vec<f64>; 8] = Default::default();
     for i in 0..warmup + iterations {
-        let mut taken = [0.0; 7];
-        for k in 0..7 {
-            let which = (i + k) % 7;
+        let mut taken = [0.0; 8];
+        for k in 0..8 {
+            let which = (i + k) % 8;
             let d = match which {
                 0 => raw_connect_echo(tcp_addr).await?,
                 1 => tls_full().await?,
@@ -139,7 +160,8 @@ async fn bench(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError
                 3 => quic().await?,
                 4 => quic_raw().await?,
                 5 => quic_raw_new_socket().await?,
-                _ => quic_long_lived().await?,
+                6 => quic_long_lived().await?,
+                _ => quic_raw_fresh_server().await?,
             };
             taken[which] = micros(d);
         }
@@ -161,6 +183,7 @@ async fn bench(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError
         quic_raw,
         quic_raw_new_socket,
         quic_long_lived,
+        quic_raw_fresh_server,
     ] = samples;
     Ok(vec![
         Figure::new("setup_tcp_p50", percentile(&tcp, 50.0), 1, "us"),
@@ -186,8 +209,14 @@ async fn bench(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError
             "us",
         ),
         Figure::new(
+            "setup_quic_raw_fresh_server_p50",
+            percentile(&quic_raw_fresh_server, 50.0),
+            1,
+            "us",
+        ),
+        Figure::new(
             "setup_quic_long_lived_vs_raw",
-            percentile(&quic_long_lived, 50.0) / percentile(&quic_raw, 50.0),
+            percentile(&quic_long_lived, 50.0) / percentile(&quic_raw_fresh_server, 50.0),
             2,
             "x",
         ),
