@@ -157,6 +157,30 @@ impl RedisRegistry {
 }
 
 impl Inner {
+    /// An invocation of one of the scripts that change one name (publish,
+    /// refresh, unpublish), with what they all take first: the namespace's
+    /// index, event stream and counter, the name's hash, the stream's cap,
+    /// the name and the instance. Also makes this handle sweep `ns`.
+    fn name_script<'a>(
+        &self,
+        script: &'a redis::Script,
+        ns: &Namespace,
+        name: &PeerName,
+        instance: InstanceId,
+    ) -> ScriptInvocation<'a> {
+        self.track(ns);
+        let keys = NsKeys::new(ns);
+        let mut inv = script.prepare_invoke();
+        inv.key(&keys.index)
+            .key(&keys.events)
+            .key(&keys.seq)
+            .key(keys.peer(name))
+            .arg(self.config.stream_maxlen)
+            .arg(name.as_str())
+            .arg(instance.to_string());
+        inv
+    }
+
     /// Logs the keys a script found of the wrong type and rebuilt.
     fn log_repairs<'a>(&self, ns: &Namespace, notes: impl Iterator<Item = &'a Vec<u8>>) {
         for note in notes {
@@ -515,22 +539,13 @@ impl Registry for RedisRegistry {
         let ttl = ttl_ms(ttl)?;
         let inner = &self.inner;
         let ns = &record.namespace;
-        inner.track(ns);
-        let keys = NsKeys::new(ns);
         let exclusive = if policy == NamePolicy::Exclusive {
             "1"
         } else {
             "0"
         };
-        let mut inv = SCRIPTS.publish.prepare_invoke();
-        inv.key(&keys.index)
-            .key(&keys.events)
-            .key(&keys.seq)
-            .key(keys.peer(&record.name))
-            .arg(inner.config.stream_maxlen)
-            .arg(record.name.as_str())
-            .arg(record.instance.to_string())
-            .arg(record.to_json())
+        let mut inv = inner.name_script(&SCRIPTS.publish, ns, &record.name, record.instance);
+        inv.arg(record.to_json())
             .arg(ttl)
             .arg(exclusive)
             .arg(GRACE_MS);
@@ -570,18 +585,8 @@ impl Registry for RedisRegistry {
     ) -> Result<()> {
         let ttl = ttl_ms(ttl)?;
         let inner = &self.inner;
-        inner.track(ns);
-        let keys = NsKeys::new(ns);
-        let mut inv = SCRIPTS.refresh.prepare_invoke();
-        inv.key(&keys.index)
-            .key(&keys.events)
-            .key(&keys.seq)
-            .key(keys.peer(name))
-            .arg(inner.config.stream_maxlen)
-            .arg(name.as_str())
-            .arg(instance.to_string())
-            .arg(ttl)
-            .arg(GRACE_MS);
+        let mut inv = inner.name_script(&SCRIPTS.refresh, ns, name, instance);
+        inv.arg(ttl).arg(GRACE_MS);
         let reply: Vec<Vec<u8>> = inner.run("a refresh", &inv).await?;
         inner.note_clock(ns, reply.get(1));
         inner.log_repairs(ns, reply.iter().skip(2));
@@ -597,16 +602,7 @@ impl Registry for RedisRegistry {
 
     async fn unpublish(&self, ns: &Namespace, name: &PeerName, instance: InstanceId) -> Result<()> {
         let inner = &self.inner;
-        inner.track(ns);
-        let keys = NsKeys::new(ns);
-        let mut inv = SCRIPTS.unpublish.prepare_invoke();
-        inv.key(&keys.index)
-            .key(&keys.events)
-            .key(&keys.seq)
-            .key(keys.peer(name))
-            .arg(inner.config.stream_maxlen)
-            .arg(name.as_str())
-            .arg(instance.to_string());
+        let inv = inner.name_script(&SCRIPTS.unpublish, ns, name, instance);
         let _removed: i64 = inner.run("an unpublish", &inv).await?;
         Ok(())
     }

@@ -461,6 +461,7 @@ async fn inbound<T: Io>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::fixtures;
     use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::io::duplex;
 
@@ -565,28 +566,13 @@ mod tests {
     }
 
     fn payload(len: usize) -> Vec<u8> {
-        let mut x = 0x1234_5678_9abc_def0u64;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
-
-    fn checksum(data: &[u8]) -> u64 {
-        // FNV-1a
-        data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-        })
+        fixtures::payload(0x1234_5678_9abc_def0, len)
     }
 
     #[tokio::test]
     async fn jitter_never_reorders() {
         let data = payload(1 << 20);
-        let sum = checksum(&data);
+        let sum = fixtures::fnv1a(&data);
         let (a, b) = duplex(8 * 1024);
         let jitter = Latency::jitter(Duration::from_millis(5), Duration::from_millis(20));
         let mut s = jitter.wrap_io(a).unwrap();
@@ -603,7 +589,7 @@ mod tests {
         let mut got = Vec::with_capacity(data.len());
         far.read_to_end(&mut got).await.unwrap();
         assert_eq!(got.len(), data.len());
-        assert_eq!(checksum(&got), sum);
+        assert_eq!(fixtures::fnv1a(&got), sum);
         assert!(got == data);
         drop(writer.await.unwrap());
     }
