@@ -1,7 +1,7 @@
 //! [`TcpInterface`]: its configuration and the dialing side.
 
+use std::fmt;
 use std::net::SocketAddr;
-
 use std::time::Duration;
 
 use masse_core::addr::{check_advertised, parse_socket_addr};
@@ -147,9 +147,18 @@ impl TcpInterface {
     /// Connects to `addr` within `limit` and sets `TCP_NODELAY` as
     /// configured. Shared by the plain and the TLS interface.
     pub(crate) async fn dial(&self, addr: SocketAddr, limit: Duration) -> Result<TcpStream> {
-        let stream = dial_within(limit, format!("tcp://{addr}"), TcpStream::connect(addr)).await?;
+        let stream = dial_within(limit, TcpTarget(addr), TcpStream::connect(addr)).await?;
         set_nodelay(self.nodelay, &stream, "dialed");
         Ok(stream)
+    }
+}
+
+/// A dialed address as a TCP URL, formatted only if the dial fails.
+struct TcpTarget(SocketAddr);
+
+impl fmt::Display for TcpTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tcp://{}", self.0)
     }
 }
 

@@ -31,6 +31,8 @@ pub(crate) async fn accept_loop(
     let mut check = tokio::time::interval(check_every);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     check.tick().await;
+    let stopped = core.stopped();
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -83,7 +85,7 @@ pub(crate) async fn accept_loop(
                     super::lifecycle::republish_endpoints(&core).await;
                 }
             }
-            _ = core.stopped() => {
+            () = &mut stopped => {
                 listener.close().await;
                 return;
             }
@@ -240,7 +242,8 @@ async fn handshake_inbound(
 }
 
 /// Reads the next handshake frame (silent in the handshake budget until it
-/// comes, then waiting for a place to go on), unless a newer connection
+/// comes, then waiting for a place to go on; within the deadline
+/// [`inbound`] keeps over the whole handshake), unless a newer connection
 /// evicts this one from the budget's silent pool first: then the dialer is
 /// told `Busy`, not left to guess from a closed socket.
 async fn read_frame(
@@ -251,7 +254,7 @@ async fn read_frame(
 ) -> Result<Message> {
     ticket.waiting();
     tokio::select! {
-        m = frames.read(io, core.config.handshake_timeout) => {
+        m = frames.read(io) => {
             ticket.heard().await;
             return m;
         }

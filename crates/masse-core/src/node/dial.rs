@@ -103,14 +103,14 @@ impl Core {
         let started = tokio::time::Instant::now();
         let found = self.registry.lookup_cached(&self.namespace, &pattern).await;
         self.counters.dial_step(DialStep::Lookup, started.elapsed());
-        let record = match found {
-            Ok(l) => l.records.first().cloned(),
+        let found = match found {
+            Ok(l) => l.records,
             Err(e) => {
                 self.counters.connect_failed.fetch_add(1, Ordering::Relaxed);
                 return Err(e.in_connect(name, None, ConnectStep::Lookup));
             }
         };
-        let Some(record) = record else {
+        let Some(record) = found.first() else {
             self.counters
                 .connect_not_found
                 .fetch_add(1, Ordering::Relaxed);
@@ -127,10 +127,10 @@ impl Core {
     /// dials the fresh record if it differs.
     pub(crate) async fn dial_with_recovery(
         self: &Arc<Self>,
-        record: PeerRecord,
+        record: &PeerRecord,
         service: Option<&str>,
     ) -> Result<PeerStream> {
-        let first = self.dial_record(&record, service).await;
+        let first = self.dial_record(record, service).await;
         let err = match first {
             Ok(s) => return self.count(Ok(s)),
             Err(e) if e.is_stale_address() => e,
@@ -335,14 +335,16 @@ impl Core {
             hello,
         } = opened;
         let ep = &ep;
+        // One copy of the record, shared by the stream and its redial.
+        let shared = Arc::new(record.clone());
         let reached = Arc::new(Mutex::new(Reached {
             instance: record.instance,
-            record: record.clone(),
+            record: shared.clone(),
             endpoint: ep.clone(),
         }));
         let redial: Redial = {
             let core = self.clone();
-            let (record, service) = (record.clone(), service.map(str::to_owned));
+            let (record, service) = (shared, service.map(str::to_owned));
             Box::new(move || Box::pin(async move { core.redial(record, service).await }))
         };
         let (verdict, established) = Verdict::new(
@@ -396,13 +398,13 @@ impl Core {
     ) -> Result<(BoxIo, Dialer, Vec<u8>)> {
         let started = tokio::time::Instant::now();
         let io = self.connect_transport(iface, ep, record).await;
+        let connected = tokio::time::Instant::now();
         self.counters
-            .dial_step(DialStep::Connect, started.elapsed());
+            .dial_step(DialStep::Connect, connected - started);
         let io = io.map_err(|e| e.in_connect(&record.name, Some(ep), ConnectStep::Transport))?;
-        let started = tokio::time::Instant::now();
         let opened = self.send_hello(io, record, service).await;
         self.counters
-            .dial_step(DialStep::Handshake, started.elapsed());
+            .dial_step(DialStep::Handshake, connected.elapsed());
         opened.map_err(|e| e.in_connect(&record.name, Some(ep), ConnectStep::Handshake))
     }
 
@@ -475,7 +477,7 @@ impl Core {
     /// more, and if the fresh record differs, open it (the caller replays).
     async fn redial(
         self: Arc<Self>,
-        stale: PeerRecord,
+        stale: Arc<PeerRecord>,
         service: Option<String>,
     ) -> super::pipe::Reopened {
         self.registry.invalidate(&self.namespace, &stale.name);
@@ -494,7 +496,7 @@ impl Core {
         };
         self.counters.stale_retries.fetch_add(1, Ordering::Relaxed);
         let o = self.race(&fresh, service.as_deref()).await?;
-        Ok(Some((o.io, o.dialer, o.hello, fresh, o.ep)))
+        Ok(Some((o.io, o.dialer, o.hello, Arc::new(fresh), o.ep)))
     }
 }
 
@@ -650,7 +652,7 @@ impl ReachJob {
             {
                 let core = self.core.clone();
                 let service = self.service.clone();
-                dials.push(async move { core.dial_with_recovery(r, service.as_deref()).await });
+                dials.push(async move { core.dial_with_recovery(&r, service.as_deref()).await });
             }
             if dials.is_empty() && joins.is_none() {
                 return;

@@ -21,6 +21,9 @@ use crate::handshake::{Dialer, DialerStep, MAX_FRAME, Message, decode, encode};
 use crate::io::BoxIo;
 use crate::record::{InstanceId, PeerRecord};
 
+/// How much [`FrameBuf`] reads at a time.
+const READ_CHUNK: usize = 1024;
+
 /// Accumulates bytes until a whole handshake frame is there; bytes read past
 /// it stay for the application.
 #[derive(Debug, Default)]
@@ -52,7 +55,10 @@ impl FrameBuf {
                     return Poll::Ready(msg);
                 }
             }
-            let mut tmp = [0u8; 4096];
+            // Small: a handshake frame is a few hundred bytes, and bytes
+            // past it are better left to the application's own reads than
+            // copied through here (nor is a large buffer zeroed per read).
+            let mut tmp = [0u8; READ_CHUNK];
             let mut rb = ReadBuf::new(&mut tmp);
             ready!(Pin::new(&mut *io).poll_read(cx, &mut rb))?;
             if rb.filled().is_empty() {
@@ -65,19 +71,12 @@ impl FrameBuf {
         }
     }
 
-    /// The next message within `deadline`.
-    pub(crate) async fn read<R>(&mut self, io: &mut R, deadline: Duration) -> Result<Message>
+    /// The next message (the caller keeps the deadline).
+    pub(crate) async fn read<R>(&mut self, io: &mut R) -> Result<Message>
     where
         R: AsyncRead + Unpin + ?Sized,
     {
-        let read = std::future::poll_fn(|cx| self.poll_message(io, cx));
-        match tokio::time::timeout(deadline, read).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Timeout {
-                what: crate::Operation::Handshake,
-                after: deadline,
-            }),
-        }
+        std::future::poll_fn(|cx| self.poll_message(io, cx)).await
     }
 
     /// Serves buffered bytes into `out`; true if there were any.
@@ -439,14 +438,14 @@ impl AsyncWrite for Gate {
 #[derive(Debug, Clone)]
 pub(crate) struct Reached {
     pub(crate) instance: InstanceId,
-    pub(crate) record: PeerRecord,
+    pub(crate) record: Arc<PeerRecord>,
     /// The endpoint the stream went to.
     pub(crate) endpoint: Endpoint,
 }
 
 /// A fresh connection after a redial: the stream, its dialer, its held-back
 /// `Hello` (empty if sent), the fresh record and the endpoint dialed.
-pub(crate) type Reopened = Result<Option<(BoxIo, Dialer, Vec<u8>, PeerRecord, Endpoint)>>;
+pub(crate) type Reopened = Result<Option<(BoxIo, Dialer, Vec<u8>, Arc<PeerRecord>, Endpoint)>>;
 
 /// A fresh dial after a stale refusal: `Ok(None)` if the fresh record is the
 /// same (the refusal stands).

@@ -166,7 +166,7 @@ impl PeerStream {
         self.info
             .reached
             .as_ref()
-            .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).record.clone())
+            .map(|r| PeerRecord::clone(&r.lock().unwrap_or_else(|p| p.into_inner()).record))
     }
 
     /// Who dialed.
