@@ -59,11 +59,11 @@ pub(crate) fn describe_quic(mode: Mode) -> String {
 }
 
 pub(crate) fn run_tls(mode: Mode) -> Result<Vec<Figure>, BoxError> {
-    crate::on_workers(tls(warmup(mode), iterations(mode)))
+    crate::on_workers_then_one_thread(|| tls(warmup(mode), iterations(mode)))
 }
 
 pub(crate) fn run_quic(mode: Mode) -> Result<Vec<Figure>, BoxError> {
-    crate::on_workers(quic(warmup(mode), iterations(mode)))
+    crate::on_workers_then_one_thread(|| quic(warmup(mode), iterations(mode)))
 }
 
 /// The echo node and the dialer, on `server_iface` and `client_iface`, with

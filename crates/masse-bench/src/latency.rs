@@ -47,7 +47,7 @@ pub(crate) fn describe(mode: Mode) -> String {
 }
 
 pub(crate) fn run(mode: Mode) -> Result<Vec<Figure>, BoxError> {
-    crate::on_workers(bench(warmup(mode), iterations(mode)))
+    crate::on_workers_then_one_thread(|| bench(warmup(mode), iterations(mode)))
 }
 
 async fn bench(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError> {
