@@ -175,6 +175,13 @@ name_type!(
     64
 );
 
+impl PeerName {
+    /// The name's string, shared (no copy).
+    pub(crate) fn shared(&self) -> Arc<str> {
+        self.0.clone()
+    }
+}
+
 impl Default for Namespace {
     /// The namespace `"default"`.
     fn default() -> Self {

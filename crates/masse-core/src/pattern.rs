@@ -49,7 +49,8 @@ impl Token {
 #[derive(Clone)]
 pub struct Pattern {
     source: Arc<str>,
-    tokens: Arc<[Token]>,
+    /// `None` for an exact pattern, which matches by comparing names.
+    tokens: Option<Arc<[Token]>>,
     exact: Option<PeerName>,
 }
 
@@ -149,15 +150,13 @@ impl Pattern {
                 }
             }
         }
-        let exact = if tokens.iter().all(|t| matches!(t, Token::Byte(_))) {
-            Some(PeerName::new(pattern)?)
-        } else {
-            None
-        };
+        if tokens.iter().all(|t| matches!(t, Token::Byte(_))) {
+            return Ok(Pattern::from(PeerName::new(pattern)?));
+        }
         Ok(Pattern {
             source: Arc::from(pattern),
-            tokens: tokens.into(),
-            exact,
+            tokens: Some(tokens.into()),
+            exact: None,
         })
     }
 
@@ -168,10 +167,11 @@ impl Pattern {
 
     /// Does `name` match? Never allocates.
     pub fn matches(&self, name: &str) -> bool {
-        if let Some(exact) = &self.exact {
-            return exact.as_str() == name;
+        match (&self.exact, &self.tokens) {
+            (Some(exact), _) => exact.as_str() == name,
+            (None, Some(tokens)) => glob_match(tokens, name.as_bytes()),
+            (None, None) => false,
         }
-        glob_match(&self.tokens, name.as_bytes())
     }
 
     /// The pattern as written.
@@ -192,8 +192,11 @@ impl Pattern {
     /// The literal bytes every match starts with (empty for `*…`). Backends
     /// use it to narrow a range scan before matching.
     pub fn literal_prefix(&self) -> &str {
-        let n = self
-            .tokens
+        let Some(tokens) = &self.tokens else {
+            // Exact: the whole name.
+            return &self.source;
+        };
+        let n = tokens
             .iter()
             .take_while(|t| matches!(t, Token::Byte(_)))
             .count();
@@ -266,11 +269,11 @@ impl TryFrom<String> for Pattern {
 }
 
 impl From<PeerName> for Pattern {
+    /// Shares the name's string: no allocation.
     fn from(name: PeerName) -> Self {
-        let tokens: Arc<[Token]> = name.as_str().bytes().map(Token::Byte).collect();
         Pattern {
-            source: Arc::from(name.as_str()),
-            tokens,
+            source: name.shared(),
+            tokens: None,
             exact: Some(name),
         }
     }

@@ -121,10 +121,21 @@ fn poll_write_with_prefix(
 ) -> Poll<std::io::Result<usize>> {
     if *sent == 0 && !prefix.is_empty() && !buf.is_empty() {
         let take = buf.len().min(COALESCE_LIMIT);
-        let mut both = Vec::with_capacity(prefix.len() + take);
-        both.extend_from_slice(prefix);
-        both.extend_from_slice(&buf[..take]);
-        let n = ready!(Pin::new(&mut *io).poll_write(cx, &both))?;
+        // The usual first write (a small handshake message and a request)
+        // is put together on the stack; only a large one allocates.
+        let mut small = [0u8; SMALL_COALESCE];
+        let mut large = Vec::new();
+        let both: &[u8] = if prefix.len() + take <= SMALL_COALESCE {
+            small[..prefix.len()].copy_from_slice(prefix);
+            small[prefix.len()..prefix.len() + take].copy_from_slice(&buf[..take]);
+            &small[..prefix.len() + take]
+        } else {
+            large.reserve_exact(prefix.len() + take);
+            large.extend_from_slice(prefix);
+            large.extend_from_slice(&buf[..take]);
+            &large
+        };
+        let n = ready!(Pin::new(&mut *io).poll_write(cx, both))?;
         if n == 0 {
             return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
         }
@@ -140,6 +151,10 @@ fn poll_write_with_prefix(
 /// At most this many bytes of the first write go out with a held-back
 /// handshake message.
 const COALESCE_LIMIT: usize = 16 * 1024;
+
+/// A first write up to this size (handshake message included) is put
+/// together without allocating.
+const SMALL_COALESCE: usize = 1024;
 
 /// How long a held-back handshake message (the acceptor's `Welcome`, the
 /// dialer's `Hello`) waits for the application's first bytes before it goes
