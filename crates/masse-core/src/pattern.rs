@@ -49,9 +49,15 @@ impl Token {
 #[derive(Clone)]
 pub struct Pattern {
     source: Arc<str>,
-    /// `None` for an exact pattern, which matches by comparing names.
-    tokens: Option<Arc<[Token]>>,
-    exact: Option<PeerName>,
+    kind: Kind,
+}
+
+/// How a [`Pattern`] matches.
+#[derive(Clone)]
+enum Kind {
+    /// No metacharacters: by comparing names.
+    Exact(PeerName),
+    Glob(Arc<[Token]>),
 }
 
 impl Pattern {
@@ -155,8 +161,7 @@ impl Pattern {
         }
         Ok(Pattern {
             source: Arc::from(pattern),
-            tokens: Some(tokens.into()),
-            exact: None,
+            kind: Kind::Glob(tokens.into()),
         })
     }
 
@@ -167,10 +172,9 @@ impl Pattern {
 
     /// Does `name` match? Never allocates.
     pub fn matches(&self, name: &str) -> bool {
-        match (&self.exact, &self.tokens) {
-            (Some(exact), _) => exact.as_str() == name,
-            (None, Some(tokens)) => glob_match(tokens, name.as_bytes()),
-            (None, None) => false,
+        match &self.kind {
+            Kind::Exact(exact) => exact.as_str() == name,
+            Kind::Glob(tokens) => glob_match(tokens, name.as_bytes()),
         }
     }
 
@@ -181,18 +185,21 @@ impl Pattern {
 
     /// True if the pattern has no metacharacters and so names exactly one peer.
     pub fn is_exact(&self) -> bool {
-        self.exact.is_some()
+        matches!(self.kind, Kind::Exact(_))
     }
 
     /// The one name this pattern matches, if it has no metacharacters.
     pub fn as_exact(&self) -> Option<&PeerName> {
-        self.exact.as_ref()
+        match &self.kind {
+            Kind::Exact(name) => Some(name),
+            Kind::Glob(_) => None,
+        }
     }
 
     /// The literal bytes every match starts with (empty for `*…`). Backends
     /// use it to narrow a range scan before matching.
     pub fn literal_prefix(&self) -> &str {
-        let Some(tokens) = &self.tokens else {
+        let Kind::Glob(tokens) = &self.kind else {
             // Exact: the whole name.
             return &self.source;
         };
@@ -273,8 +280,7 @@ impl From<PeerName> for Pattern {
     fn from(name: PeerName) -> Self {
         Pattern {
             source: name.shared(),
-            tokens: None,
-            exact: Some(name),
+            kind: Kind::Exact(name),
         }
     }
 }
