@@ -1,8 +1,11 @@
 //! The [`Interface`] and [`Listener`] traits: how bytes get to a peer.
 
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -39,6 +42,14 @@ pub struct BindContext {
     /// node passes its handshake timeout, shorter than a dialer's connect
     /// timeout by default).
     pub handshake_timeout: Option<Duration>,
+    /// Whether the binder runs transport handshakes itself: if so, a
+    /// listener with a handshake of its own (TLS) may return each
+    /// connection at once as an [`Accepted::deferred`] stream instead of
+    /// running the handshake on a task of its own. A node sets it (and runs
+    /// each deferred handshake on the new stream's task, saving a task and
+    /// a hand-off per connection); without it, [`Listener::accept`] yields
+    /// finished streams.
+    pub defer_handshakes: bool,
 }
 
 impl BindContext {
@@ -51,7 +62,15 @@ impl BindContext {
             identity: None,
             handshake_budget: None,
             handshake_timeout: None,
+            defer_handshakes: false,
         }
+    }
+
+    /// Sets [`defer_handshakes`](Self::defer_handshakes): the binder will
+    /// [finish](Accepted::finish) deferred streams itself.
+    pub fn with_deferred_handshakes(mut self) -> Self {
+        self.defer_handshakes = true;
+        self
     }
 
     /// Sets [`handshake_budget`](Self::handshake_budget) and
@@ -134,7 +153,13 @@ pub struct Accepted {
     /// system tells (Unix domain sockets: `SO_PEERCRED`). Given to wrappers
     /// in [`StreamContext::peer_credentials`](crate::StreamContext::peer_credentials).
     pub peer_credentials: Option<PeerCredentials>,
+    /// The transport's own handshake, still to run ([`Accepted::deferred`]).
+    finish: Option<Finish>,
 }
+
+/// The rest of a transport handshake a [`Listener`] left to the stream's
+/// own task: see [`Accepted::deferred`].
+type Finish = Pin<Box<dyn Future<Output = Option<Accepted>> + Send>>;
 
 /// Who is at the other end of a local stream, as the operating system
 /// vouches for it (`SO_PEERCRED` on a Unix domain socket): unlike a name in
@@ -166,6 +191,40 @@ impl Accepted {
             peer_identity: None,
             ticket: None,
             peer_credentials: None,
+            finish: None,
+        }
+    }
+
+    /// A connection whose transport handshake (TLS) is still to run:
+    /// `finish` runs it and yields the stream, ready for the masse handshake,
+    /// or `None` if it failed (the listener logs why). A node runs it on
+    /// the new stream's own task, under its handshake deadline, so a
+    /// listener needs no task per handshake and a slow one never holds up
+    /// accepting. Until then [`io`](Self::io) fails every read and write.
+    /// Only for a binder that asked for it ([`BindContext::defer_handshakes`]).
+    pub fn deferred(
+        remote_addr: Option<SocketAddr>,
+        finish: impl Future<Output = Option<Accepted>> + Send + 'static,
+    ) -> Self {
+        Accepted {
+            finish: Some(Box::pin(finish)),
+            ..Accepted::new(Box::new(Unfinished), remote_addr)
+        }
+    }
+
+    /// Whether the transport handshake is still to run ([`deferred`](Self::deferred)).
+    pub fn is_deferred(&self) -> bool {
+        self.finish.is_some()
+    }
+
+    /// Runs the transport handshake of a [`deferred`](Self::deferred)
+    /// stream (returns any other at once): the stream ready for the masse
+    /// handshake, or `None` if that handshake failed. Not bounded in time
+    /// by itself beyond the listener's own handshake timeout.
+    pub async fn finish(self) -> Option<Accepted> {
+        match self.finish {
+            Some(finish) => finish.await,
+            None => Some(self),
         }
     }
 
@@ -182,7 +241,49 @@ impl fmt::Debug for Accepted {
             .field("remote_addr", &self.remote_addr)
             .field("peer_identity", &self.peer_identity)
             .field("peer_credentials", &self.peer_credentials)
+            .field("deferred", &self.is_deferred())
             .finish_non_exhaustive()
+    }
+}
+
+/// The [`Accepted::io`] of a deferred stream: every read and write fails
+/// until [`Accepted::finish`] has run the transport handshake.
+struct Unfinished;
+
+impl Unfinished {
+    fn error() -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::NotConnected,
+            "transport handshake not finished (see Accepted::finish)",
+        )
+    }
+}
+
+impl tokio::io::AsyncRead for Unfinished {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Err(Self::error()))
+    }
+}
+
+impl tokio::io::AsyncWrite for Unfinished {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Err(Self::error()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Err(Self::error()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Err(Self::error()))
     }
 }
 

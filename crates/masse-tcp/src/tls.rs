@@ -11,7 +11,7 @@ use masse_core::tls::{
 };
 use masse_core::{
     Accepted, BindContext, BoxIo, ConnectContext, Endpoint, Error, HandshakeBudget, Identity,
-    Interface, Listener, PeerRecord, Protocol, Result, async_trait,
+    Interface, Listener, PeerRecord, Protocol, Result, Ticket, async_trait,
 };
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -45,19 +45,22 @@ use crate::listener::{Advertised, TcpListener};
 /// The TCP side (address parsing, advertised endpoints, `TCP_NODELAY`,
 /// backlog, accept error handling) is exactly [`TcpInterface`]'s.
 ///
-/// Accepting never stalls on a slow or silent client: the listener accepts
-/// TCP connections in a background task and runs each TLS handshake in its
-/// own task under [`handshake_timeout`](Self::handshake_timeout) (or the
-/// node's handshake timeout, if shorter), counted in the node's
+/// Accepting never stalls on a slow or silent client. Bound by a node
+/// ([`BindContext::defer_handshakes`]), [`Listener::accept`] returns each
+/// TCP connection at once as a [`deferred`](Accepted::deferred) stream,
+/// whose TLS handshake the node runs on that stream's own task; bound
+/// otherwise, the listener accepts in a background task, runs each
+/// handshake in a task of its own, and `accept` yields finished streams in
+/// completion order (a few of them queue up if nobody accepts, then
+/// handshaking pauses). Either way the handshake runs under [`handshake_timeout`](Self::handshake_timeout) (or the node's
+/// handshake timeout, if shorter), counted in the node's
 /// [`HandshakeBudget`] (or, bound without one, a budget of
 /// [`max_concurrent_handshakes`](Self::max_concurrent_handshakes)): a
 /// connection that has not sent its `ClientHello` yet is silent and may be
 /// evicted for newer ones, one that has waits for a place, so idle sockets
-/// cannot keep dialers out. [`Listener::accept`] yields streams
-/// whose handshake is complete, in completion order, with their budget
-/// ticket. A failed handshake is logged at `debug` and never reaches
-/// `accept`. Streams that nobody accepts queue up to a small bound, after
-/// which handshaking pauses.
+/// cannot keep dialers out. A finished stream carries its budget ticket
+/// and the client's fingerprint; a failed handshake is logged at `debug`
+/// and finishes as `None`.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -206,11 +209,6 @@ impl Interface for TlsInterface {
         let identity = self.pick_identity(ctx.identity.as_ref(), "accept")?;
         let acceptor = TlsAcceptor::from(Arc::new(server_config(identity)?));
         let tcp = self.tcp.bind_tcp(Protocol::TLS)?;
-        let advertised = tcp.advertised().clone();
-        // Room for a few finished handshakes nobody has accepted yet; past
-        // that, handshake tasks wait (holding their permits), so accepting
-        // pauses and the kernel backlog absorbs the rest.
-        let (tx, rx) = mpsc::channel(64);
         // The node's budget and deadline when bound by a node: the TLS
         // handshake counts with the masse handshake after it.
         let budget = ctx
@@ -220,16 +218,31 @@ impl Interface for TlsInterface {
         let limit = ctx
             .handshake_timeout
             .map_or(self.handshake_timeout, |t| t.min(self.handshake_timeout));
-        let task = tokio::spawn(accept_loop(tcp, acceptor, tx, budget, limit));
-        let listener = TlsListener {
-            advertised,
-            rx,
-            task,
+        let local = tcp.local_addr();
+        let listener = if ctx.defer_handshakes {
+            TlsListener::Deferred {
+                tcp,
+                acceptor,
+                budget,
+                limit,
+            }
+        } else {
+            let advertised = tcp.advertised().clone();
+            // Room for a few finished handshakes nobody has accepted yet;
+            // past that, handshake tasks wait, so accepting pauses and the
+            // kernel backlog absorbs the rest.
+            let (tx, rx) = mpsc::channel(64);
+            let task = tokio::spawn(accept_loop(tcp, acceptor, tx, budget, limit));
+            TlsListener::Background {
+                advertised,
+                rx,
+                task,
+            }
         };
         tracing::info!(
             namespace = %ctx.namespace,
             name = %ctx.name,
-            local = %listener.advertised.local,
+            %local,
             identity = %identity.fingerprint().short(),
             endpoints = ?listener.endpoints(),
             "tls listener bound"
@@ -286,9 +299,7 @@ fn dial_error(endpoint: &Endpoint, e: std::io::Error) -> Error {
 }
 
 /// Accepts TCP connections and runs their handshakes, each in its own task
-/// within `limit`, each counted in `budget` (a full budget evicts the
-/// oldest handshake: idle sockets cannot keep new dialers out); sends
-/// finished streams with their budget ticket.
+/// ([`finish`]); sends finished streams with their budget ticket.
 async fn accept_loop(
     mut tcp: TcpListener,
     acceptor: TlsAcceptor,
@@ -311,27 +322,55 @@ async fn accept_loop(
         let ticket = budget.admit();
         let (acceptor, tx) = (acceptor.clone(), tx.clone());
         handshakes.spawn(async move {
-            // Silent until the ClientHello: a newer connection may take the
-            // place meanwhile if the budget is full.
-            let mut first = [0u8; 1];
-            let spoke = tokio::select! {
-                r = tokio::time::timeout(limit, stream.peek(&mut first)) => matches!(r, Ok(Ok(n)) if n > 0),
-                () = ticket.evicted() => {
-                    tracing::debug!(%local, %remote, "silent tls client evicted by a newer connection; closed");
-                    false
-                }
-            };
-            if !spoke {
-                return;
-            }
-            // A place among the handshakes going on (crypto costs CPU).
-            ticket.heard().await;
-            if let Some(mut accepted) = handshake(&acceptor, stream, remote, local, limit).await {
-                accepted.ticket = Some(ticket);
+            if let Some(accepted) = finish(acceptor, stream, remote, local, limit, ticket).await {
                 // Fails only when the listener is gone.
                 let _ = tx.send(Ok(accepted)).await;
             }
         });
+    }
+}
+
+/// The TLS handshake of a connection accepted at `local` from `remote`,
+/// under `ticket` and within `limit`: silent until the `ClientHello` (a
+/// newer connection may take the place meanwhile if the budget is full),
+/// then waiting for a place among the handshakes going on. The stream
+/// with its ticket and the client's fingerprint, or `None` (logged).
+async fn finish(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    remote: SocketAddr,
+    local: SocketAddr,
+    limit: Duration,
+    ticket: Ticket,
+) -> Option<Accepted> {
+    let handshake = async {
+        let mut first = [0u8; 1];
+        tokio::select! {
+            r = stream.peek(&mut first) => {
+                if !matches!(r, Ok(n) if n > 0) {
+                    tracing::debug!(%local, %remote, "tls client closed before its ClientHello");
+                    return None;
+                }
+            }
+            () = ticket.evicted() => {
+                tracing::debug!(%local, %remote, "silent tls client evicted by a newer connection; closed");
+                return None;
+            }
+        }
+        // A place among the handshakes going on (crypto costs CPU).
+        ticket.heard().await;
+        handshake(&acceptor, stream, remote, local).await
+    };
+    match tokio::time::timeout(limit, handshake).await {
+        Ok(Some(mut accepted)) => {
+            accepted.ticket = Some(ticket);
+            Some(accepted)
+        }
+        Ok(None) => None,
+        Err(_) => {
+            tracing::debug!(%local, %remote, ?limit, "tls handshake timed out; connection dropped");
+            None
+        }
     }
 }
 
@@ -341,11 +380,10 @@ async fn handshake(
     stream: TcpStream,
     remote: SocketAddr,
     local: SocketAddr,
-    limit: Duration,
 ) -> Option<Accepted> {
-    let tls = match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
+    let tls = match acceptor.accept(stream).await {
+        Ok(tls) => tls,
+        Err(e) => {
             let reason = match e
                 .get_ref()
                 .and_then(|i| i.downcast_ref::<tokio_rustls::rustls::Error>())
@@ -354,10 +392,6 @@ async fn handshake(
                 None => e.to_string(),
             };
             tracing::debug!(%local, %remote, error = %reason, "tls handshake failed; connection dropped");
-            return None;
-        }
-        Err(_) => {
-            tracing::debug!(%local, %remote, ?limit, "tls handshake timed out; connection dropped");
             return None;
         }
     };
@@ -373,46 +407,94 @@ async fn handshake(
     Some(accepted)
 }
 
-/// A bound TLS listener: TLS-handshaken streams from a background task.
-struct TlsListener {
-    advertised: Advertised,
-    rx: mpsc::Receiver<Result<Accepted>>,
-    task: JoinHandle<()>,
+/// A bound TLS listener.
+enum TlsListener {
+    /// Bound by a node: TCP connections, their TLS handshake deferred to
+    /// the stream's task.
+    Deferred {
+        tcp: TcpListener,
+        acceptor: TlsAcceptor,
+        budget: Arc<HandshakeBudget>,
+        limit: Duration,
+    },
+    /// Bound directly: TLS-handshaken streams from a background task.
+    Background {
+        advertised: Advertised,
+        rx: mpsc::Receiver<Result<Accepted>>,
+        task: JoinHandle<()>,
+    },
 }
 
 impl fmt::Debug for TlsListener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsListener")
-            .field("advertised", &self.advertised)
-            .finish_non_exhaustive()
+        match self {
+            TlsListener::Deferred { tcp, limit, .. } => f
+                .debug_struct("TlsListener")
+                .field("tcp", tcp)
+                .field("limit", limit)
+                .finish_non_exhaustive(),
+            TlsListener::Background { advertised, .. } => f
+                .debug_struct("TlsListener")
+                .field("advertised", advertised)
+                .finish_non_exhaustive(),
+        }
     }
 }
 
 impl Drop for TlsListener {
     fn drop(&mut self) {
-        // Closes the socket and aborts the handshakes in flight.
-        self.task.abort();
+        if let TlsListener::Background { task, .. } = self {
+            // Closes the socket and aborts the handshakes in flight.
+            task.abort();
+        }
     }
 }
 
 #[async_trait]
 impl Listener for TlsListener {
     fn endpoints(&self) -> Vec<Endpoint> {
-        self.advertised.endpoints()
+        match self {
+            TlsListener::Deferred { tcp, .. } => tcp.advertised().endpoints(),
+            TlsListener::Background { advertised, .. } => advertised.endpoints(),
+        }
     }
 
     async fn accept(&mut self) -> Result<Accepted> {
-        match self.rx.recv().await {
-            Some(result) => result,
-            None => Err(Error::Closed("tls listener")),
+        match self {
+            TlsListener::Deferred {
+                tcp,
+                acceptor,
+                budget,
+                limit,
+            } => {
+                let (stream, remote) = tcp.accept_tcp().await?;
+                // Counted from the TCP accept: a silent socket holds a
+                // place in the silent pool, and may be evicted from it.
+                let ticket = budget.admit();
+                let finishing = finish(
+                    acceptor.clone(),
+                    stream,
+                    remote,
+                    tcp.local_addr(),
+                    *limit,
+                    ticket,
+                );
+                Ok(Accepted::deferred(Some(remote), finishing))
+            }
+            TlsListener::Background { rx, .. } => match rx.recv().await {
+                Some(result) => result,
+                None => Err(Error::Closed("tls listener")),
+            },
         }
     }
 
     async fn close(&mut self) {
-        // The task owns the socket: it is closed once the task has ended.
-        self.task.abort();
-        let _ = (&mut self.task).await;
-        self.rx.close();
+        if let TlsListener::Background { rx, task, .. } = self {
+            // The task owns the socket: it is closed once the task has ended.
+            task.abort();
+            let _ = task.await;
+            rx.close();
+        }
     }
 }
 

@@ -430,3 +430,63 @@ async fn dropped_listener_refuses() {
         tokio::task::yield_now().await;
     }
 }
+
+#[tokio::test]
+async fn deferred_handshakes_run_where_the_binder_finishes_them() {
+    init_tracing();
+    let (server_id, client_id) = (identity("server"), identity("client"));
+    let tls = TlsInterface::new("127.0.0.1:0").handshake_timeout(Duration::from_millis(300));
+    let ctx = bind_ctx(&server_id).with_deferred_handshakes();
+    let mut listener = tls.bind(&ctx).await.unwrap();
+    let ep = listener.endpoints()[0].clone();
+    let addr = ep.socket_addr().unwrap();
+
+    // A silent client is accepted at once, deferred: its io fails until
+    // finished, and finishing ends as None after the handshake timeout.
+    let _silent = TcpStream::connect(addr).await.unwrap();
+    let accepted = timeout(STEP, listener.accept()).await.unwrap().unwrap();
+    assert!(accepted.is_deferred());
+    assert_eq!(accepted.peer_identity, None);
+    let mut io = accepted.io;
+    let mut b = [0u8; 1];
+    let err = io.read(&mut b).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotConnected);
+    let silent = TcpStream::connect(addr).await.unwrap();
+    let deferred = timeout(STEP, listener.accept()).await.unwrap().unwrap();
+    let started = std::time::Instant::now();
+    assert!(timeout(STEP, deferred.finish()).await.unwrap().is_none());
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(silent);
+
+    // A real dial finishes with the client's fingerprint and a budget
+    // ticket, but only while someone runs `finish`: both at once.
+    let finishing = async {
+        let deferred = timeout(STEP, listener.accept()).await.unwrap().unwrap();
+        deferred.finish().await
+    };
+    let (mut dialed, finished) = tokio::join!(dial(&tls, &ep, &server_id, &client_id), finishing);
+    let mut finished = finished.expect("the handshake failed");
+    assert!(!finished.is_deferred());
+    assert_eq!(finished.peer_identity, Some(client_id.fingerprint()));
+    assert!(finished.ticket.is_some());
+    echo_once(&mut dialed, &mut finished.io).await;
+
+    // A client without a certificate finishes as None.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let finishing = async {
+        let deferred = timeout(STEP, listener.accept()).await.unwrap().unwrap();
+        deferred.finish().await
+    };
+    let (_, finished) = tokio::join!(
+        raw_client(&server_id, None, false).connect(server_name(), tcp),
+        finishing
+    );
+    assert!(
+        finished.is_none(),
+        "a client without a certificate finished"
+    );
+}

@@ -36,12 +36,15 @@ pub(crate) async fn accept_loop(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(mut acc) => {
-                    // The listener's own handshake's ticket, if it ran one.
-                    let ticket = acc.ticket.take().unwrap_or_else(|| core.handshake_budget.admit());
-                    let core = core.clone();
+                Ok(acc) => {
                     let span = tracing::debug_span!("stream", direction = "inbound", remote = ?acc.remote_addr);
-                    let mut handshake = Box::pin(inbound(core, acc, protocol.clone(), ticket).instrument(span.clone()));
+                    if acc.is_deferred() {
+                        // The transport's own handshake (TLS) takes round
+                        // trips: straight to a task of its own.
+                        tokio::spawn(inbound(core.clone(), acc, protocol.clone()).instrument(span));
+                        continue;
+                    }
+                    let mut handshake = Box::pin(inbound(core.clone(), acc, protocol.clone()).instrument(span.clone()));
                     // The Hello is usually here already: run the handshake
                     // right away, and give it a task only if it must wait.
                     // A `serve` handler always runs on a task of its own,
@@ -99,23 +102,36 @@ async fn poll_once<F: std::future::Future + Unpin>(mut fut: F) -> std::task::Pol
     std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut fut).poll(cx))).await
 }
 
-/// Reads the Hello, checks it, answers, wraps and routes the stream: the
-/// `serve` handler and the stream to run it on, if it goes to one. Any
-/// failure closes this stream only, with a debug log.
+/// Finishes the transport's handshake if the listener deferred it, then
+/// reads the Hello, checks it, answers, wraps and routes the stream: the
+/// `serve` handler and the stream to run it on, if it goes to one (a
+/// deferred stream's task runs the handler itself). Any failure closes this
+/// stream only, with a debug log.
 async fn inbound(
     core: Arc<Core>,
     acc: Accepted,
     protocol: Protocol,
-    ticket: crate::Ticket,
 ) -> Option<(Handler, PeerStream)> {
-    // Everything, wrappers included, under one deadline: a stalled peer holds
-    // its place in the budget for a bounded time (and gives it up to a newer
-    // connection if the budget is full).
+    let deferred = acc.is_deferred();
+    // Everything, the transport's handshake and the wrappers included,
+    // under one deadline: a stalled peer holds its place in the budget for
+    // a bounded time (and gives it up to a newer connection if the budget
+    // is full).
     let deadline = core.config.handshake_timeout;
-    let result =
-        tokio::time::timeout(deadline, handshake_inbound(&core, acc, protocol, &ticket)).await;
-    drop(ticket);
-    match result {
+    let result = tokio::time::timeout(deadline, async {
+        // A failed transport handshake was logged by its listener.
+        let Some(mut acc) = acc.finish().await else {
+            return Ok(None);
+        };
+        // The listener's own handshake's ticket, if it ran one.
+        let ticket = acc
+            .ticket
+            .take()
+            .unwrap_or_else(|| core.handshake_budget.admit());
+        handshake_inbound(&core, acc, protocol, &ticket).await
+    })
+    .await;
+    let to_serve = match result {
         Ok(Ok(to_serve)) => to_serve,
         Ok(Err(e)) => {
             core.counters
@@ -131,6 +147,13 @@ async fn inbound(
             tracing::debug!(after = ?deadline, "inbound handshake timed out");
             None
         }
+    };
+    match to_serve {
+        Some((handler, stream)) if deferred => {
+            handler(stream).await;
+            None
+        }
+        other => other,
     }
 }
 

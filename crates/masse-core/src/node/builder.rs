@@ -389,7 +389,8 @@ impl NodeBuilder {
         let handshake_budget = crate::HandshakeBudget::new(config.max_pending_handshakes);
         let bind_ctx = BindContext::new(namespace.clone(), name.clone(), instance)
             .with_identity(identity.clone())
-            .with_handshake_budget(handshake_budget.clone(), config.handshake_timeout);
+            .with_handshake_budget(handshake_budget.clone(), config.handshake_timeout)
+            .with_deferred_handshakes();
         for iface in &self.interfaces {
             let l = iface.bind(&bind_ctx).await?;
             listener_endpoints.push(l.endpoints());

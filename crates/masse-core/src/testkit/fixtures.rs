@@ -115,14 +115,17 @@ where
     }
 }
 
-/// The next stream `listener` accepts, within `within`; panics if it fails
+/// The next stream `listener` accepts, its transport handshake
+/// [finished](crate::Accepted::finish), within `within`; panics if it fails
 /// or hangs (a test fixture).
 pub async fn accept_within(
     listener: &mut Box<dyn crate::Listener>,
     within: std::time::Duration,
 ) -> crate::Accepted {
-    match tokio::time::timeout(within, listener.accept()).await {
-        Ok(Ok(accepted)) => accepted,
+    let accept = async { Ok::<_, crate::Error>(listener.accept().await?.finish().await) };
+    match tokio::time::timeout(within, accept).await {
+        Ok(Ok(Some(accepted))) => accepted,
+        Ok(Ok(None)) => panic!("the accepted connection's transport handshake failed"),
         Ok(Err(e)) => panic!("accept failed: {e}"),
         Err(_) => panic!("accept hung for {within:?}"),
     }
