@@ -185,6 +185,12 @@ impl Ticket {
             {
                 state.silent.remove(i);
             }
+            // Usually there is a place: take it under the same lock.
+            if state.speaking < budget.max {
+                state.speaking += 1;
+                self.phase.store(SPEAKING, Ordering::Release);
+                return;
+            }
         }
         loop {
             let freed = budget.freed.notified();
@@ -205,6 +211,10 @@ impl Ticket {
     /// The handshake waits on the peer again: back to the silent pool, its
     /// place given up for someone else.
     pub fn waiting(&self) {
+        // Only the owner moves a ticket out of the silent phase: nothing to do.
+        if self.phase.load(Ordering::Acquire) == SILENT {
+            return;
+        }
         let budget = &self.budget;
         let mut state = budget.lock();
         match self.phase.swap(SILENT, Ordering::AcqRel) {
