@@ -12,6 +12,13 @@
 //! that echoes through the `incoming()` queue instead, whose hand-off from
 //! the handshake's task to the application's costs a task switch more:
 //! `connect_incoming_*`.
+//!
+//! A third pass calibrates: raw against a raw echo server that spends
+//! [`SLOW_SERVER`] of CPU (a busy wait) before each echo, `connect_raw_slow_*`.
+//! It shows what a little more work on the accepting side's critical path
+//! costs on this machine: one thread pays about that much, but two workers
+//! on a small VM may pay many times more, when the dialer's worker gets to
+//! park and must be woken.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -25,6 +32,9 @@ use tokio::task::JoinHandle;
 
 use crate::stats::percentile;
 use crate::{BoxError, Figure, Mode};
+
+/// The extra CPU of the calibration pass's raw echo server, per echo.
+const SLOW_SERVER: Duration = Duration::from_micros(2);
 
 fn iterations(mode: Mode) -> usize {
     match mode {
@@ -52,6 +62,7 @@ pub(crate) fn run(mode: Mode) -> Result<Vec<Figure>, BoxError> {
 
 async fn bench(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError> {
     let (addr, raw_server) = tcp_echo_server().await?;
+    let (slow_addr, slow_server) = slow_echo_server(SLOW_SERVER).await?;
 
     // The masse echo node and the dialer, sharing an in-process registry.
     let registry = MemoryRegistry::new();
@@ -91,12 +102,21 @@ async fn bench(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError
     )
     .await?;
     note_misses(&client, misses_before, "connect_latency");
+    let slow_samples = interleave(
+        warmup,
+        iterations,
+        &mut open,
+        || raw_connect_echo(addr).boxed(),
+        || raw_connect_echo(slow_addr).boxed(),
+    )
+    .await?;
 
     drop(open);
     client.shutdown().await?;
     server.shutdown().await?;
     queued.shutdown().await?;
     raw_server.abort();
+    slow_server.abort();
     queue_task.abort();
 
     let Samples { raw, masse, rtt } = samples;
@@ -106,6 +126,9 @@ async fn bench(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError
     let q_raw = percentile(&queue_samples.raw, 50.0);
     let q_masse = percentile(&queue_samples.masse, 50.0);
     let q_rtt = percentile(&queue_samples.rtt, 50.0);
+    let s_raw = percentile(&slow_samples.raw, 50.0);
+    let s_slow = percentile(&slow_samples.masse, 50.0);
+    let s_rtt = percentile(&slow_samples.rtt, 50.0);
     Ok(vec![
         Figure::new("connect_incoming_masse_p50", q_masse, 1, "us"),
         Figure::new("connect_incoming_raw_p50", q_raw, 1, "us"),
@@ -127,6 +150,13 @@ async fn bench(warmup: usize, iterations: usize) -> Result<Vec<Figure>, BoxError
             2,
             "rtt",
         ),
+        Figure::new("connect_raw_slow_p50", s_slow, 1, "us"),
+        Figure::new(
+            "connect_raw_slow_overhead_rtts",
+            (s_slow - s_raw) / s_rtt,
+            2,
+            "rtt",
+        ),
     ])
 }
 
@@ -139,6 +169,31 @@ pub(crate) async fn tcp_echo_server() -> Result<(SocketAddr, JoinHandle<()>), Bo
         while let Ok((s, _)) = listener.accept().await {
             let _ = s.set_nodelay(true);
             tokio::spawn(echo(s));
+        }
+    });
+    Ok((addr, task))
+}
+
+/// A raw TCP echo server like [`tcp_echo_server`] that busy-waits `extra`
+/// before each echo: more CPU on the accepting side, nothing else.
+async fn slow_echo_server(extra: Duration) -> Result<(SocketAddr, JoinHandle<()>), BoxError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let mut buf = [0_u8; 64];
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    let started = Instant::now();
+                    while started.elapsed() < extra {
+                        std::hint::spin_loop();
+                    }
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
         }
     });
     Ok((addr, task))
