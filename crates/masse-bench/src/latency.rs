@@ -293,7 +293,7 @@ pub(crate) async fn masse_connect_echo(client: &Node) -> Result<Duration, BoxErr
     connect_echo(client, "echo").await
 }
 
-async fn connect_echo(client: &Node, name: &str) -> Result<Duration, BoxError> {
+pub(crate) async fn connect_echo(client: &Node, name: &str) -> Result<Duration, BoxError> {
     let start = Instant::now();
     let mut s = client.connect(name).await?;
     let elapsed = one_byte_echo(&mut s, start).await?;

@@ -13,6 +13,7 @@ mod registry;
 mod scale;
 mod secure;
 mod setup;
+mod split;
 mod stats;
 mod throughput;
 mod tls;
@@ -85,6 +86,11 @@ const BENCHES: &[Bench] = &[
         name: "connect_latency",
         describe: latency::describe,
         run: latency::run,
+    },
+    Bench {
+        name: "connect_split",
+        describe: split::describe,
+        run: split::run,
     },
     Bench {
         name: "cache_lookup",
@@ -203,7 +209,7 @@ usage: cargo run --release -p masse-bench [-- [--quick] [FILTER]]
 
   --quick   short smoke run (smaller rounds, fewer iterations)
   FILTER    run only the benches whose name contains FILTER:
-            tcp_throughput, connect_latency, cache_lookup, tls_throughput,
+            tcp_throughput, connect_latency, connect_split, cache_lookup, tls_throughput,
             quic_throughput, quic_new_stream_latency, connect_tls,
             connect_quic, setup_time,
             memory, registry (starts PostgreSQL, MariaDB and Redis servers),
