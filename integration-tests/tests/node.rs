@@ -247,6 +247,7 @@ async fn restarted_peer_on_a_new_port_is_reached_through_a_stale_cache() {
     s.read_exact(&mut b).await.unwrap();
 
     // A name that is gone for good is NotFound after the fresh lookup, not a transport error.
+    let gone = svc2.record().endpoints[0].socket_addr().unwrap();
     drop(svc2);
     reg.unpublish(
         &"t-restart".parse().unwrap(),
@@ -255,6 +256,16 @@ async fn restarted_peer_on_a_new_port_is_reached_through_a_stale_cache() {
     )
     .await
     .unwrap();
+    // The dropped node closes its listener from its own task: until then
+    // the kernel still completes TCP connects to it (and a pipelined
+    // connect returns before any answer), so wait for the port to refuse.
+    timeout(T, async {
+        while tokio::net::TcpStream::connect(gone).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the dropped node's port still accepts");
     match dialer.connect("svc").await {
         Err(Error::NotFound { .. }) => {}
         other => panic!("expected NotFound, got {other:?}"),
