@@ -128,17 +128,20 @@ const MAX_EXTENSION_COUNT: usize = u8::MAX as usize;
 /// limited to [`MAX_EXTENSIONS`] bytes and 255 entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Extensions {
-    entries: Vec<(u8, Vec<u8>)>,
-    /// Encoded size of `entries` (headers included).
-    size: usize,
+    /// The entries as on the wire, `type:u8 len:u16 value` each (without
+    /// the count): one allocation however many there are, copied whole by
+    /// the codec.
+    area: Vec<u8>,
+    /// How many entries `area` holds.
+    count: usize,
 }
 
 impl Extensions {
     /// No extensions.
     pub const fn new() -> Self {
         Extensions {
-            entries: Vec::new(),
-            size: 0,
+            area: Vec::new(),
+            count: 0,
         }
     }
 
@@ -146,61 +149,103 @@ impl Extensions {
     /// [`Error::Config`] if the area would exceed [`MAX_EXTENSIONS`] bytes or
     /// 255 entries.
     pub fn insert(&mut self, ty: u8, value: impl Into<Vec<u8>>) -> Result<Option<Vec<u8>>> {
-        let value = value.into();
-        let existing = self.entries.iter().position(|(t, _)| *t == ty);
-        let old_len = existing.map_or(0, |i| EXTENSION_HEADER + self.entries[i].1.len());
-        let new_size = self.size - old_len + EXTENSION_HEADER + value.len();
+        self.insert_slice(ty, &value.into())
+    }
+
+    /// [`insert`](Self::insert) from a borrowed value.
+    fn insert_slice(&mut self, ty: u8, value: &[u8]) -> Result<Option<Vec<u8>>> {
+        let existing = self.find(ty);
+        let old_len = existing.as_ref().map_or(0, |e| e.end - e.start);
+        let new_size = self.area.len() - old_len + EXTENSION_HEADER + value.len();
         if new_size > MAX_EXTENSIONS {
             return Err(Error::Config(format!(
                 "handshake extensions would take {new_size} bytes, at most {MAX_EXTENSIONS} are allowed"
             )));
         }
         match existing {
-            Some(i) => {
-                self.size = new_size;
-                Ok(Some(std::mem::replace(&mut self.entries[i].1, value)))
+            Some(e) => {
+                let old = self.area[e.start + EXTENSION_HEADER..e.end].to_vec();
+                let entry = Self::entry(ty, value);
+                self.area.splice(e.start..e.end, entry);
+                Ok(Some(old))
             }
-            None if self.entries.len() >= MAX_EXTENSION_COUNT => Err(Error::Config(format!(
+            None if self.count >= MAX_EXTENSION_COUNT => Err(Error::Config(format!(
                 "at most {MAX_EXTENSION_COUNT} handshake extensions are allowed"
             ))),
             None => {
-                self.size = new_size;
-                self.entries.push((ty, value));
+                self.area.reserve_exact(EXTENSION_HEADER + value.len());
+                self.area.extend(Self::entry(ty, value));
+                self.count += 1;
                 Ok(None)
             }
         }
     }
 
+    /// One entry's bytes. `value` is at most [`MAX_EXTENSIONS`] long.
+    fn entry(ty: u8, value: &[u8]) -> impl Iterator<Item = u8> + '_ {
+        let len = (value.len() as u16).to_be_bytes();
+        [ty, len[0], len[1]]
+            .into_iter()
+            .chain(value.iter().copied())
+    }
+
     /// The value of extension `ty`, if present.
     pub fn get(&self, ty: u8) -> Option<&[u8]> {
-        self.entries
-            .iter()
-            .find(|(t, _)| *t == ty)
-            .map(|(_, v)| v.as_slice())
+        self.find(ty)
+            .map(|e| &self.area[e.start + EXTENSION_HEADER..e.end])
     }
 
     /// Removes extension `ty`, returning its value.
     pub fn remove(&mut self, ty: u8) -> Option<Vec<u8>> {
-        let i = self.entries.iter().position(|(t, _)| *t == ty)?;
-        let (_, value) = self.entries.remove(i);
-        self.size -= EXTENSION_HEADER + value.len();
+        let e = self.find(ty)?;
+        let value = self.area[e.start + EXTENSION_HEADER..e.end].to_vec();
+        self.area.drain(e.start..e.end);
+        self.count -= 1;
         Some(value)
     }
 
     /// The extensions in wire order.
     pub fn iter(&self) -> impl Iterator<Item = (u8, &[u8])> + '_ {
-        self.entries.iter().map(|(t, v)| (*t, v.as_slice()))
+        self.spans()
+            .map(|e| (e.ty, &self.area[e.start + EXTENSION_HEADER..e.end]))
     }
 
     /// How many extensions there are.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.count
     }
 
     /// True if there are none.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.count == 0
     }
+
+    fn find(&self, ty: u8) -> Option<Span> {
+        self.spans().find(|e| e.ty == ty)
+    }
+
+    /// Where each entry lies in `area` (well formed by construction).
+    fn spans(&self) -> impl Iterator<Item = Span> + '_ {
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let header = self.area.get(at..at + EXTENSION_HEADER)?;
+            let len = usize::from(u16::from_be_bytes([header[1], header[2]]));
+            let span = Span {
+                ty: header[0],
+                start: at,
+                end: at + EXTENSION_HEADER + len,
+            };
+            at = span.end;
+            Some(span)
+        })
+    }
+}
+
+/// One entry of an [`Extensions`] area: its type and byte range, header included.
+struct Span {
+    ty: u8,
+    start: usize,
+    end: usize,
 }
 
 /// The dialer's opening message: who it is and whom it wants.
@@ -256,7 +301,7 @@ impl Hello {
         // 19 bytes: always fits.
         let _ = self
             .extensions
-            .insert(EXT_INSTANCE, instance.as_u128().to_be_bytes().to_vec());
+            .insert_slice(EXT_INSTANCE, &instance.as_u128().to_be_bytes());
         self
     }
 
@@ -512,13 +557,8 @@ pub fn encode(msg: &Message) -> Vec<u8> {
         }
     }
     // At most 255 entries, enforced by `Extensions::insert` and `decode`.
-    out.push(extensions.entries.len() as u8);
-    for (ty, value) in &extensions.entries {
-        out.push(*ty);
-        // Each value is at most MAX_EXTENSIONS bytes.
-        out.extend_from_slice(&(value.len() as u16).to_be_bytes());
-        out.extend_from_slice(value);
-    }
+    out.push(extensions.count as u8);
+    out.extend_from_slice(&extensions.area);
     let body = (out.len() - 2) as u16;
     out[..2].copy_from_slice(&body.to_be_bytes());
     out
@@ -585,25 +625,27 @@ impl<'a> Reader<'a> {
     fn extensions(&mut self) -> Result<Extensions> {
         let count = self.u8("extension count")? as usize;
         let mut seen = [false; 256];
-        let mut ext = Extensions::new();
+        let start = self.pos;
         for i in 0..count {
             let ty = self.u8("extension type")?;
             let len = self.u16("extension length")? as usize;
-            let value = self.take(len, "extension value")?;
+            self.take(len, "extension value")?;
             if std::mem::replace(&mut seen[ty as usize], true) {
                 return Err(Error::protocol(format!(
                     "handshake extension {i} repeats type {ty:#04x}"
                 )));
             }
-            ext.size += EXTENSION_HEADER + len;
-            if ext.size > MAX_EXTENSIONS {
+            if self.pos - start > MAX_EXTENSIONS {
                 return Err(Error::protocol(format!(
                     "handshake extensions exceed {MAX_EXTENSIONS} bytes"
                 )));
             }
-            ext.entries.push((ty, value.to_vec()));
         }
-        Ok(ext)
+        // Checked entry by entry above: copied whole.
+        Ok(Extensions {
+            area: self.buf[start..self.pos].to_vec(),
+            count,
+        })
     }
 
     fn finish(&self, kind: &str) -> Result<()> {
@@ -1061,6 +1103,31 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn extensions_keep_their_order_when_a_middle_value_changes_length() {
+        let mut e = Extensions::new();
+        e.insert(7, vec![1, 1]).unwrap();
+        e.insert(3, vec![2]).unwrap();
+        e.insert(9, Vec::new()).unwrap();
+        assert_eq!(e.insert(3, vec![5; 40]).unwrap(), Some(vec![2]));
+        let entries: Vec<(u8, Vec<u8>)> = e.iter().map(|(t, v)| (t, v.to_vec())).collect();
+        assert_eq!(
+            entries,
+            [(7, vec![1, 1]), (3, vec![5; 40]), (9, Vec::new())]
+        );
+        assert_eq!(e.insert(3, Vec::new()).unwrap(), Some(vec![5; 40]));
+        assert_eq!(e.get(9), Some(&[][..]));
+        assert_eq!(e.remove(7), Some(vec![1, 1]));
+        assert_eq!(e.iter().map(|(t, _)| t).collect::<Vec<_>>(), [3, 9]);
+        assert_eq!(e.len(), 2);
+        let w: Message = Welcome {
+            instance: InstanceId::from_u128(3),
+            extensions: e,
+        }
+        .into();
+        assert_eq!(decode(&body(&w)).unwrap(), w);
     }
 
     #[test]
