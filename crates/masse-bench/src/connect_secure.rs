@@ -23,39 +23,19 @@ use tokio::net::TcpStream;
 use tokio_rustls::rustls::HandshakeKind;
 
 use crate::latency::{
-    Samples, echo_serve, interleave, masse_connect_echo, note_misses, tcp_echo_server, warm_cache,
+    Samples, describe_connect, echo_serve, interleave, iterations, masse_connect_echo, note_misses,
+    tcp_echo_server, warm_cache, warmup,
 };
 use crate::secure::{Peers, echo_quinn, timed_echo, tls_echo_server};
 use crate::stats::percentile;
 use crate::{BoxError, Figure, Mode};
 
-fn iterations(mode: Mode) -> usize {
-    match mode {
-        Mode::Full => 2000,
-        Mode::Quick => 200,
-    }
-}
-
-/// Unreported iterations first: the cache entry, the TLS session cache or
-/// the pooled connection, the accept paths, the allocator.
-fn warmup(mode: Mode) -> usize {
-    iterations(mode) / 10
-}
-
-fn describe(name: &str, mode: Mode) -> String {
-    format!(
-        "{name}: {} interleaved iterations after {} warm-up",
-        iterations(mode),
-        warmup(mode)
-    )
-}
-
 pub(crate) fn describe_tls(mode: Mode) -> String {
-    describe("connect_tls", mode)
+    describe_connect("connect_tls", mode)
 }
 
 pub(crate) fn describe_quic(mode: Mode) -> String {
-    describe("connect_quic", mode)
+    describe_connect("connect_quic", mode)
 }
 
 pub(crate) fn run_tls(mode: Mode) -> Result<Vec<Figure>, BoxError> {

@@ -36,24 +36,31 @@ use crate::{BoxError, Figure, Mode};
 /// The extra CPU of the calibration pass's raw echo server, per echo.
 const SLOW_SERVER: Duration = Duration::from_micros(2);
 
-fn iterations(mode: Mode) -> usize {
+/// Reported iterations of a connect bench.
+pub(crate) fn iterations(mode: Mode) -> usize {
     match mode {
         Mode::Full => 2000,
         Mode::Quick => 200,
     }
 }
 
-/// Unreported iterations first: the cache entry, the accept paths, the allocator.
-fn warmup(mode: Mode) -> usize {
+/// Unreported iterations first: the cache entry, the TLS session cache or
+/// the pooled connection, the accept paths, the allocator.
+pub(crate) fn warmup(mode: Mode) -> usize {
     iterations(mode) / 10
 }
 
-pub(crate) fn describe(mode: Mode) -> String {
+/// The header line of connect bench `name`.
+pub(crate) fn describe_connect(name: &str, mode: Mode) -> String {
     format!(
-        "connect_latency: {} interleaved iterations after {} warm-up",
+        "{name}: {} interleaved iterations after {} warm-up",
         iterations(mode),
         warmup(mode)
     )
+}
+
+pub(crate) fn describe(mode: Mode) -> String {
+    describe_connect("connect_latency", mode)
 }
 
 pub(crate) fn run(mode: Mode) -> Result<Vec<Figure>, BoxError> {

@@ -27,31 +27,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::latency::{
-    Samples, connect_echo, echo, echo_serve, interleave, note_misses, raw_connect_echo,
-    tcp_echo_server, warm_cache,
+    Samples, connect_echo, describe_connect, echo, echo_serve, interleave, iterations, note_misses,
+    raw_connect_echo, tcp_echo_server, warm_cache, warmup,
 };
 use crate::stats::percentile;
 use crate::{BoxError, Figure, Mode};
 
 const NAMESPACE: &str = "bench-split";
 
-fn iterations(mode: Mode) -> usize {
-    match mode {
-        Mode::Full => 2000,
-        Mode::Quick => 200,
-    }
-}
-
-fn warmup(mode: Mode) -> usize {
-    iterations(mode) / 10
-}
-
 pub(crate) fn describe(mode: Mode) -> String {
-    format!(
-        "connect_split: {} interleaved iterations after {} warm-up, per side",
-        iterations(mode),
-        warmup(mode)
-    )
+    describe_connect("connect_split", mode) + ", per side"
 }
 
 pub(crate) fn run(mode: Mode) -> Result<Vec<Figure>, BoxError> {
