@@ -52,8 +52,10 @@ use crate::listener::{Advertised, TcpListener};
 /// otherwise, the listener accepts in a background task, runs each
 /// handshake in a task of its own, and `accept` yields finished streams in
 /// completion order (a few of them queue up if nobody accepts, then
-/// handshaking pauses). Either way the handshake runs under [`handshake_timeout`](Self::handshake_timeout) (or the node's
-/// handshake timeout, if shorter), counted in the node's
+/// handshaking pauses). Either way the handshake runs under
+/// [`handshake_timeout`](Self::handshake_timeout) (or the node's handshake
+/// timeout, if shorter; a node's own deadline then covers both), counted in
+/// the node's
 /// [`HandshakeBudget`] (or, bound without one, a budget of
 /// [`max_concurrent_handshakes`](Self::max_concurrent_handshakes)): a
 /// connection that has not sent its `ClientHello` yet is silent and may be
@@ -220,6 +222,12 @@ impl Interface for TlsInterface {
             .map_or(self.handshake_timeout, |t| t.min(self.handshake_timeout));
         let local = tcp.local_addr();
         let listener = if ctx.defer_handshakes {
+            // The binder's deadline covers the handshake already: a timer
+            // of our own only if ours is shorter.
+            let limit = match ctx.handshake_timeout {
+                Some(binders) if limit >= binders => None,
+                _ => Some(limit),
+            };
             TlsListener::Deferred {
                 tcp,
                 acceptor,
@@ -322,7 +330,9 @@ async fn accept_loop(
         let ticket = budget.admit();
         let (acceptor, tx) = (acceptor.clone(), tx.clone());
         handshakes.spawn(async move {
-            if let Some(accepted) = finish(acceptor, stream, remote, local, limit, ticket).await {
+            if let Some(accepted) =
+                finish(acceptor, stream, remote, local, Some(limit), ticket).await
+            {
                 // Fails only when the listener is gone.
                 let _ = tx.send(Ok(accepted)).await;
             }
@@ -331,7 +341,8 @@ async fn accept_loop(
 }
 
 /// The TLS handshake of a connection accepted at `local` from `remote`,
-/// under `ticket` and within `limit`: silent until the `ClientHello` (a
+/// under `ticket` and within `limit` (if not `None`, when the caller keeps
+/// the deadline): silent until the `ClientHello` (a
 /// newer connection may take the place meanwhile if the budget is full),
 /// then waiting for a place among the handshakes going on. The stream
 /// with its ticket and the client's fingerprint, or `None` (logged).
@@ -340,7 +351,7 @@ async fn finish(
     stream: TcpStream,
     remote: SocketAddr,
     local: SocketAddr,
-    limit: Duration,
+    limit: Option<Duration>,
     ticket: Ticket,
 ) -> Option<Accepted> {
     let handshake = async {
@@ -361,7 +372,11 @@ async fn finish(
         ticket.heard().await;
         handshake(&acceptor, stream, remote, local).await
     };
-    match tokio::time::timeout(limit, handshake).await {
+    let finished = match limit {
+        Some(limit) => tokio::time::timeout(limit, handshake).await,
+        None => Ok(handshake.await),
+    };
+    match finished {
         Ok(Some(mut accepted)) => {
             accepted.ticket = Some(ticket);
             Some(accepted)
@@ -415,7 +430,8 @@ enum TlsListener {
         tcp: TcpListener,
         acceptor: TlsAcceptor,
         budget: Arc<HandshakeBudget>,
-        limit: Duration,
+        /// `None` when the binder's own deadline is the shorter one.
+        limit: Option<Duration>,
     },
     /// Bound directly: TLS-handshaken streams from a background task.
     Background {
