@@ -332,6 +332,84 @@ async fn an_unanswered_quic_endpoint_beside_a_working_tcp_one_is_raced_then_reme
     assert_eq!(dialer.stats().raced_endpoints, 1);
 }
 
+/// TCP, except that a stream to `dead` opens at once and its connection is
+/// gone by the first write: a pooled connection (QUIC) that the peer closed
+/// just as a stream opened on it, which the dialer learns only then.
+#[derive(Debug)]
+struct DiesUnderTheStream {
+    tcp: TcpInterface,
+    dead: SocketAddr,
+}
+
+#[masse::async_trait]
+impl masse::Interface for DiesUnderTheStream {
+    fn protocol(&self) -> Protocol {
+        Protocol::TCP
+    }
+
+    async fn bind(&self, ctx: &masse::BindContext) -> masse::Result<Box<dyn masse::Listener>> {
+        self.tcp.bind(ctx).await
+    }
+
+    async fn connect(
+        &self,
+        endpoint: &Endpoint,
+        peer: &PeerRecord,
+        ctx: &masse::ConnectContext,
+    ) -> masse::Result<masse::BoxIo> {
+        if endpoint.socket_addr() == Some(self.dead) {
+            // The far end is dropped: writes fail with a broken pipe.
+            let (near, _far) = tokio::io::duplex(64);
+            return Ok(Box::new(near));
+        }
+        self.tcp.connect(endpoint, peer, ctx).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_dies_under_the_first_write_is_replayed_to_the_fresh_record() {
+    let reg = MemoryRegistry::new();
+    let dead: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let peer = node("mover", "df-dies", &reg).start().await.unwrap();
+    echo_forever(&peer).await;
+    let dialer = deaf("dialer", "df-dies", &reg)
+        .interface(DiesUnderTheStream {
+            tcp: TcpInterface::new("127.0.0.1:0"),
+            dead,
+        })
+        .start()
+        .await
+        .unwrap();
+    let mut stale = peer.record();
+    stale.endpoints = vec![Endpoint::new(Protocol::TCP, dead)];
+    cache_stale(&reg, &dialer, &stale, &peer.record()).await;
+
+    // The connect succeeds on the dying connection; its first write fails
+    // there, and the stream goes to the fresh record with that write.
+    let (reached, took) = echo_timed(&dialer, "mover").await;
+    eprintln!("connection dead under the first write: reached the peer in {took:?}");
+    assert_eq!(reached, peer.instance());
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert_eq!(dialer.stats().stale_retries, 1);
+
+    // When the registry says the same, there is nowhere else to go: the
+    // write fails at once, with the dial's context, and nothing hangs.
+    let mut ghost = stale.clone();
+    ghost.name = masse::PeerName::new("ghost").unwrap();
+    ghost.instance = InstanceId::random();
+    reg.publish(&ghost, Duration::from_secs(30), NamePolicy::Takeover)
+        .await
+        .unwrap();
+    let mut s = timeout(T, dialer.connect("ghost")).await.unwrap().unwrap();
+    let err = timeout(T, s.write_all(b"anyone?"))
+        .await
+        .unwrap()
+        .unwrap_err();
+    eprintln!("connection dead under the first write, no fresh record: {err}");
+    assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe, "{err:?}");
+    assert_eq!(dialer.stats().stale_retries, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_quic_connection_to_a_peer_that_moved_is_left_for_its_new_address() {
     // The dialer holds a pooled QUIC connection to the peer; the peer's

@@ -533,6 +533,25 @@ impl Answer {
             ConnectStep::Handshake,
         ))
     }
+
+    /// The state after `e`, put in the context of the dial: a redial if `e`
+    /// says the address may be stale, the bytes written so far are kept and
+    /// the stream has not redialed yet; else failed.
+    fn fail_or_redial(&mut self, e: Error) -> State {
+        match self.fail(e) {
+            State::Failed(e) if e.is_stale_address() && self.kept.is_some() => {
+                match self.redial.take() {
+                    Some(redial) => {
+                        tracing::debug!(error = %e, "stale record; dialing the name's fresh record");
+                        self.refusal = Some(e);
+                        State::Redialing(redial())
+                    }
+                    None => State::Failed(e),
+                }
+            }
+            failed => failed,
+        }
+    }
 }
 
 struct Shared {
@@ -590,7 +609,7 @@ impl Shared {
                         match poll_write_all(io, &mut cx, &a.hello, &mut a.hello_sent) {
                             Poll::Ready(Ok(())) => {}
                             Poll::Ready(Err(e)) => {
-                                a.state = a.fail(e.into());
+                                a.state = a.fail_or_redial(e.into());
                                 continue;
                             }
                             Poll::Pending => {
@@ -632,19 +651,7 @@ impl Shared {
                             a.reached.lock().unwrap_or_else(|p| p.into_inner()).instance = instance;
                             State::Open
                         }
-                        DialerStep::Fail(e) => match a.fail(e) {
-                            State::Failed(e) if e.is_stale_address() && a.kept.is_some() => {
-                                match a.redial.take() {
-                                    Some(redial) => {
-                                        tracing::debug!(error = %e, "stale record; dialing the name's fresh record");
-                                        a.refusal = Some(e);
-                                        State::Redialing(redial())
-                                    }
-                                    None => State::Failed(e),
-                                }
-                            }
-                            failed => failed,
-                        },
+                        DialerStep::Fail(e) => a.fail_or_redial(e),
                         DialerStep::Send(m) => a.fail(Error::protocol(format!(
                             "handshake: {} to send after the data began",
                             m.kind()
@@ -699,8 +706,9 @@ impl Shared {
 /// The dialer's stream under its wrappers: application data flows right
 /// after the `Hello`; the acceptor's answer is read before the first byte in
 /// (a refusal fails that read, or the next write, with its error), within the
-/// handshake deadline. After a stale refusal it dials the name's fresh record
-/// and replays what was written, once.
+/// handshake deadline. After a stale refusal, or a connection that fails
+/// before the answer (on a read, a write or a flush), it dials the name's
+/// fresh record and replays what was written, once.
 pub(crate) struct Verdict {
     shared: Arc<Shared>,
     /// The fast path, once the answer is in.
@@ -810,11 +818,13 @@ impl Verdict {
     }
 
     /// A write before the answer: straight through, and kept for a replay.
+    /// `None` if the connection failed under it and the stream is redialing
+    /// or failed now: the caller goes round again.
     fn poll_write_pending(
         &mut self,
         cx: &mut Context<'_>,
         buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    ) -> Poll<std::io::Result<Option<usize>>> {
         let mut guard = self.shared.lock();
         let Some(a) = guard.as_deref_mut() else {
             return Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()));
@@ -823,20 +833,25 @@ impl Verdict {
             return Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()));
         };
         // The Hello and the first bytes in one write.
-        let mut n = ready!(poll_write_with_prefix(
-            io,
-            cx,
-            &a.hello,
-            &mut a.hello_sent,
-            buf
-        ))?;
-        if n == 0 {
-            n = ready!(Pin::new(io).poll_write(cx, buf))?;
+        let written = match poll_write_with_prefix(io, cx, &a.hello, &mut a.hello_sent, buf) {
+            Poll::Ready(Ok(0)) => Pin::new(io).poll_write(cx, buf),
+            written => written,
+        };
+        match ready!(written) {
+            Ok(n) => {
+                if let Some(k) = &mut a.kept {
+                    k.extend_from_slice(&buf[..n]);
+                }
+                Poll::Ready(Ok(Some(n)))
+            }
+            Err(e) => {
+                // The connection died before the answer (a pooled QUIC
+                // connection the peer closed as the stream opened on it):
+                // like a refusal, a reason to dial the fresh record.
+                a.state = a.fail_or_redial(e.into());
+                Poll::Ready(Ok(None))
+            }
         }
-        if let Some(k) = &mut a.kept {
-            k.extend_from_slice(&buf[..n]);
-        }
-        Poll::Ready(Ok(n))
     }
 }
 
@@ -873,14 +888,17 @@ impl AsyncWrite for Verdict {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
-        if let Some(io) = &mut this.open {
-            return Pin::new(io).poll_write(cx, buf);
+        loop {
+            if let Some(io) = &mut this.open {
+                return Pin::new(io).poll_write(cx, buf);
+            }
+            ready!(this.poll_before_write(cx, buf.len()))?;
+            if this.open.is_none()
+                && let Some(n) = ready!(this.poll_write_pending(cx, buf))?
+            {
+                return Poll::Ready(Ok(n));
+            }
         }
-        ready!(this.poll_before_write(cx, buf.len()))?;
-        if let Some(io) = &mut this.open {
-            return Pin::new(io).poll_write(cx, buf);
-        }
-        this.poll_write_pending(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -897,11 +915,17 @@ impl AsyncWrite for Verdict {
             .iter()
             .find(|b| !b.is_empty())
             .map_or(&[][..], |b| &**b);
-        ready!(this.poll_before_write(cx, first.len()))?;
-        if let Some(io) = &mut this.open {
-            return Pin::new(io).poll_write_vectored(cx, bufs);
+        loop {
+            if let Some(io) = &mut this.open {
+                return Pin::new(io).poll_write_vectored(cx, bufs);
+            }
+            ready!(this.poll_before_write(cx, first.len()))?;
+            if this.open.is_none()
+                && let Some(n) = ready!(this.poll_write_pending(cx, first))?
+            {
+                return Poll::Ready(Ok(n));
+            }
         }
-        this.poll_write_pending(cx, first)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -919,15 +943,21 @@ impl AsyncWrite for Verdict {
         let Some(a) = guard.as_deref_mut() else {
             return Poll::Ready(Ok(()));
         };
-        if !matches!(a.state, State::Pending | State::Open) {
-            ready!(shared.poll_answer(a, true))?;
-        }
-        match a.io.as_mut() {
-            Some(io) => {
-                ready!(poll_write_all(io, cx, &a.hello, &mut a.hello_sent))?;
-                Pin::new(io).poll_flush(cx)
+        loop {
+            if !matches!(a.state, State::Pending | State::Open) {
+                ready!(shared.poll_answer(a, true))?;
             }
-            None => Poll::Ready(Ok(())),
+            let Some(io) = a.io.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            let flushed = match poll_write_all(io, cx, &a.hello, &mut a.hello_sent) {
+                Poll::Ready(Ok(())) => Pin::new(io).poll_flush(cx),
+                written => written,
+            };
+            match ready!(flushed) {
+                Err(e) if matches!(a.state, State::Pending) => a.state = a.fail_or_redial(e.into()),
+                done => return Poll::Ready(done),
+            }
         }
     }
 
@@ -943,17 +973,23 @@ impl AsyncWrite for Verdict {
             return Poll::Ready(Ok(()));
         };
         a.shutdown = true;
-        if !matches!(a.state, State::Pending | State::Open) {
-            // The replay shuts the fresh stream down after it.
-            ready!(shared.poll_answer(a, true))?;
-            return Poll::Ready(Ok(()));
-        }
-        match a.io.as_mut() {
-            Some(io) => {
-                ready!(poll_write_all(io, cx, &a.hello, &mut a.hello_sent))?;
-                Pin::new(io).poll_shutdown(cx)
+        loop {
+            if !matches!(a.state, State::Pending | State::Open) {
+                // The replay shuts the fresh stream down after it.
+                ready!(shared.poll_answer(a, true))?;
+                return Poll::Ready(Ok(()));
             }
-            None => Poll::Ready(Ok(())),
+            let Some(io) = a.io.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            let shut = match poll_write_all(io, cx, &a.hello, &mut a.hello_sent) {
+                Poll::Ready(Ok(())) => Pin::new(io).poll_shutdown(cx),
+                written => written,
+            };
+            match ready!(shut) {
+                Err(e) if matches!(a.state, State::Pending) => a.state = a.fail_or_redial(e.into()),
+                done => return Poll::Ready(done),
+            }
         }
     }
 }
