@@ -431,6 +431,12 @@ impl QuicInterface {
                 .unwrap_or_default();
             let wait_until =
                 deadline.min(Instant::now() + (rtt * 4).clamp(CREDIT_WAIT_MIN, CREDIT_WAIT_MAX));
+            for p in &pooled {
+                // Without datagram support at the peer, nothing to ask.
+                let _ = p
+                    .conn
+                    .send_datagram(bytes::Bytes::from_static(STREAMS_BLOCKED));
+            }
             let mut opens: Vec<_> = pooled.iter().map(|p| Box::pin(p.conn.open_bi())).collect();
             let first = std::future::poll_fn(|cx| {
                 for (i, open) in opens.iter_mut().enumerate() {
@@ -640,6 +646,11 @@ struct PoolKey {
     peer: Fingerprint,
     own: Fingerprint,
 }
+
+/// The datagram a dialer sends on each pooled connection it finds at the
+/// peer's stream limit: the peer then announces any credit it holds back
+/// (see `listener::grant_credit`). A peer that does not know it ignores it.
+pub(crate) const STREAMS_BLOCKED: &[u8] = b"masse/streams-blocked";
 
 /// How often [`QuicInterface::open_stream`] goes round (a dead connection
 /// dropped, a stream opened on a connection being retired) before giving up.

@@ -16,7 +16,7 @@ use quinn::rustls::pki_types::CertificateDer;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::interface::{Settings, Shared, lock};
+use crate::interface::{STREAMS_BLOCKED, Settings, Shared, lock};
 
 /// Application error code on streams reset because no listener is bound.
 const NO_LISTENER: u32 = 1;
@@ -92,17 +92,25 @@ pub(crate) async fn accept_loop(
         // peer's progress): under a flood of handshakes that stall, the one
         // stalled the longest gives way.
         let ticket = budget.admit();
-        connections.spawn(serve_connection(incoming, sink.clone(), limit, ticket));
+        connections.spawn(serve_connection(
+            incoming,
+            sink.clone(),
+            limit,
+            ticket,
+            settings.max_streams,
+        ));
     }
 }
 
 /// Completes one incoming connection's handshake, then hands each stream the
-/// peer opens to the listener bound at that moment.
+/// peer opens to the listener bound at that moment, and answers the peer's
+/// requests for stream credit (see [`grant_credit`]).
 async fn serve_connection(
     incoming: quinn::Incoming,
     sink: Arc<Mutex<Sink>>,
     limit: Duration,
     ticket: Ticket,
+    max_streams: u32,
 ) {
     let remote = incoming.remote_address();
     let connecting = match incoming.accept() {
@@ -142,6 +150,22 @@ async fn serve_connection(
         return;
     };
     tracing::debug!(%remote, peer_identity = %fingerprint.short(), "quic connection accepted");
+    // Both end with the connection; on this task, so that the accept loop's
+    // end ends them too.
+    tokio::select! {
+        () = serve_streams(&conn, remote, fingerprint, &sink) => {}
+        () = grant_credit(&conn, max_streams) => {}
+    }
+}
+
+/// Hands each stream the peer opens on `conn` to the listener bound at that
+/// moment, until the connection ends.
+async fn serve_streams(
+    conn: &quinn::Connection,
+    remote: SocketAddr,
+    fingerprint: Fingerprint,
+    sink: &Mutex<Sink>,
+) {
     loop {
         let (mut send, mut recv) = match conn.accept_bi().await {
             Ok(streams) => streams,
@@ -150,7 +174,7 @@ async fn serve_connection(
                 return;
             }
         };
-        let tx = lock(&sink).sender();
+        let tx = lock(sink).sender();
         let Some(tx) = tx else {
             tracing::debug!(%remote, "no quic listener bound; stream reset");
             let _ = send.reset(VarInt::from_u32(NO_LISTENER));
@@ -164,6 +188,26 @@ async fn serve_connection(
         // streams then wait on its stream limit. Fails only if the listener
         // is gone (the stream is dropped).
         let _ = tx.send(accepted).await;
+    }
+}
+
+/// Announces stream credit the connection holds back when the peer says it
+/// is blocked on it ([`STREAMS_BLOCKED`], a datagram).
+///
+/// quinn announces the credit of closed streams (`MAX_STREAMS`) only once
+/// more than an eighth of the limit has come back: with a limit of 8 a
+/// single closed stream is never announced, and a dialer holding the other
+/// 7 sees the connection full for as long as they stay open. Setting the
+/// limit to 0 and back makes quinn announce what it holds at once (the
+/// credit itself never shrinks: streams already allowed stay allowed).
+async fn grant_credit(conn: &quinn::Connection, max_streams: u32) {
+    while let Ok(datagram) = conn.read_datagram().await {
+        if datagram[..] != STREAMS_BLOCKED[..] {
+            tracing::debug!(remote = %conn.remote_address(), len = datagram.len(), "unknown quic datagram ignored");
+            continue;
+        }
+        conn.set_max_concurrent_bi_streams(VarInt::from_u32(0));
+        conn.set_max_concurrent_bi_streams(VarInt::from_u32(max_streams));
     }
 }
 

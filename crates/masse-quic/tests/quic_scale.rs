@@ -200,13 +200,60 @@ async fn with_every_allowed_connection_full_a_connect_is_refused_as_busy_at_once
     common::drained(&quic, DRAIN).await;
 }
 
-/// Known fault: after 16 streams on a full pool close, opening 16 again
-/// gets every place back in most runs, but in about one run in five on two
-/// cores one connection stays a stream short for over 10 s (`[[7, 8]]`):
-/// the peer does not grant that stream's credit back. Run it with
-/// `--ignored`.
+/// One stream of a full connection closes: its place comes back, though
+/// it is less than the eighth of the limit past which quinn announces
+/// credit by itself (the dialer asks for it; see `listener::grant_credit`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known fault: a pooled connection can stay one stream short after its streams close; see its doc"]
+async fn one_closed_stream_of_a_full_connection_gives_its_place_back() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    masse_core::testkit::fixtures::init_tracing();
+    let reg = MemoryRegistry::new();
+    let server = start(
+        "echo",
+        "qs-one",
+        &reg,
+        QuicInterface::new("127.0.0.1:0").max_concurrent_streams(8),
+    )
+    .await;
+    echo_forever(&server).await;
+    let quic = QuicInterface::new("127.0.0.1:0").max_connections_per_peer(1);
+    let dialer = Arc::new(start("dialer", "qs-one", &reg, quic.clone()).await);
+    let (mut streams, _) = open_all(&dialer, "echo", 8).await;
+    assert_eq!(quic.pooled_streams(), vec![vec![8]]);
+    refused_as_busy(&dialer).await;
+
+    drop(streams.pop());
+    common::until_streams(&quic, "one stream closed", DRAIN, |c| c == [vec![7]]).await;
+    let started = Instant::now();
+    let deadline = started + CONNECT_TIMEOUT;
+    let mut s = loop {
+        match dialer.connect("echo").await {
+            Ok(s) => break s,
+            // The peer frees the stream a round trip after we let go.
+            Err(e) if e.refuse_code() == Some(RefuseCode::Busy) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!(
+                "the 8th stream again: {e:?}; streams per connection {:?}",
+                quic.pooled_streams()
+            ),
+        }
+    };
+    eprintln!(
+        "the closed stream's place back after {:?}",
+        started.elapsed()
+    );
+    s.write_all(b"x").await.unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(quic.pooled_streams(), vec![vec![8]]);
+}
+
+/// After 16 streams on a full pool close, 16 open again: every place comes
+/// back. Before the dialer asked for held-back credit, one connection
+/// stayed a stream short (`[[7, 8]]`) in about one run in five: the last of
+/// its streams to be freed was under quinn's eighth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_streams_give_every_place_back() {
     let _alone = ONE_AT_A_TIME.lock().await;
     masse_core::testkit::fixtures::init_tracing();
