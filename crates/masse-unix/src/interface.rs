@@ -11,7 +11,7 @@ use masse_core::{
 use tokio::net::UnixStream;
 
 use crate::listener::UnixListener;
-use crate::path::{Existing, MAX_PATH, default_dir, default_path, inspect};
+use crate::path::{Existing, MAX_PATH, default_dir, default_path, inspect, sweep_earlier};
 
 /// Streams over Unix domain sockets, at `unix:///path` endpoints: peers on
 /// one host, with their operating-system credentials (see the crate docs).
@@ -97,6 +97,11 @@ impl Interface for UnixInterface {
 
     async fn bind(&self, ctx: &BindContext) -> Result<Box<dyn Listener>> {
         let path = self.path_for(ctx).await?;
+        if !matches!(self.place, Place::At(_))
+            && let Some(dir) = path.parent()
+        {
+            sweep_earlier(dir, ctx, &path).await;
+        }
         if inspect(&path).await? == Existing::Stale {
             tracing::info!(path = %path.display(), "removing a stale unix socket nobody accepts on");
             match std::fs::remove_file(&path) {

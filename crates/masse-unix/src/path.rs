@@ -72,6 +72,54 @@ pub(crate) fn default_path(dir: &Path, ctx: &BindContext) -> PathBuf {
     dir.join(format!("{digest}.sock"))
 }
 
+/// Removes the sockets that earlier instances of this node left in `dir`
+/// under the default name (`<namespace>.<name>.<16 hex>.sock`, not `own`)
+/// and that nobody accepts on: a node killed before it could remove its own
+/// (SIGKILL, a crash, a power cut) leaves one per run, and its next run,
+/// with a new instance, binds another path. A live socket (another instance
+/// still running), a file that is not a socket and hashed names stay.
+/// Returns how many went; a directory it cannot read is no error (the bind
+/// goes on).
+pub(crate) async fn sweep_earlier(dir: &Path, ctx: &BindContext, own: &Path) -> usize {
+    let prefix = format!("{}.{}.", ctx.namespace, ctx.name);
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::debug!(dir = %dir.display(), error = %e, "cannot list the socket directory; no sweep");
+            return 0;
+        }
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(instance) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|rest| rest.strip_suffix(".sock"))
+        else {
+            continue;
+        };
+        let path = entry.path();
+        if instance.len() != 16 || !instance.bytes().all(|b| b.is_ascii_hexdigit()) || path == own {
+            continue;
+        }
+        if !matches!(inspect(&path).await, Ok(Existing::Stale)) {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "cannot remove a stale unix socket");
+            }
+        }
+    }
+    if removed > 0 {
+        tracing::info!(dir = %dir.display(), removed, "removed unix sockets that earlier instances of this node left behind");
+    }
+    removed
+}
+
 /// What is at a socket path before binding it.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Existing {

@@ -208,3 +208,92 @@ async fn an_explicit_path_too_long_is_an_error() {
         Err(Error::InvalidAddress { .. })
     ));
 }
+
+/// The context of a run of node `name` in namespace `test`.
+fn run_of(name: &str) -> BindContext {
+    BindContext::new(
+        "test".parse().unwrap(),
+        name.parse().unwrap(),
+        InstanceId::random(),
+    )
+}
+
+/// The socket files in `dir`.
+fn sockets_in(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| is_socket(p))
+        .collect();
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn the_socket_of_a_killed_run_goes_when_the_node_runs_again() {
+    // In the child: bind node `killed` in the directory given, then wait to
+    // be killed.
+    const CHILD: &str = "MASSE_UNIX_KILLED_RUN_DIR";
+    if let Some(dir) = std::env::var_os(CHILD) {
+        let _listener = UnixInterface::in_dir(PathBuf::from(dir))
+            .bind(&run_of("killed"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        panic!("not killed within a minute");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A run of the same node that stays alive.
+    let unix = UnixInterface::in_dir(dir.path());
+    let live = unix.bind(&run_of("killed")).await.unwrap();
+    let live_path = live.endpoints()[0].unix_path().unwrap().to_owned();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "the_socket_of_a_killed_run_goes_when_the_node_runs_again",
+            "--exact",
+            "--test-threads=1",
+        ])
+        .env(CHILD, dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + T;
+    while sockets_in(dir.path()).len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child never bound"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // SIGKILL: nothing runs to remove the file.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed: Vec<PathBuf> = sockets_in(dir.path())
+        .into_iter()
+        .filter(|p| *p != live_path)
+        .collect();
+    assert_eq!(killed.len(), 1, "{killed:?}");
+
+    // Beside it: a dead socket of another node, and a file in the name's
+    // pattern that is not a socket.
+    let other = dir.path().join("test.other.0123456789abcdef.sock");
+    drop(std::os::unix::net::UnixListener::bind(&other).unwrap());
+    let not_a_socket = dir.path().join("test.killed.fedcba9876543210.sock");
+    std::fs::write(&not_a_socket, b"keep me").unwrap();
+    assert!(is_socket(&killed[0]), "SIGKILL left the socket file");
+
+    let next = unix.bind(&run_of("killed")).await.unwrap();
+    let next_path = next.endpoints()[0].unix_path().unwrap().to_owned();
+    assert!(
+        !killed[0].exists(),
+        "the killed run's socket is still there"
+    );
+    let mut left = vec![live_path.clone(), next_path, other];
+    left.sort();
+    assert_eq!(sockets_in(dir.path()), left);
+    assert_eq!(std::fs::read(&not_a_socket).unwrap(), b"keep me");
+    // The live run still accepts.
+    tokio::net::UnixStream::connect(&live_path)
+        .await
+        .expect("the live run's socket accepts");
+}
