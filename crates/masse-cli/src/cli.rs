@@ -55,6 +55,13 @@ pub(crate) struct Global {
     #[arg(long, global = true, default_value = DEFAULT_BIND, value_name = "ADDR")]
     pub(crate) bind: String,
 
+    /// File holding the namespace secret (16 bytes or more; one trailing newline is not part
+    /// of it) for commands that join: streams to and from nodes without the same secret are
+    /// refused. MASSE_SECRET gives the secret itself instead (never on the command line,
+    /// where other users could read it)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub(crate) secret_file: Option<std::path::PathBuf>,
+
     /// How long a joined node's record lives without a heartbeat (it refreshes every ttl/3)
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub(crate) ttl: Duration,

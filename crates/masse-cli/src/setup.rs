@@ -15,6 +15,9 @@ use crate::output::format_duration;
 /// closes such streams without piping them.
 pub(crate) const PING_SERVICE: &str = "masse-ping";
 
+/// The environment variable that gives the namespace secret itself.
+const SECRET_ENV: &str = "MASSE_SECRET";
+
 /// How long a node that is shutting down waits for its open streams.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -24,6 +27,28 @@ impl Global {
         Ok(Namespace::new(
             self.namespace.as_deref().unwrap_or("default"),
         )?)
+    }
+
+    /// The namespace secret: `--secret-file`, else `MASSE_SECRET`, else none.
+    /// Its length is checked when the node starts.
+    pub(crate) fn secret(&self) -> Result<Option<Vec<u8>>, CliError> {
+        let Some(path) = &self.secret_file else {
+            return Ok(std::env::var_os(SECRET_ENV).map(|v| v.into_encoded_bytes()));
+        };
+        let mut bytes = std::fs::read(path).map_err(|e| {
+            CliError::usage(format!(
+                "cannot read the secret file {}: {e}",
+                path.display()
+            ))
+        })?;
+        // One line ending, as an editor or `echo` leaves it.
+        if bytes.ends_with(b"\n") {
+            bytes.pop();
+            if bytes.ends_with(b"\r") {
+                bytes.pop();
+            }
+        }
+        Ok(Some(bytes))
     }
 
     /// The name to join under when the command has none of its own.
@@ -110,6 +135,9 @@ impl Global {
             .connect_timeout(self.timeout)
             .handshake_timeout(self.timeout)
             .shutdown_grace(SHUTDOWN_GRACE);
+        if let Some(secret) = self.secret()? {
+            builder = builder.secret(secret);
+        }
         for s in services {
             builder = builder.service(s.as_str());
         }

@@ -30,6 +30,7 @@ fn masse(registry: &str, ns: &str, args: &[&str]) -> Command {
         .args(args)
         .env_remove("MASSE_REGISTRY")
         .env_remove("MASSE_NAMESPACE")
+        .env_remove("MASSE_SECRET")
         .env_remove("RUST_LOG");
     cmd
 }
@@ -289,6 +290,70 @@ fn listen_connect_peers_over_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/reg.db?mode=rwc", dir.path().display());
     listen_connect_peers(&url, &namespace("sqlite"));
+}
+
+/// A listener with a namespace secret: a client with the same secret (from
+/// a file or from `MASSE_SECRET`) gets through; one without it, or with
+/// another, is refused (exit 4); a secret too short is a usage error.
+#[test]
+fn a_namespace_secret_keeps_out_who_lacks_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/reg.db?mode=rwc", dir.path().display());
+    let ns = namespace("secret");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "correct horse battery staple\n").unwrap();
+    let other = dir.path().join("other");
+    std::fs::write(&other, "another horse, another staple").unwrap();
+    let short = dir.path().join("short");
+    std::fs::write(&short, "too short").unwrap();
+    let with = |file: &std::path::Path| format!("--secret-file={}", file.display());
+
+    let server = listen(
+        &url,
+        &ns,
+        "vault",
+        &["--keep-open", &with(&secret)],
+        Some(b"welcome\n"),
+    );
+    let client = run(
+        masse(&url, &ns, &["connect", "vault", &with(&secret)]),
+        b"from a friend\n",
+    );
+    assert_eq!(client.code, 0, "{client:#?}");
+    assert_eq!(client.stdout, "welcome\n");
+    let mut from_env = masse(&url, &ns, &["connect", "vault"]);
+    from_env.env("MASSE_SECRET", "correct horse battery staple");
+    let client = run(from_env, b"from the environment\n");
+    assert_eq!(client.code, 0, "{client:#?}");
+
+    let client = run(masse(&url, &ns, &["connect", "vault"]), b"let me in\n");
+    client.assert_one_error_line(4, "vault");
+    let client = run(
+        masse(&url, &ns, &["connect", "vault", &with(&other)]),
+        b"let me in\n",
+    );
+    client.assert_one_error_line(4, "vault");
+    let client = run(masse(&url, &ns, &["connect", "vault", &with(&short)]), b"");
+    client.assert_one_error_line(2, "at least 16 bytes");
+    let client = run(
+        masse(
+            &url,
+            &ns,
+            &["connect", "vault", "--secret-file=/nonexistent/secret"],
+        ),
+        b"",
+    );
+    client.assert_one_error_line(2, "/nonexistent/secret");
+
+    server.interrupt();
+    let server = server.finish();
+    assert_eq!(server.code, 0, "{server:#?}");
+    assert!(server.stdout.contains("from a friend\n"), "{server:#?}");
+    assert!(
+        server.stdout.contains("from the environment\n"),
+        "{server:#?}"
+    );
+    assert!(!server.stdout.contains("let me in"), "{server:#?}");
 }
 
 #[test]
