@@ -58,17 +58,43 @@ impl MariaDbServer {
 
     fn start_with(durable: bool) -> Option<MariaDbServer> {
         let mariadbd = binary("mariadbd")?;
-        let install = binary("mariadb-install-db")?;
+        binary("mariadb-install-db")?;
         let client = binary("mariadb")?;
         let dir = tempfile::Builder::new()
             .prefix("masse-mariadb-")
             .tempdir()
             .expect("create a temporary directory");
-        let data = dir.path().join("data");
         // A temporary directory of its own: concurrent installs sharing /tmp
         // trip over each other's temporary tables.
-        let tmp = dir.path().join("tmp");
-        std::fs::create_dir(&tmp).expect("create the server's tmpdir");
+        std::fs::create_dir(dir.path().join("tmp")).expect("create the server's tmpdir");
+        let mut server = MariaDbServer {
+            mariadbd,
+            client,
+            dir,
+            port: 0,
+            process: None,
+            durable,
+        };
+        server.install();
+        let mut last = String::new();
+        for _ in 0..3 {
+            server.port = free_port();
+            match server.try_start() {
+                Ok(()) => {
+                    server.provision();
+                    return Some(server);
+                }
+                Err(e) => last = e,
+            }
+        }
+        panic!("MariaDB did not start: {last}");
+    }
+
+    /// A new data directory with only the system tables (`mariadb-install-db`).
+    fn install(&self) {
+        let install = binary("mariadb-install-db").expect("mariadb-install-db is installed");
+        let data = self.dir.path().join("data");
+        let tmp = self.dir.path().join("tmp");
         let mut cmd = Command::new(&install);
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
@@ -80,7 +106,7 @@ impl MariaDbServer {
             cmd.arg("--user=root");
         }
         let out = cmd
-            .current_dir(dir.path())
+            .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", install.display()));
@@ -90,30 +116,15 @@ impl MariaDbServer {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut server = MariaDbServer {
-            mariadbd,
-            client,
-            dir,
-            port: 0,
-            process: None,
-            durable,
-        };
-        let mut last = String::new();
-        for _ in 0..3 {
-            server.port = free_port();
-            match server.try_start() {
-                Ok(()) => {
-                    server.admin(&format!(
-                        "CREATE DATABASE {DATABASE}; \
-                         CREATE USER '{USER}'@'%' IDENTIFIED BY '{PASSWORD}'; \
-                         GRANT ALL ON {DATABASE}.* TO '{USER}'@'%';"
-                    ));
-                    return Some(server);
-                }
-                Err(e) => last = e,
-            }
-        }
-        panic!("MariaDB did not start: {last}");
+    }
+
+    /// Creates the `masse` database and user, as a deployment provisions them.
+    fn provision(&self) {
+        self.admin(&format!(
+            "CREATE DATABASE {DATABASE}; \
+             CREATE USER '{USER}'@'%' IDENTIFIED BY '{PASSWORD}'; \
+             GRANT ALL ON {DATABASE}.* TO '{USER}'@'%';"
+        ));
     }
 
     /// `mysql://masse:masse-pw@127.0.0.1:<port>/masse`.
@@ -143,6 +154,20 @@ impl MariaDbServer {
         if let Err(e) = self.try_start() {
             panic!("MariaDB did not restart: {e}");
         }
+    }
+
+    /// Starts the server again on the same port with an empty data
+    /// directory, as a server whose storage was lost comes back after its
+    /// deployment provisioned it again: the `masse` database and user are
+    /// there, none of the tables.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        std::fs::remove_dir_all(self.dir.path().join("data")).expect("remove the data directory");
+        self.install();
+        if let Err(e) = self.try_start() {
+            panic!("MariaDB did not restart empty: {e}");
+        }
+        self.provision();
     }
 
     /// Runs SQL as root over the Unix socket; panics if it fails.

@@ -97,8 +97,26 @@ impl PostgresServer {
             durable,
             running: false,
         };
-        let data = server.data_dir();
-        let out = server.tool(
+        server.init_data();
+        if tls {
+            server.make_certificate();
+        }
+        // A port that was free can be taken before the server binds it: try a few.
+        let mut last = String::new();
+        for _ in 0..3 {
+            server.port = free_port();
+            match server.try_start() {
+                Ok(()) => return Some(server),
+                Err(e) => last = e,
+            }
+        }
+        panic!("PostgreSQL did not start: {last}");
+    }
+
+    /// A new, empty cluster in the data directory (`initdb`).
+    fn init_data(&self) {
+        let data = self.data_dir();
+        let out = self.tool(
             "initdb",
             &[
                 "-D",
@@ -119,19 +137,6 @@ impl PostgresServer {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        if tls {
-            server.make_certificate();
-        }
-        // A port that was free can be taken before the server binds it: try a few.
-        let mut last = String::new();
-        for _ in 0..3 {
-            server.port = free_port();
-            match server.try_start() {
-                Ok(()) => return Some(server),
-                Err(e) => last = e,
-            }
-        }
-        panic!("PostgreSQL did not start: {last}");
     }
 
     /// `postgres://postgres@127.0.0.1:<port>/postgres`.
@@ -182,6 +187,18 @@ impl PostgresServer {
         self.kill();
         if let Err(e) = self.try_start() {
             panic!("PostgreSQL did not restart: {e}");
+        }
+    }
+
+    /// Starts the server again on the same port with an empty data
+    /// directory, as a server whose storage was lost comes back: the
+    /// `postgres` database is there, none of its tables.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        fs::remove_dir_all(self.data_dir()).expect("remove the data directory");
+        self.init_data();
+        if let Err(e) = self.try_start() {
+            panic!("PostgreSQL did not restart empty: {e}");
         }
     }
 

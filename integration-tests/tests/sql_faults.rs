@@ -446,6 +446,59 @@ async fn sqlite_file_replaced_under_running_nodes() {
     .await;
 }
 
+/// Every table of the registry dropped under running nodes (`sqlite3`, as
+/// an operator resetting the database would): the handles create them
+/// again, the watcher gets `Resync`, both nodes publish themselves again
+/// and dial each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_tables_dropped_under_running_nodes() {
+    let _turn = SQLITE_TURN.lock().await;
+    if own_process("sqlite_tables_dropped_under_running_nodes") {
+        return;
+    }
+    init_tracing();
+    if require_binary("sqlite3", "sqlite3").is_none() {
+        return;
+    }
+    let db = sqlite_dir().join("reg.db");
+    let url = format!("sqlite://{}", db.display());
+    let ns: Namespace = "sqlite-drop".parse().unwrap();
+    let a = start_node("alpha", ns.as_str(), &url).await;
+    let b = start_node("beta", ns.as_str(), &url).await;
+    let (mut ev_a, mut ev_b) = (a.events(), b.events());
+    let observer = connect_sql(&url, config()).await;
+    let mut watch = observer.watch(&ns).await.unwrap();
+    dial(&a, "beta").await;
+    dial(&b, "alpha").await;
+
+    Sqlite3(db.clone())
+        .sql("DROP TABLE masse_peers; DROP TABLE masse_events; DROP TABLE masse_meta;");
+    let dropped = Instant::now();
+    loop {
+        match timeout(T, watch.next()).await {
+            Ok(Some(Ok(masse::RegistryEvent::Resync))) => break,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected Resync, got {other:?}"),
+        }
+    }
+    both_published(&url, ns.as_str(), [&a, &b]).await;
+    let published = dropped.elapsed();
+    dial(&a, "beta").await;
+    dial(&b, "alpha").await;
+    eprintln!(
+        "RECOVERY sqlite tables dropped: published again after {published:?}, both dialed after {:?}",
+        dropped.elapsed()
+    );
+    // Neither node lost its name on the way.
+    for ev in [&mut ev_a, &mut ev_b] {
+        while let Ok(Some(e)) = timeout(Duration::from_millis(1), ev.recv()).await {
+            assert!(!matches!(e, NodeEvent::NameLost { .. }), "{e:?}");
+        }
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
 // ------------------------------------------------------------ PostgreSQL
 
 /// Every session of database `db` is cut (they reconnect with the
@@ -511,7 +564,49 @@ async fn postgres_database_closed_to_connections_recovers() {
     .await;
 }
 
+/// PostgreSQL killed, and back two ttls later on the same port with an
+/// empty data directory (its storage lost): the registry's tables are gone
+/// with every record and event. The nodes create the tables again, publish
+/// their records again and find each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_empty_recovers() {
+    init_tracing();
+    let Some(pg) = PostgresServer::start() else {
+        return;
+    };
+    let url = pg.url();
+    let pg = std::sync::Mutex::new(pg);
+    fault_cycle(
+        "postgres restarted empty",
+        &url,
+        "pg-empty",
+        || pg.lock().unwrap().kill(),
+        || pg.lock().unwrap().restart_empty(),
+    )
+    .await;
+}
+
 // --------------------------------------------------------------- MariaDB
+
+/// MariaDB SIGKILLed, and back two ttls later on the same port with an
+/// empty data directory, provisioned again (database and user, no tables).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_restarted_empty_recovers() {
+    init_tracing();
+    let Some(db) = MariaDbServer::start() else {
+        return;
+    };
+    let url = db.url();
+    let db = std::sync::Mutex::new(db);
+    fault_cycle(
+        "mariadb restarted empty",
+        &url,
+        "maria-empty",
+        || db.lock().unwrap().kill(),
+        || db.lock().unwrap().restart_empty(),
+    )
+    .await;
+}
 
 /// MariaDB: `SET GLOBAL read_only = 1` (the nodes' user has no SUPER, so
 /// its writes fail) for two ttls.

@@ -111,6 +111,34 @@ pub(crate) fn poisons(e: &sqlx::Error) -> bool {
     }
 }
 
+/// A table of ours is not there: the server restarted empty (a new data
+/// directory), or someone dropped it. Creating the schema again recovers;
+/// the records are gone, and heartbeats publish them again. PostgreSQL
+/// `undefined_table` (42P01), MySQL `ER_NO_SUCH_TABLE` (1146), SQLite's
+/// "no such table" (a plain SQLITE_ERROR, told apart by its message only).
+pub(crate) fn missing_table(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    if let Some(n) = mysql_number(db.as_ref()) {
+        return n == 1146;
+    }
+    if pg(db.as_ref()) {
+        return db.code().as_deref() == Some("42P01");
+    }
+    sqlite_error(db.as_ref()) && db.message().starts_with("no such table")
+}
+
+#[cfg(feature = "sqlite")]
+fn sqlite_error(db: &dyn sqlx::error::DatabaseError) -> bool {
+    db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn sqlite_error(_db: &dyn sqlx::error::DatabaseError) -> bool {
+    false
+}
+
 /// Failures worth running the same transaction again for: lost races
 /// (serialization failure, deadlock, a concurrent insert of the same key) and
 /// a busy SQLite file.

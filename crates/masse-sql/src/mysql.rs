@@ -7,6 +7,7 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use masse_core::{Error, Result};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::pool::PoolConnection;
@@ -65,7 +66,7 @@ pub(crate) async fn connect(url: &str, shown: &str, config: &SqlConfig) -> Resul
     });
     let lane = Arc::new(Lane::new(open, purge.clone()));
     Ok(Connected {
-        backend: Arc::new(Store::new(pool, purge).with_lane(lane)),
+        backend: Arc::new(Store::new(pool, purge, schema).with_lane(lane)),
         listen: None,
     })
 }
@@ -89,6 +90,11 @@ fn pool_options(purge: &Arc<Purge>, config: &SqlConfig) -> MySqlPoolOptions {
                 Ok(())
             })
         })
+}
+
+/// [`migrate`] as the store keeps it, to run again when the tables are gone.
+fn schema(pool: &Pool<MySql>) -> BoxFuture<'_, std::result::Result<(), sqlx::Error>> {
+    Box::pin(migrate(pool))
 }
 
 /// Creates the tables under a named lock, on a connection of its own that is

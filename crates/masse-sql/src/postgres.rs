@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use masse_core::{Error, Result};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Pool, Postgres};
@@ -92,11 +93,16 @@ pub(crate) async fn connect(url: &str, shown: &str, config: &SqlConfig) -> Resul
     let retry = config.poll_interval;
     let listening = lane.clone();
     Ok(Connected {
-        backend: Arc::new(Store::new(pool, purge).with_lane(lane)),
+        backend: Arc::new(Store::new(pool, purge, schema).with_lane(lane)),
         listen: Some(Box::new(move |registry, shutdown| {
             tokio::spawn(listen(listening, registry, shutdown, retry));
         })),
     })
+}
+
+/// [`migrate`] as the store keeps it, to run again when the tables are gone.
+fn schema(pool: &Pool<Postgres>) -> BoxFuture<'_, std::result::Result<(), sqlx::Error>> {
+    Box::pin(migrate(pool))
 }
 
 /// Creates the tables in one transaction under an advisory lock, so that

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::address::{open, redact, scheme};
 use crate::codec;
 use crate::config::SqlConfig;
-use crate::error::{Fail, is_retryable, map_err, poisons};
+use crate::error::{Fail, is_retryable, map_err, missing_table, poisons};
 use crate::store::{Backend, Scan};
 use crate::watch::{Hub, STREAM_CAPACITY};
 
@@ -164,10 +164,17 @@ impl SqlRegistry {
         let attempts = async {
             let mut attempt = 0;
             let mut fresh_tried = false;
+            let mut schema_tried = false;
             loop {
                 match f().await {
                     Ok(v) => return Ok(v),
                     Err(Fail::Masse(e)) => return Err(e),
+                    // The server restarted empty: the tables once more,
+                    // then the call.
+                    Err(Fail::Db(e)) if !schema_tried && missing_table(&e) => {
+                        schema_tried = true;
+                        self.inner.recreate_schema(&e).await?;
+                    }
                     // The connection was closed with every older one: once
                     // more on a fresh connection (the fault may be over).
                     Err(Fail::Db(e)) if !fresh_tried && poisons(&e) => {
@@ -277,6 +284,22 @@ impl Inner {
         }
     }
 
+    /// Our tables are gone (see [`missing_table`]): creates them again, and
+    /// gives every watcher of this handle a `Resync` (the event log went with
+    /// them). Heartbeats then find their records gone and publish them again.
+    pub(crate) async fn recreate_schema(&self, cause: &sqlx::Error) -> Result<()> {
+        let backend = self.backend.name();
+        tracing::warn!(backend, error = %cause, "the registry's tables are missing (a server restarted empty?); creating them again");
+        match self.backend.create_schema().await {
+            Ok(()) => {
+                self.reset_hubs().await;
+                Ok(())
+            }
+            Err(Fail::Db(e)) => Err(map_err(backend, e)),
+            Err(Fail::Masse(e)) => Err(e),
+        }
+    }
+
     /// The database was replaced: every watcher of this handle gets `Resync`
     /// on the next poll, which happens now.
     async fn reset_hubs(&self) {
@@ -363,6 +386,10 @@ async fn maintain(
                 tracing::debug!(error = %e, "sweep lost a race; next tick");
                 None
             }
+            Ok(Err(Fail::Db(e))) if missing_table(&e) => match registry.upgrade() {
+                Some(inner) => inner.recreate_schema(&e).await.err().map(|e| e.to_string()),
+                None => return,
+            },
             Ok(Err(Fail::Db(e))) => Some(map_err(backend.name(), e).to_string()),
             Ok(Err(Fail::Masse(e))) => Some(e.to_string()),
             Err(_) => Some(format!("no answer within {:?}", config.call_timeout)),

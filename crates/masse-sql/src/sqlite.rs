@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use masse_core::{Error, Result};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, Pool, Sqlite};
@@ -94,13 +95,13 @@ pub(crate) async fn connect(url: &str, shown: &str, config: &SqlConfig) -> Resul
             .map_err(|e| map_err(Sqlite::BACKEND, e))?;
         let watch = FileWatch::new(path, options, config.clone(), purge.clone());
         return Ok(Connected {
-            backend: Arc::new(Store::new(pool, purge).with_reopen(Box::new(watch))),
+            backend: Arc::new(Store::new(pool, purge, schema).with_reopen(Box::new(watch))),
             listen: None,
         });
     };
 
     Ok(Connected {
-        backend: Arc::new(Store::new(pool, Arc::default()).in_memory()),
+        backend: Arc::new(Store::new(pool, Arc::default(), schema).in_memory()),
         listen: None,
     })
 }
@@ -316,6 +317,11 @@ impl Reopen<Sqlite> for FileWatch {
         tracing::info!(path = %self.path.display(), "registry database file reopened");
         Ok(Some(pool))
     }
+}
+
+/// [`migrate`] as the store keeps it, to run again when the tables are gone.
+fn schema(pool: &Pool<Sqlite>) -> BoxFuture<'_, std::result::Result<(), sqlx::Error>> {
+    Box::pin(migrate(pool))
 }
 
 /// Creates the tables; `BEGIN IMMEDIATE` makes processes that start together take turns.

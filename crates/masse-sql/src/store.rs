@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use masse_core::{Error, InstanceId, NamePolicy, Namespace, PeerName, PeerRecord};
 use sqlx::pool::PoolConnection;
 use sqlx::{ColumnIndex, Connection, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
@@ -104,6 +105,8 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + 'static {
     /// Has the database file been deleted or replaced? Then the pool is
     /// reopened on the file now at the path (`Ok(true)`).
     async fn check_file(&self) -> Result<bool, Fail>;
+    /// Creates the tables that are missing (a server restarted empty).
+    async fn create_schema(&self) -> Result<(), Fail>;
 }
 
 /// The rows one `read_events` call fetched.
@@ -177,6 +180,8 @@ pub(crate) struct Store<DB: Dialect> {
     /// Swapped for a new pool when the database file is replaced (SQLite).
     pool: RwLock<Pool<DB>>,
     q: Queries,
+    /// Creates the tables where they are missing.
+    schema: Schema<DB>,
     /// Notices a database file deleted or replaced under the pool, and opens it again.
     reopen: Option<Box<dyn Reopen<DB>>>,
     /// Shared with the pool's `before_acquire` hook.
@@ -187,6 +192,11 @@ pub(crate) struct Store<DB: Dialect> {
     /// reads, sweeps and pruning run there, not in the pool.
     lane: Option<Arc<Lane<DB>>>,
 }
+
+/// Creates the tables that are missing, idempotently, taking turns with
+/// other handles doing the same (each dialect's `migrate`).
+pub(crate) type Schema<DB> =
+    for<'a> fn(&'a Pool<DB>) -> BoxFuture<'a, std::result::Result<(), sqlx::Error>>;
 
 /// The connection one call runs on: pooled, or the lane's.
 enum Held<'a, DB: Dialect> {
@@ -308,10 +318,11 @@ pub(crate) const LEFT: &str = "left";
 pub(crate) const EXPIRED: &str = "expired";
 
 impl<DB: Dialect> Store<DB> {
-    pub(crate) fn new(pool: Pool<DB>, purge: Arc<Purge>) -> Self {
+    pub(crate) fn new(pool: Pool<DB>, purge: Arc<Purge>, schema: Schema<DB>) -> Self {
         Store {
             pool: RwLock::new(pool),
             q: Queries::new::<DB>(),
+            schema,
             reopen: None,
             purge,
             in_memory: false,
@@ -909,6 +920,11 @@ where
         .await;
         self.settle_held(held, &result).await;
         result
+    }
+
+    async fn create_schema(&self) -> Result<(), Fail> {
+        let pool = self.pool();
+        Ok((self.schema)(&pool).await?)
     }
 
     async fn check_file(&self) -> Result<bool, Fail> {

@@ -16,7 +16,7 @@ use tokio::sync::{Mutex, Notify, watch};
 
 use crate::codec;
 use crate::dialect::EVENT_BATCH;
-use crate::error::{Fail, map_err};
+use crate::error::{Fail, map_err, missing_table};
 use crate::registry::Inner;
 use crate::store::{Backend, RawEvent};
 
@@ -103,7 +103,14 @@ pub(crate) async fn run(
         let polled = tokio::time::timeout(deadline, poll(&hub.ns, &mut st, &*backend)).await;
         let outcome = match polled {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(Fail::Db(e))) => Err(map_err(backend.name(), e).to_string()),
+            Ok(Err(Fail::Db(e))) => {
+                if missing_table(&e) {
+                    // The log starts over once the tables are back: its ids
+                    // say nothing of what this cursor saw.
+                    st.reset = true;
+                }
+                Err(map_err(backend.name(), e).to_string())
+            }
             Ok(Err(Fail::Masse(e))) => Err(e.to_string()),
             Err(_) => Err(format!("no answer within {deadline:?}")),
         };
@@ -131,7 +138,7 @@ async fn poll(ns: &Namespace, st: &mut HubState, backend: &dyn Backend) -> Resul
     };
     let head = backend.head().await?;
     if std::mem::take(&mut st.reset) {
-        tracing::warn!(namespace = %ns, cursor, head, "registry database replaced; watchers resync");
+        tracing::warn!(namespace = %ns, cursor, head, "registry database replaced, or its tables created again; watchers resync");
         st.cursor = Some(head);
         for sub in &mut st.subs {
             sub.after = head;
