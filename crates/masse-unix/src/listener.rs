@@ -3,6 +3,8 @@
 
 use std::io::ErrorKind;
 use std::path::PathBuf;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use masse_core::{
     AcceptBackoff, Accepted, Endpoint, Error, Listener, PeerCredentials, Result, async_trait,
@@ -21,7 +23,17 @@ pub(crate) struct UnixListener {
     /// still names it (another process may have bound the path since).
     created: Option<(u64, u64)>,
     backoff: AcceptBackoff,
+    /// When to look whether the socket file is still there.
+    check: tokio::time::Interval,
+    /// The listener whose file was deleted: what it had queued before is
+    /// accepted still, then it goes.
+    orphan: Option<tokio::net::UnixListener>,
+    /// The path is taken by a file that is not ours (said once).
+    displaced: bool,
 }
+
+/// How often a listener looks whether its socket file is still at its path.
+const CHECK_EVERY: Duration = Duration::from_millis(500);
 
 impl UnixListener {
     /// Binds `path` (absolute; nothing there).
@@ -29,13 +41,59 @@ impl UnixListener {
         let endpoint = Endpoint::unix(&path)?;
         let listener = tokio::net::UnixListener::bind(&path)
             .map_err(|e| Error::io_context(e, format!("bind {endpoint}")))?;
+        let mut check = tokio::time::interval(CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(UnixListener {
             created: file_id(&path),
             listener: Some(listener),
             path,
             endpoint,
             backoff: AcceptBackoff::new(),
+            check,
+            orphan: None,
+            displaced: false,
         })
+    }
+
+    /// Is the socket file still at the path? If it was deleted (a cleanup
+    /// script, an operator), binds the path again: the endpoint in the
+    /// registry stays right and dialers reach this node again. A path taken
+    /// by another file is left alone.
+    fn check_file(&mut self) {
+        let now = file_id(&self.path);
+        if now == self.created {
+            return;
+        }
+        if now.is_some() {
+            if !self.displaced {
+                self.displaced = true;
+                tracing::warn!(path = %self.path.display(), "another file took this node's unix socket path; not taking it back, dials to it do not reach this node");
+            }
+            return;
+        }
+        match tokio::net::UnixListener::bind(&self.path) {
+            Ok(fresh) => {
+                tracing::warn!(path = %self.path.display(), "this node's unix socket file was deleted; bound again");
+                self.created = file_id(&self.path);
+                self.displaced = false;
+                self.orphan = self.listener.replace(fresh);
+            }
+            Err(e) => {
+                tracing::debug!(path = %self.path.display(), error = %e, "cannot bind the deleted unix socket path again; next check");
+            }
+        }
+    }
+
+    /// A connection the deleted file's listener had queued, if any left.
+    fn drain_orphan(&mut self) -> Option<std::io::Result<tokio::net::UnixStream>> {
+        let orphan = self.orphan.as_ref()?;
+        match orphan.poll_accept(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(r) => Some(r.map(|(stream, _)| stream)),
+            Poll::Pending => {
+                self.orphan = None;
+                None
+            }
+        }
     }
 
     pub(crate) fn endpoint(&self) -> &Endpoint {
@@ -44,6 +102,7 @@ impl UnixListener {
 
     /// Stops listening and removes the socket file if it is still ours.
     fn release(&mut self) {
+        self.orphan = None;
         if self.listener.take().is_none() {
             return;
         }
@@ -67,12 +126,35 @@ impl Listener for UnixListener {
 
     async fn accept(&mut self) -> Result<Accepted> {
         loop {
-            let Some(listener) = self.listener.as_ref() else {
-                return Err(Error::Closed("unix listener"));
+            let accepted = match self.drain_orphan() {
+                Some(r) => r,
+                None => {
+                    let Some(listener) = self.listener.as_ref() else {
+                        return Err(Error::Closed("unix listener"));
+                    };
+                    let check = &mut self.check;
+                    // Cancel-safe: a connection is taken only when returned.
+                    let next = std::future::poll_fn(|cx| {
+                        if check.poll_tick(cx).is_ready() {
+                            return Poll::Ready(Ok(None));
+                        }
+                        listener
+                            .poll_accept(cx)
+                            .map(|r| r.map(|(stream, _)| Some(stream)))
+                    })
+                    .await;
+                    match next {
+                        Ok(Some(stream)) => Ok(stream),
+                        Ok(None) => {
+                            self.check_file();
+                            continue;
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
             };
-            // Cancel-safe: tokio's accept loses no connection when dropped.
-            match listener.accept().await {
-                Ok((stream, _)) => {
+            match accepted {
+                Ok(stream) => {
                     self.backoff.reset();
                     let credentials = match stream.peer_cred() {
                         Ok(c) => Some(PeerCredentials::new(c.uid(), c.gid(), c.pid())),

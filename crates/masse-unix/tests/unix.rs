@@ -1,6 +1,7 @@
 //! `UnixInterface` against real Unix domain sockets: the interface
 //! conformance suite, and what it does with the socket file.
 #![cfg(unix)]
+#![allow(clippy::print_stderr)]
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -296,4 +297,67 @@ async fn the_socket_of_a_killed_run_goes_when_the_node_runs_again() {
     tokio::net::UnixStream::connect(&live_path)
         .await
         .expect("the live run's socket accepts");
+}
+
+#[tokio::test]
+async fn a_socket_file_deleted_under_a_listener_is_bound_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("n.sock");
+    let mut listener = UnixInterface::at(&path)
+        .bind(&plain_bind_ctx())
+        .await
+        .unwrap();
+    // Queued before the file goes: still accepted afterwards.
+    let mut early = tokio::net::UnixStream::connect(&path).await.unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let deleted = std::time::Instant::now();
+    // Past the listener's first look at its file: the next accept finds it
+    // gone before it takes the queued connection.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let accepting = tokio::spawn(async move {
+        let mut ios = Vec::new();
+        for _ in 0..2 {
+            ios.push(timeout(T, listener.accept()).await.unwrap().unwrap().io);
+        }
+        (listener, ios)
+    });
+    while !is_socket(&path) {
+        assert!(deleted.elapsed() < T, "the socket file never came back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("socket file bound again after {:?}", deleted.elapsed());
+    let mut late = tokio::net::UnixStream::connect(&path).await.unwrap();
+    let (mut listener, mut ios) = accepting.await.unwrap();
+    for (i, dialed) in [&mut early, &mut late].into_iter().enumerate() {
+        dialed.write_all(&[i as u8]).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    for io in &mut ios {
+        let mut b = [0u8; 1];
+        timeout(T, io.read_exact(&mut b)).await.unwrap().unwrap();
+        seen.push(b[0]);
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [0, 1],
+        "both the queued and the new connection were accepted"
+    );
+
+    // A path another file took is left alone.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, b"not yours").unwrap();
+    assert!(
+        timeout(Duration::from_millis(1200), listener.accept())
+            .await
+            .is_err(),
+        "nothing to accept"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), b"not yours");
+    listener.close().await;
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        b"not yours",
+        "close leaves the other file"
+    );
 }
