@@ -388,6 +388,11 @@ impl RedisServer {
         }
     }
 
+    /// The server's directory (`--dir`: where it would save, and its log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// The plain TCP port.
     pub fn port(&self) -> u16 {
         self.port

@@ -1280,3 +1280,169 @@ async fn rediss_cluster_url_against_a_plain_server_is_a_clear_error() {
         Err(_) => panic!("rediss+cluster:// to a plain server hung"),
     }
 }
+
+/// The first `RegistryUnavailable` among `events` (a `NameLost` first fails).
+async fn next_unavailable(events: &mut masse::Events) -> Error {
+    masse_integration_tests::node_event(events, T, "RegistryUnavailable", |e| match e {
+        masse::NodeEvent::RegistryUnavailable { error } => Some(error.clone()),
+        masse::NodeEvent::NameLost { .. } => panic!("the node lost its name: {e:?}"),
+        _ => None,
+    })
+    .await
+}
+
+/// The next `RegistryRestored` among `events` (a `NameLost` first fails).
+async fn next_restored(events: &mut masse::Events) {
+    masse_integration_tests::node_event(events, T, "RegistryRestored", |e| match e {
+        masse::NodeEvent::RegistryRestored => Some(()),
+        masse::NodeEvent::NameLost { .. } => panic!("the node lost its name: {e:?}"),
+        _ => None,
+    })
+    .await
+}
+
+/// Two nodes on `server`; `inject` makes it refuse writes for two ttls
+/// (the records expire meanwhile), `remove` ends that. Both nodes must
+/// report `RegistryUnavailable`, then `RegistryRestored` within a heartbeat
+/// period of the end, keep their names and dial each other.
+async fn refused_writes_cycle(
+    what: &str,
+    server: &RedisServer,
+    ns: &str,
+    inject: impl FnOnce(),
+    remove: impl FnOnce(),
+) {
+    let url = server.url();
+    let a = start_node(&url, ns, "alpha").await;
+    let b = start_node(&url, ns, "beta").await;
+    echo_forever(&a).await;
+    echo_forever(&b).await;
+    let (mut ev_a, mut ev_b) = (a.events(), b.events());
+    drop(timeout(T, a.connect("beta")).await.unwrap().unwrap());
+
+    tokio::task::block_in_place(inject);
+    let e = next_unavailable(&mut ev_a).await;
+    eprintln!("{what}: alpha sees {e}");
+    assert!(e.is_transient(), "{e:?}");
+    next_unavailable(&mut ev_b).await;
+    sleep(Duration::from_secs(6)).await;
+
+    tokio::task::block_in_place(remove);
+    let removed = Instant::now();
+    next_restored(&mut ev_a).await;
+    next_restored(&mut ev_b).await;
+    let restored = removed.elapsed();
+    let reg = connect_redis(&url).await;
+    let n: Namespace = ns.parse().unwrap();
+    eventually(T, "both published again", || async {
+        let found = reg.lookup(&n, &Pattern::any()).await.ok()?;
+        [&a, &b]
+            .iter()
+            .all(|node| found.iter().any(|r| r.instance == node.instance()))
+            .then_some(())
+    })
+    .await;
+    for (from, to) in [(&a, "beta"), (&b, "alpha")] {
+        drop(timeout(T, from.connect(to)).await.unwrap().unwrap());
+    }
+    eprintln!(
+        "RECOVERY {what}: restored {restored:?}, both published and dialing {:?}",
+        removed.elapsed()
+    );
+    assert!(restored < Duration::from_secs(3), "{restored:?}");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_memory_refusing_writes_recovers() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    refused_writes_cycle(
+        "redis maxmemory reached",
+        &server,
+        "redis-oom",
+        || {
+            ok(server.command(&[b"CONFIG", b"SET", b"maxmemory-policy", b"noeviction"]));
+            ok(server.command(&[b"CONFIG", b"SET", b"maxmemory", b"1"]));
+        },
+        || {
+            ok(server.command(&[b"CONFIG", b"SET", b"maxmemory", b"0"]));
+        },
+    )
+    .await;
+}
+
+/// `chattr FLAG path`; false (after a notice, or a panic under CI) where
+/// that cannot be done (not root, or a filesystem without the attribute).
+fn chattr(flag: &str, path: &std::path::Path) -> bool {
+    let done = std::process::Command::new("chattr")
+        .arg(flag)
+        .arg(path)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !done {
+        let msg = format!(
+            "cannot `chattr {flag} {}` (needs root and ext4/xfs/btrfs)",
+            path.display()
+        );
+        if masse_integration_tests::server::under_ci() {
+            panic!("{msg} — required under CI=true");
+        }
+        eprintln!("\n!!! SKIPPING: {msg}\n");
+    }
+    done
+}
+
+/// Runs `BGSAVE`s (one at a time) until `INFO persistence` reports the
+/// last one's outcome as `status` (`ok` or `err`).
+fn bgsave_until(server: &RedisServer, status: &str) {
+    let want = format!("rdb_last_bgsave_status:{status}");
+    let deadline = std::time::Instant::now() + T;
+    let mut started = false;
+    loop {
+        let info = ok(server.command(&[b"INFO", b"persistence"]))
+            .text()
+            .unwrap_or_default();
+        let idle = info.contains("rdb_bgsave_in_progress:0");
+        if started && idle && info.contains(&want) {
+            return;
+        }
+        if idle {
+            started = server.command(&[b"BGSAVE"]).is_ok();
+        }
+        assert!(std::time::Instant::now() < deadline, "no {want}: {info}");
+        // The interval of a bounded poll: the save runs in a child process.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_cannot_save_refusing_writes_recovers() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let dir = server.dir().to_owned();
+    if !chattr("+i", &dir) || !chattr("-i", &dir) {
+        return;
+    }
+    refused_writes_cycle(
+        "redis cannot save (MISCONF)",
+        &server,
+        "redis-misconf",
+        || {
+            // Snapshots on, and the directory they go to made immutable: the
+            // save fails, and the server refuses writes (MISCONF).
+            ok(server.command(&[b"CONFIG", b"SET", b"save", b"3600 1"]));
+            ok(server.command(&[b"CONFIG", b"SET", b"stop-writes-on-bgsave-error", b"yes"]));
+            chattr("+i", &dir);
+            bgsave_until(&server, "err");
+        },
+        || {
+            chattr("-i", &dir);
+            bgsave_until(&server, "ok");
+        },
+    )
+    .await;
+}

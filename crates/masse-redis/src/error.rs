@@ -50,7 +50,10 @@ impl std::error::Error for Damaged {}
 ///
 /// - refused/reset connections, I/O errors, timeouts, a cluster that is down,
 ///   resharding or failing over (including `MOVED`/`ASK` redirects the driver
-///   gave up on), a server still loading → [`Error::RegistryUnavailable`]
+///   gave up on), a server still loading, a server refusing writes for now
+///   (`OOM` at `maxmemory`, `MISCONF` when it cannot save to its disk,
+///   `NOREPLICAS` short of `min-replicas-to-write`, `READONLY` on a replica)
+///   → [`Error::RegistryUnavailable`]
 /// - wrong credentials (`WRONGPASS`), missing credentials (`NOAUTH`), ACL
 ///   denials (`NOPERM`), a TLS certificate refused either way →
 ///   [`Error::RegistryUnauthorized`] with a message that says what to fix
@@ -123,6 +126,7 @@ pub(crate) fn map(e: RedisError) -> Error {
                 },
             );
         }
+        Some(ExtensionCode::WritesRefused) => return Error::unavailable(BACKEND, e),
         None => {}
     }
     if let Some(tls) = tls_error(&e) {
@@ -202,6 +206,10 @@ enum ExtensionCode {
     MasseCorrupt,
     /// `MASSEBADARG`: a masse script refused an argument and wrote nothing.
     MasseBadArg,
+    /// `OOM`, `MISCONF`, `NOREPLICAS`: the server refuses writes until an
+    /// operator or the server itself clears the condition (memory freed or
+    /// `maxmemory` raised, a save to disk that works again, replicas back).
+    WritesRefused,
 }
 
 impl ExtensionCode {
@@ -215,6 +223,9 @@ impl ExtensionCode {
             ("NOPERM", ExtensionCode::NoPerm),
             ("MASSECORRUPT", ExtensionCode::MasseCorrupt),
             ("MASSEBADARG", ExtensionCode::MasseBadArg),
+            ("OOM", ExtensionCode::WritesRefused),
+            ("MISCONF", ExtensionCode::WritesRefused),
+            ("NOREPLICAS", ExtensionCode::WritesRefused),
         ]
         .into_iter()
         .find_map(|(name, c)| code.eq_ignore_ascii_case(name).then_some(c))
@@ -394,6 +405,30 @@ mod tests {
                 "{e}"
             ),
             other => panic!("{other:?}"),
+        }
+        for (code, what) in [
+            (
+                "OOM",
+                "OOM command not allowed when used memory > 'maxmemory'.",
+            ),
+            (
+                "MISCONF",
+                "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.",
+            ),
+            (
+                "NOREPLICAS",
+                "NOREPLICAS Not enough good replicas to write.",
+            ),
+        ] {
+            let e = map(redis::make_extension_error(
+                code.to_owned(),
+                Some(what.to_owned()),
+            ));
+            assert!(
+                matches!(e, Error::RegistryUnavailable { .. }),
+                "{code}: {e:?}"
+            );
+            assert!(e.is_transient(), "{code}");
         }
         let cfg = RedisError::from((ErrorKind::InvalidClientConfig, "bad"));
         assert!(matches!(map(cfg), Error::Config(_)));
