@@ -35,11 +35,14 @@ pub struct TcpInterface {
     include_loopback: bool,
     nodelay: bool,
     backlog: u32,
+    silence: Option<Duration>,
 }
 
 impl TcpInterface {
     /// The default listen backlog.
     pub const DEFAULT_BACKLOG: u32 = 1024;
+    /// The default [`dead_peer_timeout`](Self::dead_peer_timeout).
+    pub const DEFAULT_DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(30);
 
     /// An interface that binds `addr`, an IP address and port such as
     /// `"0.0.0.0:0"`, `"127.0.0.1:4100"` or `"[::1]:0"` (port 0: any free
@@ -68,6 +71,7 @@ impl TcpInterface {
             include_loopback: false,
             nodelay: true,
             backlog: Self::DEFAULT_BACKLOG,
+            silence: Some(Self::DEFAULT_DEAD_PEER_TIMEOUT),
         }
     }
 
@@ -95,6 +99,22 @@ impl TcpInterface {
     /// would delay.
     pub fn nodelay(mut self, nodelay: bool) -> Self {
         self.nodelay = nodelay;
+        self
+    }
+
+    /// How long the peer of an open stream may stay silent before the
+    /// stream fails (default [`DEFAULT_DEAD_PEER_TIMEOUT`](Self::DEFAULT_DEAD_PEER_TIMEOUT);
+    /// `None`: never, as plain TCP). A peer whose host went away without a
+    /// word (power cut, cable, a network that drops everything) otherwise
+    /// leaves reads waiting for ever. Past half of it without a byte from
+    /// the peer, the kernel sends keepalive probes (every sixth of it, three
+    /// at most); with no answer, or with data unacknowledged for all of it
+    /// (Linux: `TCP_USER_TIMEOUT`), reads and writes fail with
+    /// [`TimedOut`](std::io::ErrorKind::TimedOut). A peer that is merely
+    /// slow or idle but alive answers the probes and is never cut off. At
+    /// least 2 s (the probes count in whole seconds).
+    pub fn dead_peer_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.silence = limit.map(|l| l.max(Duration::from_secs(2)));
         self
     }
 
@@ -126,6 +146,13 @@ impl TcpInterface {
         socket
             .bind(addr)
             .map_err(|e| Error::io_context(e, format!("bind {protocol} {addr}")))?;
+        // Accepted sockets inherit the listener's keepalive settings (Linux).
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Some(limit) = self.silence {
+            watch_for_silence(socket2::SockRef::from(&socket), limit).map_err(|e| {
+                Error::io_context(e, format!("set keepalive to bind {protocol} {addr}"))
+            })?;
+        }
         let listener = socket
             .listen(self.backlog)
             .map_err(|e| Error::io_context(e, format!("listen on {protocol} {addr}")))?;
@@ -141,6 +168,7 @@ impl TcpInterface {
                 include_loopback: self.include_loopback,
             },
             self.nodelay,
+            self.silence,
         ))
     }
 
@@ -149,6 +177,9 @@ impl TcpInterface {
     pub(crate) async fn dial(&self, addr: SocketAddr, limit: Duration) -> Result<TcpStream> {
         let stream = dial_within(limit, TcpTarget(addr), TcpStream::connect(addr)).await?;
         set_nodelay(self.nodelay, &stream, "dialed");
+        if let Some(silence) = self.silence {
+            set_silence(silence, &stream, "dialed");
+        }
         Ok(stream)
     }
 }
@@ -214,6 +245,31 @@ pub(crate) fn set_nodelay(nodelay: bool, stream: &TcpStream, what: &str) {
     }
 }
 
+/// Arms keepalive probes (and, on Linux, `TCP_USER_TIMEOUT`) so that a
+/// peer silent for `limit` fails the socket's reads and writes; see
+/// [`TcpInterface::dead_peer_timeout`].
+pub(crate) fn watch_for_silence(
+    sock: socket2::SockRef<'_>,
+    limit: Duration,
+) -> std::io::Result<()> {
+    let secs = |d: Duration| d.max(Duration::from_secs(1));
+    let probes = socket2::TcpKeepalive::new().with_time(secs(limit / 2));
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let probes = probes.with_interval(secs(limit / 6)).with_retries(3);
+    sock.set_tcp_keepalive(&probes)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    sock.set_tcp_user_timeout(Some(limit))?;
+    Ok(())
+}
+
+/// [`watch_for_silence`] on a `what` ("dialed", "accepted") stream; a
+/// failure is only logged (the stream works without it).
+pub(crate) fn set_silence(limit: Duration, stream: &TcpStream, what: &str) {
+    if let Err(e) = watch_for_silence(socket2::SockRef::from(stream), limit) {
+        tracing::debug!(error = %e, what, "cannot set TCP keepalive");
+    }
+}
+
 /// Parses a bind address, explaining the usual mistakes.
 fn parse_addr(input: &str) -> Result<SocketAddr> {
     parse_socket_addr("tcp socket address", input)
@@ -230,6 +286,48 @@ mod tests {
             "tcp-unit".parse().unwrap(),
             InstanceId::random(),
         )
+    }
+
+    /// Both ends of a stream: the dialed socket and the accepted one.
+    async fn both_ends(tcp: &TcpInterface) -> [TcpStream; 2] {
+        let mut listener = tcp.bind_tcp(Protocol::TCP).unwrap();
+        let addr = listener.local_addr();
+        let (dialed, accepted) = tokio::join!(
+            tcp.dial(addr, Duration::from_secs(5)),
+            listener.accept_tcp()
+        );
+        [dialed.unwrap(), accepted.unwrap().0]
+    }
+
+    #[tokio::test]
+    async fn both_ends_watch_for_a_silent_peer() {
+        let limit = Duration::from_secs(6);
+        let tcp = TcpInterface::new("127.0.0.1:0").dead_peer_timeout(Some(limit));
+        for end in both_ends(&tcp).await {
+            let sock = socket2::SockRef::from(&end);
+            assert!(sock.keepalive().unwrap());
+            assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(3));
+            assert_eq!(
+                sock.tcp_keepalive_interval().unwrap(),
+                Duration::from_secs(1)
+            );
+            assert_eq!(sock.tcp_keepalive_retries().unwrap(), 3);
+            assert_eq!(sock.tcp_user_timeout().unwrap(), Some(limit));
+        }
+        let plain = TcpInterface::new("127.0.0.1:0").dead_peer_timeout(None);
+        for end in both_ends(&plain).await {
+            let sock = socket2::SockRef::from(&end);
+            assert!(!sock.keepalive().unwrap());
+            assert_eq!(sock.tcp_user_timeout().unwrap(), None);
+        }
+        let default = TcpInterface::new("127.0.0.1:0");
+        for end in both_ends(&default).await {
+            let sock = socket2::SockRef::from(&end);
+            assert_eq!(
+                sock.tcp_user_timeout().unwrap(),
+                Some(TcpInterface::DEFAULT_DEAD_PEER_TIMEOUT)
+            );
+        }
     }
 
     #[test]

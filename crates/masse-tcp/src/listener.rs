@@ -1,6 +1,7 @@
 //! The accepting side: a bound TCP socket as a [`Listener`].
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use masse_core::addr::advertised_endpoints;
 use masse_core::{
@@ -38,6 +39,10 @@ pub(crate) struct TcpListener {
     listener: tokio::net::TcpListener,
     advertised: Advertised,
     nodelay: bool,
+    /// Set on each accepted socket where it is not inherited from the
+    /// listener (not Linux).
+    #[cfg_attr(any(target_os = "linux", target_os = "android"), allow(dead_code))]
+    silence: Option<Duration>,
     backoff: AcceptBackoff,
     failed: bool,
 }
@@ -47,11 +52,13 @@ impl TcpListener {
         listener: tokio::net::TcpListener,
         advertised: Advertised,
         nodelay: bool,
+        silence: Option<Duration>,
     ) -> Self {
         TcpListener {
             listener,
             advertised,
             nodelay,
+            silence,
             backoff: AcceptBackoff::new(),
             failed: false,
         }
@@ -81,6 +88,10 @@ impl TcpListener {
                 Ok((stream, remote)) => {
                     self.backoff.reset();
                     set_nodelay(self.nodelay, &stream, "accepted");
+                    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+                    if let Some(silence) = self.silence {
+                        crate::interface::set_silence(silence, &stream, "accepted");
+                    }
                     tracing::trace!(local = %self.advertised.local, %remote, "tcp accepted");
                     return Ok((stream, remote));
                 }

@@ -149,6 +149,12 @@ impl TlsInterface {
         self
     }
 
+    /// See [`TcpInterface::dead_peer_timeout`] (default 30 s).
+    pub fn dead_peer_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.tcp = self.tcp.dead_peer_timeout(limit);
+        self
+    }
+
     /// How long an accepted connection may take to complete its TLS
     /// handshake before it is dropped (default
     /// [`DEFAULT_HANDSHAKE_TIMEOUT`](Self::DEFAULT_HANDSHAKE_TIMEOUT)). The
