@@ -82,3 +82,50 @@ impl Drop for KillOnDrop {
         self.kill();
     }
 }
+
+/// `chattr FLAG PATH` (`+i` makes the file or directory immutable, `-i`
+/// undoes it); panics with its output if it fails.
+pub fn chattr(flag: &str, path: &Path) {
+    let out = std::process::Command::new("chattr")
+        .arg(flag)
+        .arg(path)
+        .output()
+        .expect("run chattr");
+    assert!(
+        out.status.success(),
+        "chattr {flag} {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Can this process make files immutable in `dir` (root, and a filesystem
+/// with the attribute: not tmpfs)? If not, panics under CI and otherwise
+/// prints a loud skip notice and returns false.
+pub fn can_chattr(dir: &Path) -> bool {
+    if require_binary("chattr", "e2fsprogs").is_none() {
+        return false;
+    }
+    let probe = dir.join("chattr-probe");
+    std::fs::write(&probe, b"x").expect("write a probe file");
+    let ok = crate::postgres::is_root()
+        && std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(&probe)
+            .status()
+            .is_ok_and(|s| s.success());
+    if ok {
+        chattr("-i", &probe);
+    } else {
+        let msg = format!(
+            "cannot `chattr +i` in {} (needs root and ext4/xfs/btrfs)",
+            dir.display()
+        );
+        if under_ci() {
+            panic!("{msg} — required under CI=true");
+        }
+        eprintln!("\n!!! SKIPPING: {msg}\n");
+    }
+    let _ = std::fs::remove_file(&probe);
+    ok
+}

@@ -17,6 +17,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use masse::{Error, InstanceId, NamePolicy, Namespace, Pattern, Registry, RegistryEvent};
 use masse_integration_tests::redis::{RedisCluster, RedisServer, Resp, cluster_command, ok};
+use masse_integration_tests::server::{can_chattr, chattr};
 use masse_integration_tests::{
     connect_redis, echo_forever, eventually, names, next_event, ns, record,
 };
@@ -1374,27 +1375,6 @@ async fn out_of_memory_refusing_writes_recovers() {
     .await;
 }
 
-/// `chattr FLAG path`; false (after a notice, or a panic under CI) where
-/// that cannot be done (not root, or a filesystem without the attribute).
-fn chattr(flag: &str, path: &std::path::Path) -> bool {
-    let done = std::process::Command::new("chattr")
-        .arg(flag)
-        .arg(path)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !done {
-        let msg = format!(
-            "cannot `chattr {flag} {}` (needs root and ext4/xfs/btrfs)",
-            path.display()
-        );
-        if masse_integration_tests::server::under_ci() {
-            panic!("{msg} — required under CI=true");
-        }
-        eprintln!("\n!!! SKIPPING: {msg}\n");
-    }
-    done
-}
-
 /// Runs `BGSAVE`s (one at a time) until `INFO persistence` reports the
 /// last one's outcome as `status` (`ok` or `err`).
 fn bgsave_until(server: &RedisServer, status: &str) {
@@ -1424,7 +1404,7 @@ async fn a_server_that_cannot_save_refusing_writes_recovers() {
         return;
     };
     let dir = server.dir().to_owned();
-    if !chattr("+i", &dir) || !chattr("-i", &dir) {
+    if !can_chattr(&dir) {
         return;
     }
     refused_writes_cycle(

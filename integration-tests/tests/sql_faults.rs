@@ -17,7 +17,7 @@ use futures::StreamExt;
 use masse::{Error, Events, Namespace, Node, NodeEvent, Pattern, Registry};
 use masse_integration_tests::mariadb::MariaDbServer;
 use masse_integration_tests::postgres::PostgresServer;
-use masse_integration_tests::server::require_binary;
+use masse_integration_tests::server::{can_chattr, chattr, require_binary};
 use masse_integration_tests::{connect_sql, echo_forever, eventually, init_tracing, node_event};
 use masse_sql::{SqlConfig, SqlRegistry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -208,57 +208,6 @@ impl Drop for Immutable {
             chattr("-i", p);
         }
     }
-}
-
-fn chattr(flag: &str, path: &Path) {
-    let out = Command::new("chattr")
-        .arg(flag)
-        .arg(path)
-        .output()
-        .expect("run chattr");
-    assert!(
-        out.status.success(),
-        "chattr {flag} {}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
-}
-
-/// Can this process make files immutable here? (root, and a filesystem with
-/// the attribute: not tmpfs.)
-fn can_chattr(dir: &Path) -> bool {
-    if require_binary("chattr", "e2fsprogs").is_none() {
-        return false;
-    }
-    let probe = dir.join("probe");
-    std::fs::write(&probe, b"x").unwrap();
-    let ok = is_root()
-        && Command::new("chattr")
-            .arg("+i")
-            .arg(&probe)
-            .status()
-            .is_ok_and(|s| s.success());
-    if ok {
-        chattr("-i", &probe);
-    } else {
-        let msg = format!(
-            "cannot `chattr +i` in {} (needs root and ext4/xfs/btrfs)",
-            dir.display()
-        );
-        if masse_integration_tests::server::under_ci() {
-            panic!("{msg} — required under CI=true");
-        }
-        eprintln!("\n!!! SKIPPING: {msg}\n");
-    }
-    let _ = std::fs::remove_file(&probe);
-    ok
 }
 
 /// SQLite fault tests take turns, each in a process of its own (see
