@@ -1426,3 +1426,25 @@ async fn a_server_that_cannot_save_refusing_writes_recovers() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_turned_read_only_replica_recovers() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    // The replica of a master that does not answer (a port nothing listens
+    // on): it keeps its data set and refuses writes (READONLY).
+    let nobody = masse_integration_tests::server::free_port().to_string();
+    refused_writes_cycle(
+        "redis turned replica (READONLY)",
+        &server,
+        "redis-readonly",
+        || {
+            ok(server.command(&[b"REPLICAOF", b"127.0.0.1", nobody.as_bytes()]));
+        },
+        || {
+            ok(server.command(&[b"REPLICAOF", b"NO", b"ONE"]));
+        },
+    )
+    .await;
+}

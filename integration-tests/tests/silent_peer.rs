@@ -1,6 +1,7 @@
-//! A peer whose network goes silent under an open TCP stream (its link
-//! down: no RST, no FIN, nothing comes back) fails the stream within the
-//! dead-peer timeout instead of leaving a read waiting for ever.
+//! A peer whose network goes silent under an open stream (its link down:
+//! no RST, no FIN, nothing comes back) fails the stream within the
+//! dead-peer timeout (TCP) or the idle timeout (QUIC) instead of leaving a
+//! read waiting for ever.
 //!
 //! Real sockets on a real link: two network namespaces made for the test,
 //! joined by a veth pair (10.77.0.1 and 10.77.0.2), each running a node in
@@ -13,15 +14,14 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use masse::{Node, TcpInterface};
+use masse::{DynInterface, Node, QuicInterface, TcpInterface};
 use masse_integration_tests::{connect_sql, echo_forever, init_tracing};
 use masse_sql::SqlConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ROLE: &str = "MASSE_SILENT_PEER_ROLE";
 const DB: &str = "MASSE_SILENT_PEER_DB";
-const TEST: &str = "a_peer_whose_link_goes_silent_fails_the_stream_in_time";
-/// The dialer's dead-peer timeout.
+/// The dialer's dead-peer timeout (TCP) or idle timeout (QUIC).
 const SILENCE: Duration = Duration::from_secs(3);
 const NS: &str = "silent-peer";
 
@@ -40,16 +40,19 @@ fn ip(args: &[&str]) {
 struct Link {
     a: String,
     b: String,
+    tag: String,
 }
 
 impl Link {
     /// `None` (after a notice; a panic under CI) where namespaces cannot be made.
-    fn new() -> Option<Link> {
+    /// `kind` (one letter) keeps the links of tests running at once apart.
+    fn new(kind: char) -> Option<Link> {
         masse_integration_tests::server::require_binary("ip", "iproute2")?;
-        let tag = std::process::id();
+        let tag = format!("{kind}{}", std::process::id());
         let link = Link {
             a: format!("masse-sp-a-{tag}"),
             b: format!("masse-sp-b-{tag}"),
+            tag: tag.clone(),
         };
         let made = Command::new("ip")
             .args(["netns", "add", &link.a])
@@ -64,7 +67,7 @@ impl Link {
             return None;
         }
         ip(&["netns", "add", &link.b]);
-        let (va, vb) = (format!("msa{tag}"), format!("msb{tag}"));
+        let (va, vb) = (format!("msa{}", link.tag), format!("msb{}", link.tag));
         ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb]);
         ip(&["link", "set", &va, "netns", &link.a]);
         ip(&["link", "set", &vb, "netns", &link.b]);
@@ -81,16 +84,16 @@ impl Link {
 
     /// Takes `b`'s end of the link down: from `a`, silence.
     fn silence_b(&self) {
-        let dev = format!("msb{}", std::process::id());
+        let dev = format!("msb{}", self.tag);
         ip(&["-n", &self.b, "link", "set", &dev, "down"]);
     }
 
-    /// This test binary, in role `role`, in namespace `ns`.
-    fn spawn(&self, ns: &str, role: &str, db: &std::path::Path) -> Child {
+    /// Test `test` of this binary, in role `role`, in namespace `ns`.
+    fn spawn(&self, test: &str, ns: &str, role: &str, db: &std::path::Path) -> Child {
         Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(std::env::current_exe().unwrap())
-            .args([TEST, "--exact", "--nocapture", "--test-threads=1"])
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
             .env(ROLE, role)
             .env(DB, db)
             .stdout(Stdio::piped())
@@ -131,13 +134,39 @@ fn said(lines: &mut impl Iterator<Item = std::io::Result<String>>, word: &str) -
     panic!("the child ended before saying {word:?}");
 }
 
-async fn node(name: &str, db: &str, bind: &str, silence: Option<Duration>) -> Node {
+/// The transport a scenario runs on.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Tcp,
+    Quic,
+}
+
+impl Kind {
+    /// The interface: the dialer's gives up on a peer silent for
+    /// [`SILENCE`]; the peer's keeps the defaults.
+    fn interface(self, bind: &str, dialer: bool) -> DynInterface {
+        match (self, dialer) {
+            (Kind::Tcp, true) => {
+                std::sync::Arc::new(TcpInterface::new(bind).dead_peer_timeout(Some(SILENCE)))
+            }
+            (Kind::Tcp, false) => std::sync::Arc::new(TcpInterface::new(bind)),
+            (Kind::Quic, true) => std::sync::Arc::new(
+                QuicInterface::new(bind)
+                    .idle_timeout(SILENCE)
+                    .keep_alive_interval(Some(SILENCE / 3)),
+            ),
+            (Kind::Quic, false) => std::sync::Arc::new(QuicInterface::new(bind)),
+        }
+    }
+}
+
+async fn node(kind: Kind, name: &str, db: &str, bind: &str, dialer: bool) -> Node {
     init_tracing();
     let url = format!("sqlite://{db}");
     Node::builder(name)
         .namespace(NS)
         .registry(connect_sql(&url, SqlConfig::default()).await)
-        .interface(TcpInterface::new(bind).dead_peer_timeout(silence))
+        .interface_dyn(kind.interface(bind, dialer))
         .ttl(Duration::from_secs(60))
         .start()
         .await
@@ -145,8 +174,8 @@ async fn node(name: &str, db: &str, bind: &str, silence: Option<Duration>) -> No
 }
 
 /// The peer, in namespace b: echoes until killed.
-async fn peer(db: &str) {
-    let n = node("peer", db, "10.77.0.2:0", None).await;
+async fn peer(kind: Kind, db: &str) {
+    let n = node(kind, "peer", db, "10.77.0.2:0", false).await;
     echo_forever(&n).await;
     println!("@ready");
     tokio::time::sleep(Duration::from_secs(120)).await;
@@ -155,8 +184,8 @@ async fn peer(db: &str) {
 /// The dialer, in namespace a: opens a stream to the peer, says so, and
 /// reads (the peer sends nothing more) until the stream fails; prints how
 /// long that took and the error.
-async fn dialer(db: &str) {
-    let n = node("dialer", db, "10.77.0.1:0", Some(SILENCE)).await;
+async fn dialer(kind: Kind, db: &str) {
+    let n = node(kind, "dialer", db, "10.77.0.1:0", true).await;
     let mut s = n.connect("peer").await.expect("connect to the peer");
     s.write_all(b"ping").await.unwrap();
     let mut b = [0u8; 4];
@@ -167,23 +196,28 @@ async fn dialer(db: &str) {
     println!("@ended after {:?}: {read:?}", idle.elapsed());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_whose_link_goes_silent_fails_the_stream_in_time() {
+/// The scenario of test `test` on `kind`: in a child, its role; in the
+/// test itself, the link, both children, the silence and the bound.
+async fn silent_peer(kind: Kind, test: &str, error: &str) {
     match (std::env::var(ROLE).ok().as_deref(), std::env::var(DB)) {
-        (Some("peer"), Ok(db)) => return peer(&db).await,
-        (Some("dialer"), Ok(db)) => return dialer(&db).await,
+        (Some("peer"), Ok(db)) => return peer(kind, &db).await,
+        (Some("dialer"), Ok(db)) => return dialer(kind, &db).await,
         _ => {}
     }
-    let Some(link) = Link::new() else {
+    let letter = match kind {
+        Kind::Tcp => 't',
+        Kind::Quic => 'q',
+    };
+    let Some(link) = Link::new(letter) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("reg.db");
-    let mut peer = Kill(link.spawn(&link.b, "peer", &db));
+    let mut peer = Kill(link.spawn(test, &link.b, "peer", &db));
     let mut peer_out = BufReader::new(peer.0.stdout.take().unwrap()).lines();
     said(&mut peer_out, "ready");
 
-    let mut dialer = Kill(link.spawn(&link.a, "dialer", &db));
+    let mut dialer = Kill(link.spawn(test, &link.a, "dialer", &db));
     let mut out = BufReader::new(dialer.0.stdout.take().unwrap()).lines();
     said(&mut out, "connected");
 
@@ -194,12 +228,32 @@ async fn a_peer_whose_link_goes_silent_fails_the_stream_in_time() {
         .unwrap();
     let took = silenced.elapsed();
     eprintln!(
-        "RECOVERY silent peer: the stream failed {took:?} after the link went down ({ended})"
+        "RECOVERY silent peer ({kind:?}): the stream failed {took:?} after the link went down ({ended})"
     );
-    assert!(ended.contains("TimedOut"), "{ended}");
+    assert!(ended.contains(error), "{ended}");
     assert!(
         took >= SILENCE / 2,
         "failed before the peer was silent long: {took:?}"
     );
     assert!(took < SILENCE + Duration::from_secs(3), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_peer_whose_link_goes_silent_fails_the_stream_in_time() {
+    silent_peer(
+        Kind::Tcp,
+        "a_tcp_peer_whose_link_goes_silent_fails_the_stream_in_time",
+        "TimedOut",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_peer_whose_link_goes_silent_fails_the_stream_in_time() {
+    silent_peer(
+        Kind::Quic,
+        "a_quic_peer_whose_link_goes_silent_fails_the_stream_in_time",
+        "TimedOut",
+    )
+    .await;
 }
