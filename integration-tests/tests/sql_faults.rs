@@ -379,6 +379,21 @@ async fn sqlite_file_deleted_under_running_nodes() {
     .await;
 }
 
+/// `rm -rf` of the database's whole directory (a cleaner, an operator): the
+/// directory is created again with the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_directory_deleted_under_running_nodes() {
+    let _turn = SQLITE_TURN.lock().await;
+    if own_process("sqlite_directory_deleted_under_running_nodes") {
+        return;
+    }
+    init_tracing();
+    sqlite_file_swapped("sqlite directory deleted", "sqlite-rmdir", |db| {
+        std::fs::remove_dir_all(db.parent().unwrap()).unwrap();
+    })
+    .await;
+}
+
 /// A fresh empty file renamed over the database file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_file_replaced_under_running_nodes() {

@@ -93,7 +93,7 @@ pub(crate) async fn connect(url: &str, shown: &str, config: &SqlConfig) -> Resul
         let pool = open_file(&options, config, &purge)
             .await
             .map_err(|e| map_err(Sqlite::BACKEND, e))?;
-        let watch = FileWatch::new(path, options, config.clone(), purge.clone());
+        let watch = FileWatch::new(path, create, options, config.clone(), purge.clone());
         return Ok(Connected {
             backend: Arc::new(Store::new(pool, purge, schema).with_reopen(Box::new(watch))),
             listen: None,
@@ -218,6 +218,8 @@ fn orphaned_wal(path: &Path) -> Option<Error> {
 /// new file is left alone.
 struct FileWatch {
     path: PathBuf,
+    /// The URL lets the registry create the file (and so its directory).
+    create: bool,
     options: SqliteConnectOptions,
     config: SqlConfig,
     purge: Arc<Purge>,
@@ -252,11 +254,13 @@ impl Opened {
 impl FileWatch {
     fn new(
         path: PathBuf,
+        create: bool,
         options: SqliteConnectOptions,
         config: SqlConfig,
         purge: Arc<Purge>,
     ) -> Self {
         FileWatch {
+            create,
             state: Mutex::new(WatchState {
                 open: Opened::at(&path),
                 pending: false,
@@ -309,6 +313,21 @@ impl Reopen<Sqlite> for FileWatch {
         }
         if let Some(e) = orphaned_wal(&self.path) {
             return Err(Fail::Masse(e));
+        }
+        // The whole directory may have gone (a cleaner, `rm -rf`): made
+        // again, as on connect, where the URL lets the file be created.
+        if self.create
+            && let Some(dir) = self.path.parent()
+            && !dir.as_os_str().is_empty()
+            && !dir.exists()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Fail::Masse(masse_core::Error::io_context(
+                    e,
+                    format!("create {} again", dir.display()),
+                ))
+            })?;
+            tracing::warn!(dir = %dir.display(), "the registry database's directory was deleted; created it again");
         }
         let pool = open_file(&self.options, &self.config, &self.purge).await?;
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
