@@ -110,7 +110,10 @@ impl Interface for UnixInterface {
                 Err(e) => return Err(Error::io_context(e, format!("remove {}", path.display()))),
             }
         }
-        let listener = UnixListener::bind(path)?;
+        let listener = match &self.place {
+            Place::Default => UnixListener::bind(path)?.in_private_dir(own_uid().await?),
+            _ => UnixListener::bind(path)?,
+        };
         tracing::debug!(endpoint = %listener.endpoint(), "unix listening");
         Ok(Box::new(listener))
     }

@@ -30,6 +30,9 @@ pub(crate) struct UnixListener {
     orphan: Option<tokio::net::UnixListener>,
     /// The path is taken by a file that is not ours (said once).
     displaced: bool,
+    /// The socket is in the default directory, private to this user id:
+    /// made again if it goes (`$XDG_RUNTIME_DIR` is removed at logout).
+    private_dir: Option<u32>,
 }
 
 /// How often a listener looks whether its socket file is still at its path.
@@ -52,7 +55,15 @@ impl UnixListener {
             check,
             orphan: None,
             displaced: false,
+            private_dir: None,
         })
+    }
+
+    /// The socket is in the default directory of user `uid`: if the
+    /// directory goes with the file, it is made again (mode 0700).
+    pub(crate) fn in_private_dir(mut self, uid: u32) -> Self {
+        self.private_dir = Some(uid);
+        self
     }
 
     /// Is the socket file still at the path? If it was deleted (a cleanup
@@ -70,6 +81,18 @@ impl UnixListener {
                 tracing::warn!(path = %self.path.display(), "another file took this node's unix socket path; not taking it back, dials to it do not reach this node");
             }
             return;
+        }
+        if let (Some(uid), Some(dir)) = (self.private_dir, self.path.parent())
+            && !dir.exists()
+        {
+            match crate::path::private_dir(dir, uid) {
+                Ok(()) => {
+                    tracing::warn!(dir = %dir.display(), "the unix socket directory was deleted; made it again")
+                }
+                Err(e) => {
+                    tracing::debug!(dir = %dir.display(), error = %e, "cannot make the unix socket directory again; next check")
+                }
+            }
         }
         match tokio::net::UnixListener::bind(&self.path) {
             Ok(fresh) => {

@@ -29,7 +29,7 @@ pub(crate) fn default_dir(uid: u32) -> Result<PathBuf> {
 
 /// Creates `dir` (mode 0700) or checks that the existing one is `uid`'s and
 /// writable by nobody else.
-fn private_dir(dir: &Path, uid: u32) -> Result<()> {
+pub(crate) fn private_dir(dir: &Path, uid: u32) -> Result<()> {
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => return Ok(()),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {}

@@ -361,3 +361,48 @@ async fn a_socket_file_deleted_under_a_listener_is_bound_again() {
         "close leaves the other file"
     );
 }
+
+#[tokio::test]
+async fn the_default_directory_deleted_under_a_listener_is_made_again() {
+    // In a child with a runtime directory of its own: the default
+    // directory goes with the socket in it, as at logout.
+    const CHILD: &str = "MASSE_UNIX_RUNTIME_DIR_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        let runtime = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "the_default_directory_deleted_under_a_listener_is_made_again",
+                "--exact",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .env("XDG_RUNTIME_DIR", runtime.path())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "the child failed: {status}");
+        return;
+    }
+    let mut listener = UnixInterface::new().bind(&plain_bind_ctx()).await.unwrap();
+    let path = listener.endpoints()[0].unix_path().unwrap().to_owned();
+    let dir = path.parent().unwrap().to_owned();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let deleted = std::time::Instant::now();
+    let accepting = tokio::spawn(async move {
+        let io = timeout(T, listener.accept()).await.unwrap().unwrap().io;
+        (listener, io)
+    });
+    while !is_socket(&path) {
+        assert!(deleted.elapsed() < T, "the socket never came back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&dir).unwrap().permissions());
+    assert_eq!(mode & 0o077, 0, "{}: {mode:o}", dir.display());
+    let mut dialed = tokio::net::UnixStream::connect(&path).await.unwrap();
+    let (_listener, mut io) = accepting.await.unwrap();
+    dialed.write_all(b"back").await.unwrap();
+    let mut b = [0u8; 4];
+    timeout(T, io.read_exact(&mut b)).await.unwrap().unwrap();
+    assert_eq!(&b, b"back");
+}
