@@ -223,9 +223,15 @@ async fn silent_peer(kind: Kind, test: &str, error: &str) {
 
     link.silence_b();
     let silenced = Instant::now();
-    let ended = tokio::task::spawn_blocking(move || said(&mut out, "ended after"))
-        .await
-        .unwrap();
+    // A stream that never fails would leave the test waiting: bounded
+    // (the children are killed on the way out, which ends the read).
+    let ended = tokio::time::timeout(
+        SILENCE + Duration::from_secs(20),
+        tokio::task::spawn_blocking(move || said(&mut out, "ended after")),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{kind:?}: the stream still waits 20 s past the timeout"))
+    .unwrap();
     let took = silenced.elapsed();
     eprintln!(
         "RECOVERY silent peer ({kind:?}): the stream failed {took:?} after the link went down ({ended})"
